@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs replaydb with every extra into .venv and runs what CI runs:
+# lint, format check, mypy --strict, the test suite (docs examples included), the docs build.
+set -euo pipefail
+source "$(dirname "$0")/_venv.sh"
+python -m pip install -q -e ".[dev]"
+echo "== ruff";  ruff check src tests examples benchmarks && ruff format --check src tests examples benchmarks
+echo "== mypy";  mypy
+echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"
+echo "== docs";  mkdocs build --strict --quiet --site-dir "$(mktemp -d)"

@@ -1,0 +1,64 @@
+"""replaydb: experience replay for reinforcement learning.
+
+Preallocated tables of tensors on CPU or GPU with uniform, prioritized, queue and
+sequence sampling and Reverb-style rate limiters; a Velora-compatible
+:class:`ReplayBuffer`; crash-safe checkpoints in safetensors + JSON.
+
+Example:
+    >>> import torch, replaydb
+    >>> buffer = replaydb.ReplayBuffer(1000, state_dim=4, action_dim=1, hidden_dim=0)
+    >>> buffer.add_multi(torch.zeros(8, 4), torch.zeros(8), torch.ones(8), torch.zeros(8, 4), torch.zeros(8))
+    >>> buffer.sample(4).rewards.shape
+    torch.Size([4, 1])
+"""
+
+from replaydb.buffer import BatchExperience, ReplayBuffer
+from replaydb.checkpoint import load_table, save_table
+from replaydb.errors import (
+    CheckpointError,
+    ClosedError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    NotEnoughDataError,
+    RateLimiterTimeout,
+    ReplayError,
+    SpecMismatchError,
+    WouldBlockForeverError,
+)
+from replaydb.rate_limiters import MinSize, Queue, RateLimiter, SampleToInsertRatio, Stack
+from replaydb.samplers import Sampler, Uniform
+from replaydb.spec import Field, Spec
+from replaydb.storage import Storage
+from replaydb.table import Sample, Table, TableInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchExperience",
+    "CheckpointError",
+    "ClosedError",
+    "Field",
+    "InvalidArgumentError",
+    "MinSize",
+    "MissingDependencyError",
+    "NotEnoughDataError",
+    "Queue",
+    "RateLimiter",
+    "RateLimiterTimeout",
+    "ReplayBuffer",
+    "ReplayError",
+    "Sample",
+    "SampleToInsertRatio",
+    "Sampler",
+    "Spec",
+    "SpecMismatchError",
+    "Stack",
+    "Storage",
+    "Table",
+    "TableInfo",
+    "Uniform",
+    "WouldBlockForeverError",
+    "__version__",
+    "load_table",
+    "save_table",
+]

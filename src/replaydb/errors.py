@@ -1,0 +1,98 @@
+"""Errors raised by replaydb.
+
+Every error is a :class:`ReplayError` and also subclasses the built-in exception a
+caller would reach for, so ``except ValueError`` keeps working for code written
+against other replay libraries::
+
+    ReplayError (Exception)
+    ├── InvalidArgumentError (ValueError)   bad constructor or call argument
+    ├── SpecMismatchError (ValueError)      data that does not match the table's spec
+    ├── NotEnoughDataError (ValueError)     fewer items stored than a sample needs
+    ├── CheckpointError (ValueError)        a file that is missing, truncated, corrupt or foreign
+    ├── RateLimiterTimeout (TimeoutError)   a blocked insert/sample ran past its timeout
+    ├── WouldBlockForeverError (RuntimeError)  a call that no other thread can ever unblock
+    ├── ClosedError (RuntimeError)          a call on a closed manager, dataset or server
+    └── MissingDependencyError (ImportError)   an optional extra that is not installed
+
+Messages name the argument or field, the value received, what was expected and
+how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ClosedError",
+    "InvalidArgumentError",
+    "MissingDependencyError",
+    "NotEnoughDataError",
+    "RateLimiterTimeout",
+    "ReplayError",
+    "SpecMismatchError",
+    "WouldBlockForeverError",
+]
+
+
+class ReplayError(Exception):
+    """Base class of every error replaydb raises on purpose."""
+
+
+class InvalidArgumentError(ReplayError, ValueError):
+    """An argument is out of range or of the wrong kind."""
+
+
+class SpecMismatchError(ReplayError, ValueError):
+    """Data does not match the table's spec (missing field, wrong shape or dtype)."""
+
+
+class NotEnoughDataError(ReplayError, ValueError):
+    """A sample asked for more items than the table can give."""
+
+
+class CheckpointError(ReplayError, ValueError):
+    """A checkpoint is missing, truncated, corrupt, or does not match its metadata."""
+
+
+class RateLimiterTimeout(ReplayError, TimeoutError):
+    """A call blocked by the rate limiter did not get through within its timeout."""
+
+
+class WouldBlockForeverError(ReplayError, RuntimeError):
+    """A call would block and nothing else can ever unblock it (a single-threaded deadlock)."""
+
+
+class ClosedError(ReplayError, RuntimeError):
+    """A call was made on an object that has been closed."""
+
+
+class MissingDependencyError(ReplayError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+def require(module: str, extra: str) -> object:
+    """Import an optional dependency or raise a :class:`MissingDependencyError`.
+
+    Args:
+        module: The module to import, e.g. ``"gymnasium"``.
+        extra: The replaydb extra that installs it, e.g. ``"gym"``.
+
+    Returns:
+        The imported module.
+
+    Raises:
+        MissingDependencyError: If the module cannot be imported.
+
+    Example:
+        >>> np = require("numpy", "core")
+        >>> np.__name__
+        'numpy'
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"this feature needs the optional dependency {module!r}, which is not installed; "
+            f"install it with: pip install 'replaydb[{extra}]'"
+        ) from exc

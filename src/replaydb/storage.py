@@ -1,0 +1,389 @@
+"""Storage: a ring of preallocated step rows on one device, with episode links.
+
+Layout
+------
+Fields are packed by dtype: all float32 fields of a spec share one ``[capacity, W]``
+tensor, each field a column slice of it viewed as ``[capacity, *shape]``. A sample
+is then one ``index_select`` per dtype group (one in the common all-float case)
+rather than one per field, which is the floor a gather can reach.
+
+Beside the data, five ``int64`` columns describe every row:
+
+========  ============================================================
+``key``   global index of the step held in the row (``-1``: empty)
+``prev``  key of the previous step of the same episode (``-1``: none)
+``next``  key of the next step of the same episode (``-1``: none yet)
+``stream`` which writer (environment of a vector env, or actor) wrote it
+``end``   ``0`` mid-episode, ``1`` terminated, ``2`` truncated after this step
+========  ============================================================
+
+Keys grow by one per step written; the row of key ``k`` is ``k % capacity`` and
+the key is *live* while ``key[k % capacity] == k``. The ring overwrites oldest
+first, so when the first step of a window is live, every later step of it is too.
+Windows of consecutive steps are gathered by following ``next`` links, so many
+streams can write interleaved and no step is stored twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from replaydb.errors import InvalidArgumentError
+from replaydb.spec import Spec, dtype_name
+
+__all__ = ["AppendResult", "Storage"]
+
+_MAX_STREAMS = 1 << 20
+END_NONE, END_TERMINATED, END_TRUNCATED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What :meth:`Storage.append` did.
+
+    Attributes:
+        keys: The keys given to the stored steps, in input order.
+        positions: Each stored step's index within its episode (``None`` when the
+            storage does not track links).
+        evicted_rows: Rows that held a live step before this write overwrote them.
+        first_key: Key of the first stored step.
+    """
+
+    keys: torch.Tensor
+    positions: torch.Tensor | None
+    evicted_rows: torch.Tensor
+    first_key: int
+
+
+class Storage:
+    """A ring of ``capacity`` preallocated rows, one column slice per field.
+
+    Args:
+        spec: The fields to store.
+        capacity: Number of rows (steps).
+        device: Where the tensors live (default CPU).
+        links: Whether to track episode links (needed for windows longer than one).
+
+    Raises:
+        InvalidArgumentError: If ``capacity`` is not a positive int.
+
+    Example:
+        >>> s = Storage(Spec({"x": (2,)}), capacity=4)
+        >>> s.append({"x": torch.ones(3, 2)}).keys.tolist()
+        [0, 1, 2]
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        capacity: int,
+        device: torch.device | str | None = None,
+        *,
+        links: bool = False,
+    ) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer):
+            raise InvalidArgumentError(
+                f"capacity must be a positive int, got {capacity!r} ({type(capacity).__name__})"
+            )
+        if capacity <= 0:
+            raise InvalidArgumentError(f"capacity must be a positive int, got {capacity}")
+        self.spec = spec
+        self.capacity = int(capacity)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.links = links
+        self.total = 0  # keys handed out so far
+        cap = self.capacity
+
+        # Group fields by dtype into packed tensors.
+        widths: dict[torch.dtype, int] = {}
+        self._where: dict[str, tuple[torch.dtype, int, int]] = {}
+        for name, field in spec.items():
+            start = widths.get(field.dtype, 0)
+            widths[field.dtype] = start + field.numel
+            self._where[name] = (field.dtype, start, start + field.numel)
+        self.groups: dict[torch.dtype, torch.Tensor] = {
+            dt: torch.zeros((cap, w), dtype=dt, device=self.device) for dt, w in widths.items()
+        }
+        self.fields: dict[str, torch.Tensor] = {
+            name: self.groups[dt][:, a:b].view(cap, *spec[name].shape)
+            for name, (dt, a, b) in self._where.items()
+        }
+        # Per group: field names, widths and shapes, in column order.
+        self._split: dict[torch.dtype, tuple[list[str], list[int], list[tuple[int, ...]]]] = {
+            dt: ([], [], []) for dt in widths
+        }
+        for name, (dt, a, b) in self._where.items():
+            names, ws, shapes = self._split[dt]
+            names.append(name)
+            ws.append(b - a)
+            shapes.append(spec[name].shape)
+        self.key = torch.full((cap,), -1, dtype=torch.int64, device=self.device)
+        self.prev = torch.full((cap,), -1, dtype=torch.int64, device=self.device)
+        self.next = torch.full((cap,), -1, dtype=torch.int64, device=self.device)
+        self.stream = torch.zeros((cap,), dtype=torch.int64, device=self.device)
+        self.end = torch.zeros((cap,), dtype=torch.int64, device=self.device)
+        # Per-stream episode state, grown on demand.
+        self._last_key = torch.full((8,), -1, dtype=torch.int64, device=self.device)
+        self._ep_len = torch.zeros((8,), dtype=torch.int64, device=self.device)
+        # Numpy views for the single-row fast path on CPU.
+        self._np: dict[str, np.ndarray[Any, Any]] | None = None
+        if self.device.type == "cpu" and all(dt != torch.bfloat16 for dt in widths):
+            self._np = {name: t.numpy() for name, t in self.fields.items()}
+            self._np_key = self.key.numpy()
+            self._np_stream = self.stream.numpy()
+            self._np_end = self.end.numpy()
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_rows(self) -> int:
+        """Rows that hold a step (the ring fills rows ``0..num_rows-1`` first)."""
+        return min(self.total, self.capacity)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the data and bookkeeping tensors."""
+        data = sum(t.numel() * t.element_size() for t in self.groups.values())
+        return data + 5 * self.capacity * 8
+
+    def is_live(self, keys: torch.Tensor) -> torch.Tensor:
+        """Return a bool mask: which keys still hold their step."""
+        return (keys >= 0) & (self.key.index_select(0, keys.clamp(min=0) % self.capacity) == keys)
+
+    # ----------------------------------------------------------------- writes
+    def append(
+        self,
+        data: Mapping[str, torch.Tensor],
+        streams: torch.Tensor | None = None,
+        ends: torch.Tensor | None = None,
+    ) -> AppendResult:
+        """Write a batch of steps at the ring's cursor.
+
+        Args:
+            data: ``name -> [N, *shape]`` tensors already checked against the spec.
+            streams: ``[N]`` int64 stream ids (default all 0).
+            ends: ``[N]`` int64 end codes (0, 1 terminated, 2 truncated; default 0).
+
+        Returns:
+            The keys written, episode positions and the rows evicted.
+
+        If ``N > capacity`` only the newest ``capacity`` steps are kept (the older
+        ones are counted as written and immediately overwritten).
+        """
+        first = next(iter(data.values()))
+        n = int(first.shape[0])
+        dev = self.device
+        if streams is None:
+            streams = torch.zeros(n, dtype=torch.int64, device=dev)
+        if ends is None:
+            ends = torch.zeros(n, dtype=torch.int64, device=dev)
+        if n > self.capacity:
+            skip = n - self.capacity
+            data = {k: v[skip:] for k, v in data.items()}
+            if self.links:
+                self._advance_streams(streams[:skip], ends[:skip])
+            streams, ends = streams[skip:], ends[skip:]
+            self.total += skip
+            n = self.capacity
+        start = self.total
+        row0 = start % self.capacity
+        keys = torch.arange(start, start + n, dtype=torch.int64, device=dev)
+        evicted = self._evicted(row0, n)
+        for name, value in data.items():
+            self._copy_rows(self.fields[name], row0, n, value)
+        self._copy_rows(self.key, row0, n, keys)
+        self._copy_rows(self.stream, row0, n, streams)
+        self._copy_rows(self.end, row0, n, ends)
+        self.total += n
+        positions = None
+        if self.links:
+            self._copy_rows(self.next, row0, n, torch.full_like(keys, -1))
+            positions = self._link(keys, streams, ends)
+        return AppendResult(keys=keys, positions=positions, evicted_rows=evicted, first_key=start)
+
+    def append_row_numpy(self, values: Mapping[str, Any], stream: int = 0, end: int = 0) -> int:
+        """Write one step through numpy views (CPU, no links); return its row.
+
+        The caller must have checked every value's shape: numpy broadcasting
+        applies and a failed assignment part-way would leave a torn row.
+        """
+        assert self._np is not None and not self.links
+        row = self.total % self.capacity
+        for name, value in values.items():
+            self._np[name][row] = value
+        self._np_key[row] = self.total
+        self._np_stream[row] = stream
+        self._np_end[row] = end
+        self.total += 1
+        return row
+
+    def seek(self, total: int) -> None:
+        """Set the key of the next step of an empty storage (rows fill from ``total % capacity``)."""
+        if self.total != 0:
+            raise InvalidArgumentError("seek is only allowed on an empty storage")
+        self.total = total
+
+    def _evicted(self, row0: int, n: int) -> torch.Tensor:
+        if self.total < self.capacity and row0 + n <= self.capacity:
+            # Nothing was written to these rows yet.
+            if self.total + n <= self.capacity:
+                return torch.empty(0, dtype=torch.int64, device=self.device)
+        rows = (torch.arange(n, device=self.device) + row0) % self.capacity
+        return rows[self.key.index_select(0, rows) >= 0]
+
+    def _copy_rows(self, dst: torch.Tensor, row0: int, n: int, src: torch.Tensor) -> None:
+        head = min(n, self.capacity - row0)
+        dst[row0 : row0 + head].copy_(src[:head])
+        if head < n:
+            dst[: n - head].copy_(src[head:])
+
+    def _grow_streams(self, max_stream: int) -> None:
+        if max_stream >= _MAX_STREAMS:
+            raise InvalidArgumentError(
+                f"stream ids must be in [0, {_MAX_STREAMS}), got {max_stream}; "
+                "number your environments or actors from 0"
+            )
+        size = self._last_key.numel()
+        if max_stream < size:
+            return
+        new = max(max_stream + 1, 2 * size)
+        grow = new - size
+        self._last_key = torch.cat(
+            [self._last_key, torch.full((grow,), -1, dtype=torch.int64, device=self.device)]
+        )
+        self._ep_len = torch.cat(
+            [self._ep_len, torch.zeros(grow, dtype=torch.int64, device=self.device)]
+        )
+
+    def _advance_streams(self, streams: torch.Tensor, ends: torch.Tensor) -> None:
+        """Account for steps that were dropped before storage (N > capacity)."""
+        if streams.numel() == 0:
+            return
+        self._grow_streams(int(streams.max()))
+        # Every stream touched loses its link: the dropped steps are gone.
+        self._last_key[streams] = -1
+        self._ep_len[streams] = 0
+
+    def _link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Link each new step to its predecessor in the same stream; return positions."""
+        n = keys.numel()
+        dev = self.device
+        self._grow_streams(int(streams.max()))
+        order = torch.argsort(streams, stable=True)
+        ss, ks, es = streams[order], keys[order], ends[order] != END_NONE
+        first = torch.ones(n, dtype=torch.bool, device=dev)
+        first[1:] = ss[1:] != ss[:-1]
+        last = torch.ones(n, dtype=torch.bool, device=dev)
+        last[:-1] = first[1:]
+        prev = torch.empty(n, dtype=torch.int64, device=dev)
+        prev[1:] = torch.where(es[:-1], torch.full_like(ks[:-1], -1), ks[:-1])
+        carried = self._last_key[ss]
+        prev = torch.where(first, carried, prev)
+        prev = torch.where(self.is_live(prev), prev, torch.full_like(prev, -1))
+        new_ep = prev < 0
+        idx = torch.arange(n, device=dev)
+        carry_len = torch.where(first & ~new_ep, self._ep_len[ss], torch.zeros_like(idx))
+        reset = torch.where(first | new_ep, idx, torch.full_like(idx, -1))
+        last_reset = torch.cummax(reset, dim=0).values
+        pos = idx - last_reset + carry_len[last_reset]
+        rows = ks % self.capacity
+        self.prev[rows] = prev
+        has = prev >= 0
+        self.next[prev[has] % self.capacity] = ks[has]
+        ls = ss[last]
+        self._last_key[ls] = torch.where(es[last], torch.full_like(ls, -1), ks[last])
+        self._ep_len[ls] = torch.where(es[last], torch.zeros_like(ls), pos[last] + 1)
+        out = torch.empty_like(pos)
+        out[order] = pos
+        return out
+
+    def end_streams(self, streams: torch.Tensor) -> None:
+        """Close the open episode of each stream (the next step starts a new one)."""
+        if streams.numel() == 0:
+            return
+        self._grow_streams(int(streams.max()))
+        self._last_key[streams] = -1
+        self._ep_len[streams] = 0
+
+    def walk(self, keys: torch.Tensor, steps: int, column: str = "prev") -> torch.Tensor:
+        """Follow ``prev`` or ``next`` links ``steps`` times; ``-1`` where a link is broken."""
+        links = self.prev if column == "prev" else self.next
+        cur = keys
+        for _ in range(steps):
+            ok = self.is_live(cur)
+            nxt = links.index_select(0, cur.clamp(min=0) % self.capacity)
+            cur = torch.where(ok, nxt, torch.full_like(cur, -1))
+        return torch.where(self.is_live(cur), cur, torch.full_like(cur, -1))
+
+    # ------------------------------------------------------------------ reads
+    def window_rows(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
+        """Return ``[B, length]`` rows of the windows starting at ``start_keys``.
+
+        Positions past the end of a window's episode (only possible for padded
+        windows) repeat the last valid row; see :meth:`window_mask`.
+        """
+        cap = self.capacity
+        cols = [start_keys % cap]
+        cur = start_keys
+        for _ in range(length - 1):
+            nxt = self.next.index_select(0, cur % cap)
+            cur = torch.where(nxt >= 0, nxt, cur)
+            cols.append(cur % cap)
+        return torch.stack(cols, dim=1)
+
+    def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gather ``rows`` (any shape) of every field: ``[*rows.shape, *field.shape]``.
+
+        One ``index_select`` per dtype group, then one ``split`` into field views.
+        """
+        one_d = rows.dim() == 1
+        flat = rows if one_d else rows.reshape(-1)
+        lead = tuple(rows.shape)
+        out: dict[str, torch.Tensor] = {}
+        for dt, g in self.groups.items():
+            names, widths, shapes = self._split[dt]
+            parts = g.index_select(0, flat).split(widths, dim=1)
+            for name, part, shape in zip(names, parts, shapes, strict=True):
+                out[name] = part if one_d and len(shape) == 1 else part.reshape(*lead, *shape)
+        return out
+
+    # ------------------------------------------------------------- lifecycle
+    def reset(self) -> None:
+        """Forget every step (the tensors stay allocated)."""
+        self.total = 0
+        for g in self.groups.values():
+            g.zero_()
+        for col in (self.key, self.prev, self.next):
+            col.fill_(-1)
+        self.stream.zero_()
+        self.end.zero_()
+        self._last_key.fill_(-1)
+        self._ep_len.zero_()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors of the stored rows (``0..num_rows-1``) and per-stream state, on CPU."""
+        n = self.num_rows
+        out = {f"group.{dtype_name(dt)}": g[:n].cpu() for dt, g in self.groups.items()}
+        for name in ("key", "prev", "next", "stream", "end"):
+            out[f"meta.{name}"] = getattr(self, name)[:n].cpu()
+        out["streams.last_key"] = self._last_key.cpu()
+        out["streams.ep_len"] = self._ep_len.cpu()
+        out["total"] = torch.tensor([self.total], dtype=torch.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` output (checked by the caller for shapes)."""
+        total = int(state["total"][0])
+        n = min(total, self.capacity)
+        self.reset()
+        for dt, g in self.groups.items():
+            g[:n].copy_(state[f"group.{dtype_name(dt)}"])
+        for name in ("key", "prev", "next", "stream", "end"):
+            getattr(self, name)[:n].copy_(state[f"meta.{name}"])
+        self._last_key = state["streams.last_key"].to(self.device).clone()
+        self._ep_len = state["streams.ep_len"].to(self.device).clone()
+        self.total = total

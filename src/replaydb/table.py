@@ -1,0 +1,666 @@
+"""Table: storage, a sampler, a rate limiter and a window length, behind one lock.
+
+A table stores *steps* in a :class:`~replaydb.storage.Storage` ring and serves
+*items*: windows of ``sequence_length`` consecutive steps of one episode
+(``sequence_length=1``: single steps). An item is named by its *key*, the key of
+its first step; its *slot* is that step's row. Items appear when their last step
+is written and disappear when their first row is overwritten, when they have been
+sampled ``max_times_sampled`` times, or on :meth:`Table.reset`. A key names one
+item for ever: a priority update for an item that was overwritten since it was
+sampled is ignored.
+
+All verbs take the table's lock; blocked inserts and samples wait on its
+condition variable until the rate limiter lets them through.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from replaydb.errors import InvalidArgumentError, RateLimiterTimeout, WouldBlockForeverError
+from replaydb.rate_limiters import MinSize, RateLimiter, rate_limiter_from_config
+from replaydb.samplers import Sampler, Uniform, sampler_from_config
+from replaydb.spec import Spec, dtype_name
+from replaydb.storage import END_NONE, END_TERMINATED, END_TRUNCATED, Storage
+
+__all__ = ["Sample", "Table", "TableInfo"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A batch of items and everything a learner needs to weigh and re-prioritize them.
+
+    ``sample["obs"]`` reads a field. Fields are ``[B, *shape]`` when the table's
+    ``sequence_length`` is 1, else ``[B, T, *shape]``.
+
+    Attributes:
+        data: ``name -> tensor`` for every field of the spec.
+        keys: ``[B]`` int64 item keys, for :meth:`Table.update_priorities`.
+        probabilities: ``[B]`` float64 probability each item was drawn with.
+        weights: ``[B]`` float32 importance weights (ones for uniform sampling).
+        priorities: ``[B]`` float64 priorities of the items when drawn.
+        times_sampled: ``[B]`` int64 times each item has been sampled, this one included.
+        table_size: Items the table held when the sample was drawn.
+        mask: ``[B, T]`` bool, ``False`` at padding past an episode end, or ``None``.
+    """
+
+    data: dict[str, torch.Tensor]
+    keys: torch.Tensor
+    probabilities: torch.Tensor
+    weights: torch.Tensor
+    priorities: torch.Tensor
+    times_sampled: torch.Tensor
+    table_size: int
+    mask: torch.Tensor | None = None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.data[name]
+
+    def __len__(self) -> int:
+        """Number of items in the batch."""
+        return int(self.keys.shape[0])
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A snapshot of a table's counters, for logs and dashboards.
+
+    Example:
+        >>> Table(Spec({"x": (1,)}), 10).info().size
+        0
+    """
+
+    name: str
+    capacity: int
+    size: int
+    num_steps: int
+    sequence_length: int
+    total_steps_written: int
+    inserts: int
+    samples: int
+    sampler: dict[str, Any]
+    rate_limiter: dict[str, Any]
+    max_times_sampled: int | None
+    device: str
+    nbytes: int
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+_END_CODES = {None: END_NONE, False: END_NONE, True: END_TERMINATED}
+
+
+class Table:
+    """Items over a ring of preallocated steps, sampled by a pluggable sampler.
+
+    Args:
+        spec: The fields of one step.
+        capacity: Steps the ring holds (rows).
+        sampler: Chooses items (default :class:`~replaydb.samplers.Uniform`).
+        rate_limiter: When inserts and samples may go (default ``MinSize(1)``).
+        sequence_length: Steps per item (``T``); items never cross an episode end.
+        max_times_sampled: Remove an item after it was sampled this many times.
+        device: Where the tensors live (default CPU).
+        name: The table's name in a server.
+
+    Raises:
+        InvalidArgumentError: For a bad capacity, sequence length or max_times_sampled.
+
+    Example:
+        >>> table = Table(Spec({"obs": (4,), "reward": ()}), capacity=1000)
+        >>> table.extend({"obs": torch.zeros(8, 4), "reward": torch.ones(8)})
+        >>> table.sample(4)["obs"].shape
+        torch.Size([4, 4])
+    """
+
+    def __init__(
+        self,
+        spec: Spec | Mapping[str, Any],
+        capacity: int,
+        *,
+        sampler: Sampler | None = None,
+        rate_limiter: RateLimiter | None = None,
+        sequence_length: int = 1,
+        max_times_sampled: int | None = None,
+        device: torch.device | str | None = None,
+        name: str = "table",
+    ) -> None:
+        spec = spec if isinstance(spec, Spec) else Spec(spec)
+        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or (
+            sequence_length < 1
+        ):
+            raise InvalidArgumentError(
+                f"sequence_length must be an int >= 1, got {sequence_length!r}"
+            )
+        if max_times_sampled is not None and (
+            isinstance(max_times_sampled, bool)
+            or not isinstance(max_times_sampled, int)
+            or max_times_sampled < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_times_sampled must be None or an int >= 1, got {max_times_sampled!r}"
+            )
+        if isinstance(capacity, int) and not isinstance(capacity, bool) and (
+            0 < capacity < sequence_length
+        ):
+            raise InvalidArgumentError(
+                f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
+                "or no item could ever be complete"
+            )
+        self.name = name
+        self.sequence_length = sequence_length
+        self.max_times_sampled = max_times_sampled
+        self.storage = Storage(spec, capacity, device, links=sequence_length > 1)
+        self.spec = spec
+        self.capacity = self.storage.capacity
+        self.device = self.storage.device
+        self.sampler: Sampler = sampler if sampler is not None else Uniform()
+        self.sampler.bind(self.capacity, self.device)
+        self.rate_limiter = rate_limiter if rate_limiter is not None else MinSize(1)
+        #: Block on the rate limiter even when no other thread has used this table
+        #: (set by servers and datasets whose writers arrive later).
+        self.shared = False
+        self._cond = threading.Condition(threading.RLock())
+        self._threads: set[int] = set()
+        self._alloc_items()
+
+    def _alloc_items(self) -> None:
+        cap, dev = self.capacity, self.device
+        self._item_key = torch.full((cap,), -1, dtype=torch.int64, device=dev)
+        self._priority = torch.zeros(cap, dtype=torch.float64, device=dev)
+        self._times = torch.zeros(cap, dtype=torch.int64, device=dev)
+        self._size = 0
+        self._max_priority = 1.0
+        self._np_item_key = self._item_key.numpy() if dev.type == "cpu" else None
+        self._np_priority = self._priority.numpy() if dev.type == "cpu" else None
+        self._np_times = self._times.numpy() if dev.type == "cpu" else None
+
+    # ---------------------------------------------------------------- presets
+    def __repr__(self) -> str:
+        return (
+            f"Table(name={self.name!r}, size={self._size}, capacity={self.capacity}, "
+            f"sequence_length={self.sequence_length}, sampler={self.sampler.config()['type']}, "
+            f"rate_limiter={self.rate_limiter!r}, device={self.device})"
+        )
+
+    def __len__(self) -> int:
+        """Number of sampleable items."""
+        return self._size
+
+    @property
+    def num_steps(self) -> int:
+        """Steps stored (rows in use)."""
+        return self.storage.num_rows
+
+    # ----------------------------------------------------------------- writes
+    def extend(
+        self,
+        steps: Mapping[str, Any],
+        *,
+        streams: Any = None,
+        ends: Any = None,
+        priorities: Any = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Write a batch of N steps.
+
+        Args:
+            steps: ``name -> [N, *shape]`` values for every field of the spec.
+            streams: Stream of each step (int or ``[N]``); steps of one stream are
+                consecutive steps of its episodes, in order. Default 0.
+            ends: Whether the episode ends after each step: bool (terminated) or
+                int codes ``0`` none, ``1`` terminated, ``2`` truncated; scalar or ``[N]``.
+            priorities: Priority of each item completed by these steps (scalar or
+                ``[N]``, > 0); default the highest priority seen so far.
+            timeout: Seconds to wait for the rate limiter (None: wait as long as it takes).
+
+        Raises:
+            SpecMismatchError: If the steps do not match the spec (nothing is written).
+            InvalidArgumentError: For bad streams, ends or priorities.
+            RateLimiterTimeout: If the limiter did not let the insert through in time.
+            WouldBlockForeverError: If the limiter blocks and no other thread samples.
+        """
+        data, n = self.spec.coerce_batch(steps, self.device)
+        if n == 0:
+            return
+        stream_t = _int_column("streams", streams, n, self.device, 0)
+        if int(stream_t.min()) < 0:
+            raise InvalidArgumentError(
+                f"streams must be >= 0, got {int(stream_t.min())}; number streams from 0"
+            )
+        end_t = _end_column(ends, n, self.device)
+        pri_t = self._check_priorities(priorities, n)
+        self._write(data, n, stream_t, end_t, pri_t, timeout)
+
+    def insert(
+        self,
+        step: Mapping[str, Any],
+        *,
+        stream: int = 0,
+        end: bool | int = False,
+        priority: float | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Write one step (no batch dimension). See :meth:`extend` for the arguments.
+
+        Example:
+            >>> table = Table(Spec({"x": (2,)}), 10)
+            >>> table.insert({"x": [1.0, 2.0]}); len(table)
+            1
+        """
+        data = self.spec.coerce_step(step, self.device)
+        stream_t = _int_column("stream", stream, 1, self.device, 0)
+        if int(stream_t[0]) < 0:
+            raise InvalidArgumentError(f"stream must be >= 0, got {int(stream_t[0])}")
+        self._write(
+            data,
+            1,
+            stream_t,
+            _end_column(end, 1, self.device),
+            self._check_priorities(priority, 1),
+            timeout,
+        )
+
+    def insert_unchecked(self, values: Mapping[str, Any], end: int = 0) -> None:
+        """Fast path for one single-step item on CPU; values must already fit the spec.
+
+        Every value must have exactly its field's shape (numpy arrays or scalars);
+        the caller checks this, since a failed write part-way would tear a row. Use
+        :meth:`insert` unless a profiler says otherwise.
+        """
+        storage = self.storage
+        if storage._np is None or self.sequence_length != 1:
+            self.insert(values, end=end)
+            return
+        with self._cond:
+            self._note_thread()
+            if not self.rate_limiter.can_insert(1, self._size):
+                self._wait(lambda: self.rate_limiter.can_insert(1, self._size), None, "insert", 1)
+            row = storage.total % storage.capacity
+            if self._np_item_key is not None and self._np_item_key[row] >= 0:
+                self._remove_slots(torch.tensor([row]))
+            storage.append_row_numpy(values, 0, end)
+            assert self._np_item_key is not None and self._np_priority is not None
+            assert self._np_times is not None
+            self._np_item_key[row] = storage.total - 1
+            self._np_priority[row] = self._max_priority
+            self._np_times[row] = 0
+            self._size += 1
+            on_fast = getattr(self.sampler, "on_insert_contiguous", None)
+            if on_fast is not None:
+                on_fast(row, 1)
+            else:
+                self.sampler.on_insert(
+                    torch.tensor([row]), torch.tensor([self._max_priority], dtype=torch.float64)
+                )
+            self.rate_limiter.on_insert(1)
+            self._cond.notify_all()
+
+    def _check_priorities(self, priorities: Any, n: int) -> torch.Tensor | None:
+        if priorities is None:
+            return None
+        p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device)
+        if p.dim() == 0:
+            p = p.expand(n)
+        if p.shape != (n,):
+            raise InvalidArgumentError(
+                f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
+            )
+        _check_priority_values(p)
+        return p
+
+    def _write(
+        self,
+        data: dict[str, torch.Tensor],
+        n: int,
+        streams: torch.Tensor,
+        ends: torch.Tensor,
+        priorities: torch.Tensor | None,
+        timeout: float | None,
+    ) -> None:
+        with self._cond:
+            self._note_thread()
+            items = min(n, self.capacity)
+            if not self.rate_limiter.can_insert(items, self._size):
+                self._wait(
+                    lambda: self.rate_limiter.can_insert(items, self._size),
+                    timeout,
+                    "insert",
+                    items,
+                )
+            res = self.storage.append(data, streams, ends)
+            if res.evicted_rows.numel():
+                self._remove_slots(res.evicted_rows)
+            keys = res.keys
+            pri = priorities[-keys.numel() :] if priorities is not None else None
+            if self.sequence_length > 1:
+                assert res.positions is not None
+                done = res.positions >= self.sequence_length - 1
+                starts = self.storage.walk(keys[done], self.sequence_length - 1)
+                ok = starts >= 0
+                starts = starts[ok]
+                if pri is not None:
+                    pri = pri[done][ok]
+                self._add_items(starts, pri)
+            else:
+                self._add_items(keys, pri)
+            self._cond.notify_all()
+
+    def _add_items(self, keys: torch.Tensor, priorities: torch.Tensor | None) -> None:
+        m = keys.numel()
+        if m == 0:
+            return
+        slots = keys % self.capacity
+        if priorities is None:
+            priorities = torch.full((m,), self._max_priority, dtype=torch.float64, device=self.device)
+        else:
+            self._max_priority = max(self._max_priority, float(priorities.max()))
+        self._item_key[slots] = keys
+        self._priority[slots] = priorities
+        self._times[slots] = 0
+        self._size += m
+        self.sampler.on_insert(slots, priorities)
+        self.rate_limiter.on_insert(m)
+
+    def _remove_slots(self, slots: torch.Tensor) -> None:
+        """Remove the items at ``slots`` (slots without an item are ignored)."""
+        active = slots[self._item_key.index_select(0, slots) >= 0]
+        if active.numel() == 0:
+            return
+        active = torch.unique(active)
+        self.sampler.on_remove(active)
+        self._item_key[active] = -1
+        self._size -= int(active.numel())
+
+    # ------------------------------------------------------------------ reads
+    def sample(
+        self, batch_size: int, *, beta: float | None = None, timeout: float | None = None
+    ) -> Sample:
+        """Draw ``batch_size`` items (with replacement, unless the sampler is a selector).
+
+        Args:
+            batch_size: Number of items, > 0.
+            beta: Importance-weight exponent for prioritized samplers (default: the
+                sampler's own).
+            timeout: Seconds to wait for the rate limiter (None: as long as it takes).
+
+        Returns:
+            A :class:`Sample`.
+
+        Raises:
+            InvalidArgumentError: If ``batch_size`` is not a positive int.
+            RateLimiterTimeout: If the limiter did not let the sample through in time.
+            WouldBlockForeverError: If the table cannot be sampled and no other thread
+                could change that (e.g. a single thread sampling an empty table).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or (
+            batch_size < 1
+        ):
+            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        b = int(batch_size)
+        with self._cond:
+            self._note_thread()
+            lim = self.rate_limiter
+            if not (self._size > 0 and lim.can_sample(b, self._size)):
+                self._wait(
+                    lambda: self._size > 0 and lim.can_sample(b, self._size), timeout, "sample", b
+                )
+            sel = self._select(b, beta)
+            slots = sel.slots
+            keys = self._item_key.index_select(0, slots)
+            if self.sequence_length == 1:
+                rows = slots
+            else:
+                rows = self.storage.window_rows(keys, self.sequence_length)
+            data = self.storage.gather(rows)
+            self._times.index_add_(0, slots, torch.ones_like(slots))
+            times = self._times.index_select(0, slots)
+            priorities = self._priority.index_select(0, slots)
+            size = self._size
+            lim.on_sample(b)
+            if self.max_times_sampled is not None:
+                spent = slots[times >= self.max_times_sampled]
+                if spent.numel():
+                    self._remove_slots(spent)
+            self._cond.notify_all()
+        weights = sel.weights if sel.weights is not None else torch.ones(
+            b, dtype=torch.float32, device=self.device
+        )
+        return Sample(
+            data=data,
+            keys=keys,
+            probabilities=sel.probabilities,
+            weights=weights,
+            priorities=priorities,
+            times_sampled=times,
+            table_size=size,
+        )
+
+    def _select(self, n: int, beta: float | None) -> Any:
+        if beta is None:
+            return self.sampler.sample(n)
+        return self.sampler.sample(n, beta=beta)  # type: ignore[call-arg]
+
+    def update_priorities(self, keys: Any, priorities: Any) -> int:
+        """Set new priorities for sampled items; stale keys are ignored.
+
+        Args:
+            keys: ``[K]`` item keys from :attr:`Sample.keys`.
+            priorities: ``[K]`` new priorities, finite and > 0.
+
+        Returns:
+            How many keys named a live item (the others were overwritten or removed).
+
+        Raises:
+            InvalidArgumentError: If shapes differ or a priority is not finite and > 0.
+        """
+        k = torch.as_tensor(keys, dtype=torch.int64, device=self.device).reshape(-1)
+        p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device).reshape(-1)
+        if k.shape != p.shape:
+            raise InvalidArgumentError(
+                f"keys and priorities must have the same length, got {k.numel()} keys and "
+                f"{p.numel()} priorities"
+            )
+        _check_priority_values(p)
+        with self._cond:
+            slots = k.clamp(min=0) % self.capacity
+            live = (k >= 0) & (self._item_key.index_select(0, slots) == k)
+            slots, p = slots[live], p[live]
+            if slots.numel():
+                self._priority[slots] = p
+                self._max_priority = max(self._max_priority, float(p.max()))
+                self.sampler.update(slots, p)
+            return int(live.sum())
+
+    # ---------------------------------------------------------------- waiting
+    def _note_thread(self) -> None:
+        self._threads.add(threading.get_ident())
+
+    def _wait(self, ready: Any, timeout: float | None, verb: str, n: int) -> None:
+        """Wait on the condition until ``ready()``; raise instead of waiting for ever."""
+        lim = self.rate_limiter
+        why = (
+            lim.why_sample_blocked(n, self._size) if verb == "sample" else
+            lim.why_insert_blocked(n, self._size)
+        )
+        if verb == "sample" and self._size == 0 and lim.can_sample(n, max(n, 10**9)) and (
+            self.num_steps > 0
+        ):
+            why = (
+                f"the table holds {self.num_steps} step(s) but no complete item yet "
+                f"(items are windows of {self.sequence_length} steps of one episode)"
+            )
+        if timeout is None and not self._others_alive():
+            raise WouldBlockForeverError(
+                f"{verb} on table {self.name!r} would block forever: {why}, and no other "
+                f"thread uses this table. "
+                + (
+                    "Insert more items first, or sample from another thread."
+                    if verb == "sample"
+                    else "Sample items first, or insert from another thread."
+                )
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ready():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise RateLimiterTimeout(
+                    f"{verb} on table {self.name!r} timed out after {timeout}s: {why}"
+                )
+            self._cond.wait(remaining if remaining is not None else 1.0)
+
+    def _others_alive(self) -> bool:
+        if self.shared:
+            return True
+        me = threading.get_ident()
+        alive = {t.ident for t in threading.enumerate()}
+        return bool((self._threads & alive) - {me})
+
+    # -------------------------------------------------------------- lifecycle
+    def info(self) -> TableInfo:
+        """A snapshot of the table's counters and configuration."""
+        with self._cond:
+            return TableInfo(
+                name=self.name,
+                capacity=self.capacity,
+                size=self._size,
+                num_steps=self.num_steps,
+                sequence_length=self.sequence_length,
+                total_steps_written=self.storage.total,
+                inserts=self.rate_limiter.inserts,
+                samples=self.rate_limiter.samples,
+                sampler=self.sampler.config(),
+                rate_limiter=self.rate_limiter.config(),
+                max_times_sampled=self.max_times_sampled,
+                device=str(self.device),
+                nbytes=self.storage.nbytes,
+                spec=self.spec.to_json(),
+            )
+
+    def reset(self) -> None:
+        """Remove every item and step; counters start again from zero."""
+        with self._cond:
+            self.storage.reset()
+            self.sampler.reset()
+            self.rate_limiter.reset()
+            self._item_key.fill_(-1)
+            self._priority.zero_()
+            self._times.zero_()
+            self._size = 0
+            self._max_priority = 1.0
+            self._cond.notify_all()
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serializable description from which :meth:`from_config` rebuilds the table."""
+        return {
+            "name": self.name,
+            "capacity": self.capacity,
+            "sequence_length": self.sequence_length,
+            "max_times_sampled": self.max_times_sampled,
+            "spec": self.spec.to_json(),
+            "sampler": self.sampler.config(),
+            "rate_limiter": self.rate_limiter.config(),
+            "device": str(self.device),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], device: torch.device | str | None = None) -> Table:
+        """Build an empty table from :meth:`config` output (``device`` overrides)."""
+        return cls(
+            Spec.from_json(config["spec"]),
+            int(config["capacity"]),
+            sampler=sampler_from_config(config["sampler"]),
+            rate_limiter=rate_limiter_from_config(config["rate_limiter"]),
+            sequence_length=int(config["sequence_length"]),
+            max_times_sampled=config.get("max_times_sampled"),
+            device=device if device is not None else config.get("device", "cpu"),
+            name=str(config.get("name", "table")),
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the table's state, on CPU (storage, items, sampler, limiter)."""
+        with self._cond:
+            n = self.storage.num_rows
+            out = {f"storage.{k}": v for k, v in self.storage.state_dict().items()}
+            out["items.key"] = self._item_key[:n].cpu()
+            out["items.priority"] = self._priority[:n].cpu()
+            out["items.times_sampled"] = self._times[:n].cpu()
+            out["items.scalars"] = torch.tensor(
+                [float(self._size), self._max_priority], dtype=torch.float64
+            )
+            out.update({f"sampler.{k}": v for k, v in self.sampler.state_dict().items()})
+            out.update({f"limiter.{k}": v for k, v in self.rate_limiter.state_dict().items()})
+            return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` output into this (same-config) table."""
+        with self._cond:
+            self.storage.load_state_dict(
+                {k[len("storage.") :]: v for k, v in state.items() if k.startswith("storage.")}
+            )
+            n = self.storage.num_rows
+            self._item_key.fill_(-1)
+            self._priority.zero_()
+            self._times.zero_()
+            self._item_key[:n].copy_(state["items.key"])
+            self._priority[:n].copy_(state["items.priority"])
+            self._times[:n].copy_(state["items.times_sampled"])
+            size, max_p = state["items.scalars"].tolist()
+            self._size, self._max_priority = int(size), float(max_p)
+            self.sampler.load_state_dict(
+                {k[len("sampler.") :]: v for k, v in state.items() if k.startswith("sampler.")}
+            )
+            self.rate_limiter.load_state_dict(
+                {k[len("limiter.") :]: v for k, v in state.items() if k.startswith("limiter.")}
+            )
+            self._cond.notify_all()
+
+
+def _check_priority_values(p: torch.Tensor) -> None:
+    bad = ~torch.isfinite(p) | (p <= 0)
+    if bool(bad.any()):
+        first = float(p[bad][0])
+        raise InvalidArgumentError(
+            f"priorities must be finite and > 0, got {first} at index "
+            f"{int(torch.nonzero(bad)[0, 0])}; clamp TD errors with e.g. abs(td) + 1e-6"
+        )
+
+
+def _int_column(name: str, value: Any, n: int, device: torch.device, default: int) -> torch.Tensor:
+    if value is None:
+        return torch.full((n,), default, dtype=torch.int64, device=device)
+    t = torch.as_tensor(value, device=device)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise InvalidArgumentError(f"{name} must be integers, got dtype {dtype_name(t.dtype)}")
+    t = t.to(torch.int64)
+    if t.dim() == 0:
+        return t.expand(n).clone()
+    if t.shape != (n,):
+        raise InvalidArgumentError(f"{name} must be a scalar or have shape ({n},), got {tuple(t.shape)}")
+    return t
+
+
+def _end_column(value: Any, n: int, device: torch.device) -> torch.Tensor:
+    if value is None or value is False:
+        return torch.zeros(n, dtype=torch.int64, device=device)
+    if value is True:
+        return torch.full((n,), END_TERMINATED, dtype=torch.int64, device=device)
+    t = torch.as_tensor(value, device=device)
+    if t.dtype.is_floating_point:
+        if bool(((t != 0) & (t != 1)).any()):
+            raise InvalidArgumentError("ends given as floats must be 0.0 or 1.0")
+    t = t.to(torch.int64).reshape(-1) if t.dim() else t.to(torch.int64).expand(n)
+    if t.shape != (n,):
+        raise InvalidArgumentError(f"ends must be a scalar or have shape ({n},), got {tuple(t.shape)}")
+    if bool(((t < END_NONE) | (t > END_TRUNCATED)).any()):
+        raise InvalidArgumentError(
+            "ends must be bools or codes 0 (not done), 1 (terminated), 2 (truncated)"
+        )
+    return t
+

@@ -1,0 +1,59 @@
+"""The public surface is pinned: adding or removing a name is a deliberate change."""
+
+from __future__ import annotations
+
+import replaydb
+
+EXPECTED = [
+    "BatchExperience",
+    "CheckpointError",
+    "ClosedError",
+    "Field",
+    "InvalidArgumentError",
+    "MinSize",
+    "MissingDependencyError",
+    "NotEnoughDataError",
+    "Queue",
+    "RateLimiter",
+    "RateLimiterTimeout",
+    "ReplayBuffer",
+    "ReplayError",
+    "Sample",
+    "SampleToInsertRatio",
+    "Sampler",
+    "Spec",
+    "SpecMismatchError",
+    "Stack",
+    "Storage",
+    "Table",
+    "TableInfo",
+    "Uniform",
+    "WouldBlockForeverError",
+    "__version__",
+    "load_table",
+    "save_table",
+]
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    assert replaydb.__all__ == EXPECTED
+    assert replaydb.__all__ == sorted(replaydb.__all__)
+
+
+def test_every_public_name_resolves_and_is_documented() -> None:
+    for name in replaydb.__all__:
+        obj = getattr(replaydb, name)
+        if name != "__version__":
+            assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_import_has_no_optional_dependencies() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, replaydb; "
+        "bad = [m for m in ('ray', 'gymnasium', 'tensorflow', 'matplotlib') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
