@@ -44,7 +44,9 @@ def main() -> None:
             for k in buffer.state_dict()
         )
         nbytes = sum(p.stat().st_size for p in Path(tmp, "run").iterdir())
-    print(f"filled {len(buffer):,} transitions in {fill_s:.3f}s ({len(buffer) / fill_s:,.0f} rows/s)")
+    print(
+        f"filled {len(buffer):,} transitions in {fill_s:.3f}s ({len(buffer) / fill_s:,.0f} rows/s)"
+    )
     print(f"sampled 1000 batches of 256 in {sample_s:.3f}s ({1000 / sample_s:,.0f} batches/s)")
     print(f"a TD target from the last batch: shape {tuple(target.shape)}")
     print(f"saved {nbytes / 1e6:.1f} MB and loaded it back: identical={same}")

@@ -7,7 +7,8 @@ sequence sampling and Reverb-style rate limiters; a Velora-compatible
 Example:
     >>> import torch, replaydb
     >>> buffer = replaydb.ReplayBuffer(1000, state_dim=4, action_dim=1, hidden_dim=0)
-    >>> buffer.add_multi(torch.zeros(8, 4), torch.zeros(8), torch.ones(8), torch.zeros(8, 4), torch.zeros(8))
+    >>> s = torch.zeros(8, 4)
+    >>> buffer.add_multi(s, torch.zeros(8), torch.ones(8), s, torch.zeros(8))
     >>> buffer.sample(4).rewards.shape
     torch.Size([4, 1])
 """

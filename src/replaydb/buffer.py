@@ -79,9 +79,7 @@ class BatchExperience:
 
 def _positive_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InvalidArgumentError(
-            f"{name} must be an int >= {minimum}, got {value!r}"
-        )
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -120,11 +118,15 @@ class ReplayBuffer:
         self.action_dim = _positive_int("action_dim", action_dim, 1)
         self.hidden_dim = _positive_int("hidden_dim", hidden_dim, 0)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.table = table if table is not None else Table(
-            self.transition_spec(self.state_dim, self.action_dim, self.hidden_dim),
-            self.capacity,
-            device=self.device,
-            name="replay_buffer",
+        self.table = (
+            table
+            if table is not None
+            else Table(
+                self.transition_spec(self.state_dim, self.action_dim, self.hidden_dim),
+                self.capacity,
+                device=self.device,
+                name="replay_buffer",
+            )
         )
         self._fast = self.table.storage._np is not None
         self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
@@ -207,7 +209,10 @@ class ReplayBuffer:
             self.table.insert_unchecked(values)
         else:
             self.table.insert(
-                {k: torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(-1) for k, v in values.items()}
+                {
+                    k: torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(-1)
+                    for k, v in values.items()
+                }
             )
 
     def _row(self, name: str, value: Any, dim: int, *, broadcast: bool) -> Any:
@@ -331,8 +336,10 @@ class ReplayBuffer:
             ValueError: ``"Buffer does not contain enough experiences. Available: n,
                 Requested: b"`` when fewer than ``batch_size`` are stored.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or (
-            batch_size < 1
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int | np.integer)
+            or (batch_size < 1)
         ):
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
         n = self.table.num_steps
@@ -406,7 +413,12 @@ class ReplayBuffer:
             digest["sha256"] = _sha256(tmp)
 
         def write_meta(tmp: Path) -> None:
-            full = {**meta, "format": VELORA_FORMAT, "format_version": 1, "state_sha256": digest["sha256"]}
+            full = {
+                **meta,
+                "format": VELORA_FORMAT,
+                "format_version": 1,
+                "state_sha256": digest["sha256"],
+            }
             tmp.write_text(json.dumps(full, indent=2))
 
         atomic_write_files({state_path: write_state, meta_path: write_meta})
@@ -511,7 +523,8 @@ def _sha256(path: Path) -> str:
 def _check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise CheckpointError(
-            f"metadata must be the dict read from <prefix>metadata.json, got {type(metadata).__name__}"
+            "metadata must be the dict read from <prefix>metadata.json, "
+            f"got {type(metadata).__name__}"
         )
     missing = [k for k in _META_KEYS if k not in metadata and k != "device"]
     if missing:

@@ -119,7 +119,9 @@ def atomic_write_files(writers: Mapping[Path, Callable[[Path], None]]) -> None:
                 tmp.unlink()
 
 
-def _save_safetensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], path: Path) -> None:
+def _save_safetensors(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], path: Path
+) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), dict(meta))
@@ -170,7 +172,9 @@ def read_table_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     return meta, tensors
 
 
-def save_table(table: Any, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None) -> Path:
+def save_table(
+    table: Any, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None
+) -> Path:
     """Save a table to one ``.safetensors`` file, atomically.
 
     Args:
@@ -234,7 +238,13 @@ def load_table(path: str | os.PathLike[str], device: torch.device | str | None =
     return table
 
 
-_PREFIX_KEYS = ("storage.group.", "storage.meta.", "items.key", "items.priority", "items.times_sampled")
+_PREFIX_KEYS = (
+    "storage.group.",
+    "storage.meta.",
+    "items.key",
+    "items.priority",
+    "items.times_sampled",
+)
 
 
 def _check_state(table: Any, tensors: Mapping[str, torch.Tensor], where: str) -> None:
@@ -335,9 +345,14 @@ def write_checkpoint(
         }
         for name, table in tables.items():
             path = save_table(table, tmp / f"{_safe(name)}.safetensors")
-            manifest["tables"][name] = {"file": path.name, "size": len(table), "steps": table.num_steps}
-        atomic_write_files({tmp / _MANIFEST: lambda p: p.write_text(json.dumps(manifest, indent=2))})
-        atomic_write_files({tmp / _MARKER: lambda p: p.write_text("ok\n")})
+            manifest["tables"][name] = {
+                "file": path.name,
+                "size": len(table),
+                "steps": table.num_steps,
+            }
+        text = json.dumps(manifest, indent=2)
+        atomic_write_files({tmp / _MANIFEST: lambda p: _write_text(p, text)})
+        atomic_write_files({tmp / _MARKER: lambda p: _write_text(p, "ok\n")})
         os.replace(tmp, final)
         _fsync_dir(r)
     except BaseException:
@@ -386,10 +401,10 @@ def read_checkpoint(
     return tables, manifest
 
 
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "table"
 
-
-def iter_files(paths: Iterable[Path]) -> int:
-    """Total bytes of the given files (missing ones count zero)."""
-    return sum(p.stat().st_size for p in paths if p.is_file())

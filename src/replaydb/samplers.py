@@ -194,7 +194,9 @@ class Uniform:
             if need == 0:
                 return Selection(torch.cat(got), prob)
         active = torch.nonzero(self._active[:high]).squeeze(1)
-        pick = torch.randint(0, active.numel(), (need,), generator=self.generator, device=self._device)
+        pick = torch.randint(
+            0, active.numel(), (need,), generator=self.generator, device=self._device
+        )
         got.append(active.index_select(0, pick))
         return Selection(torch.cat(got), prob)
 

@@ -192,17 +192,13 @@ class Spec(Mapping[str, Field]):
         return len(self._fields)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Spec) and list(self._fields.items()) == list(
-            other._fields.items()
-        )
+        return isinstance(other, Spec) and list(self._fields.items()) == list(other._fields.items())
 
     def __hash__(self) -> int:
         return hash(tuple(self._fields.items()))
 
     def __repr__(self) -> str:
-        inner = ", ".join(
-            f"{k}: {v.shape} {dtype_name(v.dtype)}" for k, v in self._fields.items()
-        )
+        inner = ", ".join(f"{k}: {v.shape} {dtype_name(v.dtype)}" for k, v in self._fields.items())
         return f"Spec({{{inner}}})"
 
     @property
@@ -378,8 +374,10 @@ def _as_field(name: str, value: Any) -> Field:
         return value
     if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[1], int):
         return Field(tuple(value[0]), value[1])
-    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(
-        value, torch.Tensor | np.ndarray
+    if (
+        hasattr(value, "shape")
+        and hasattr(value, "dtype")
+        and not isinstance(value, torch.Tensor | np.ndarray)
     ):
         # A Gymnasium space or a TF TensorSpec-like object.
         return Field(tuple(value.shape), _as_dtype(getattr(value.dtype, "name", value.dtype)))

@@ -132,8 +132,10 @@ class Table:
         name: str = "table",
     ) -> None:
         spec = spec if isinstance(spec, Spec) else Spec(spec)
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or (
-            sequence_length < 1
+        if (
+            isinstance(sequence_length, bool)
+            or not isinstance(sequence_length, int)
+            or (sequence_length < 1)
         ):
             raise InvalidArgumentError(
                 f"sequence_length must be an int >= 1, got {sequence_length!r}"
@@ -146,8 +148,10 @@ class Table:
             raise InvalidArgumentError(
                 f"max_times_sampled must be None or an int >= 1, got {max_times_sampled!r}"
             )
-        if isinstance(capacity, int) and not isinstance(capacity, bool) and (
-            0 < capacity < sequence_length
+        if (
+            isinstance(capacity, int)
+            and not isinstance(capacity, bool)
+            and (0 < capacity < sequence_length)
         ):
             raise InvalidArgumentError(
                 f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
@@ -358,7 +362,9 @@ class Table:
             return
         slots = keys % self.capacity
         if priorities is None:
-            priorities = torch.full((m,), self._max_priority, dtype=torch.float64, device=self.device)
+            priorities = torch.full(
+                (m,), self._max_priority, dtype=torch.float64, device=self.device
+            )
         else:
             self._max_priority = max(self._max_priority, float(priorities.max()))
         self._item_key[slots] = keys
@@ -399,8 +405,10 @@ class Table:
             WouldBlockForeverError: If the table cannot be sampled and no other thread
                 could change that (e.g. a single thread sampling an empty table).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or (
-            batch_size < 1
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int | np.integer)
+            or (batch_size < 1)
         ):
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
         b = int(batch_size)
@@ -429,8 +437,10 @@ class Table:
                 if spent.numel():
                     self._remove_slots(spent)
             self._cond.notify_all()
-        weights = sel.weights if sel.weights is not None else torch.ones(
-            b, dtype=torch.float32, device=self.device
+        weights = (
+            sel.weights
+            if sel.weights is not None
+            else torch.ones(b, dtype=torch.float32, device=self.device)
         )
         return Sample(
             data=data,
@@ -486,11 +496,15 @@ class Table:
         """Wait on the condition until ``ready()``; raise instead of waiting for ever."""
         lim = self.rate_limiter
         why = (
-            lim.why_sample_blocked(n, self._size) if verb == "sample" else
-            lim.why_insert_blocked(n, self._size)
+            lim.why_sample_blocked(n, self._size)
+            if verb == "sample"
+            else lim.why_insert_blocked(n, self._size)
         )
-        if verb == "sample" and self._size == 0 and lim.can_sample(n, max(n, 10**9)) and (
-            self.num_steps > 0
+        if (
+            verb == "sample"
+            and self._size == 0
+            and lim.can_sample(n, max(n, 10**9))
+            and (self.num_steps > 0)
         ):
             why = (
                 f"the table holds {self.num_steps} step(s) but no complete item yet "
@@ -570,7 +584,9 @@ class Table:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], device: torch.device | str | None = None) -> Table:
+    def from_config(
+        cls, config: Mapping[str, Any], device: torch.device | str | None = None
+    ) -> Table:
         """Build an empty table from :meth:`config` output (``device`` overrides)."""
         return cls(
             Spec.from_json(config["spec"]),
@@ -642,7 +658,9 @@ def _int_column(name: str, value: Any, n: int, device: torch.device, default: in
     if t.dim() == 0:
         return t.expand(n).clone()
     if t.shape != (n,):
-        raise InvalidArgumentError(f"{name} must be a scalar or have shape ({n},), got {tuple(t.shape)}")
+        raise InvalidArgumentError(
+            f"{name} must be a scalar or have shape ({n},), got {tuple(t.shape)}"
+        )
     return t
 
 
@@ -657,10 +675,11 @@ def _end_column(value: Any, n: int, device: torch.device) -> torch.Tensor:
             raise InvalidArgumentError("ends given as floats must be 0.0 or 1.0")
     t = t.to(torch.int64).reshape(-1) if t.dim() else t.to(torch.int64).expand(n)
     if t.shape != (n,):
-        raise InvalidArgumentError(f"ends must be a scalar or have shape ({n},), got {tuple(t.shape)}")
+        raise InvalidArgumentError(
+            f"ends must be a scalar or have shape ({n},), got {tuple(t.shape)}"
+        )
     if bool(((t < END_NONE) | (t > END_TRUNCATED)).any()):
         raise InvalidArgumentError(
             "ends must be bools or codes 0 (not done), 1 (terminated), 2 (truncated)"
         )
     return t
-
