@@ -1,0 +1,215 @@
+"""Velora-shaped transition buffer: replaydb vs a raw-tensor floor and installable peers.
+
+Measures, in one run and one torch thread, on the transition of the issue (state 11,
+action 3, hidden 8, capacity 1,000,000):
+
+* single ``add`` calls/s,
+* ``add_multi`` of 256 rows (rows/s),
+* ``sample(256)`` batches/s,
+
+for replaydb's ``ReplayBuffer``, stable-baselines3's ``ReplayBuffer``, cpprb's
+``ReplayBuffer`` and TorchRL's ``ReplayBuffer(LazyTensorStorage)`` where installed
+(``pip install 'replaydb[bench]'``), and prints ratios. Each library gets the input
+type its users pass (torch tensors for replaydb and TorchRL, numpy for SB3 and cpprb).
+
+Run: python benchmarks/bench_buffer.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from replaydb import ReplayBuffer
+
+S, A, H, CAP, B = 11, 3, 8, 1_000_000, 256
+
+
+def rate(fn: Callable[[], object], seconds: float, per_call: int = 1) -> float:
+    """Calls (times ``per_call``) per second of ``fn`` over about ``seconds``."""
+    for _ in range(20):
+        fn()
+    n, start = 0, time.perf_counter()
+    while True:
+        for _ in range(50):
+            fn()
+        n += 50
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n * per_call / elapsed
+
+
+def fill_rows(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "s": rng.standard_normal((n, S), dtype=np.float32),
+        "a": rng.standard_normal((n, A), dtype=np.float32),
+        "r": rng.standard_normal((n, 1), dtype=np.float32),
+        "s2": rng.standard_normal((n, S), dtype=np.float32),
+        "d": (rng.random((n, 1)) < 0.01).astype(np.float32),
+        "h": rng.standard_normal((n, H), dtype=np.float32),
+    }
+
+
+def bench_replaydb(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
+    buf = ReplayBuffer(CAP, S, A, H)
+    t = {k: torch.from_numpy(v) for k, v in rows.items()}
+    one = (t["s"][0], t["a"][0], float(t["r"][0, 0]), t["s2"][0], False, t["h"][0])
+    batch = tuple(t[k][:B] for k in ("s", "a", "r", "s2", "d", "h"))
+    out = {"add": rate(lambda: buf.add(*one), sec)}
+    out["add_multi"] = rate(lambda: buf.add_multi(*batch), sec, B)
+    for _ in range(CAP // B + 1):
+        buf.add_multi(*batch)
+    out["sample"] = rate(lambda: buf.sample(B), sec)
+    return out
+
+
+def bench_floor(sec: float) -> dict[str, float]:
+    """Raw tensors: numpy row writes, one slice copy, one index_select of random rows."""
+    width = 2 * S + A + H + 2
+    packed = torch.zeros(CAP, width)
+    view = packed.numpy()
+    row = np.zeros(width, dtype=np.float32)
+    block = torch.zeros(B, width)
+    pos = [0]
+
+    def add() -> None:
+        view[pos[0]] = row
+        pos[0] = (pos[0] + 1) % CAP
+
+    def add_multi() -> None:
+        p = pos[0]
+        packed[p : p + B].copy_(block)
+        pos[0] = (p + B) % (CAP - B)
+
+    gen = torch.Generator().manual_seed(0)
+    idx = [torch.randint(0, CAP, (B,), generator=gen) for _ in range(4096)]
+    k = [0]
+
+    def gather() -> None:
+        k[0] = (k[0] + 1) & 4095
+        packed.index_select(0, idx[k[0]])
+
+    def sample() -> None:
+        packed.index_select(0, torch.randint(0, CAP, (B,), generator=gen))
+
+    return {
+        "add": rate(add, sec),
+        "add_multi": rate(add_multi, sec, B),
+        "gather": rate(gather, sec),
+        "sample": rate(sample, sec),
+    }
+
+
+def bench_sb3(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
+    import gymnasium as gym
+    from stable_baselines3.common.buffers import ReplayBuffer as SB3Buffer
+
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (S,), np.float32)
+    act_space = gym.spaces.Box(-1, 1, (A,), np.float32)
+    one = SB3Buffer(CAP, obs_space, act_space, device="cpu", n_envs=1)
+    o, a, r, o2 = rows["s"][:1], rows["a"][:1], rows["r"][:1, 0], rows["s2"][:1]
+    d, info = np.zeros(1, dtype=np.float32), [{}]
+    out = {"add": rate(lambda: one.add(o, o2, a, r, d, info), sec)}
+    del one
+    many = SB3Buffer(CAP // B, obs_space, act_space, device="cpu", n_envs=B)
+    ob, ab, rb, ob2 = rows["s"][:B], rows["a"][:B], rows["r"][:B, 0], rows["s2"][:B]
+    db, infos = rows["d"][:B, 0], [{}] * B
+    out["add_multi"] = rate(lambda: many.add(ob, ob2, ab, rb, db, infos), sec, B)
+    del many
+    full = SB3Buffer(CAP, obs_space, act_space, device="cpu", n_envs=1)
+    full.full = True  # sample over every row, as a filled buffer would
+    out["sample"] = rate(lambda: full.sample(B), sec)
+    return out
+
+
+def bench_cpprb(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
+    from cpprb import ReplayBuffer as CppBuffer
+
+    env_dict = {
+        "obs": {"shape": S},
+        "act": {"shape": A},
+        "rew": {},
+        "next_obs": {"shape": S},
+        "done": {},
+        "hidden": {"shape": H},
+    }
+    buf = CppBuffer(CAP, env_dict)
+    one = {"obs": rows["s"][0], "act": rows["a"][0], "rew": 1.0, "next_obs": rows["s2"][0],
+           "done": 0.0, "hidden": rows["h"][0]}
+    many = {"obs": rows["s"][:B], "act": rows["a"][:B], "rew": rows["r"][:B],
+            "next_obs": rows["s2"][:B], "done": rows["d"][:B], "hidden": rows["h"][:B]}
+    out = {"add": rate(lambda: buf.add(**one), sec)}
+    out["add_multi"] = rate(lambda: buf.add(**many), sec, B)
+    for _ in range(CAP // B + 1):
+        buf.add(**many)
+    out["sample"] = rate(lambda: buf.sample(B), sec)
+    return out
+
+
+def bench_torchrl(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage
+    from torchrl.data import ReplayBuffer as TRLBuffer
+
+    buf = TRLBuffer(storage=LazyTensorStorage(CAP), batch_size=B)
+    t = {k: torch.from_numpy(v) for k, v in rows.items()}
+    one = TensorDict({k: v[0] for k, v in t.items()}, batch_size=[])
+    many = TensorDict({k: v[:B] for k, v in t.items()}, batch_size=[B])
+    out = {"add": rate(lambda: buf.add(one), sec)}
+    out["add_multi"] = rate(lambda: buf.extend(many), sec, B)
+    for _ in range(CAP // B + 1):
+        buf.extend(many)
+    out["sample"] = rate(lambda: buf.sample(), sec)
+    return out
+
+
+PEERS: dict[str, tuple[str, Callable[[float, dict[str, np.ndarray]], dict[str, float]]]] = {
+    "SB3": ("stable_baselines3", bench_sb3),
+    "cpprb": ("cpprb", bench_cpprb),
+    "TorchRL": ("torchrl", bench_torchrl),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="0.3 s per measurement")
+    args = parser.parse_args()
+    sec = 0.3 if args.quick else 1.5
+    torch.set_num_threads(1)
+    rows = fill_rows(B)
+    results = {"replaydb": bench_replaydb(sec, rows), "floor": bench_floor(sec)}
+    for name, (module, fn) in PEERS.items():
+        if importlib.util.find_spec(module) is None:
+            print(f"(skipping {name}: pip install 'replaydb[bench]')")
+            continue
+        results[name] = fn(sec, rows)
+    ours = results["replaydb"]
+    print(f"\nVelora transition (state {S}, action {A}, hidden {H}), capacity {CAP:,}, 1 thread\n")
+    print(f"{'library':<10} {'add calls/s':>14} {'add_multi rows/s':>18} {'sample(256) /s':>16}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['add']:>14,.0f} {r['add_multi']:>18,.0f} {r['sample']:>16,.0f}")
+    print("\nratios (replaydb / other; > 1 means replaydb is faster)")
+    print(f"{'vs':<10} {'add':>8} {'add_multi':>10} {'sample':>8}")
+    for name, r in results.items():
+        if name == "replaydb":
+            continue
+        print(
+            f"{name:<10} {ours['add'] / r['add']:>8.2f} {ours['add_multi'] / r['add_multi']:>10.2f}"
+            f" {ours['sample'] / r['sample']:>8.2f}"
+        )
+    floor = results["floor"]
+    print(
+        f"\nsample(256) vs floor: {floor['sample'] / ours['sample']:.2f}x the time of "
+        f"randint + index_select, {floor['gather'] / ours['sample']:.2f}x the time of "
+        "index_select alone (same number of random rows, one packed array)"
+    )
+
+
+if __name__ == "__main__":
+    main()
