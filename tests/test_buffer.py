@@ -76,12 +76,20 @@ def test_six_argument_add_and_full_example() -> None:
     state_dim, hidden = 4, 20
     buffer = ReplayBuffer(1000, state_dim, 1, hidden)
     buffer.add(
-        torch.zeros(state_dim), torch.tensor(1.0), 2.0, torch.zeros(state_dim), False,
+        torch.zeros(state_dim),
+        torch.tensor(1.0),
+        2.0,
+        torch.zeros(state_dim),
+        False,
         torch.zeros(hidden),
     )
     buffer.add_multi(
-        torch.zeros((3, state_dim)), torch.ones((3, 1)), torch.ones((3, 1)),
-        torch.zeros((3, state_dim)), torch.ones((3, 1)), torch.zeros((3, hidden)),
+        torch.zeros((3, state_dim)),
+        torch.ones((3, 1)),
+        torch.ones((3, 1)),
+        torch.zeros((3, state_dim)),
+        torch.ones((3, 1)),
+        torch.zeros((3, hidden)),
     )
     assert len(buffer) == 4
     batch = buffer.sample(batch_size=4)
@@ -92,11 +100,22 @@ def test_six_argument_add_and_full_example() -> None:
 
 def test_attributes_and_metadata_order() -> None:
     buffer = ReplayBuffer(10, 3, 2, 1)
-    assert (buffer.capacity, buffer.state_dim, buffer.action_dim, buffer.hidden_dim) == (10, 3, 2, 1)
+    assert (buffer.capacity, buffer.state_dim, buffer.action_dim, buffer.hidden_dim) == (
+        10,
+        3,
+        2,
+        1,
+    )
     assert buffer.device == torch.device("cpu")
     assert (buffer.position, buffer.size) == (0, 0)
     assert list(buffer.metadata()) == [
-        "capacity", "state_dim", "action_dim", "hidden_dim", "position", "size", "device",
+        "capacity",
+        "state_dim",
+        "action_dim",
+        "hidden_dim",
+        "position",
+        "size",
+        "device",
     ]
     assert list(buffer.state_dict()) == list(KEYS)
     assert buffer.config() == {"capacity": 10, "state_dim": 3, "action_dim": 2, "hidden_dim": 1}
@@ -145,8 +164,11 @@ def test_add_multi_larger_than_capacity_keeps_newest_rows() -> None:
     buffer = ReplayBuffer(5, 1, 1, 0)
     n = 12
     buffer.add_multi(
-        torch.arange(n, dtype=torch.float32).view(n, 1), torch.zeros(n), torch.arange(n),
-        torch.zeros(n, 1), torch.zeros(n),
+        torch.arange(n, dtype=torch.float32).view(n, 1),
+        torch.zeros(n),
+        torch.arange(n),
+        torch.zeros(n, 1),
+        torch.zeros(n),
     )
     assert len(buffer) == 5
     kept = sorted(buffer.state_dict()["rewards"].view(-1).tolist())
@@ -157,7 +179,9 @@ def test_add_multi_larger_than_capacity_keeps_newest_rows() -> None:
 
 def test_add_multi_zero_rows_is_a_no_op() -> None:
     buffer = ReplayBuffer(5, 2, 1, 0)
-    buffer.add_multi(torch.zeros(0, 2), torch.zeros(0), torch.zeros(0), torch.zeros(0, 2), torch.zeros(0))
+    buffer.add_multi(
+        torch.zeros(0, 2), torch.zeros(0), torch.zeros(0), torch.zeros(0, 2), torch.zeros(0)
+    )
     assert len(buffer) == 0 and buffer.position == 0
 
 
@@ -165,8 +189,14 @@ def test_requires_grad_inputs_never_enter_autograd() -> None:
     buffer = ReplayBuffer(8, 2, 1, 1)
     x = torch.ones(2, requires_grad=True)
     buffer.add(x * 2, torch.tensor(1.0, requires_grad=True), 1.0, x, False, x[:1])
-    buffer.add_multi(x.expand(3, 2) * 1, torch.ones(3, requires_grad=True), torch.ones(3),
-                     x.expand(3, 2), torch.zeros(3), torch.ones(3, 1, requires_grad=True))
+    buffer.add_multi(
+        x.expand(3, 2) * 1,
+        torch.ones(3, requires_grad=True),
+        torch.ones(3),
+        x.expand(3, 2),
+        torch.zeros(3),
+        torch.ones(3, 1, requires_grad=True),
+    )
     assert all(not v.requires_grad and v.grad_fn is None for v in buffer.state_dict().values())
     batch = buffer.sample(4)
     assert all(getattr(batch, k).grad_fn is None for k in KEYS)
@@ -184,7 +214,9 @@ def test_capacity_must_be_positive() -> None:
 def test_shape_mismatch_names_field_and_shapes() -> None:
     buffer = ReplayBuffer(10, 11, 3, 8)
     before = snapshot(buffer)
-    with pytest.raises(ValueError, match=r"state: expected shape \(11,\) or \(1, 11\), got \(1, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"state: expected shape \(11,\) or \(1, 11\), got \(1, 4\)"
+    ):
         buffer.add(torch.zeros((1, 4)), torch.tensor(1.0), 2.0, torch.zeros((1, 4)), False)
     with pytest.raises(ValueError, match=r"next_state: expected shape"):
         buffer.add(torch.zeros(11), 1.0, 2.0, torch.zeros(10), False)
@@ -201,18 +233,32 @@ def test_shape_mismatch_names_field_and_shapes() -> None:
 
 def test_rejected_add_multi_leaves_buffer_unchanged() -> None:
     buffer = ReplayBuffer(6, 2, 1, 1)
-    buffer.add_multi(torch.ones(6, 2), torch.ones(6), torch.ones(6), torch.ones(6, 2), torch.zeros(6),
-                     torch.ones(6, 1))
+    buffer.add_multi(
+        torch.ones(6, 2),
+        torch.ones(6),
+        torch.ones(6),
+        torch.ones(6, 2),
+        torch.zeros(6),
+        torch.ones(6, 1),
+    )
     before = snapshot(buffer)
     with pytest.raises(ValueError, match=r"next_states: expected shape \(N, 2\), got \(3, 3\)"):
-        buffer.add_multi(torch.zeros(3, 2), torch.zeros(3), torch.zeros(3), torch.zeros(3, 3),
-                         torch.zeros(3))
+        buffer.add_multi(
+            torch.zeros(3, 2), torch.zeros(3), torch.zeros(3), torch.zeros(3, 3), torch.zeros(3)
+        )
     with pytest.raises(ValueError, match="dones has 2 rows but states has 3"):
-        buffer.add_multi(torch.zeros(3, 2), torch.zeros(3), torch.zeros(3), torch.zeros(3, 2),
-                         torch.zeros(2))
+        buffer.add_multi(
+            torch.zeros(3, 2), torch.zeros(3), torch.zeros(3), torch.zeros(3, 2), torch.zeros(2)
+        )
     with pytest.raises(ValueError, match="hiddens"):
-        buffer.add_multi(torch.zeros(3, 2), torch.zeros(3), torch.zeros(3), torch.zeros(3, 2),
-                         torch.zeros(3), torch.zeros(3, 5))
+        buffer.add_multi(
+            torch.zeros(3, 2),
+            torch.zeros(3),
+            torch.zeros(3),
+            torch.zeros(3, 2),
+            torch.zeros(3),
+            torch.zeros(3, 5),
+        )
     assert same(before, snapshot(buffer))
 
 
@@ -220,7 +266,8 @@ def test_sample_needs_enough_experiences() -> None:
     buffer = ReplayBuffer(10, 2, 1, 0)
     buffer.add(torch.zeros(2), 0.0, 0.0, torch.zeros(2), False)
     with pytest.raises(
-        ValueError, match=r"^Buffer does not contain enough experiences\. Available: 1, Requested: 2$"
+        ValueError,
+        match=r"^Buffer does not contain enough experiences\. Available: 1, Requested: 2$",
     ):
         buffer.sample(2)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
@@ -229,8 +276,13 @@ def test_sample_needs_enough_experiences() -> None:
 
 def test_sample_is_uniform_over_stored_rows() -> None:
     buffer = ReplayBuffer(50, 1, 1, 0)
-    buffer.add_multi(torch.arange(10.0).view(10, 1), torch.zeros(10), torch.arange(10.0),
-                     torch.zeros(10, 1), torch.zeros(10))
+    buffer.add_multi(
+        torch.arange(10.0).view(10, 1),
+        torch.zeros(10),
+        torch.arange(10.0),
+        torch.zeros(10, 1),
+        torch.zeros(10),
+    )
     seen = torch.cat([buffer.sample(10).rewards.view(-1) for _ in range(1000)])
     counts = torch.bincount(seen.long(), minlength=10).double()
     assert counts.numel() == 10
@@ -249,8 +301,12 @@ def fill(buffer: ReplayBuffer, n: int, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     s, a, h = buffer.state_dim, buffer.action_dim, buffer.hidden_dim
     buffer.add_multi(
-        torch.randn(n, s, generator=g), torch.randn(n, a, generator=g), torch.randn(n, generator=g),
-        torch.randn(n, s, generator=g), torch.rand(n, generator=g) < 0.1, torch.randn(n, h, generator=g),
+        torch.randn(n, s, generator=g),
+        torch.randn(n, a, generator=g),
+        torch.randn(n, generator=g),
+        torch.randn(n, s, generator=g),
+        torch.rand(n, generator=g) < 0.1,
+        torch.randn(n, h, generator=g),
     )
 
 
@@ -293,13 +349,23 @@ def test_loads_a_file_written_the_velora_way(tmp_path: Path) -> None:
 
     cap = 5
     tensors = {
-        "states": torch.randn(cap, 2), "actions": torch.randn(cap, 1),
-        "rewards": torch.randn(cap, 1), "next_states": torch.randn(cap, 2),
-        "dones": torch.zeros(cap, 1), "hiddens": torch.randn(cap, 3),
+        "states": torch.randn(cap, 2),
+        "actions": torch.randn(cap, 1),
+        "rewards": torch.randn(cap, 1),
+        "next_states": torch.randn(cap, 2),
+        "dones": torch.zeros(cap, 1),
+        "hiddens": torch.randn(cap, 3),
     }
     save_file(tensors, str(tmp_path / "buffer_state.safetensors"))
-    meta = {"capacity": cap, "state_dim": 2, "action_dim": 1, "hidden_dim": 3,
-            "position": 2, "size": cap, "device": None}
+    meta = {
+        "capacity": cap,
+        "state_dim": 2,
+        "action_dim": 1,
+        "hidden_dim": 3,
+        "position": 2,
+        "size": cap,
+        "device": None,
+    }
     buffer = ReplayBuffer.load(tmp_path / "buffer_state", meta)
     assert buffer.device == torch.device("cpu")
     assert buffer.metadata()["position"] == 2 and len(buffer) == cap
@@ -322,7 +388,9 @@ def test_loads_a_file_written_the_velora_way(tmp_path: Path) -> None:
         ({"capacity": "10"}, "capacity"),
     ],
 )
-def test_load_checks_file_against_metadata(tmp_path: Path, change: dict[str, object], match: str) -> None:
+def test_load_checks_file_against_metadata(
+    tmp_path: Path, change: dict[str, object], match: str
+) -> None:
     buffer = ReplayBuffer(10, 3, 2, 4)
     fill(buffer, 10)
     buffer.save(tmp_path)
@@ -336,13 +404,22 @@ def test_load_checks_file_against_metadata(tmp_path: Path, change: dict[str, obj
 def test_load_rejects_missing_keys_and_wrong_dtypes(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    meta = {"capacity": 4, "state_dim": 1, "action_dim": 1, "hidden_dim": 1,
-            "position": 0, "size": 0, "device": "cpu"}
+    meta = {
+        "capacity": 4,
+        "state_dim": 1,
+        "action_dim": 1,
+        "hidden_dim": 1,
+        "position": 0,
+        "size": 0,
+        "device": "cpu",
+    }
     good = {k: torch.zeros(4, 1) for k in KEYS}
     save_file({k: v for k, v in good.items() if k != "hiddens"}, str(tmp_path / "a.safetensors"))
     with pytest.raises(CheckpointError, match="holds tensors"):
         ReplayBuffer.load(tmp_path / "a", meta)
-    save_file({**good, "dones": torch.zeros(4, 1, dtype=torch.float64)}, str(tmp_path / "b.safetensors"))
+    save_file(
+        {**good, "dones": torch.zeros(4, 1, dtype=torch.float64)}, str(tmp_path / "b.safetensors")
+    )
     with pytest.raises(CheckpointError, match="dones"):
         ReplayBuffer.load(tmp_path / "b", meta)
     with pytest.raises(CheckpointError, match="missing"):
@@ -372,7 +449,9 @@ def test_truncated_or_corrupted_state_raises(tmp_path: Path) -> None:
         ReplayBuffer.load(path, meta)
 
 
-def test_failed_save_leaves_previous_files_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_save_leaves_previous_files_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     buffer = ReplayBuffer(8, 2, 1, 1)
     fill(buffer, 3)
     buffer.save(tmp_path)
@@ -467,8 +546,17 @@ class BufferMachine(RuleBasedStateMachine):
             return
         batch = self.buffer.sample(b)
         stored = {tuple(r) for r in self.model if r is not None}
-        got = torch.cat([batch.states, batch.actions, batch.rewards, batch.next_states,
-                         batch.dones, batch.hiddens], dim=1)
+        got = torch.cat(
+            [
+                batch.states,
+                batch.actions,
+                batch.rewards,
+                batch.next_states,
+                batch.dones,
+                batch.hiddens,
+            ],
+            dim=1,
+        )
         for row in got.tolist():
             assert tuple(row) in stored
 
