@@ -534,7 +534,7 @@ class BufferMachine(RuleBasedStateMachine):
 
     @rule()
     def bad_add(self) -> None:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="state: expected shape"):
             self.buffer.add(torch.zeros(3), 0.0, 0.0, torch.zeros(2), False)
 
     @precondition(lambda self: self.size > 0)

@@ -191,7 +191,7 @@ def test_single_thread_sampling_empty_table_raises_at_once() -> None:
     with pytest.raises(WouldBlockForeverError, match=r"holds 2 item\(s\).*needs 3"):
         table.sample(1)
     assert time.monotonic() - start < 1.0
-    with pytest.raises(RateLimiterTimeout, match="timed out after 0.05s"):
+    with pytest.raises(RateLimiterTimeout, match=r"timed out after 0\.05s"):
         table.sample(1, timeout=0.05)
 
 
