@@ -116,12 +116,10 @@ def bench_sb3(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
     o, a, r, o2 = rows["s"][:1], rows["a"][:1], rows["r"][:1, 0], rows["s2"][:1]
     d, info = np.zeros(1, dtype=np.float32), [{}]
     out = {"add": rate(lambda: one.add(o, o2, a, r, d, info), sec)}
-    del one
     many = SB3Buffer(CAP // B, obs_space, act_space, device="cpu", n_envs=B)
     ob, ab, rb, ob2 = rows["s"][:B], rows["a"][:B], rows["r"][:B, 0], rows["s2"][:B]
     db, infos = rows["d"][:B, 0], [{}] * B
     out["add_multi"] = rate(lambda: many.add(ob, ob2, ab, rb, db, infos), sec, B)
-    del many
     full = SB3Buffer(CAP, obs_space, act_space, device="cpu", n_envs=1)
     full.full = True  # sample over every row, as a filled buffer would
     out["sample"] = rate(lambda: full.sample(B), sec)
@@ -140,10 +138,22 @@ def bench_cpprb(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
         "hidden": {"shape": H},
     }
     buf = CppBuffer(CAP, env_dict)
-    one = {"obs": rows["s"][0], "act": rows["a"][0], "rew": 1.0, "next_obs": rows["s2"][0],
-           "done": 0.0, "hidden": rows["h"][0]}
-    many = {"obs": rows["s"][:B], "act": rows["a"][:B], "rew": rows["r"][:B],
-            "next_obs": rows["s2"][:B], "done": rows["d"][:B], "hidden": rows["h"][:B]}
+    one = {
+        "obs": rows["s"][0],
+        "act": rows["a"][0],
+        "rew": 1.0,
+        "next_obs": rows["s2"][0],
+        "done": 0.0,
+        "hidden": rows["h"][0],
+    }
+    many = {
+        "obs": rows["s"][:B],
+        "act": rows["a"][:B],
+        "rew": rows["r"][:B],
+        "next_obs": rows["s2"][:B],
+        "done": rows["d"][:B],
+        "hidden": rows["h"][:B],
+    }
     out = {"add": rate(lambda: buf.add(**one), sec)}
     out["add_multi"] = rate(lambda: buf.add(**many), sec, B)
     for _ in range(CAP // B + 1):

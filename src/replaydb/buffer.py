@@ -5,17 +5,18 @@ Code written for Velora's buffer runs unchanged after changing the import::
     from replaydb import ReplayBuffer   # was: from velora.buffer import ReplayBuffer
 
 The buffer is a single-step table whose spec is Velora's transition, every field
-float32 and packed into one ``[capacity, 2*state_dim + action_dim + hidden_dim + 2]``
-tensor, so a sample is one gather:
+float32 and packed, in this order, into one
+``[capacity, 2*state_dim + action_dim + hidden_dim + 2]`` tensor, so a sample is
+one gather and a single ``add`` one ``torch.cat`` into a staging row:
 
-=============  ==================
-``states``     ``(state_dim,)``
-``actions``    ``(action_dim,)``
-``rewards``    ``(1,)``
-``next_states`` ``(state_dim,)``
-``dones``      ``(1,)``
-``hiddens``    ``(hidden_dim,)``
-=============  ==================
+===============  ==================
+``states``       ``(state_dim,)``
+``actions``      ``(action_dim,)``
+``next_states``  ``(state_dim,)``
+``hiddens``      ``(hidden_dim,)``
+``rewards``      ``(1,)``
+``dones``        ``(1,)``
+===============  ==================
 
 Files are Velora's: ``<prefix>metadata.json`` and ``<prefix>state.safetensors`` (the
 six tensors at full capacity). replaydb adds a format version and a SHA-256 of the
@@ -130,6 +131,20 @@ class ReplayBuffer:
         )
         self._fast = self.table.storage._np is not None
         self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
+        # Staging row for single adds: one packed float32 row in spec order, the four
+        # vector fields first so that one torch.cat fills them.
+        self._stage = np.zeros(
+            2 * self.state_dim + self.action_dim + self.hidden_dim + 2, np.float32
+        )
+        self._stage_head = torch.from_numpy(self._stage)[:-2]
+        self._stage_values = {torch.float32: self._stage}
+        self._block: torch.Tensor | None = None
+        self._hidden_zeros_t = torch.zeros(self.hidden_dim)
+        self._shapes = (
+            torch.Size([self.state_dim]),
+            torch.Size([self.action_dim]),
+            torch.Size([self.hidden_dim]),
+        )
 
     @staticmethod
     def transition_spec(state_dim: int, action_dim: int, hidden_dim: int) -> Spec:
@@ -137,16 +152,16 @@ class ReplayBuffer:
 
         Example:
             >>> list(ReplayBuffer.transition_spec(4, 1, 2))
-            ['states', 'actions', 'rewards', 'next_states', 'dones', 'hiddens']
+            ['states', 'actions', 'next_states', 'hiddens', 'rewards', 'dones']
         """
         return Spec(
             {
                 "states": Field((state_dim,)),
                 "actions": Field((action_dim,)),
-                "rewards": Field((1,)),
                 "next_states": Field((state_dim,)),
-                "dones": Field((1,)),
                 "hiddens": Field((hidden_dim,)),
+                "rewards": Field((1,)),
+                "dones": Field((1,)),
             }
         )
 
@@ -195,6 +210,9 @@ class ReplayBuffer:
             ValueError: Naming the field, the expected and the received shape; the
                 buffer is left unchanged.
         """
+        if self._fast and self._stage_add(state, action, reward, next_state, done, hidden):
+            self.table.extend_unchecked(self._stage_values, 1)
+            return
         values = {
             "states": self._row("state", state, self.state_dim, broadcast=False),
             "actions": self._row("action", action, self.action_dim, broadcast=True),
@@ -205,26 +223,57 @@ class ReplayBuffer:
             if hidden is None
             else self._row("hidden", hidden, self.hidden_dim, broadcast=True),
         }
-        if self._fast:
-            self.table.insert_unchecked(values)
-        else:
-            self.table.insert(
-                {
-                    k: torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(-1)
-                    for k, v in values.items()
-                }
-            )
+        self.table.extend_unchecked(values, 1)
+
+    def _stage_add(
+        self, state: Any, action: Any, reward: Any, next_state: Any, done: Any, hidden: Any
+    ) -> bool:
+        """Write one transition into the staging row; ``False`` if it needs the checked path.
+
+        The common Velora call (1-D CPU float tensors, numbers for reward and done) is
+        one ``torch.cat`` into the staging row, whose numpy view is then copied into
+        storage in one assignment. Anything else (lists, arrays, a ``(1, dim)`` state,
+        a tensor that requires grad or lives on a GPU, a wrong size) returns ``False``
+        and :meth:`_row` produces the conversion or the exact error.
+        """
+        tensor = torch.Tensor
+        if not (
+            isinstance(state, tensor)
+            and isinstance(next_state, tensor)
+            and isinstance(action, tensor)
+        ):
+            return False
+        if hidden is None:
+            hidden = self._hidden_zeros_t
+        elif not isinstance(hidden, tensor):
+            return False
+        shapes = self._shapes
+        if action.shape != shapes[1]:
+            if action.dim() != 0:
+                return False
+            action = action.expand(self.action_dim)  # one value fills every slot
+        if state.shape != shapes[0] or next_state.shape != shapes[0] or hidden.shape != shapes[2]:
+            return False
+        try:
+            torch.cat((state, action, next_state, hidden), out=self._stage_head)
+            self._stage[-2] = reward
+            self._stage[-1] = done
+        except (RuntimeError, TypeError, ValueError):
+            return False
+        return True
 
     def _row(self, name: str, value: Any, dim: int, *, broadcast: bool) -> Any:
         """Return ``value`` as something numpy can assign into a ``(dim,)`` row."""
         if isinstance(value, torch.Tensor):
-            arr = value.detach()
-            if arr.device.type != "cpu":
-                arr = arr.cpu()
-            if arr.dtype != torch.float32:
-                arr = arr.float()
-            n, shape = arr.numel(), tuple(arr.shape)
-            out: Any = arr.numpy()
+            if value.requires_grad:
+                value = value.detach()
+            if value.dtype is not torch.float32 or not value.is_cpu:
+                value = value.to("cpu", torch.float32)
+            shape = value.shape
+            if (len(shape) == 1 and shape[0] == dim) or shape == (1, dim):
+                return value.numpy()  # numpy drops the leading 1 when assigning
+            n, shape = value.numel(), tuple(shape)
+            out: Any = value.numpy()
         elif isinstance(value, bool | int | float | np.number | np.bool_):
             if dim != 1 and not broadcast:
                 raise InvalidArgumentError(
@@ -269,46 +318,44 @@ class ReplayBuffer:
         Raises:
             ValueError: Naming the field and the shapes; nothing is written.
         """
-        raw = {
-            "states": states,
-            "actions": actions,
-            "rewards": rewards,
-            "next_states": next_states,
-            "dones": dones,
-        }
-        dims = {
-            "states": self.state_dim,
-            "actions": self.action_dim,
-            "rewards": 1,
-            "next_states": self.state_dim,
-            "dones": 1,
-            "hiddens": self.hidden_dim,
-        }
-        batch: dict[str, torch.Tensor] = {}
-        for name, value in raw.items():
-            batch[name] = self._column(name, value, dims[name])
-        n = batch["states"].shape[0]
-        for name, t in batch.items():
+        cols = [
+            self._column("states", states, self.state_dim),
+            self._column("actions", actions, self.action_dim),
+            self._column("rewards", rewards, 1),
+            self._column("next_states", next_states, self.state_dim),
+            self._column("dones", dones, 1),
+        ]
+        n = cols[0].shape[0]
+        if hiddens is None:
+            cols.append(torch.zeros(n, self.hidden_dim))
+        else:
+            cols.append(self._column("hiddens", hiddens, self.hidden_dim))
+        for name, t in zip(_KEYS, cols, strict=True):
             if t.shape[0] != n:
                 raise InvalidArgumentError(
                     f"{name} has {t.shape[0]} rows but states has {n}; "
                     "every argument of add_multi needs the same number of rows"
                 )
-        if hiddens is None:
-            batch["hiddens"] = torch.zeros(n, self.hidden_dim, device=self.device)
-        else:
-            batch["hiddens"] = self._column("hiddens", hiddens, self.hidden_dim)
-            if batch["hiddens"].shape[0] != n:
-                raise InvalidArgumentError(
-                    f"hiddens has {batch['hiddens'].shape[0]} rows but states has {n}"
-                )
         if n == 0:
             return
-        self.table.extend(batch)
+        if self._fast:
+            # Pack the columns in spec order into one contiguous block: one row-block
+            # copy into storage instead of six strided ones.
+            if self._block is None or self._block.shape[0] != n:
+                self._block = torch.empty(n, self._stage.shape[0])
+            states, actions, rewards, next_states, dones_, hiddens_ = cols
+            torch.cat((states, actions, next_states, hiddens_, rewards, dones_), 1, out=self._block)
+            block: dict[Any, Any] = {torch.float32: self._block.numpy()}
+            self.table.extend_unchecked(block, n)
+        else:
+            self.table.extend(
+                {name: t.to(self.device) for name, t in zip(_KEYS, cols, strict=True)}
+            )
 
     def _column(self, name: str, value: Any, dim: int) -> torch.Tensor:
+        """``value`` as a float32 ``(N, dim)`` tensor (on CPU for the fast path)."""
         if isinstance(value, torch.Tensor):
-            t = value.detach()
+            t = value.detach() if value.requires_grad else value
         else:
             try:
                 t = torch.as_tensor(np.asarray(value))
@@ -323,7 +370,9 @@ class ReplayBuffer:
                 f"{name}: expected shape (N, {dim}), got {tuple(t.shape)}"
                 + (" (1-D is accepted when the feature size is 1)" if t.dim() == 1 else "")
             )
-        return t.to(device=self.device, dtype=torch.float32)
+        if t.dtype is not torch.float32 or (self._fast and not t.is_cpu):
+            t = t.to("cpu" if self._fast else t.device, torch.float32)
+        return t
 
     # ------------------------------------------------------------------ reads
     def sample(self, batch_size: int) -> BatchExperience:

@@ -407,4 +407,3 @@ def _write_text(path: Path, text: str) -> None:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "table"
-

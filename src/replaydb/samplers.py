@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from replaydb.errors import InvalidArgumentError
@@ -134,6 +135,7 @@ class Uniform:
         self._device = torch.device("cpu")
         self.generator = torch.Generator()
         self._active = torch.zeros(0, dtype=torch.bool)
+        self._np_active: np.ndarray[Any, Any] | None = None
         self._count = 0
         self._high = 0  # one past the highest slot ever active
 
@@ -142,6 +144,7 @@ class Uniform:
         self._device = device
         self.generator = make_generator(device, self.seed)
         self._active = torch.zeros(capacity, dtype=torch.bool, device=device)
+        self._np_active = self._active.numpy() if device.type == "cpu" else None
         self._count = 0
         self._high = 0
 
@@ -159,11 +162,32 @@ class Uniform:
         self._high = max(self._high, int(slots.max()) + 1)
 
     def on_insert_contiguous(self, start: int, n: int) -> None:
-        """Fast path of :meth:`on_insert` for slots ``start..start+n-1`` (no wrap)."""
-        fresh = n - int(self._active[start : start + n].sum()) if start < self._high else n
+        """Fast path of :meth:`on_insert` for slots ``start..start+n-1`` (no wrap).
+
+        Slots that are already active stay active: their old item was replaced.
+        """
+        active = self._np_active
+        if n == 1 and active is not None:
+            if not active[start]:
+                active[start] = True
+                self._count += 1
+                if start >= self._high:
+                    self._high = start + 1
+            return
+        if active is None:
+            fresh = n - int(self._active[start : start + n].sum()) if start < self._high else n
+            self._active[start : start + n] = True
+        else:
+            if start >= self._high:
+                fresh = n
+            elif n == 1:
+                fresh = 0 if active[start] else 1
+            else:
+                fresh = n - int(np.count_nonzero(active[start : start + n]))
+            active[start : start + n] = True
         self._count += fresh
-        self._active[start : start + n] = True
-        self._high = max(self._high, start + n)
+        if start + n > self._high:
+            self._high = start + n
 
     def on_remove(self, slots: torch.Tensor) -> None:
         if slots.numel() == 0:

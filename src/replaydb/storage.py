@@ -132,8 +132,11 @@ class Storage:
         self._ep_len = torch.zeros((8,), dtype=torch.int64, device=self.device)
         # Numpy views for the single-row fast path on CPU.
         self._np: dict[str, np.ndarray[Any, Any]] | None = None
+        self._np_groups: dict[torch.dtype, np.ndarray[Any, Any]] = {}
         if self.device.type == "cpu" and all(dt != torch.bfloat16 for dt in widths):
+            self._np_groups = {dt: g.numpy() for dt, g in self.groups.items()}
             self._np = {name: t.numpy() for name, t in self.fields.items()}
+            self._np_targets: dict[Any, np.ndarray[Any, Any]] = {**self._np, **self._np_groups}
             self._np_key = self.key.numpy()
             self._np_stream = self.stream.numpy()
             self._np_end = self.end.numpy()
@@ -205,21 +208,53 @@ class Storage:
             positions = self._link(keys, streams, ends)
         return AppendResult(keys=keys, positions=positions, evicted_rows=evicted, first_key=start)
 
-    def append_row_numpy(self, values: Mapping[str, Any], stream: int = 0, end: int = 0) -> int:
-        """Write one step through numpy views (CPU, no links); return its row.
+    def append_numpy(self, values: Mapping[Any, Any], n: int, end: Any = 0) -> int:
+        """Write ``n`` steps of stream 0 through numpy views (CPU, no links); return the first row.
 
-        The caller must have checked every value's shape: numpy broadcasting
-        applies and a failed assignment part-way would leave a torn row.
+        The fast path under the Velora buffer. ``values`` maps field names, or a
+        dtype for a whole packed group row, to data that broadcasts to ``(n, *shape)``
+        (numpy rules); ``n <= capacity``. The caller checks shapes first, since a
+        failed assignment part-way would leave a torn row.
         """
-        assert self._np is not None and not self.links
-        row = self.total % self.capacity
-        for name, value in values.items():
-            self._np[name][row] = value
-        self._np_key[row] = self.total
-        self._np_stream[row] = stream
-        self._np_end[row] = end
-        self.total += 1
-        return row
+        assert self._np is not None
+        assert not self.links
+        targets = self._np_targets
+        row0 = self.total % self.capacity
+        if n == 1:
+            for name, value in values.items():
+                targets[name][row0] = value
+            self._np_key[row0] = self.total
+            self._np_stream[row0] = 0
+            self._np_end[row0] = end
+            self.total += 1
+            return row0
+        head = min(n, self.capacity - row0)
+        if head == n:
+            stop = row0 + n
+            for name, value in values.items():
+                targets[name][row0:stop] = value
+            self._np_key[row0:stop] = np.arange(self.total, self.total + n)
+            self._np_stream[row0:stop] = 0
+            self._np_end[row0:stop] = end
+        else:  # the batch wraps around the end of the ring
+            for name, value in values.items():
+                v = np.asarray(value)
+                if v.ndim and v.shape[0] == n:
+                    targets[name][row0:] = v[:head]
+                    targets[name][: n - head] = v[head:]
+                else:
+                    targets[name][row0:] = v
+                    targets[name][: n - head] = v
+            keys = np.arange(self.total, self.total + n)
+            self._np_key[row0:] = keys[:head]
+            self._np_key[: n - head] = keys[head:]
+            self._np_stream[row0:] = 0
+            self._np_stream[: n - head] = 0
+            e = np.broadcast_to(np.asarray(end), (n,))
+            self._np_end[row0:] = e[:head]
+            self._np_end[: n - head] = e[head:]
+        self.total += n
+        return row0
 
     def seek(self, total: int) -> None:
         """Set the key of the next step of an empty storage (rows fill from ``total % capacity``)."""
@@ -346,7 +381,13 @@ class Storage:
         out: dict[str, torch.Tensor] = {}
         for dt, g in self.groups.items():
             names, widths, shapes = self._split[dt]
-            parts = g.index_select(0, flat).split(widths, dim=1)
+            np_group = self._np_groups.get(dt)
+            if np_group is not None:
+                # numpy's take has a fraction of index_select's per-call overhead.
+                packed = torch.from_numpy(np_group.take(flat.numpy(), axis=0))
+            else:
+                packed = g.index_select(0, flat)
+            parts = packed.split_with_sizes(widths, dim=1)
             for name, part, shape in zip(names, parts, shapes, strict=True):
                 out[name] = part if one_d and len(shape) == 1 else part.reshape(*lead, *shape)
         return out

@@ -15,6 +15,7 @@ condition variable until the rate limiter lets them through.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -166,6 +167,8 @@ class Table:
         self.device = self.storage.device
         self.sampler: Sampler = sampler if sampler is not None else Uniform()
         self.sampler.bind(self.capacity, self.device)
+        # Samplers with a contiguous-insert fast path (replace semantics on active slots).
+        self._fast_insert = getattr(self.sampler, "on_insert_contiguous", None)
         self.rate_limiter = rate_limiter if rate_limiter is not None else MinSize(1)
         #: Block on the rate limiter even when no other thread has used this table
         #: (set by servers and datasets whose writers arrive later).
@@ -271,39 +274,86 @@ class Table:
             timeout,
         )
 
-    def insert_unchecked(self, values: Mapping[str, Any], end: int = 0) -> None:
-        """Fast path for one single-step item on CPU; values must already fit the spec.
+    def extend_unchecked(self, values: Mapping[Any, Any], n: int, end: Any = 0) -> None:
+        """Fast path: ``n`` single-step items of stream 0 on CPU, values already checked.
 
-        Every value must have exactly its field's shape (numpy arrays or scalars);
-        the caller checks this, since a failed write part-way would tear a row. Use
-        :meth:`insert` unless a profiler says otherwise.
+        ``values[name]`` must broadcast to ``(n, *shape)`` by numpy's rules; the
+        caller checks every shape first, since a failed write part-way would tear a
+        row. Falls back to :meth:`extend` where the fast path does not apply (GPU,
+        sequences). Use :meth:`extend` unless a profiler says otherwise.
         """
         storage = self.storage
-        if storage._np is None or self.sequence_length != 1:
-            self.insert(values, end=end)
+        fast = self._fast_insert
+        if n == 1 and fast is not None and self._np_item_key is not None and not storage.links:
+            # One row: the hot path of a per-step add, kept to a few numpy stores.
+            with self._cond:
+                self._threads.add(threading.get_ident())
+                lim = self.rate_limiter
+                if lim.max_diff != math.inf and not lim.can_insert(1, self._size):
+                    self._wait(lambda: lim.can_insert(1, self._size), None, "insert", 1)
+                row = storage.append_numpy(values, 1, end)
+                fresh = self._np_item_key[row] < 0
+                self._np_item_key[row] = storage.total - 1
+                self._np_priority[row] = self._max_priority  # type: ignore[index]
+                self._np_times[row] = 0  # type: ignore[index]
+                fast(row, 1)
+                self._size += int(fresh)
+                lim.inserts += 1
+                self._cond.notify_all()
             return
+        if storage._np is None or self.sequence_length != 1:
+            data = {
+                k: torch.as_tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))
+                for k, v in values.items()
+            }
+            self.extend(data, ends=torch.as_tensor(np.broadcast_to(np.asarray(end), (n,))))
+            return
+        if n > self.capacity:
+            skip = n - self.capacity
+            values = {k: np.asarray(v)[skip:] if np.ndim(v) else v for k, v in values.items()}
+            end = np.asarray(end)[skip:] if np.ndim(end) else end
+            with self._cond:
+                storage.total += skip
+            n = self.capacity
+        item_key, priority, times = self._np_item_key, self._np_priority, self._np_times
+        assert item_key is not None and priority is not None and times is not None
         with self._cond:
-            self._note_thread()
-            if not self.rate_limiter.can_insert(1, self._size):
-                self._wait(lambda: self.rate_limiter.can_insert(1, self._size), None, "insert", 1)
-            row = storage.total % storage.capacity
-            if self._np_item_key is not None and self._np_item_key[row] >= 0:
-                self._remove_slots(torch.tensor([row]))
-            storage.append_row_numpy(values, 0, end)
-            assert self._np_item_key is not None and self._np_priority is not None
-            assert self._np_times is not None
-            self._np_item_key[row] = storage.total - 1
-            self._np_priority[row] = self._max_priority
-            self._np_times[row] = 0
-            self._size += 1
-            on_fast = getattr(self.sampler, "on_insert_contiguous", None)
-            if on_fast is not None:
-                on_fast(row, 1)
-            else:
-                self.sampler.on_insert(
-                    torch.tensor([row]), torch.tensor([self._max_priority], dtype=torch.float64)
-                )
-            self.rate_limiter.on_insert(1)
+            self._threads.add(threading.get_ident())
+            lim = self.rate_limiter
+            if not lim.can_insert(n, self._size):
+                self._wait(lambda: lim.can_insert(n, self._size), None, "insert", n)
+            first_key = storage.total
+            row0 = storage.append_numpy(values, n, end)
+            replaced = 0
+            done = 0
+            while done < n:  # at most two segments: the batch may wrap around the ring
+                a = (row0 + done) % self.capacity
+                m = min(n - done, self.capacity - a)
+                b = a + m
+                if m == 1:
+                    replaced += int(item_key[a] >= 0)
+                    old_active = torch.tensor([a]) if item_key[a] >= 0 else None
+                else:
+                    mask = item_key[a:b] >= 0
+                    r = int(np.count_nonzero(mask))
+                    replaced += r
+                    old_active = torch.from_numpy(np.nonzero(mask)[0] + a) if r else None
+                item_key[a:b] = np.arange(first_key + done, first_key + done + m)
+                priority[a:b] = self._max_priority
+                times[a:b] = 0
+                if fast is not None:
+                    # Replace semantics: an active slot stays active with a new item.
+                    fast(a, m)
+                else:
+                    if old_active is not None:
+                        self.sampler.on_remove(old_active)
+                    slots = torch.arange(a, b)
+                    self.sampler.on_insert(
+                        slots, torch.full((m,), self._max_priority, dtype=torch.float64)
+                    )
+                done += m
+            self._size += n - replaced
+            lim.on_insert(n)
             self._cond.notify_all()
 
     def _check_priorities(self, priorities: Any, n: int) -> torch.Tensor | None:
