@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,8 @@ from replaydb import (
     Table,
     Uniform,
     WouldBlockForeverError,
+    load_table,
+    save_table,
 )
 from replaydb.spec import Spec
 
@@ -299,6 +303,14 @@ class TableMachine(RuleBasedStateMachine):
             if end:
                 episodes[stream] = []
         return out
+
+    @rule()
+    def save_and_load(self) -> None:
+        path = Path(tempfile.mkdtemp()) / "t.safetensors"
+        save_table(self.table, path)
+        restored = load_table(path)
+        assert state_equal(self.table, restored)
+        self.table = restored
 
     @invariant()
     def items_match_reference(self) -> None:
