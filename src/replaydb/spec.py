@@ -14,6 +14,7 @@ raises a :class:`~replaydb.errors.SpecMismatchError` naming the field.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +94,7 @@ class Field:
 
     def __post_init__(self) -> None:
         try:
-            shape = tuple(int(d) for d in self.shape)
+            shape = tuple(operator.index(d) for d in self.shape)
         except TypeError as exc:
             raise InvalidArgumentError(
                 f"Field shape must be a tuple of ints, got {self.shape!r}"
