@@ -63,7 +63,7 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 def _as_dtype(dtype: Any) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
-        return dtype
+        return dtype_from_name(dtype_name(dtype))
     if isinstance(dtype, str):
         return dtype_from_name(dtype)
     try:
