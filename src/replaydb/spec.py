@@ -373,8 +373,8 @@ def _itemsize(dtype: torch.dtype) -> int:
 def _as_field(name: str, value: Any) -> Field:
     if isinstance(value, Field):
         return value
-    if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[1], int):
-        return Field(tuple(value[0]), value[1])
+    if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[1], int | np.integer):
+        return Field(value[0], value[1])
     if (
         hasattr(value, "shape")
         and hasattr(value, "dtype")
