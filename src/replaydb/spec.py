@@ -250,7 +250,7 @@ class Spec(Mapping[str, Field]):
         if isinstance(space, Mapping):
             fields: dict[str, Field] = {}
             for key, sub in space.items():
-                fields.update(cls.from_gym(sub, str(key))._fields)
+                fields.update(_gym_fields(sub, str(key)))
             return cls(fields)
         return cls(_gym_fields(space, name))
 
@@ -391,9 +391,9 @@ def _as_field(name: str, value: Any) -> Field:
 
 def _gym_fields(space: Any, name: str) -> dict[str, Field]:
     kind = type(space).__name__
-    if kind == "Dict":
+    if isinstance(space, Mapping):  # a gymnasium Dict, or a plain mapping of spaces
         out: dict[str, Field] = {}
-        for key, sub in space.spaces.items():
+        for key, sub in space.items():
             out.update(_gym_fields(sub, f"{name}.{key}"))
         return out
     if kind == "Tuple":
