@@ -417,7 +417,9 @@ def _to_tensor(name: str, value: Any, device: torch.device | None) -> torch.Tens
         return t if device is None or t.device == device else t.to(device)
     try:
         if isinstance(value, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(value)).to(device)
+            arr = np.ascontiguousarray(value)
+            # torch warns on read-only arrays (frombuffer, memmaps); copy them instead.
+            return torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(device)
         return torch.as_tensor(value, device=device)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise SpecMismatchError(
