@@ -233,6 +233,12 @@ def load_table(path: str | os.PathLike[str], device: torch.device | str | None =
         table = Table.from_config(meta["config"], device=device)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{str(p)!r}: the table config is invalid ({exc})") from exc
+    except (RuntimeError, AssertionError) as exc:  # e.g. saved on a GPU this host lacks
+        where = device if device is not None else meta["config"].get("device")
+        raise CheckpointError(
+            f"{str(p)!r}: cannot create the table on device {str(where)!r} ({exc}); "
+            "pass device='cpu' (or another device this host has) to load it"
+        ) from exc
     _check_state(table, tensors, str(p))
     table.load_state_dict(tensors)
     return table
@@ -407,4 +413,3 @@ def _write_text(path: Path, text: str) -> None:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "table"
-
