@@ -757,3 +757,26 @@ def test_sigkill_while_writing_a_large_checkpoint_keeps_the_previous_one(tmp_pat
     assert_same_state(tables["small"].state_dict(), small.state_dict())
     # The half-written directory is hidden and never taken for a checkpoint.
     assert all(p.name.startswith(".ckpt-") for p in root.iterdir() if p != previous)
+
+
+def _with_device(tmp_path: Path, device: str) -> Path:
+    table = make_table()
+    config = {**table.config(), "device": device}
+    return write_table_file(tmp_path / "t.safetensors", table.state_dict(), config)
+
+
+def test_a_device_this_host_cannot_make(tmp_path: Path) -> None:
+    path = _with_device(tmp_path, "cud")
+    with pytest.raises(CheckpointError, match="cannot create the table on device 'cud'") as info:
+        load_table(path)
+    assert "pass device='cpu'" in str(info.value)
+    assert load_table(path, device="cpu").device == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA")
+def test_a_table_saved_on_a_gpu_loads_on_a_cpu_only_host_with_device_cpu(tmp_path: Path) -> None:
+    path = _with_device(tmp_path, "cuda:0")
+    with pytest.raises(CheckpointError, match="cannot create the table on device 'cuda:0'"):
+        load_table(path)
+    loaded = load_table(path, device="cpu")
+    assert_same_state(loaded.state_dict(), make_table().state_dict())
