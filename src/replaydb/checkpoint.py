@@ -325,7 +325,8 @@ def write_checkpoint(
         The new checkpoint directory.
 
     Raises:
-        CheckpointError: If ``root`` exists and is not a directory, or ``keep < 1``.
+        CheckpointError: If ``root`` exists and is not a directory, ``keep < 1``, or two
+            table names would be saved to the same file.
         OSError: If the disk is full or read-only (the previous checkpoint is untouched).
     """
     if keep < 1:
@@ -333,6 +334,15 @@ def write_checkpoint(
     r = Path(root)
     if r.exists() and not r.is_dir():
         raise CheckpointError(f"checkpoint root {str(r)!r} is a file; give a directory path")
+    files: dict[str, str] = {}  # lower-cased file name -> table name
+    for name in tables:
+        file = f"{_safe(name)}.safetensors"
+        if file.lower() in files:
+            raise CheckpointError(
+                f"table names {files[file.lower()]!r} and {name!r} would both be saved to "
+                f"{file!r}; rename one of them"
+            )
+        files[file.lower()] = name
     r.mkdir(parents=True, exist_ok=True)
     stamp = time.time_ns()
     latest = latest_checkpoint(r)
