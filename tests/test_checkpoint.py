@@ -780,3 +780,28 @@ def test_a_table_saved_on_a_gpu_loads_on_a_cpu_only_host_with_device_cpu(tmp_pat
         load_table(path)
     loaded = load_table(path, device="cpu")
     assert_same_state(loaded.state_dict(), make_table().state_dict())
+
+
+@pytest.mark.parametrize("names", [("a/b", "a_b"), ("main", "MAIN"), ("x y", "x:y")])
+def test_table_names_that_would_share_a_file(tmp_path: Path, names: tuple[str, str]) -> None:
+    tables = {names[0]: make_table(steps=2), names[1]: make_table(steps=5)}
+    with pytest.raises(CheckpointError, match="would both be saved to") as info:
+        write_checkpoint(tmp_path / "ckpts", tables)
+    assert repr(names[0]) in str(info.value)
+    assert repr(names[1]) in str(info.value)
+    assert not (tmp_path / "ckpts").exists()
+
+
+def test_table_names_are_sanitized_into_file_names(tmp_path: Path) -> None:
+    tables = {"": make_table(steps=2), "a b/c": make_table(steps=3), "ok-1.x": make_table()}
+    path = write_checkpoint(tmp_path, tables)
+    assert entries(path) == [
+        "COMPLETE",
+        "a_b_c.safetensors",
+        "manifest.json",
+        "ok-1.x.safetensors",
+        "table.safetensors",
+    ]
+    loaded, _ = read_checkpoint(path)
+    for name, table in tables.items():
+        assert_same_state(loaded[name].state_dict(), table.state_dict())
