@@ -295,7 +295,8 @@ class Spec(Mapping[str, Field]):
         Every field must be present with shape ``(N, *field.shape)`` for one common N.
         Values are converted to the field's dtype when that loses nothing of kind
         (ints and bools to floats, float64 to float32); floats into integer fields
-        are rejected. Nested mappings are flattened first. Nothing is written.
+        are rejected. Nested mappings and named tuples are flattened first. Nothing
+        is written.
 
         Args:
             data: ``name -> batch`` (tensors, arrays, lists).
@@ -307,7 +308,7 @@ class Spec(Mapping[str, Field]):
         Raises:
             SpecMismatchError: Naming the first missing, unknown or mis-shaped field.
         """
-        flat = flatten(data) if any(isinstance(v, Mapping) for v in data.values()) else data
+        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
         missing = [k for k in self._fields if k not in flat]
         if missing:
             raise SpecMismatchError(
@@ -345,7 +346,7 @@ class Spec(Mapping[str, Field]):
         self, data: Mapping[str, Any], device: torch.device | None = None
     ) -> dict[str, torch.Tensor]:
         """Check one step (no batch dimension) and return it as a batch of one."""
-        flat = flatten(data) if any(isinstance(v, Mapping) for v in data.values()) else data
+        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
         batched: dict[str, Any] = {}
         for name, value in flat.items():
             field = self._fields.get(name)
