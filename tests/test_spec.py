@@ -414,6 +414,17 @@ def test_coerce_batch_flattens_nested_mappings() -> None:
     assert out["obs.hum"].tolist() == [2.0]
 
 
+def test_a_spec_from_an_example_with_named_tuples_accepts_that_example() -> None:
+    step = {"obs": Pair(1.0, 2.0), "reward": 0.5}
+    spec = Spec.from_example(step)
+    assert list(spec) == ["obs.left", "obs.right", "reward"]
+    assert spec.coerce_step(step)["obs.right"].tolist() == [2.0]
+    batch = {"obs": Pair(torch.zeros(3), torch.ones(3)), "reward": torch.zeros(3)}
+    out, n = Spec.from_example(batch, batched=True).coerce_batch(batch)
+    assert n == 3
+    assert out["obs.right"].tolist() == [1.0, 1.0, 1.0]
+
+
 def test_coerce_batch_accepts_an_empty_batch() -> None:
     out, n = MIXED_SPEC.coerce_batch(make_batch(MIXED_SPEC, 0, seed=0))
     assert n == 0
