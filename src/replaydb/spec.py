@@ -218,6 +218,10 @@ class Spec(Mapping[str, Field]):
         Returns:
             The spec with each value's shape and dtype (Python floats become float32).
 
+        Raises:
+            SpecMismatchError: If a value cannot be converted to a tensor, or is a
+                scalar while ``batched=True``.
+
         Example:
             >>> Spec.from_example({"obs": torch.zeros(4), "reward": 1.0})
             Spec({obs: (4,) float32, reward: () float32})
@@ -227,6 +231,11 @@ class Spec(Mapping[str, Field]):
             t = _to_tensor(name, value, None)
             if t.dtype == torch.float64 and not isinstance(value, torch.Tensor | np.ndarray):
                 t = t.float()
+            if batched and t.dim() == 0:
+                raise SpecMismatchError(
+                    f"field {name!r}: batched=True needs values with a leading batch "
+                    f"dimension, got a scalar {value!r}; pass batched=False for one step"
+                )
             shape = tuple(t.shape[1:]) if batched else tuple(t.shape)
             fields[name] = Field(shape, t.dtype)
         return cls(fields)
