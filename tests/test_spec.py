@@ -211,6 +211,11 @@ def test_from_example_batched_drops_the_batch_dimension() -> None:
     assert Spec.from_example({"r": [1.0, 2.0, 3.0]}, batched=True)["r"] == Field(())
 
 
+def test_from_example_batched_rejects_scalars() -> None:
+    with pytest.raises(SpecMismatchError, match="field 'r': batched=True needs values with"):
+        Spec.from_example({"x": torch.zeros(2, 3), "r": 1.0}, batched=True)
+
+
 def test_from_example_unconvertible_value_names_the_field() -> None:
     with pytest.raises(SpecMismatchError, match="field 'bad': cannot convert object"):
         Spec.from_example({"ok": 1.0, "bad": object()})
