@@ -196,7 +196,9 @@ def save_table(
     if p.is_dir():
         raise CheckpointError(f"{str(p)!r} is a directory; give a file path to save the table to")
     with table._cond:
-        tensors = table.state_dict()
+        # state_dict() holds views of the live CPU tensors: copy them under the lock, or
+        # a concurrent insert changes them between the checksum and the write.
+        tensors = {k: v.clone() for k, v in table.state_dict().items()}
         config = table.config()
     meta = {
         "format": TABLE_FORMAT,
