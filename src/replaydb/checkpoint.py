@@ -196,7 +196,9 @@ def save_table(
     if p.is_dir():
         raise CheckpointError(f"{str(p)!r} is a directory; give a file path to save the table to")
     with table._cond:
-        tensors = table.state_dict()
+        # state_dict() holds views of the live CPU tensors: copy them under the lock, or
+        # a concurrent insert changes them between the checksum and the write.
+        tensors = {k: v.clone() for k, v in table.state_dict().items()}
         config = table.config()
     meta = {
         "format": TABLE_FORMAT,
@@ -233,6 +235,12 @@ def load_table(path: str | os.PathLike[str], device: torch.device | str | None =
         table = Table.from_config(meta["config"], device=device)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{str(p)!r}: the table config is invalid ({exc})") from exc
+    except (RuntimeError, AssertionError) as exc:  # e.g. saved on a GPU this host lacks
+        where = device if device is not None else meta["config"].get("device")
+        raise CheckpointError(
+            f"{str(p)!r}: cannot create the table on device {str(where)!r} ({exc}); "
+            "pass device='cpu' (or another device this host has) to load it"
+        ) from exc
     _check_state(table, tensors, str(p))
     table.load_state_dict(tensors)
     return table
@@ -319,7 +327,8 @@ def write_checkpoint(
         The new checkpoint directory.
 
     Raises:
-        CheckpointError: If ``root`` exists and is not a directory, or ``keep < 1``.
+        CheckpointError: If ``root`` exists and is not a directory, ``keep < 1``, or two
+            table names would be saved to the same file.
         OSError: If the disk is full or read-only (the previous checkpoint is untouched).
     """
     if keep < 1:
@@ -327,6 +336,15 @@ def write_checkpoint(
     r = Path(root)
     if r.exists() and not r.is_dir():
         raise CheckpointError(f"checkpoint root {str(r)!r} is a file; give a directory path")
+    files: dict[str, str] = {}  # lower-cased file name -> table name
+    for name in tables:
+        file = f"{_safe(name)}.safetensors"
+        if file.lower() in files:
+            raise CheckpointError(
+                f"table names {files[file.lower()]!r} and {name!r} would both be saved to "
+                f"{file!r}; rename one of them"
+            )
+        files[file.lower()] = name
     r.mkdir(parents=True, exist_ok=True)
     stamp = time.time_ns()
     latest = latest_checkpoint(r)

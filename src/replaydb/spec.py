@@ -14,6 +14,7 @@ raises a :class:`~replaydb.errors.SpecMismatchError` naming the field.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,7 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 def _as_dtype(dtype: Any) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
-        return dtype
+        return dtype_from_name(dtype_name(dtype))
     if isinstance(dtype, str):
         return dtype_from_name(dtype)
     try:
@@ -93,7 +94,7 @@ class Field:
 
     def __post_init__(self) -> None:
         try:
-            shape = tuple(int(d) for d in self.shape)
+            shape = tuple(operator.index(d) for d in self.shape)
         except TypeError as exc:
             raise InvalidArgumentError(
                 f"Field shape must be a tuple of ints, got {self.shape!r}"
@@ -217,6 +218,10 @@ class Spec(Mapping[str, Field]):
         Returns:
             The spec with each value's shape and dtype (Python floats become float32).
 
+        Raises:
+            SpecMismatchError: If a value cannot be converted to a tensor, or is a
+                scalar while ``batched=True``.
+
         Example:
             >>> Spec.from_example({"obs": torch.zeros(4), "reward": 1.0})
             Spec({obs: (4,) float32, reward: () float32})
@@ -226,6 +231,11 @@ class Spec(Mapping[str, Field]):
             t = _to_tensor(name, value, None)
             if t.dtype == torch.float64 and not isinstance(value, torch.Tensor | np.ndarray):
                 t = t.float()
+            if batched and t.dim() == 0:
+                raise SpecMismatchError(
+                    f"field {name!r}: batched=True needs values with a leading batch "
+                    f"dimension, got a scalar {value!r}; pass batched=False for one step"
+                )
             shape = tuple(t.shape[1:]) if batched else tuple(t.shape)
             fields[name] = Field(shape, t.dtype)
         return cls(fields)
@@ -249,7 +259,7 @@ class Spec(Mapping[str, Field]):
         if isinstance(space, Mapping):
             fields: dict[str, Field] = {}
             for key, sub in space.items():
-                fields.update(cls.from_gym(sub, str(key))._fields)
+                fields.update(_gym_fields(sub, str(key)))
             return cls(fields)
         return cls(_gym_fields(space, name))
 
@@ -294,7 +304,8 @@ class Spec(Mapping[str, Field]):
         Every field must be present with shape ``(N, *field.shape)`` for one common N.
         Values are converted to the field's dtype when that loses nothing of kind
         (ints and bools to floats, float64 to float32); floats into integer fields
-        are rejected. Nested mappings are flattened first. Nothing is written.
+        are rejected. Nested mappings and named tuples are flattened first. Nothing
+        is written.
 
         Args:
             data: ``name -> batch`` (tensors, arrays, lists).
@@ -306,7 +317,7 @@ class Spec(Mapping[str, Field]):
         Raises:
             SpecMismatchError: Naming the first missing, unknown or mis-shaped field.
         """
-        flat = flatten(data) if any(isinstance(v, Mapping) for v in data.values()) else data
+        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
         missing = [k for k in self._fields if k not in flat]
         if missing:
             raise SpecMismatchError(
@@ -344,7 +355,7 @@ class Spec(Mapping[str, Field]):
         self, data: Mapping[str, Any], device: torch.device | None = None
     ) -> dict[str, torch.Tensor]:
         """Check one step (no batch dimension) and return it as a batch of one."""
-        flat = flatten(data) if any(isinstance(v, Mapping) for v in data.values()) else data
+        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
         batched: dict[str, Any] = {}
         for name, value in flat.items():
             field = self._fields.get(name)
@@ -372,8 +383,8 @@ def _itemsize(dtype: torch.dtype) -> int:
 def _as_field(name: str, value: Any) -> Field:
     if isinstance(value, Field):
         return value
-    if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[1], int):
-        return Field(tuple(value[0]), value[1])
+    if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[1], int | np.integer):
+        return Field(value[0], value[1])
     if (
         hasattr(value, "shape")
         and hasattr(value, "dtype")
@@ -390,9 +401,9 @@ def _as_field(name: str, value: Any) -> Field:
 
 def _gym_fields(space: Any, name: str) -> dict[str, Field]:
     kind = type(space).__name__
-    if kind == "Dict":
+    if isinstance(space, Mapping):  # a gymnasium Dict, or a plain mapping of spaces
         out: dict[str, Field] = {}
-        for key, sub in space.spaces.items():
+        for key, sub in space.items():
             out.update(_gym_fields(sub, f"{name}.{key}"))
         return out
     if kind == "Tuple":
@@ -416,7 +427,9 @@ def _to_tensor(name: str, value: Any, device: torch.device | None) -> torch.Tens
         return t if device is None or t.device == device else t.to(device)
     try:
         if isinstance(value, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(value)).to(device)
+            arr = np.ascontiguousarray(value)
+            # torch warns on read-only arrays (frombuffer, memmaps); copy them instead.
+            return torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(device)
         return torch.as_tensor(value, device=device)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise SpecMismatchError(

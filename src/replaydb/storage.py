@@ -184,6 +184,18 @@ class Storage:
             streams = torch.zeros(n, dtype=torch.int64, device=dev)
         if ends is None:
             ends = torch.zeros(n, dtype=torch.int64, device=dev)
+        if n == 0:
+            empty = torch.empty(0, dtype=torch.int64, device=dev)
+            return AppendResult(empty, empty if self.links else None, empty, self.total)
+        if self.links:
+            # Check stream ids before anything is written, so a rejected append leaves no trace.
+            lo, hi = torch.stack(torch.aminmax(streams)).tolist()
+            if lo < 0:
+                raise InvalidArgumentError(
+                    f"stream ids must be in [0, {_MAX_STREAMS}), got {lo}; "
+                    "number your environments or actors from 0"
+                )
+            self._grow_streams(hi)
         if n > self.capacity:
             skip = n - self.capacity
             data = {k: v[skip:] for k, v in data.items()}
