@@ -4,7 +4,9 @@
 set -euo pipefail
 source "$(dirname "$0")/_venv.sh"
 python -m pip install -q -e ".[dev]"
-echo "== ruff";  ruff check src tests examples benchmarks && ruff format --check src tests examples benchmarks
+echo "== ruff"
+ruff check src tests examples benchmarks
+ruff format --check src tests examples benchmarks
 echo "== mypy";  mypy
 echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"
 echo "== docs";  mkdocs build --strict --quiet --site-dir "$(mktemp -d)"

@@ -35,6 +35,7 @@ from replaydb.checkpoint import (
 )
 from replaydb.errors import CheckpointError
 from replaydb.samplers import Uniform
+from replaydb.spec import Spec
 from replaydb.table import Table
 from strategies import MIXED_SPEC, make_batch
 
@@ -93,10 +94,10 @@ def write_table_file(
         "format": TABLE_FORMAT,
         "format_version": 1,
         "config": dict(config),
-        "checksum": tensor_checksum(tensors),
         "extra": {},
     }
     meta.update(overrides)
+    meta.setdefault("checksum", tensor_checksum(tensors, meta["config"]))
     save_file(
         {k: v.clone().contiguous() for k, v in tensors.items()},
         str(path),
@@ -422,6 +423,26 @@ def test_invalid_config(tmp_path: Path, change: Callable[[dict[str, Any]], None]
     path = write_table_file(tmp_path / "t.safetensors", table.state_dict(), config)
     with pytest.raises(CheckpointError, match="the table config is invalid"):
         load_table(path)
+
+
+def test_checksum_covers_the_config(tmp_path: Path) -> None:
+    table = Table(Spec({"x": (1,)}), 4, name="original")
+    path = save_table(table, tmp_path / "t.safetensors")
+    data = path.read_bytes()
+    tampered = data.replace(b"original", b"origamis", 1)
+    assert tampered != data
+    path.write_bytes(tampered)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_table(path)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    table = Table(Spec({"x": (1,)}), 4)
+    stale = tmp_path / ".ckpt-00000000000000000001.tmp-999999999"
+    stale.mkdir()
+    (stale / "junk").write_text("half written")
+    write_checkpoint(tmp_path, {"t": table})
+    assert not stale.exists()
 
 
 def test_tensor_checksum_covers_names_dtypes_shapes_and_bytes() -> None:

@@ -358,31 +358,38 @@ def test_window_rows_follow_next_links_across_the_ring() -> None:
 
 
 # ---------------------------------------------------------------- append_row
-def test_append_row_numpy_writes_one_row_with_wraparound() -> None:
+def test_append_numpy_writes_rows_with_wraparound() -> None:
     spec = Spec({"x": (2,), "a": ((), "int64")})
-    s = Storage(spec, 2)
-    assert s.append_row_numpy({"x": np.array([1.0, 2.0]), "a": 5}, stream=3, end=1) == 0
-    assert s.append_row_numpy({"x": [3.0, 4.0], "a": np.int64(6)}) == 1
-    assert s.append_row_numpy({"x": np.zeros(2), "a": 7}, end=2) == 0
-    assert s.total == 3
-    assert s.key.tolist() == [2, 1]
-    assert s.stream.tolist() == [0, 0]
-    assert s.end.tolist() == [2, 0]
-    got = s.gather(t([1, 0]))
-    assert got["x"].tolist() == [[3.0, 4.0], [0.0, 0.0]]
-    assert got["a"].tolist() == [6, 7]
+    s = Storage(spec, 3)
+    assert s.append_numpy({"x": np.array([1.0, 2.0]), "a": 5}, 1, end=1) == 0
+    assert s.append_numpy({"x": [3.0, 4.0], "a": np.int64(6)}, 1) == 1
+    # A batch of two wraps around: rows 2 and 0.
+    assert s.append_numpy({"x": np.array([[5.0, 6.0], [7.0, 8.0]]), "a": [7, 8]}, 2, end=2) == 2
+    assert s.total == 4
+    assert s.key.tolist() == [3, 1, 2]
+    assert s.stream.tolist() == [0, 0, 0]
+    assert s.end.tolist() == [2, 0, 2]
+    got = s.gather(t([1, 2, 0]))
+    assert got["x"].tolist() == [[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
+    assert got["a"].tolist() == [6, 7, 8]
 
 
-def test_append_row_numpy_matches_append() -> None:
+def test_append_numpy_accepts_packed_group_rows() -> None:
+    spec = Spec({"x": (2,), "y": (1,)})
+    s = Storage(spec, 4)
+    s.append_numpy({torch.float32: np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])}, 2)
+    assert s.fields["x"][:2].tolist() == [[1.0, 2.0], [4.0, 5.0]]
+    assert s.fields["y"][:2].tolist() == [[3.0], [6.0]]
+
+
+def test_append_numpy_matches_append() -> None:
     a, b = Storage(MIXED_SPEC, 3), Storage(MIXED_SPEC, 3)
     rows = keyed_rows(range(5))
-    a.append(rows, t([0, 2, 1, 0, 4]), t([0, 1, 0, 2, 0]))
-    for i in range(5):
-        b.append_row_numpy(
-            {k: v[i].numpy() for k, v in rows.items()},
-            stream=[0, 2, 1, 0, 4][i],
-            end=[0, 1, 0, 2, 0][i],
-        )
+    ends = [0, 1, 0, 2, 0]
+    a.append(rows, t([0] * 5), t(ends))
+    b.append_numpy({k: v[:2].numpy() for k, v in rows.items()}, 2, np.array(ends[:2]))
+    for i in range(2, 5):
+        b.append_numpy({k: v[i].numpy() for k, v in rows.items()}, 1, ends[i])
     for name, tensor in a.state_dict().items():
         assert torch.equal(tensor, b.state_dict()[name]), name
 

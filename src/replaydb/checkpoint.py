@@ -57,14 +57,21 @@ _MARKER = "COMPLETE"
 _MANIFEST = "manifest.json"
 
 
-def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+def tensor_checksum(tensors: Mapping[str, torch.Tensor], config: Any = None) -> str:
     """BLAKE2b digest over names, dtypes, shapes and bytes of ``tensors`` (sorted by name).
+
+    Args:
+        tensors: The tensors to digest.
+        config: JSON-serializable metadata digested with them (a table's config), so
+            a flipped byte in the JSON is caught too.
 
     Example:
         >>> len(tensor_checksum({"a": torch.zeros(3)}))
         32
     """
     h = hashlib.blake2b(digest_size=16)
+    if config is not None:
+        h.update(json.dumps(config, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{dtype_name(t.dtype)}|{tuple(t.shape)}|".encode())
@@ -163,7 +170,7 @@ def read_table_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
             f"{str(p)!r}: format {meta.get('format')!r} version {meta.get('format_version')!r} "
             f"is not {TABLE_FORMAT!r} version {FORMAT_VERSION}; upgrade replaydb to read it"
         )
-    digest = tensor_checksum(tensors)
+    digest = tensor_checksum(tensors, meta.get("config"))
     if digest != meta.get("checksum"):
         raise CheckpointError(
             f"{str(p)!r}: checksum mismatch (stored {meta.get('checksum')}, computed {digest}); "
@@ -204,7 +211,7 @@ def save_table(
         "format": TABLE_FORMAT,
         "format_version": FORMAT_VERSION,
         "config": config,
-        "checksum": tensor_checksum(tensors),
+        "checksum": tensor_checksum(tensors, config),
         "extra": dict(extra or {}),
     }
     encoded = {"replaydb": json.dumps(meta)}
@@ -346,6 +353,7 @@ def write_checkpoint(
             )
         files[file.lower()] = name
     r.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(r)
     stamp = time.time_ns()
     latest = latest_checkpoint(r)
     if latest is not None:
@@ -403,7 +411,7 @@ def read_checkpoint(
         if latest is None:
             raise CheckpointError(
                 f"no complete replaydb checkpoint at {str(p)!r}; "
-                "write one with checkpoint() or pass missing_ok=True"
+                "write one with write_checkpoint() (a manager's checkpoint()) first"
             )
         p = latest
     try:
@@ -417,6 +425,23 @@ def read_checkpoint(
         for name, entry in manifest.get("tables", {}).items()
     }
     return tables, manifest
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Delete half-written checkpoint directories whose writing process is gone."""
+    for d in root.glob(".ckpt-*.tmp-*"):
+        try:
+            pid = int(d.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 def _write_text(path: Path, text: str) -> None:
