@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--target-every", type=int, default=0, help="hard target copy every K updates (0: Polyak)"
     )
     parser.add_argument("--tau", type=float, default=0.01, help="Polyak rate of the target net")
+    parser.add_argument("--capacity", type=int, default=50_000, help="training table rows")
+    parser.add_argument("--explore", type=float, default=0.3, help="fraction of updates for eps decay")
     parser.add_argument("--out", default="dqn_cartpole_out", help="where the buffers are saved")
     args = parser.parse_args(argv)
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tables, _ = read_checkpoint(starter.path)
     loaded = tables["replay_buffer"]
     sampler, sampler_name = make_sampler(seed)
-    table = Table(loaded.spec, 50_000, sampler=sampler, sequence_length=2, name="replay_buffer")
+    table = Table(loaded.spec, args.capacity, sampler=sampler, sequence_length=2, name="replay_buffer")
     copy_steps(loaded, table, stream_offset=1_000)
     prioritized = not isinstance(sampler, samplers.Uniform)
     print(f"sampling: {sampler_name}; training table starts with {len(table)} transitions")
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     target = copy.deepcopy(q)
     opt = torch.optim.Adam(q.parameters(), lr=args.lr)
     gamma, batch_size, tau = args.gamma, args.batch_size, args.tau
-    eps_start, eps_end, eps_steps = 1.0, 0.05, max(1, int(steps * 0.3))
+    eps_start, eps_end, eps_steps = 1.0, 0.05, max(1, int(steps * args.explore))
     rng = np.random.default_rng(seed)
     state = {"eps": eps_start}
 
