@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--tau", type=float, default=0.01, help="Polyak rate of the target net")
     parser.add_argument("--capacity", type=int, default=50_000, help="training table rows")
-    parser.add_argument("--explore", type=float, default=0.3, help="fraction of updates for eps decay")
+    parser.add_argument(
+        "--explore", type=float, default=0.3, help="fraction of updates for eps decay"
+    )
     parser.add_argument("--out", default="dqn_cartpole_out", help="where the buffers are saved")
     args = parser.parse_args(argv)
 
@@ -147,7 +149,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tables, _ = read_checkpoint(starter.path)
     loaded = tables["replay_buffer"]
     sampler, sampler_name = make_sampler(seed)
-    table = Table(loaded.spec, args.capacity, sampler=sampler, sequence_length=2, name="replay_buffer")
+    table = Table(
+        loaded.spec, args.capacity, sampler=sampler, sequence_length=2, name="replay_buffer"
+    )
     copy_steps(loaded, table, stream_offset=1_000)
     prioritized = not isinstance(sampler, samplers.Uniform)
     print(f"sampling: {sampler_name}; training table starts with {len(table)} transitions")
@@ -169,8 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     curve: list[tuple[int, float, float]] = []
     losses: list[float] = []
-    print(f"{'update':>7} {'episodes':>8} {'train return':>12} {'greedy return':>13} "
-          f"{'epsilon':>7} {'loss':>8} {'steps/s':>8}")
+    print(
+        f"{'update':>7} {'episodes':>8} {'train return':>12} {'greedy return':>13} "
+        f"{'epsilon':>7} {'loss':>8} {'steps/s':>8}"
+    )
     t0 = time.perf_counter()
     greedy0 = evaluate(q, eval_episodes, seed=10_000)
     curve.append((0, float("nan"), greedy0))

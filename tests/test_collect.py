@@ -419,3 +419,15 @@ def test_populate_keeps_completed_runs_when_the_disk_fails(
     tables, manifest = read_checkpoint(tmp_path / "replay_buffer")
     assert manifest["extra"]["runs"] == 2
     assert tables[TABLE_NAME].num_steps == 40
+
+
+def test_warm_fills_tables_and_agents_on_any_device(device: torch.device) -> None:
+    table = Table(step_spec(ENV), 300, sequence_length=2, device=device)
+    warm(table, "random", 300, num_envs=2, env=ENV, seed=0, progress=False)
+    assert table.sample(4)["observation"].device.type == device.type
+    agent = CountingAgent()
+    agent.device = device
+    buffer = ReplayBuffer(200, state_dim=4, action_dim=1, hidden_dim=1, device=device)
+    warm(buffer, agent, 200, num_envs=2, seed=0, progress=False)
+    assert len(buffer) == 200
+    assert int(buffer.table.storage.fields["hiddens"].min()) == 1

@@ -129,8 +129,10 @@ def step_spec(env: Any) -> Spec:
         finally:
             probe.close()
     else:
-        obs_space = getattr(env, "single_observation_space", None) or env.observation_space
-        act_space = getattr(env, "single_action_space", None) or env.action_space
+        obs_space = getattr(env, "single_observation_space", None)
+        act_space = getattr(env, "single_action_space", None)
+        if obs_space is None or act_space is None:
+            obs_space, act_space = env.observation_space, env.action_space
     return _spec_from_spaces(obs_space, act_space)
 
 
