@@ -10,8 +10,13 @@
 4. print a learning curve as it goes (training and greedy evaluation returns) and
    save the final buffer as a checkpoint.
 
-Run: ``python examples/dqn_cartpole.py`` (about two minutes on two CPU cores), or
+Run: ``python examples/dqn_cartpole.py`` (one to three minutes on two CPU cores), or
 ``--smoke`` for a few-second check. Seeded: the same seed gives the same curve.
+
+The defaults (a 10k-step table, learning rate 2.5e-4, hard target updates every 500
+updates, 8 envs stepped per update, epsilon decaying over the first half) were picked
+from a few runs: larger tables and Polyak targets learned faster at first and then
+drifted back to returns near 120.
 """
 
 from __future__ import annotations
@@ -96,19 +101,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few-second run for tests")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--updates", type=int, default=None, help="gradient steps")
-    parser.add_argument("--num-envs", type=int, default=4, help="envs stepped per update")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--updates", type=int, default=None, help="gradient steps (8000)")
+    parser.add_argument("--num-envs", type=int, default=8, help="envs stepped per update")
+    parser.add_argument("--lr", type=float, default=2.5e-4)
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument(
-        "--target-every", type=int, default=0, help="hard target copy every K updates (0: Polyak)"
+        "--target-every", type=int, default=500, help="hard target copy every K updates (0: Polyak)"
     )
     parser.add_argument("--tau", type=float, default=0.01, help="Polyak rate of the target net")
-    parser.add_argument("--capacity", type=int, default=50_000, help="training table rows")
+    parser.add_argument("--capacity", type=int, default=10_000, help="training table rows")
     parser.add_argument(
-        "--explore", type=float, default=0.3, help="fraction of updates for eps decay"
+        "--explore", type=float, default=0.5, help="fraction of updates for eps decay"
     )
     parser.add_argument("--out", default="dqn_cartpole_out", help="where the buffers are saved")
     args = parser.parse_args(argv)
@@ -175,12 +180,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     losses: list[float] = []
     print(
         f"{'update':>7} {'episodes':>8} {'train return':>12} {'greedy return':>13} "
-        f"{'epsilon':>7} {'loss':>8} {'steps/s':>8}"
+        f"{'epsilon':>7} {'loss':>8} {'updates/s':>9}"
     )
     t0 = time.perf_counter()
     greedy0 = evaluate(q, eval_episodes, seed=10_000)
     curve.append((0, float("nan"), greedy0))
-    print(f"{0:>7} {0:>8} {'-':>12} {greedy0:>13.1f} {eps_start:>7.2f} {'-':>8} {'-':>8}")
+    print(f"{0:>7} {0:>8} {'-':>12} {greedy0:>13.1f} {eps_start:>7.2f} {'-':>8} {'-':>9}")
     with Collector(table, policy, env="CartPole-v1", num_envs=num_envs, seed=seed + 1) as collector:
         for step in range(1, steps + 1):
             state["eps"] = max(eps_end, eps_start - (eps_start - eps_end) * step / eps_steps)
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sps = step / (time.perf_counter() - t0)
                 print(
                     f"{step:>7} {len(rets):>8} {train_ret:>12.1f} {greedy:>13.1f} "
-                    f"{state['eps']:>7.2f} {np.mean(losses[-report_every:]):>8.4f} {sps:>8.0f}",
+                    f"{state['eps']:>7.2f} {np.mean(losses[-report_every:]):>8.4f} {sps:>9.0f}",
                     flush=True,
                 )
         train_returns = list(collector.stats.episode_returns)
@@ -233,13 +238,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         extra={"env": "CartPole-v1", "policy": "dqn epsilon-greedy", "seed": seed},
     )
     nbytes = sum(p.stat().st_size for p in saved.iterdir() if p.is_file())
-    first = curve[0][2]
     last = float(np.mean([g for _, _, g in curve[-3:]]))
+    early = float(np.mean(train_returns[:20])) if train_returns else float("nan")
+    late = float(np.mean(train_returns[-20:])) if train_returns else float("nan")
     print(f"saved the training buffer ({table.num_steps} steps, {nbytes / 1e6:.1f} MB) to {saved}")
     print(
-        f"mean return: random starter episodes {random_return:.1f}, untrained greedy "
-        f"{first:.1f} -> last three greedy evals {last:.1f}; wall time "
-        f"{time.perf_counter() - wall:.1f}s"
+        f"learning: random policy {random_return:.1f}; training episodes {early:.1f} (first 20) "
+        f"-> {late:.1f} (last 20); greedy evaluation {curve[0][2]:.1f} (untrained) -> "
+        f"{last:.1f} (mean of the last three); wall time {time.perf_counter() - wall:.1f}s"
     )
     return {
         "curve": curve,
