@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     smoke = args.smoke
-    steps = args.updates if args.updates is not None else (200 if smoke else 8_000)
+    steps = args.updates if args.updates is not None else (120 if smoke else 8_000)
     num_envs = args.num_envs
     starter_runs, starter_rows = (2, 200) if smoke else (5, 2_000)
-    report_every = 50 if smoke else 500
+    report_every = 40 if smoke else 500
     eval_episodes = 1 if smoke else 5
     seed = args.seed
     torch.manual_seed(seed)
