@@ -271,3 +271,20 @@ def test_serve_forwards_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "replaydb.ray_backend", fake)
     assert main(["serve", "conf.json", "--port", "5"]) == 0
     assert seen == [["conf.json", "--port", "5"]]
+
+
+def test_unwritable_out_fails_before_collecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import replaydb.collect as collect
+
+    def read_only(self: Path, data: bytes) -> int:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    stepped: list[int] = []
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(collect.Collector, "collect", lambda *a, **k: stepped.append(1))
+    code, err = _main(capsys, "populate", "--env", "CartPole-v1", "--out", str(tmp_path))
+    assert code == 1
+    assert "Read-only file system" in err
+    assert stepped == []

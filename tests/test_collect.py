@@ -315,6 +315,9 @@ def test_load_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
             def bad(observation_space, action_space):
                 return 42
+
+            def boom(observation_space, action_space):
+                raise KeyError("no weights file")
             """
         )
     )
@@ -327,6 +330,7 @@ def test_load_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("my_policies:missing", "has no attribute 'missing'"),
         ("my_policies:NOT_CALLABLE", "expected a callable factory"),
         ("my_policies:bad", "the factory returned a int"),
+        ("my_policies:boom", "raised KeyError: 'no weights file'"),
     ]:
         with pytest.raises(InvalidArgumentError, match=msg):
             load_policy(path, space, space)

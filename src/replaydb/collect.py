@@ -207,7 +207,13 @@ def load_policy(path: str, observation_space: Any, action_space: Any) -> Any:
             f"policy {path!r}: {attr!r} is a {type(factory).__name__}, expected a callable "
             "factory(observation_space, action_space) returning a policy"
         )
-    policy = factory(observation_space, action_space)
+    try:
+        policy = factory(observation_space, action_space)
+    except Exception as exc:  # user code: report it as bad input, with its message
+        raise InvalidArgumentError(
+            f"policy {path!r}: factory({observation_space}, {action_space}) raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     if not (callable(policy) or hasattr(policy, "predict")):
         raise InvalidArgumentError(
             f"policy {path!r}: the factory returned a {type(policy).__name__}, expected a "
@@ -952,6 +958,11 @@ def populate(
         sequence_length=sequence_length,
         name=TABLE_NAME,
     )
+    # Fail fast on a read-only or unwritable --out, before any env is stepped.
+    root.mkdir(parents=True, exist_ok=True)
+    probe_file = root / f".replaydb-write-test-{os.getpid()}"
+    probe_file.write_bytes(b"")
+    probe_file.unlink()
     start = time.perf_counter()
     bar, own = _progress_bar(progress, steps_per_run * num_runs)
     ckpt = root
