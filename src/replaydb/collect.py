@@ -551,6 +551,8 @@ def _make_vec(gym: Any, env: Any, num_envs: int) -> Any:
 
 
 def _flat_obs(obs: Any) -> dict[str, np.ndarray[Any, Any]]:
+    if isinstance(obs, np.ndarray):
+        return {"observation": obs}
     flat = flatten({"observation": obs})
     return {k: np.asarray(v) for k, v in flat.items()}
 
