@@ -277,7 +277,7 @@ class Collector:
                 f"policy {policy!r} is not understood; pass 'random', a callable or an agent "
                 "(the CLI's 'package.module:callable' form goes through load_policy)"
             )
-        if not (policy == "random" or self._agent or callable(policy)):
+        if not (isinstance(policy, str) or self._agent or callable(policy)):
             raise InvalidArgumentError(
                 f"policy must be 'random', a callable policy(observations) -> actions, or an "
                 f"agent with predict(states, hidden, train_mode=True); got {type(policy).__name__}"
@@ -374,7 +374,7 @@ class Collector:
     # ----------------------------------------------------------------- steps
     def _act(self) -> np.ndarray[Any, Any]:
         e = self.num_envs
-        if self.policy == "random":
+        if isinstance(self.policy, str):
             actions: Any = self.envs.action_space.sample()
         else:
             obs_t = _to_torch(self._obs, self._device)
