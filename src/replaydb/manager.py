@@ -40,8 +40,10 @@ directories replaydb wrote are ever deleted.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -71,6 +73,8 @@ TABLE_NAME = "replay_buffer"
 MANAGER_FORMAT = "replaydb.manager"
 FIRST, MID, LAST = 0, 1, 2
 _END_TERMINATED, _END_TRUNCATED = 1, 2
+#: A dataset sample flushes observers whose oldest staged step waited this long (s).
+STALE_S = 0.05
 _NUMPY_DTYPES: dict[torch.dtype, Any] = {
     torch.float16: np.float16,
     torch.float32: np.float32,
@@ -82,6 +86,12 @@ _NUMPY_DTYPES: dict[torch.dtype, Any] = {
     torch.int64: np.int64,
     torch.bool: np.bool_,
 }
+
+
+_INT_SCALARS = frozenset(
+    {int, bool, np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32}
+)
+_FLOAT_SCALARS = _INT_SCALARS | {float, np.float16, np.float32, np.float64}
 
 
 def _int_arg(name: str, value: Any, minimum: int) -> int:
@@ -123,6 +133,7 @@ class StepObserver:
         self._lock = threading.Lock()
         self._closed = False
         self._staged = 0
+        self._since = 0.0  # when the oldest staged step arrived
         self._w = write_batch
         np_dtypes = [_NUMPY_DTYPES.get(f.dtype) for f in self._fields]
         self._staging = all(d is not None for d in np_dtypes)
@@ -136,7 +147,7 @@ class StepObserver:
         self._phys: list[int] = []
         self._open: list[bool] = []
         self._last_row: list[int] = []
-        idx = {n: i for i, n in enumerate(self._names)}
+        idx = {n: i for i, n in enumerate(self._names) if not spec[n].shape}
         self._i_step_type = idx.get("step_type", -1)
         self._i_next = idx.get("next_step_type", -1)
         self._i_discount = idx.get("discount", -1)
@@ -154,24 +165,43 @@ class StepObserver:
         )
         self._leaf_pos = [i for i, c in enumerate(root.children) if c.kind == "leaf"]
         self._leaf_keys = [root.keys[i] for i in self._leaf_pos]
+        self._nt_type: Any = None
+        if len(self._leaf_pos) == 1:
+            pos0, key0 = self._leaf_pos[0], self._leaf_keys[0]
+            self._get_nt: Any = lambda step: (step[pos0],)
+            self._get_dict: Any = lambda step: (step[key0],)
+        elif self._flat_top:
+            self._get_nt = operator.itemgetter(*self._leaf_pos)
+            self._get_dict = operator.itemgetter(*self._leaf_keys)
+        # Fast path of __call__: per field, the exact array dtype and the scalar types
+        # that need no conversion check.
+        self._np_dtypes = [np.dtype(d) if d is not None else None for d in np_dtypes]
+        self._scalars = [
+            (_FLOAT_SCALARS if f.dtype.is_floating_point else _INT_SCALARS) if not f.shape else ()
+            for f in self._fields
+        ]
 
     def __repr__(self) -> str:
         return f"StepObserver(staged={self._staged}, write_batch={self._w}, envs={len(self._phys)})"
 
     # ---------------------------------------------------------------- input
-    def _values(self, step: Any) -> list[Any]:
+    def _values(self, step: Any) -> Any:
         if self._flat_top:
+            kind = type(step)
+            if kind is self._nt_type:
+                return self._get_nt(step)
             if isinstance(step, tuple) and getattr(step, "_fields", None) == self._top_keys:
-                return [step[i] for i in self._leaf_pos]
-            if type(step) is dict and len(step) == len(self._top_keys):
+                self._nt_type = kind
+                return self._get_nt(step)
+            if kind is dict and len(step) == len(self._top_keys):
                 try:
-                    return [step[k] for k in self._leaf_keys]
+                    return self._get_dict(step)
                 except KeyError:
                     pass
         flat = self._nest.unpack(step)
         return [flat[n] for n in self._names]
 
-    def _check(self, values: list[Any]) -> tuple[list[Any], int]:
+    def _check(self, values: Any) -> tuple[list[Any], int]:
         """Return numpy-assignable values and N (0: one step) or raise naming the field."""
         out: list[Any] = []
         n = -1
@@ -277,7 +307,25 @@ class StepObserver:
         """
         if self._closed:
             raise ClosedError("this observer's manager is closed; create a new manager")
-        values, n = self._check(self._values(step))
+        raw = self._values(step)
+        if done is None and self._staging:
+            # Fast path: one step whose values need no conversion.
+            for v, shape, npd, scalars in zip(
+                raw, self._shapes, self._np_dtypes, self._scalars, strict=True
+            ):
+                kind = type(v)
+                if kind is np.ndarray:
+                    if v.shape != shape or (v.dtype is not npd and v.dtype != npd):
+                        break
+                elif kind not in scalars:
+                    break
+            else:
+                with self._lock:
+                    if self._closed:
+                        raise ClosedError("this observer's manager is closed; create a new manager")
+                    self._stage_one(raw, None)
+                return
+        values, n = self._check(raw)
         done_codes = self._done_arg(done, n)
         with self._lock:
             if self._closed:
@@ -307,22 +355,24 @@ class StepObserver:
                 buf[pos] = v
         except (TypeError, ValueError, OverflowError) as exc:
             raise SpecMismatchError(f"a value of the step does not fit the spec ({exc})") from exc
+        if pos == 0:
+            self._since = time.monotonic()
         end = 0
         if self._trajectory:
             if self._i_step_type >= 0:
-                st = int(bufs[self._i_step_type][pos])
+                st = values[self._i_step_type]
                 if st == FIRST and self._open[0]:
                     self._cut(0)
-                if st == LAST:
+                elif st == LAST:
                     end = _END_TRUNCATED
-            if int(bufs[self._i_next][pos]) == LAST:
+            if values[self._i_next] == LAST:
                 end = _END_TERMINATED
-                if self._i_discount >= 0 and float(bufs[self._i_discount][pos]) != 0.0:
+                if self._i_discount >= 0 and values[self._i_discount] != 0:
                     end = _END_TRUNCATED
         else:
             for i, code in zip(self._i_done, self._done_codes, strict=True):
-                if bufs[i][pos]:
-                    end = end or code
+                if values[i] and not end:
+                    end = code
         if done_codes is not None and int(done_codes[0]):
             end = int(done_codes[0])
         self._stream_buf[pos] = self._phys[0]
@@ -434,9 +484,16 @@ class StepObserver:
         with self._lock:
             self._flush_locked(timeout)
 
-    def _try_flush(self, wait_lock: bool = False) -> None:
-        """Flush without waiting for a blocking rate limiter (nor a busy observer)."""
-        if self._closed or self._staged == 0 or not self._lock.acquire(blocking=wait_lock):
+    def _try_flush(self, wait_lock: bool = False, older_than: float = 0.0) -> None:
+        """Flush without waiting for a blocking rate limiter (nor a busy observer).
+
+        With ``older_than``, flush only when the oldest staged step has waited that long.
+        """
+        if self._closed or self._staged == 0:
+            return
+        if older_than and time.monotonic() - self._since < older_than:
+            return
+        if not self._lock.acquire(blocking=wait_lock):
             return
         try:
             self._flush_locked(0.0)
@@ -585,7 +642,7 @@ class ReplayBufferManager:
         rate_limiter: Rate limiter for a new table (default ``MinSize(1)``).
         keep: Complete checkpoints to keep (older replaydb checkpoints are deleted).
         device: Where the table's tensors live (default CPU).
-        write_batch: Steps an observer stages before one ``extend`` (default 512).
+        write_batch: Steps an observer stages before one ``extend`` (default 1024).
         backend: ``"local"`` or ``"ray"``; ``**backend_options`` go to the Ray server.
 
     Raises:
@@ -609,7 +666,7 @@ class ReplayBufferManager:
         rate_limiter: RateLimiter | None = None,
         keep: int = 1,
         device: torch.device | str | None = None,
-        write_batch: int = 512,
+        write_batch: int = 1024,
         backend: str = "local",
         **backend_options: Any,
     ) -> None:
@@ -679,12 +736,12 @@ class ReplayBufferManager:
             self._next_stream += 1
             return s
 
-    def _flush_observers(self, wait: bool) -> None:
+    def _flush_observers(self, wait: bool, older_than: float = 0.0) -> None:
         for obs in list(self._observers):
             if wait:
                 obs.flush()
             else:
-                obs._try_flush()
+                obs._try_flush(older_than=older_than)
 
     def _discard_observers(self) -> None:
         for obs in self._observers:
@@ -892,7 +949,7 @@ class ReplayBufferManager:
             timeout=timeout,
         )
         ds.structure = self._nest
-        ds.before_sample = lambda: self._flush_observers(wait=False)
+        ds.before_sample = lambda: self._flush_observers(wait=False, older_than=STALE_S)
         self._datasets.append(ds)
         return ds
 
