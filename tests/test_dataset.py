@@ -43,7 +43,8 @@ def test_batches_are_b_by_num_steps_with_info() -> None:
         assert torch.equal(info.key[:, 0], batch["t"][:, 0])
         assert (info.table_size == 39).all()
         assert (info.probability == 1 / 39).all()
-        assert info.key.dtype == torch.int64 and info.probability.dtype == torch.float64
+        assert info.key.dtype == torch.int64
+        assert info.probability.dtype == torch.float64
         assert (info.times_sampled >= 1).all()
 
 
@@ -109,7 +110,8 @@ def test_bad_prefetch() -> None:
 def test_prefetch_keeps_n_batches_ready_and_close_stops_threads() -> None:
     base = Dataset(make_client(), batch_size=8, num_parallel_calls=3)
     ds = base.prefetch(4)
-    assert ds.buffer_size == 4 and base.buffer_size == 0
+    assert ds.buffer_size == 4
+    assert base.buffer_size == 0
     assert next(ds)[0]["t"].shape == (8, 2)
     assert len(ds._threads) == 3
     assert ds._queue is not None
@@ -189,12 +191,10 @@ class _FailingClient:
 def test_background_errors_are_raised_in_the_consumer(prefetch: int) -> None:
     ds = Dataset(_FailingClient(after=2), batch_size=2)
     ds = ds.prefetch(prefetch) if prefetch else ds
-    got = 0
+    next(ds)
+    next(ds)
     with pytest.raises(RuntimeError, match="backend went away"):
-        for _ in range(10):
-            next(ds)
-            got += 1
-    assert got == 2
+        next(ds)
     ds.close()
 
 
