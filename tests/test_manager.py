@@ -175,19 +175,16 @@ def test_end_to_end_trainer_workflow(tmp_path: Path) -> None:
     thread = threading.Thread(target=collect)
     thread.start()
     weights = torch.zeros(4, requires_grad=True)
-    opt = torch.optim.SGD([weights], lr=0.01)
     it = iter(dataset)
     for _ in range(20):
         batch, info = next(it)
-        q = batch.observation[:, 0] @ weights
-        target = (
-            batch.reward[:, 0]
-            + 0.99 * batch.discount[:, 0] * (batch.observation[:, 1] @ weights).detach()
-        )
-        loss = ((q - target) ** 2).mean()
-        opt.zero_grad()
+        obs, next_obs = batch.observation[:, 0], batch.observation[:, 1]
+        target = batch.reward[:, 0] + 0.99 * batch.discount[:, 0] * (next_obs @ weights).detach()
+        loss = ((obs @ weights - target) ** 2).mean()
         loss.backward()
-        opt.step()
+        with torch.no_grad():
+            weights -= 0.01 * weights.grad
+            weights.grad = None
     thread.join(timeout=30)
     assert not actor_errors
     assert trainer.num_frames() == frames + actor.items
