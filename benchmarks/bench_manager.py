@@ -121,8 +121,14 @@ def bench_dataset(n_batches: int, repeats: int, root: str) -> tuple[float, float
         steps = make_steps(capacity)
         for i in range(0, capacity, 8):
             chunk = steps[i : i + 8]
-            observer(Trajectory(*(np.stack([getattr(s, f) for s in chunk]) if f != "policy_info"
-                                  else () for f in Trajectory._fields)))
+            observer(
+                Trajectory(
+                    *(
+                        np.stack([getattr(s, f) for s in chunk]) if f != "policy_info" else ()
+                        for f in Trajectory._fields
+                    )
+                )
+            )
         observer.flush()
         dataset = replay_buffer.as_dataset(256, num_steps=2, num_parallel_calls=2).prefetch(4)
         it = iter(dataset)

@@ -180,6 +180,9 @@ class StepObserver:
             (_FLOAT_SCALARS if f.dtype.is_floating_point else _INT_SCALARS) if not f.shape else ()
             for f in self._fields
         ]
+        self._fast = list(
+            zip(self._shapes, self._np_dtypes, self._scalars, self._bufs, strict=True)
+        )
 
     def __repr__(self) -> str:
         return f"StepObserver(staged={self._staged}, write_batch={self._w}, envs={len(self._phys)})"
@@ -309,22 +312,28 @@ class StepObserver:
             raise ClosedError("this observer's manager is closed; create a new manager")
         raw = self._values(step)
         if done is None and self._staging:
-            # Fast path: one step whose values need no conversion.
-            for v, shape, npd, scalars in zip(
-                raw, self._shapes, self._np_dtypes, self._scalars, strict=True
-            ):
-                kind = type(v)
-                if kind is np.ndarray:
-                    if v.shape != shape or (v.dtype is not npd and v.dtype != npd):
-                        break
-                elif kind not in scalars:
-                    break
-            else:
-                with self._lock:
-                    if self._closed:
-                        raise ClosedError("this observer's manager is closed; create a new manager")
-                    self._stage_one(raw, None)
-                return
+            # Fast path: one step whose values need no conversion, checked and copied
+            # into the stage in one pass; the row counts only once every field is in.
+            with self._lock:
+                if self._closed:
+                    raise ClosedError("this observer's manager is closed; create a new manager")
+                if self._staged >= self._w:
+                    self._flush_locked(None)
+                pos = self._staged
+                try:
+                    for v, (shape, npd, scalars, buf) in zip(raw, self._fast, strict=True):
+                        kind = type(v)
+                        if kind is np.ndarray:
+                            if v.shape != shape or (v.dtype is not npd and v.dtype != npd):
+                                break
+                        elif kind not in scalars:
+                            break
+                        buf[pos] = v
+                    else:
+                        self._commit_one(raw, pos, None)
+                        return
+                except (TypeError, ValueError, OverflowError):
+                    pass  # the checked path below names the field
         values, n = self._check(raw)
         done_codes = self._done_arg(done, n)
         with self._lock:
@@ -346,15 +355,18 @@ class StepObserver:
     def _stage_one(self, values: list[Any], done_codes: Any) -> None:
         if self._staged >= self._w:
             self._flush_locked(None)
-        if not self._phys:
-            self._env_state(1)
         pos = self._staged
-        bufs = self._bufs
         try:
-            for buf, v in zip(bufs, values, strict=True):
+            for buf, v in zip(self._bufs, values, strict=True):
                 buf[pos] = v
         except (TypeError, ValueError, OverflowError) as exc:
             raise SpecMismatchError(f"a value of the step does not fit the spec ({exc})") from exc
+        self._commit_one(values, pos, done_codes)
+
+    def _commit_one(self, values: Any, pos: int, done_codes: Any) -> None:
+        """Finish staging the step written at row ``pos``: its stream and end code."""
+        if not self._phys:
+            self._env_state(1)
         if pos == 0:
             self._since = time.monotonic()
         end = 0
@@ -380,6 +392,8 @@ class StepObserver:
         self._open[0] = end == 0
         self._last_row[0] = pos
         self._staged = pos + 1
+        if self._staged >= self._w:
+            self._flush_locked(None)
 
     def _cut(self, env: int) -> None:
         """End env's open episode before a FIRST step."""
@@ -642,7 +656,7 @@ class ReplayBufferManager:
         rate_limiter: Rate limiter for a new table (default ``MinSize(1)``).
         keep: Complete checkpoints to keep (older replaydb checkpoints are deleted).
         device: Where the table's tensors live (default CPU).
-        write_batch: Steps an observer stages before one ``extend`` (default 1024).
+        write_batch: Steps an observer stages before one ``extend`` (default 4096).
         backend: ``"local"`` or ``"ray"``; ``**backend_options`` go to the Ray server.
 
     Raises:
@@ -666,7 +680,7 @@ class ReplayBufferManager:
         rate_limiter: RateLimiter | None = None,
         keep: int = 1,
         device: torch.device | str | None = None,
-        write_batch: int = 1024,
+        write_batch: int = 4096,
         backend: str = "local",
         **backend_options: Any,
     ) -> None:
