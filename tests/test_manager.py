@@ -17,6 +17,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import replaydb.checkpoint as checkpoint_module
 from replaydb.checkpoint import latest_checkpoint, list_checkpoints, write_checkpoint
@@ -830,3 +832,93 @@ def test_ray_backend_without_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     manager = new_manager(tmp_path, backend="ray")
     with pytest.raises(MissingDependencyError, match=r"replaydb\[ray\]"):
         manager.create_replay_buffer()
+
+
+# ---------------------------------------------------------------- property test
+_EPISODE = st.tuples(
+    st.integers(1, 6),  # length
+    st.sampled_from(["last", "interrupted", "last+boundary"]),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    episodes=st.lists(st.lists(_EPISODE, min_size=1, max_size=4), min_size=1, max_size=3),
+    sequence_length=st.integers(1, 3),
+    write_batches=st.lists(st.integers(1, 6), min_size=3, max_size=3),
+    order_seed=st.integers(0, 2**16),
+    flush_every=st.integers(0, 7),
+)
+def test_observer_windows_match_a_reference_model(
+    tmp_path_factory: pytest.TempPathFactory,
+    episodes: list[list[tuple[int, str]]],
+    sequence_length: int,
+    write_batches: list[int],
+    order_seed: int,
+    flush_every: int,
+) -> None:
+    """Interleaved observers write exactly the windows a plain-Python model predicts."""
+    spec = SMALL_SPEC._replace(observation=((3,), "float32"))
+    # Per env: the steps to write, and the reference windows as tuples of (env, ep, t).
+    plans: list[list[Trajectory]] = []
+    expected: list[tuple[tuple[float, ...], ...]] = []
+    for env, eps in enumerate(episodes):
+        steps: list[Trajectory] = []
+        for ep, (length, ending) in enumerate(eps):
+            ids = [(float(env), float(ep), float(t)) for t in range(length)]
+            for t in range(length):
+                last = t == length - 1 and ending != "interrupted"
+                steps.append(
+                    Trajectory(
+                        np.int32(FIRST if t == 0 else MID),
+                        np.array(ids[t], np.float32),
+                        np.int64(0),
+                        (),
+                        np.int32(LAST if last else MID),
+                        np.float32(0),
+                        np.float32(0 if last else 1),
+                    )
+                )
+            expected += [
+                tuple(ids[i : i + sequence_length]) for i in range(length - sequence_length + 1)
+            ]
+            if ending == "last+boundary":
+                bid = (float(env), float(ep) + 0.5, 0.0)
+                steps.append(
+                    Trajectory(
+                        np.int32(LAST),
+                        np.array(bid, np.float32),
+                        np.int64(0),
+                        (),
+                        np.int32(FIRST),
+                        np.float32(0),
+                        np.float32(1),
+                    )
+                )
+                if sequence_length == 1:
+                    expected.append((bid,))
+        plans.append(steps)
+    root = tmp_path_factory.mktemp("prop")
+    with ReplayBufferManager(spec, 500, root / "c", sequence_length=sequence_length) as manager:
+        manager.create_replay_buffer()
+        observers = [manager.observer(write_batch=write_batches[i]) for i in range(len(plans))]
+        rng = np.random.default_rng(order_seed)
+        cursors = [0] * len(plans)
+        calls = 0
+        while any(c < len(p) for c, p in zip(cursors, plans, strict=True)):
+            env = int(rng.choice([i for i, p in enumerate(plans) if cursors[i] < len(p)]))
+            observers[env](plans[env][cursors[env]])
+            cursors[env] += 1
+            calls += 1
+            if flush_every and calls % flush_every == 0:
+                observers[int(rng.integers(len(observers)))].flush()
+        assert manager.num_frames() == len(expected)
+        table = manager._server.table() if manager._server is not None else None
+        assert table is not None
+        keys = table._item_key[table._item_key >= 0]
+        rows = table.storage.window_rows(keys, sequence_length)
+        obs = table.storage.gather(rows)["observation"].reshape(-1, sequence_length, 3)
+        got = sorted(tuple(tuple(float(x) for x in step) for step in w) for w in obs.tolist())
+        assert got == sorted(expected)

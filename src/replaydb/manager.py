@@ -442,9 +442,10 @@ class StepObserver:
         ends = self._ends_many(values, n, done_codes)
         self._stream_buf[pos : pos + n] = self._phys[:n]
         self._end_buf[pos : pos + n] = ends
-        for env in range(n):
-            self._open[env] = bool(ends[env] == 0)
-            self._last_row[env] = pos + env
+        self._open[:n] = (ends == 0).tolist()
+        self._last_row[:n] = range(pos, pos + n)
+        if pos == 0:
+            self._since = time.monotonic()
         self._staged = pos + n
 
     def _write_direct(self, values: list[Any], n: int, done_codes: Any) -> None:
@@ -463,9 +464,8 @@ class StepObserver:
             ends=ends,
             table=TABLE_NAME,
         )
-        for env in range(rows):
-            self._open[env] = bool(ends[env] == 0)
-            self._last_row[env] = -1
+        self._open[:rows] = (ends == 0).tolist()
+        self._last_row[:rows] = [-1] * rows
 
     def _flush_locked(self, timeout: float | None) -> None:
         k = self._staged
