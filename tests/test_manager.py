@@ -362,6 +362,7 @@ def test_bfloat16_fields_are_written_without_staging(tmp_path: Path) -> None:
             SpecMismatchError,
             "field 'reward' is a batch of 2 but field 'step_type' is one step",
         ),
+        (lambda d: d.update(action=2**70), SpecMismatchError, "field 'action'"),
         (
             lambda d: d.update(observation=np.zeros((2, 2, 2), np.float32)),
             SpecMismatchError,
@@ -517,9 +518,13 @@ def test_load_with_no_data_spec_rebuilds_the_nest(tmp_path: Path) -> None:
         replay_buffer, _ = manager.load_replay_buffer()
         assert isinstance(replay_buffer.data_spec, Nest)
         batch, _ = next(iter(replay_buffer.as_dataset(4)))
+        stored_spec = replay_buffer.data_spec
         assert type(batch).__name__ == "Trajectory"
         assert batch.policy_info == ()
         assert batch.observation.shape == (4, 2, 2)
+    with ReplayBufferManager(stored_spec, 1000, tmp_path / "ckpt") as manager:
+        manager.load_replay_buffer()  # a stored Nest is a valid data_spec
+        assert manager.num_frames() == 12
 
 
 def test_loads_the_populate_command_layout(tmp_path: Path) -> None:

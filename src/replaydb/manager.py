@@ -356,11 +356,13 @@ class StepObserver:
         if self._staged >= self._w:
             self._flush_locked(None)
         pos = self._staged
-        try:
-            for buf, v in zip(self._bufs, values, strict=True):
+        for name, buf, v in zip(self._names, self._bufs, values, strict=True):
+            try:
                 buf[pos] = v
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise SpecMismatchError(f"a value of the step does not fit the spec ({exc})") from exc
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SpecMismatchError(
+                    f"field {name!r}: value {v!r} does not fit dtype {buf.dtype} ({exc})"
+                ) from exc
         self._commit_one(values, pos, done_codes)
 
     def _commit_one(self, values: Any, pos: int, done_codes: Any) -> None:
@@ -434,11 +436,13 @@ class StepObserver:
             self._write_direct(values, n, done_codes)
             return
         pos = self._staged
-        try:
-            for buf, v in zip(self._bufs, values, strict=True):
+        for name, buf, v in zip(self._names, self._bufs, values, strict=True):
+            try:
                 buf[pos : pos + n] = v
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise SpecMismatchError(f"a value of the steps does not fit the spec ({exc})") from exc
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SpecMismatchError(
+                    f"field {name!r}: values do not fit dtype {buf.dtype} ({exc})"
+                ) from exc
         ends = self._ends_many(values, n, done_codes)
         self._stream_buf[pos : pos + n] = self._phys[:n]
         self._end_buf[pos : pos + n] = ends
@@ -704,7 +708,13 @@ class ReplayBufferManager:
         if backend not in ("local", "ray"):
             raise InvalidArgumentError(f"backend must be 'local' or 'ray', got {backend!r}")
         self.data_spec = data_spec
-        self._nest: Nest | None = None if data_spec is None else Nest(data_spec)
+        self._nest: Nest | None = (
+            None
+            if data_spec is None
+            else data_spec
+            if isinstance(data_spec, Nest)
+            else Nest(data_spec)
+        )
         self._sampler = sampler
         self._rate_limiter = rate_limiter
         self._device = device
