@@ -132,6 +132,19 @@ def test_prefetch_keeps_n_batches_ready_and_close_stops_threads() -> None:
     ds.close()  # idempotent
 
 
+def test_dropped_dataset_stops_its_threads() -> None:
+    import gc
+
+    ds = Dataset(make_client(), batch_size=4).prefetch(2)
+    next(ds)
+    threads = list(ds._threads)
+    del ds
+    gc.collect()
+    for t in threads:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in threads)
+
+
 def test_autotune_keeps_two_per_thread() -> None:
     ds = Dataset(make_client(), 2, num_parallel_calls=2).prefetch(AUTOTUNE)
     assert ds.buffer_size == 4

@@ -30,7 +30,7 @@ from replaydb.errors import (
     SpecMismatchError,
 )
 from replaydb.manager import ReplayBufferManager, StepObserver
-from replaydb.rate_limiters import MinSize
+from replaydb.rate_limiters import MinSize, SampleToInsertRatio
 from replaydb.server import Client, Server
 from replaydb.spec import Nest, Spec
 from replaydb.table import Table
@@ -927,3 +927,23 @@ def test_observer_windows_match_a_reference_model(
         obs = table.storage.gather(rows)["observation"].reshape(-1, sequence_length, 3)
         got = sorted(tuple(tuple(float(x) for x in step) for step in w) for w in obs.tolist())
         assert got == sorted(expected)
+
+
+def test_restored_sample_to_insert_ratio_keeps_its_balance(tmp_path: Path) -> None:
+    limiter = SampleToInsertRatio(samples_per_insert=2.0, min_size_to_sample=10, error_buffer=100.0)
+    with new_manager(tmp_path, rate_limiter=limiter) as manager:
+        replay_buffer, observer = manager.create_replay_buffer()
+        for ep in range(5):
+            for step in episode_steps(ep, 11):
+                observer(step)
+        replay_buffer.py_client.sample(30, timeout=1)
+        before = replay_buffer.py_client.info()
+        manager.checkpoint()
+    with new_manager(tmp_path) as manager:
+        replay_buffer, _ = manager.load_replay_buffer()
+        after = replay_buffer.py_client.info()
+        assert (after.inserts, after.samples) == (before.inserts, before.samples)
+        assert after.rate_limiter == limiter.config()
+        # As sampleable as before the checkpoint: no reset counters that block for ever.
+        batch, _ = next(iter(replay_buffer.as_dataset(16, timeout=1)))
+        assert batch.observation.shape == (16, 2, 2)

@@ -33,6 +33,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -247,7 +248,7 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
                 for i in range(self.num_parallel_calls):
                     t = threading.Thread(
                         target=_worker,
-                        args=(self, self._queue, self._stop),
+                        args=(weakref.ref(self), self._queue, self._stop),
                         name=f"replaydb-dataset-{i}",
                         daemon=True,
                     )
@@ -364,18 +365,24 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
             child.close()
 
 
-def _worker(ds: Dataset, q: queue.Queue[Any], stop: threading.Event) -> None:
+def _worker(ref: weakref.ref[Dataset], q: queue.Queue[Any], stop: threading.Event) -> None:
+    """Sample batches into ``q`` until stopped, or until the dataset is garbage-collected."""
     state = threading.local()
     state.carry = None
     try:
         while not stop.is_set():
+            ds = ref()
+            if ds is None:  # dropped without close(): stop rather than sample for ever
+                return
             item: Any = ds._produce(stop, state, "carry")
+            del ds
             while not stop.is_set():
                 try:
                     q.put(item, timeout=_POLL_S)
                     break
                 except queue.Full:
-                    continue
+                    if ref() is None:
+                        return
     except _StoppedError:
         return
     except BaseException as exc:
