@@ -225,7 +225,7 @@ def test_windows_never_cross_episode_boundaries(tmp_path: Path) -> None:
             for step in episode_steps(ep, length):
                 d = step._asdict()
                 d["observation"] = {"ep": step.observation[0], "t": step.observation[1]}
-                observer(d)
+                observer(d if ep % 2 else Trajectory(**d))  # dict, or the compiled path
             # A TF-Agents boundary step (LAST -> FIRST) between episodes.
             observer(
                 Trajectory(
@@ -947,3 +947,20 @@ def test_restored_sample_to_insert_ratio_keeps_its_balance(tmp_path: Path) -> No
         # As sampleable as before the checkpoint: no reset counters that block for ever.
         batch, _ = next(iter(replay_buffer.as_dataset(16, timeout=1)))
         assert batch.observation.shape == (16, 2, 2)
+
+
+def test_nested_steps_errors_name_the_dotted_field(tmp_path: Path) -> None:
+    spec = SMALL_SPEC._replace(observation={"ep": ((), "float32"), "t": ((2,), "float32")})
+    with ReplayBufferManager(spec, 100, tmp_path / "c") as manager:
+        _, observer = manager.create_replay_buffer()
+        good = Trajectory(
+            np.int32(0), {"ep": 1.0, "t": np.zeros(2, np.float32)}, 0, (), np.int32(1), 0.0, 1.0
+        )
+        observer(good)
+        with pytest.raises(SpecMismatchError, match=r"'observation\.t' missing"):
+            observer(good._replace(observation={"ep": 1.0}))
+        with pytest.raises(SpecMismatchError, match=r"field 'observation\.t': expected shape"):
+            observer(good._replace(observation={"ep": 1.0, "t": np.zeros(3, np.float32)}))
+        with pytest.raises(SpecMismatchError, match=r"\['x'\] under 'observation'"):
+            observer(good._replace(observation={"ep": 1.0, "t": np.zeros(2), "x": 1}))
+        assert observer.staged == 1

@@ -101,6 +101,58 @@ def _int_arg(name: str, value: Any, minimum: int) -> int:
 
 
 # ====================================================================== observer
+class _NotThisShapeError(Exception):
+    """A step's container does not have the kind or size the nest expects."""
+
+
+def _compile_extractor(node: Any) -> Any:
+    """A function ``(step, out)`` appending the leaves of ``step`` in traversal order.
+
+    It reads dicts by key and named tuples, tuples and lists by position, and raises
+    when a container has another kind or size; the caller then falls back to
+    :meth:`Nest.unpack`, which also reads attributes and names the problem.
+    """
+    kind = node.kind
+    if kind == "leaf":
+        return lambda value, out: out.append(value)
+    if kind == "empty":
+        return None
+    pairs = [
+        (key if kind == "dict" else i, fn)
+        for i, (key, child) in enumerate(zip(node.keys, node.children, strict=True))
+        if (fn := _compile_extractor(child)) is not None
+    ]
+    size = len(node.keys)
+    if kind == "dict":
+
+        def from_dict(value: Any, out: list[Any]) -> None:
+            if type(value) is not dict or len(value) != size:
+                raise _NotThisShapeError
+            for key, fn in pairs:
+                fn(value[key], out)
+
+        return from_dict
+    if kind == "namedtuple":
+        fields = node.keys
+
+        def from_namedtuple(value: Any, out: list[Any]) -> None:
+            if getattr(value, "_fields", None) != fields:
+                raise _NotThisShapeError
+            for i, fn in pairs:
+                fn(value[i], out)
+
+        return from_namedtuple
+    container = tuple if kind == "tuple" else list
+
+    def from_sequence(value: Any, out: list[Any]) -> None:
+        if type(value) is not container or len(value) != size:
+            raise _NotThisShapeError
+        for i, fn in pairs:
+            fn(value[i], out)
+
+    return from_sequence
+
+
 class StepObserver:
     """Writes environment steps into the manager's table; use it as a TF-Agents observer.
 
@@ -125,7 +177,8 @@ class StepObserver:
         self._client = manager._require_client()
         self._nest = manager._require_nest()
         spec = self._nest.spec
-        self._names = list(spec)
+        # Leaves in the nest's traversal order (the order the extractors produce).
+        self._names = list(self._nest._paths)
         self._fields = [spec[n] for n in self._names]
         self._shapes = [f.shape for f in self._fields]
         self._ndims = [len(s) for s in self._shapes]
@@ -166,6 +219,7 @@ class StepObserver:
         self._leaf_pos = [i for i, c in enumerate(root.children) if c.kind == "leaf"]
         self._leaf_keys = [root.keys[i] for i in self._leaf_pos]
         self._nt_type: Any = None
+        self._extract = None if self._flat_top else _compile_extractor(root)
         if len(self._leaf_pos) == 1:
             pos0, key0 = self._leaf_pos[0], self._leaf_keys[0]
             self._get_nt: Any = lambda step: (step[pos0],)
@@ -201,6 +255,13 @@ class StepObserver:
                     return self._get_dict(step)
                 except KeyError:
                     pass
+        elif self._extract is not None:
+            out: list[Any] = []
+            try:
+                self._extract(step, out)
+                return out
+            except (KeyError, IndexError, TypeError, _NotThisShapeError):
+                pass  # unpack below names the problem, or reads attributes/keys instead
         flat = self._nest.unpack(step)
         return [flat[n] for n in self._names]
 
