@@ -48,6 +48,16 @@ def test_batches_are_b_by_num_steps_with_info() -> None:
         assert (info.times_sampled >= 1).all()
 
 
+def test_batches_and_info_live_on_the_table_device(device: torch.device) -> None:
+    table = Table(SPEC, 100, sequence_length=4, device=device)
+    client = Server(table).client()
+    client.extend({"t": torch.arange(10), "obs": torch.zeros(10, 3)})
+    with Dataset(client, batch_size=3, num_steps=2).prefetch(1) as ds:
+        batch, info = next(ds)
+        assert batch["obs"].device.type == device.type
+        assert all(v.device.type == device.type for v in info)
+
+
 def test_default_num_steps_is_the_sequence_length() -> None:
     ds = Dataset(make_client(sequence_length=3), batch_size=4)
     assert ds.num_steps == 3

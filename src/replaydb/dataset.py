@@ -311,7 +311,7 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
             if self.sequence_length == 1:
                 t = t.unsqueeze(1)
             data[name] = t.reshape(n * k, s, *t.shape[2:]) if k > 1 else t
-        size = torch.full((n,), int(smp.table_size), dtype=torch.int64)
+        size = torch.full((n,), int(smp.table_size), dtype=torch.int64, device=smp.keys.device)
         per_item = (smp.keys, smp.probabilities, size, smp.priorities, smp.times_sampled)
         info = [
             v.reshape(n, 1, 1).expand(n, k, s).reshape(n * k, s)
