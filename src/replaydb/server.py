@@ -242,8 +242,6 @@ class Server:
             self._ray = None
         for table in self._tables.values():
             table.shared = False
-            with table._cond:
-                table._cond.notify_all()
         self._tables = {}
 
 
