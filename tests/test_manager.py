@@ -964,3 +964,30 @@ def test_nested_steps_errors_name_the_dotted_field(tmp_path: Path) -> None:
         with pytest.raises(SpecMismatchError, match=r"\['x'\] under 'observation'"):
             observer(good._replace(observation={"ep": 1.0, "t": np.zeros(2), "x": 1}))
         assert observer.staged == 1
+
+
+def test_staged_values_are_copies_and_zero_d_arrays_work(tmp_path: Path) -> None:
+    """TF-Agents py envs hand out 0-d arrays; envs may reuse their arrays in place."""
+    with new_manager(tmp_path) as manager:
+        _, observer = manager.create_replay_buffer()
+        obs = np.zeros(2, np.float32)
+        step_type = np.asarray(FIRST, dtype=np.int32)
+        for t in range(4):
+            obs[:] = t  # the same arrays, changed in place every step
+            step_type[()] = FIRST if t == 0 else MID
+            observer(
+                Trajectory(step_type, obs, t, (), np.asarray(MID, np.int32), 1.0, np.float32(1))
+            )
+        assert manager.num_frames() == 3
+        table = manager._server.table() if manager._server is not None else None
+        assert table is not None
+        data = table.storage.gather(torch.arange(4))
+        assert data["observation"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert data["step_type"].tolist() == [FIRST, MID, MID, MID]
+        assert data["action"].tolist() == [0, 1, 2, 3]
+        with pytest.raises(SpecMismatchError, match="field 'action'"):
+            observer(Trajectory(np.int32(1), obs, 2**70, (), 1, 1.0, 1.0))
+        with pytest.raises(SpecMismatchError, match="field 'next_step_type'"):
+            observer(Trajectory(np.int32(1), obs, 1, (), 2**40, 1.0, 1.0))
+        assert observer.staged == 0
+        assert manager.num_frames() == 3

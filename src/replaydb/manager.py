@@ -45,6 +45,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -101,6 +102,34 @@ def _int_arg(name: str, value: Any, minimum: int) -> int:
 
 
 # ====================================================================== observer
+@dataclass(frozen=True)
+class _Plan:
+    """How to check a step whose values have one particular tuple of types.
+
+    ``arrays``: ``(index, shape, dtype)`` of ndarray values, checked exactly;
+    ``ints``: ``(index, min, max)`` of Python ints bound for integer fields;
+    ``zero_d``: ``(position among scalars, index)`` of 0-d arrays for scalar fields,
+    staged as numpy scalars so a later in-place change of the array cannot leak in.
+    """
+
+    arrays: list[tuple[int, tuple[int, ...], Any]]
+    ints: list[tuple[int, int, int]]
+    zero_d: list[tuple[int, int]]
+
+
+_UNSEEN: Any = object()
+
+
+def _tuple_getter(indices: list[int]) -> Any:
+    """``values -> tuple(values[i] for i in indices)``, in C where possible."""
+    if not indices:
+        return lambda values: ()
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda values: (values[only],)
+    return operator.itemgetter(*indices)
+
+
 class _NotThisShapeError(Exception):
     """A step's container does not have the kind or size the nest expects."""
 
@@ -191,11 +220,18 @@ class StepObserver:
         np_dtypes = [_NUMPY_DTYPES.get(f.dtype) for f in self._fields]
         self._staging = all(d is not None for d in np_dtypes)
         w = write_batch if self._staging else 0
-        self._bufs = [
-            np.zeros((w, *f.shape), dtype=d) for f, d in zip(self._fields, np_dtypes, strict=True)
+        # The stage: array fields in preallocated ``[write_batch, *shape]`` buffers;
+        # scalar fields as one tuple per step in ``_rows`` (numpy and Python scalars
+        # are immutable, so keeping them costs no copy), turned into arrays at flush.
+        self._array_idx = [i for i, f in enumerate(self._fields) if f.shape]
+        self._scalar_idx = [i for i, f in enumerate(self._fields) if not f.shape]
+        self._bufs: list[Any] = [
+            np.zeros((w, *f.shape), dtype=d) if f.shape else None
+            for f, d in zip(self._fields, np_dtypes, strict=True)
         ]
-        self._stream_buf = np.zeros(w, dtype=np.int64)
-        self._end_buf = np.zeros(w, dtype=np.int64)
+        self._rows: list[tuple[Any, ...]] = []
+        self._streams: list[int] = []
+        self._ends: list[int] = []
         # Per environment: its stream id, whether its episode is open, its staged row.
         self._phys: list[int] = []
         self._open: list[bool] = []
@@ -229,14 +265,10 @@ class StepObserver:
             self._get_dict = operator.itemgetter(*self._leaf_keys)
         # Fast path of __call__: per field, the exact array dtype and the scalar types
         # that need no conversion check.
-        self._np_dtypes = [np.dtype(d) if d is not None else None for d in np_dtypes]
-        self._scalars = [
-            (_FLOAT_SCALARS if f.dtype.is_floating_point else _INT_SCALARS) if not f.shape else ()
-            for f in self._fields
-        ]
-        self._fast = list(
-            zip(self._shapes, self._np_dtypes, self._scalars, self._bufs, strict=True)
-        )
+        # Only read when staging, which needs every field to have a numpy dtype.
+        self._np_dtypes: list[Any] = [np.dtype(d) if d is not None else None for d in np_dtypes]
+        self._plans: dict[tuple[type, ...], _Plan | None] = {}
+        self._get_scalars = _tuple_getter(self._scalar_idx)
 
     def __repr__(self) -> str:
         return f"StepObserver(staged={self._staged}, write_batch={self._w}, envs={len(self._phys)})"
@@ -373,28 +405,28 @@ class StepObserver:
             raise ClosedError("this observer's manager is closed; create a new manager")
         raw = self._values(step)
         if done is None and self._staging:
-            # Fast path: one step whose values need no conversion, checked and copied
-            # into the stage in one pass; the row counts only once every field is in.
-            with self._lock:
-                if self._closed:
-                    raise ClosedError("this observer's manager is closed; create a new manager")
-                if self._staged >= self._w:
-                    self._flush_locked(None)
-                pos = self._staged
-                try:
-                    for v, (shape, npd, scalars, buf) in zip(raw, self._fast, strict=True):
-                        kind = type(v)
-                        if kind is np.ndarray:
-                            if v.shape != shape or (v.dtype is not npd and v.dtype != npd):
-                                break
-                        elif kind not in scalars:
-                            break
-                        buf[pos] = v
-                    else:
-                        self._commit_one(raw, pos, None)
-                        return
-                except (TypeError, ValueError, OverflowError):
-                    pass  # the checked path below names the field
+            # Fast path: a step whose value types were seen before (one dict lookup),
+            # checked and staged without conversions.
+            sig = tuple(map(type, raw))
+            plan = self._plans.get(sig, _UNSEEN)
+            if plan is _UNSEEN:
+                plan = self._plans[sig] = self._plan(sig)
+            if plan is not None and self._fits(plan, raw):
+                with self._lock:
+                    if self._closed:
+                        raise ClosedError("this observer's manager is closed; create a new manager")
+                    if self._staged >= self._w:
+                        self._flush_locked(None)
+                    pos = self._staged
+                    bufs = self._bufs
+                    for i in self._array_idx:
+                        bufs[i][pos] = raw[i]
+                    scalars = self._get_scalars(raw)
+                    for j, i in plan.zero_d:
+                        scalars = (*scalars[:j], raw[i][()], *scalars[j + 1 :])
+                    self._rows.append(scalars)
+                    self._commit_one(raw, pos, None)
+                return
         values, n = self._check(raw)
         done_codes = self._done_arg(done, n)
         with self._lock:
@@ -407,6 +439,35 @@ class StepObserver:
             else:
                 self._stage_many(values, n, done_codes)
 
+    def _plan(self, sig: tuple[type, ...]) -> _Plan | None:
+        """How to check steps whose values have types ``sig`` (``None``: never fast)."""
+        arrays: list[tuple[int, tuple[int, ...], Any]] = []
+        ints: list[tuple[int, int, int]] = []
+        zero_d: list[tuple[int, int]] = []
+        for i, (kind, field) in enumerate(zip(sig, self._fields, strict=True)):
+            npd = self._np_dtypes[i]
+            is_float = field.dtype.is_floating_point
+            if kind is np.ndarray:
+                arrays.append((i, field.shape, npd))
+                if not field.shape:
+                    zero_d.append((self._scalar_idx.index(i), i))
+            elif field.shape:
+                return None
+            elif kind is int and not is_float and field.dtype != torch.bool:
+                info = np.iinfo(npd)
+                ints.append((i, int(info.min), int(info.max)))
+            elif kind not in (_FLOAT_SCALARS if is_float else _INT_SCALARS):
+                return None
+        return _Plan(arrays, ints, zero_d)
+
+    @staticmethod
+    def _fits(plan: _Plan, raw: Any) -> bool:
+        for i, shape, npd in plan.arrays:
+            v = raw[i]
+            if v.shape != shape or (v.dtype is not npd and v.dtype != npd):
+                return False
+        return not plan.ints or all(lo <= raw[i] <= hi for i, lo, hi in plan.ints)
+
     def _env_state(self, n: int) -> None:
         while len(self._phys) < n:
             self._phys.append(self._manager._new_stream())
@@ -417,13 +478,25 @@ class StepObserver:
         if self._staged >= self._w:
             self._flush_locked(None)
         pos = self._staged
-        for name, buf, v in zip(self._names, self._bufs, values, strict=True):
+        scalars = []
+        for i in self._scalar_idx:
+            npd = self._np_dtypes[i]
             try:
-                buf[pos] = v
+                scalars.append(npd.type(values[i]))
             except (TypeError, ValueError, OverflowError) as exc:
                 raise SpecMismatchError(
-                    f"field {name!r}: value {v!r} does not fit dtype {buf.dtype} ({exc})"
+                    f"field {self._names[i]!r}: value {values[i]!r} does not fit dtype {npd} "
+                    f"({exc})"
                 ) from exc
+        for i in self._array_idx:
+            try:
+                self._bufs[i][pos] = values[i]
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SpecMismatchError(
+                    f"field {self._names[i]!r}: value does not fit dtype {self._np_dtypes[i]} "
+                    f"({exc})"
+                ) from exc
+        self._rows.append(tuple(scalars))
         self._commit_one(values, pos, done_codes)
 
     def _commit_one(self, values: Any, pos: int, done_codes: Any) -> None:
@@ -450,8 +523,8 @@ class StepObserver:
                     end = code
         if done_codes is not None and int(done_codes[0]):
             end = int(done_codes[0])
-        self._stream_buf[pos] = self._phys[0]
-        self._end_buf[pos] = end
+        self._streams.append(self._phys[0])
+        self._ends.append(end)
         self._open[0] = end == 0
         self._last_row[0] = pos
         self._staged = pos + 1
@@ -462,7 +535,7 @@ class StepObserver:
         """End env's open episode before a FIRST step."""
         row = self._last_row[env]
         if row >= 0:
-            self._end_buf[row] = _END_TRUNCATED
+            self._ends[row] = _END_TRUNCATED
         else:
             self._phys[env] = self._manager._new_stream()
         self._open[env] = False
@@ -497,16 +570,27 @@ class StepObserver:
             self._write_direct(values, n, done_codes)
             return
         pos = self._staged
-        for name, buf, v in zip(self._names, self._bufs, values, strict=True):
+        columns = []
+        for i in self._scalar_idx:
             try:
-                buf[pos : pos + n] = v
+                columns.append(np.asarray(values[i]).astype(self._np_dtypes[i]).tolist())
             except (TypeError, ValueError, OverflowError) as exc:
                 raise SpecMismatchError(
-                    f"field {name!r}: values do not fit dtype {buf.dtype} ({exc})"
+                    f"field {self._names[i]!r}: values do not fit dtype {self._np_dtypes[i]} "
+                    f"({exc})"
+                ) from exc
+        for i in self._array_idx:
+            try:
+                self._bufs[i][pos : pos + n] = values[i]
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SpecMismatchError(
+                    f"field {self._names[i]!r}: values do not fit dtype {self._np_dtypes[i]} "
+                    f"({exc})"
                 ) from exc
         ends = self._ends_many(values, n, done_codes)
-        self._stream_buf[pos : pos + n] = self._phys[:n]
-        self._end_buf[pos : pos + n] = ends
+        self._rows.extend(zip(*columns, strict=True) if columns else [()] * n)
+        self._streams.extend(self._phys[:n])
+        self._ends.extend(ends.tolist())
         self._open[:n] = (ends == 0).tolist()
         self._last_row[:n] = range(pos, pos + n)
         if pos == 0:
@@ -536,14 +620,26 @@ class StepObserver:
         k = self._staged
         if k == 0:
             return
-        data = {name: buf[:k] for name, buf in zip(self._names, self._bufs, strict=True)}
+        data: dict[str, Any] = {}
+        if self._scalar_idx:
+            columns = list(zip(*self._rows, strict=True))
+            for j, i in enumerate(self._scalar_idx):
+                data[self._names[i]] = np.asarray(columns[j], dtype=self._np_dtypes[i])
+        for i in self._array_idx:
+            data[self._names[i]] = self._bufs[i][:k]
         self._client.extend(
             data,
-            streams=self._stream_buf[:k],
-            ends=self._end_buf[:k],
+            streams=np.asarray(self._streams, dtype=np.int64),
+            ends=np.asarray(self._ends, dtype=np.int64),
             timeout=timeout,
             table=TABLE_NAME,
         )
+        self._clear_stage()
+
+    def _clear_stage(self) -> None:
+        self._rows.clear()
+        self._streams.clear()
+        self._ends.clear()
         self._staged = 0
         self._last_row = [-1] * len(self._last_row)
 
@@ -583,9 +679,8 @@ class StepObserver:
 
     def _discard(self) -> None:
         with self._lock:
-            self._staged = 0
+            self._clear_stage()
             self._open = [False] * len(self._open)
-            self._last_row = [-1] * len(self._last_row)
 
     @property
     def staged(self) -> int:
