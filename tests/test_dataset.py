@@ -12,9 +12,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from replaydb.dataset import AUTOTUNE, Dataset, SampleInfo
 from replaydb.errors import ClosedError, InvalidArgumentError, RateLimiterTimeout
+from replaydb.nest import Nest
 from replaydb.rate_limiters import MinSize
 from replaydb.server import Client, Server
-from replaydb.spec import Nest, Spec
+from replaydb.spec import Spec
 from replaydb.table import Table
 
 SPEC = Spec({"t": ((), "int64"), "obs": ((3,), "float32")})

@@ -30,9 +30,10 @@ from replaydb.errors import (
     SpecMismatchError,
 )
 from replaydb.manager import ReplayBufferManager, StepObserver
+from replaydb.nest import Nest
 from replaydb.rate_limiters import MinSize, SampleToInsertRatio
 from replaydb.server import Client, Server
-from replaydb.spec import Nest, Spec
+from replaydb.spec import Spec
 from replaydb.table import Table
 
 FIRST, MID, LAST = 0, 1, 2
@@ -991,3 +992,22 @@ def test_staged_values_are_copies_and_zero_d_arrays_work(tmp_path: Path) -> None
             observer(Trajectory(np.int32(1), obs, 1, (), 2**40, 1.0, 1.0))
         assert observer.staged == 0
         assert manager.num_frames() == 3
+
+
+def test_step_observer_on_a_plain_server_client() -> None:
+    import itertools
+
+    nest = Nest({"x": ((2,), "float32"), "done": ((), "bool")})
+    table = Table(nest.spec, 100, sequence_length=2, name="t")
+    client = Server(table).client()
+    observer = StepObserver(
+        client, nest, new_stream=itertools.count().__next__, write_batch=3, table="t"
+    )
+    for t in range(7):
+        observer({"x": np.full(2, t, np.float32), "done": t == 3})
+    assert observer.staged == 1  # two full stages of 3 went out
+    observer.flush()
+    assert table.info().size == 3 + 2
+    assert "StepObserver" in repr(observer)
+    with pytest.raises(InvalidArgumentError, match="write_batch must be an int >= 1"):
+        StepObserver(client, nest, new_stream=lambda: 0, write_batch=0)

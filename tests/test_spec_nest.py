@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replaydb.errors import InvalidArgumentError, SpecMismatchError
-from replaydb.spec import Field, Nest, Spec, flatten, unflatten
+from replaydb.nest import Nest
+from replaydb.spec import Field, Spec, flatten, unflatten
 
 Trajectory = collections.namedtuple(
     "Trajectory",

@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from replaydb.errors import ClosedError, InvalidArgumentError, RateLimiterTimeout
-from replaydb.spec import Nest
+from replaydb.nest import Nest
 
 __all__ = ["AUTOTUNE", "Dataset", "SampleInfo"]
 
