@@ -137,6 +137,11 @@ class Nest:
         return hash(repr(self))
 
     @property
+    def leaves(self) -> list[str]:
+        """Field names in the order :meth:`pack` and :meth:`unpack` walk the structure."""
+        return list(self._paths)
+
+    @property
     def is_flat(self) -> bool:
         """Whether the structure is one dict of leaves (no nesting, no empty leaves)."""
         return self.root.kind == "dict" and all(c.kind == "leaf" for c in self.root.children)

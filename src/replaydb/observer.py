@@ -154,6 +154,18 @@ class StepObserver:
     One observer serves one actor thread; ask the manager for more with
     :meth:`ReplayBufferManager.observer`.
 
+    Args:
+        client: Where the steps go: a :class:`~replaydb.server.Client` (or a Ray
+            client) whose table has the nest's spec.
+        nest: The structure and fields of one step.
+        new_stream: Returns a stream id no other writer uses (called once per
+            environment, and again when an episode must be cut after leaving the stage).
+        write_batch: Steps staged before one ``extend``.
+        table: The client's table to write (``None``: its only table).
+
+    Raises:
+        InvalidArgumentError: If ``write_batch`` is not an int >= 1.
+
     Example:
         >>> replay_buffer, observer = manager.create_replay_buffer()
         >>> observer({"obs": np.zeros(3, np.float32), "done": False})
@@ -177,7 +189,7 @@ class StepObserver:
         self._table = table
         spec = self._nest.spec
         # Leaves in the nest's traversal order (the order the extractors produce).
-        self._names = list(self._nest._paths)
+        self._names = nest.leaves
         self._fields = [spec[n] for n in self._names]
         self._shapes = [f.shape for f in self._fields]
         self._ndims = [len(s) for s in self._shapes]
