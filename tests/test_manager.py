@@ -191,7 +191,7 @@ def test_end_to_end_trainer_workflow(tmp_path: Path) -> None:
     thread.join(timeout=30)
     assert not actor_errors
     assert trainer.num_frames() == frames + actor.items
-    assert max(int(info.table_size.max()), frames) >= frames
+    assert int(info.table_size.min()) >= frames  # sampled from the restored table or more
 
     trainer.clear()
     assert trainer.num_frames() == 0
