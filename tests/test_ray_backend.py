@@ -196,7 +196,8 @@ def test_writers_and_learner_lose_and_duplicate_nothing(server: Any) -> None:
     learned = learner.run.remote(client, 30)
     assert sum(ray.get(done)) == 4 * per_writer
     seen, ok = ray.get(learned)
-    assert seen == 30 * 64 and ok
+    assert seen == 30 * 64
+    assert ok
     assert client.info(table="flat").size == 4 * per_writer
     ckpt = Path(client.checkpoint())
     shards = _stored_ids(ckpt, "flat")
@@ -221,8 +222,11 @@ def test_global_uniform_frequencies(server: Any) -> None:
     draws = 0
     for _ in range(12):
         s = client.sample(1000, table="flat")
-        assert torch.allclose(s.probabilities, torch.full((1000,), 1.0 / total, dtype=torch.float64))
-        assert s.table_size == total and bool((s.weights == 1).all())
+        assert torch.allclose(
+            s.probabilities, torch.full((1000,), 1.0 / total, dtype=torch.float64)
+        )
+        assert s.table_size == total
+        assert bool((s.weights == 1).all())
         for i in s["id"].tolist():
             counts[i] = counts.get(i, 0) + 1
         draws += 1000
@@ -277,15 +281,21 @@ def test_rate_limiter_holds_across_shards(server: Any) -> None:
     info = client.info(table="ratio")
     assert info.rate_limiter["type"] == "SampleToInsertRatio"
     taken = 0
-    with pytest.raises(RateLimiterTimeout):
-        for _ in range(40):
+    for _ in range(40):
+        try:
             taken += len(client.sample(4, timeout=0.3, table="ratio"))
+        except RateLimiterTimeout:
+            break
+    else:
+        pytest.fail("the limiter never blocked sampling")
     diff = client.info(table="ratio").inserts * 1.0 - client.info(table="ratio").samples
     assert -30.0 <= diff <= 90.0  # the template's [min_diff, max_diff]
     assert 40 <= taken <= 90
 
 
-def test_kill_a_shard_sampling_continues_and_it_comes_back(ray_cluster: Any, tmp_path: Path) -> None:
+def test_kill_a_shard_sampling_continues_and_it_comes_back(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
     import ray
 
     from replaydb.ray_backend import RayServer
@@ -312,14 +322,16 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(ray_cluster: Any, tmp
             except ray.exceptions.RayActorError:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-        assert ping["restored_from"] is not None and ping["size"] == 50
+        assert ping["restored_from"] is not None
+        assert ping["size"] == 50
         client.insert(_one(5000), stream=0)  # writes reach the restarted shard
         client.flush()
         assert client.info().size == 50 + 50 + 1
         seen = set()
         for _ in range(10):
             seen.update(client.sample(100)["id"].tolist())
-        assert 5000 in seen and not seen & set(range(1000, 1010))
+        assert 5000 in seen
+        assert not seen & set(range(1000, 1010))
 
 
 def test_checkpoint_restores_onto_other_shard_counts(ray_cluster: Any, tmp_path: Path) -> None:
@@ -335,7 +347,8 @@ def test_checkpoint_restores_onto_other_shard_counts(ray_cluster: Any, tmp_path:
         with RayServer.from_checkpoint(path, num_shards=k, checkpoint_dir=tmp_path / f"k{k}") as s2:
             c2 = s2.client()
             assert c2.num_shards == {"flat": k}
-            assert c2.info().size == 90 and c2.info().inserts == 90
+            assert c2.info().size == 90
+            assert c2.info().inserts == 90
             batch = c2.sample(300)
             assert torch.equal(batch.priorities, 1.0 + batch["id"].double())
             got = {tuple(r) for s in _stored_ids(Path(s2.checkpoint()), "flat") for r in s.tolist()}
@@ -393,7 +406,8 @@ def test_register_connect_checkpoint_errors_and_serve_command(
     )
     assert serve_command([str(cfg), "--for", "0"]) == 0
     out = capsys.readouterr().out
-    assert "RayClient.connect('svc'" in out and "Ray address:" in out
+    assert "RayClient.connect('svc'" in out
+    assert "Ray address:" in out
     assert latest_checkpoint(tmp_path / "ck") is not None
     assert serve_command([str(cfg), "--for", "0"]) == 0  # restores from it
     assert "restored from" in capsys.readouterr().out

@@ -514,7 +514,8 @@ class RayServer:
         server_id = uuid.uuid4().hex
         root = None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve())
         metas: dict[str, _TableMeta] = {}
-        for name, cfg in configs.items():
+        nodes = sorted(n["NodeID"] for n in _ray().nodes() if n.get("Alive"))
+        for j, (name, cfg) in enumerate(configs.items()):
             cfg = dict(cfg, name=name)
             files = initial_files.get(name)
             shards = [
@@ -523,7 +524,7 @@ class RayServer:
                     max_restarts=-1,
                     max_task_retries=-1,
                     max_concurrency=16,
-                    scheduling_strategy="SPREAD",
+                    scheduling_strategy=_placement(nodes, j + i),
                 ).remote(
                     _shard_config(cfg, i, k),
                     i,
@@ -705,9 +706,7 @@ class RayServer:
         ray = _ray()
         meta = {"server_id": self._meta.server_id, "service": self._meta}
         self._directory = (
-            ray.remote(_Directory)
-            .options(name=name, namespace=NAMESPACE, num_cpus=0)
-            .remote(meta)
+            ray.remote(_Directory).options(name=name, namespace=NAMESPACE, num_cpus=0).remote(meta)
         )
         ray.get(self._directory.get.remote())
 
@@ -759,6 +758,19 @@ def _concat_parts(parts: list[dict[str, Any]], spec: Spec) -> dict[str, Any]:
         "ends": torch.cat([p["ends"] for p in parts]),
         "priorities": torch.cat([p["priorities"] for p in parts]),
     }
+
+
+def _placement(nodes: list[str], n: int) -> Any:
+    """Shard ``n`` goes to node ``n % len(nodes)``, softly: if that node dies, anywhere.
+
+    Ray's ``SPREAD`` strategy is best effort and ignores actors that reserve no CPU,
+    so shards are pinned round-robin over the nodes alive at start instead.
+    """
+    if not nodes:
+        return "SPREAD"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=nodes[n % len(nodes)], soft=True)
 
 
 def _as_table_dict(tables: Any) -> dict[str, Table]:
@@ -1059,6 +1071,7 @@ class RayClient:
         ref = self._inflight.pop(key, None)
         if ref is not None:
             _ray().get(ref)
+            self._down_until.pop(key, None)  # it answered: sample from it again
 
     def _start_flusher(self) -> None:
         ref = weakref.ref(self)
@@ -1263,6 +1276,8 @@ class RayClient:
         t = _pick(self._meta, table)
         self._flush_table(t.name)
         infos: list[TableInfo] = _ray().get([s.info.remote() for s in t.shards])
+        for i in range(len(t.shards)):
+            self._down_until.pop((t.name, i), None)
         cfg = t.config
         return replace(
             infos[0],
