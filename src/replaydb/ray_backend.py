@@ -99,6 +99,9 @@ _PRIORITIZED = "Prioritized"
 #: A shard that does not answer a size query within this long is skipped for
 #: ``_DOWN_FOR_S`` seconds (it is restarting, or its node is gone).
 _STATS_TIMEOUT_S = 2.0
+#: CPU a shard actor reserves: a sliver, so shards fit beside the work and Ray's
+#: SPREAD strategy (which only counts actors that reserve something) spreads them.
+_SHARD_CPUS = 0.01
 _DOWN_FOR_S = 1.0
 _ALPHA_KEYS = ("alpha", "priority_exponent")
 _BETA_KEYS = ("beta", "importance_sampling_exponent")
@@ -141,6 +144,43 @@ def _dump_steps(table: Table) -> dict[str, Any]:
     }
 
 
+def _wire(t: torch.Tensor) -> Any:
+    """A tensor as a numpy array, which Ray ships without pickling its bytes."""
+    return t if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()
+
+
+def _torch(a: Any) -> torch.Tensor:
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a if a.flags.writeable else a.copy())
+    return torch.as_tensor(a)
+
+
+def _sample_to_wire(s: Sample) -> dict[str, Any]:
+    return {
+        "data": {k: _wire(v) for k, v in s.data.items()},
+        "keys": _wire(s.keys),
+        "probabilities": _wire(s.probabilities),
+        "weights": _wire(s.weights),
+        "priorities": _wire(s.priorities),
+        "times_sampled": _wire(s.times_sampled),
+        "table_size": s.table_size,
+        "mask": None if s.mask is None else _wire(s.mask),
+    }
+
+
+def _sample_from_wire(d: Mapping[str, Any]) -> Sample:
+    return Sample(
+        data={k: _torch(v) for k, v in d["data"].items()},
+        keys=_torch(d["keys"]),
+        probabilities=_torch(d["probabilities"]),
+        weights=_torch(d["weights"]),
+        priorities=_torch(d["priorities"]),
+        times_sampled=_torch(d["times_sampled"]),
+        table_size=int(d["table_size"]),
+        mask=None if d["mask"] is None else _torch(d["mask"]),
+    )
+
+
 def _shard_file(name: str, shard: int) -> str:
     safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name) or "table"
     return f"{safe}.shard-{shard}.safetensors"
@@ -171,13 +211,19 @@ class _Shard:
 
     def extend(
         self,
-        data: dict[str, torch.Tensor],
-        streams: torch.Tensor,
-        ends: torch.Tensor,
-        priorities: torch.Tensor | None,
+        data: dict[str, Any],
+        streams: Any,
+        ends: Any,
+        priorities: Any,
         timeout: float | None,
     ) -> int:
-        self.table.extend(data, streams=streams, ends=ends, priorities=priorities, timeout=timeout)
+        self.table.extend(
+            {k: _torch(v) for k, v in data.items()},
+            streams=_torch(streams),
+            ends=_torch(ends),
+            priorities=None if priorities is None else _torch(priorities),
+            timeout=timeout,
+        )
         return len(self.table)
 
     def stats(self, alpha: float | None) -> tuple[int, float]:
@@ -188,8 +234,8 @@ class _Shard:
             live = t._item_key >= 0
             return t._size, float((t._priority[live] ** alpha).sum())
 
-    def sample(self, n: int, beta: float | None, timeout: float | None) -> Sample:
-        return self.table.sample(n, beta=beta, timeout=timeout)
+    def sample(self, n: int, beta: float | None, timeout: float | None) -> dict[str, Any]:
+        return _sample_to_wire(self.table.sample(n, beta=beta, timeout=timeout))
 
     def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> int:
         return self.table.update_priorities(keys, priorities)
@@ -514,17 +560,16 @@ class RayServer:
         server_id = uuid.uuid4().hex
         root = None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve())
         metas: dict[str, _TableMeta] = {}
-        nodes = sorted(n["NodeID"] for n in _ray().nodes() if n.get("Alive"))
-        for j, (name, cfg) in enumerate(configs.items()):
+        for name, cfg in configs.items():
             cfg = dict(cfg, name=name)
             files = initial_files.get(name)
             shards = [
                 cls.options(
-                    num_cpus=0,
+                    num_cpus=_SHARD_CPUS,
                     max_restarts=-1,
                     max_task_retries=-1,
                     max_concurrency=16,
-                    scheduling_strategy=_placement(nodes, j + i),
+                    scheduling_strategy="SPREAD",
                 ).remote(
                     _shard_config(cfg, i, k),
                     i,
@@ -760,19 +805,6 @@ def _concat_parts(parts: list[dict[str, Any]], spec: Spec) -> dict[str, Any]:
     }
 
 
-def _placement(nodes: list[str], n: int) -> Any:
-    """Shard ``n`` goes to node ``n % len(nodes)``, softly: if that node dies, anywhere.
-
-    Ray's ``SPREAD`` strategy is best effort and ignores actors that reserve no CPU,
-    so shards are pinned round-robin over the nodes alive at start instead.
-    """
-    if not nodes:
-        return "SPREAD"
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(node_id=nodes[n % len(nodes)], soft=True)
-
-
 def _as_table_dict(tables: Any) -> dict[str, Table]:
     if isinstance(tables, Table):
         return {tables.name: tables}
@@ -850,16 +882,49 @@ def _pick(meta: _ServiceMeta, table: str | None) -> _TableMeta:
 # ----------------------------------------------------------------------- client
 @dataclass
 class _Pending:
-    """Steps buffered for one shard, in order."""
+    """Steps buffered for one shard, in order: whole chunks, then single rows."""
 
-    data: list[dict[str, torch.Tensor]] = field(default_factory=list)
-    streams: list[torch.Tensor] = field(default_factory=list)
-    ends: list[torch.Tensor] = field(default_factory=list)
-    priorities: list[torch.Tensor] = field(default_factory=list)
+    chunks: list[tuple[dict[str, Any], Any, Any, Any]] = field(default_factory=list)
+    rows: dict[str, list[Any]] = field(default_factory=dict)
+    row_meta: list[tuple[int, int, float]] = field(default_factory=list)
     with_priority: bool | None = None
     timeout: float | None = None
     count: int = 0
     since: float = 0.0
+
+    def seal_rows(self) -> None:
+        """Turn the buffered single rows into one chunk (one ``np.stack`` per field)."""
+        if not self.row_meta:
+            return
+        meta = np.asarray(self.row_meta, dtype=np.float64)
+        self.chunks.append(
+            (
+                {k: np.stack(v) for k, v in self.rows.items()},
+                meta[:, 0].astype(np.int64),
+                meta[:, 1].astype(np.int64),
+                meta[:, 2].copy() if self.with_priority else None,
+            )
+        )
+        self.rows = {}
+        self.row_meta = []
+
+    def take(self) -> tuple[dict[str, Any], Any, Any, Any]:
+        self.seal_rows()
+        if len(self.chunks) == 1:
+            return self.chunks[0]
+        first = self.chunks[0][0]
+        return (
+            {k: _cat([c[0][k] for c in self.chunks]) for k in first},
+            np.concatenate([c[1] for c in self.chunks]),
+            np.concatenate([c[2] for c in self.chunks]),
+            np.concatenate([c[3] for c in self.chunks]) if self.with_priority else None,
+        )
+
+
+def _cat(parts: list[Any]) -> Any:
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return torch.cat(parts)
 
 
 class RayClient:
@@ -885,6 +950,7 @@ class RayClient:
         self.batch_size = batch_size
         self.max_latency_s = float(max_latency_s)
         self._specs = {name: t.spec for name, t in meta.tables.items()}
+        self._np_fields = {name: _numpy_fields(spec) for name, spec in self._specs.items()}
         self._lock = threading.RLock()
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._inflight: dict[tuple[str, int], Any] = {}
@@ -952,12 +1018,59 @@ class RayClient:
             >>> client.insert({"x": [1.0, 2.0]}, stream=3, end=True)
         """
         t = _pick(self._meta, table)
-        data = self._specs[t.name].coerce_step(step)
         if isinstance(stream, bool) or not isinstance(stream, int | np.integer) or stream < 0:
             raise InvalidArgumentError(f"stream must be an int >= 0, got {stream!r}")
-        ends = _end_column(end, 1, torch.device("cpu"))
-        pri = _priority_column(priority, 1)
-        self._buffer(t, data, torch.tensor([int(stream)]), ends, pri, timeout)
+        code = _end_code(end)
+        if priority is not None:
+            _check_priority_values(torch.tensor([float(priority)], dtype=torch.float64))
+        row = self._fast_row(t.name, step)
+        if row is None:  # the general path: conversions, nested fields, precise errors
+            data = self._specs[t.name].coerce_step(step)
+            row = {k: _wire(v[0]) for k, v in data.items()}
+        with self._lock:
+            key = (t.name, int(stream) % len(t.shards))
+            buf = self._open_buffer(key, priority is not None)
+            for k, v in row.items():
+                buf.rows.setdefault(k, []).append(v)
+            buf.row_meta.append((int(stream), code, 1.0 if priority is None else float(priority)))
+            self._after_add(key, buf, 1, timeout)
+
+    def _fast_row(self, name: str, step: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``step`` as numpy values if every field already has its exact shape and dtype."""
+        fields = self._np_fields[name]
+        if fields is None or len(step) != len(fields):
+            return None
+        out = {}
+        for k, (shape, dtype) in fields.items():
+            v = step.get(k)
+            if v is None:
+                return None
+            a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            if a.shape != shape or a.dtype != dtype:
+                return None
+            out[k] = a
+        return out
+
+    def _open_buffer(self, key: tuple[str, int], has_priority: bool) -> _Pending:
+        buf = self._pending.get(key)
+        if buf is not None and buf.with_priority is not None and buf.with_priority != has_priority:
+            self._send(key)  # priorities given or not: one kind per batch
+            buf = None
+        if buf is None:
+            buf = self._pending[key] = _Pending(since=time.monotonic())
+        buf.with_priority = has_priority
+        return buf
+
+    def _after_add(
+        self, key: tuple[str, int], buf: _Pending, n: int, timeout: float | None
+    ) -> None:
+        buf.count += n
+        if timeout is not None:
+            buf.timeout = timeout if buf.timeout is None else min(buf.timeout, timeout)
+        if buf.count >= self.batch_size:
+            self._send(key)
+        if self._pending and self._flusher is None:
+            self._start_flusher()
 
     def extend(
         self,
@@ -1021,34 +1134,21 @@ class RayClient:
         with self._lock:
             for shard, m in groups:
                 key = (t.name, shard)
-                buf = self._pending.get(key)
-                has_p = priorities is not None
-                if buf is not None and buf.with_priority is not None and buf.with_priority != has_p:
-                    self._send(key)
-                    buf = None
-                if buf is None:
-                    buf = self._pending[key] = _Pending(since=time.monotonic())
-                buf.with_priority = has_p
-                if m is None:
-                    buf.data.append(data)
-                    buf.streams.append(streams)
-                    buf.ends.append(ends)
-                    if priorities is not None:
-                        buf.priorities.append(priorities)
-                    buf.count += int(streams.numel())
-                else:
-                    buf.data.append({f: v[m] for f, v in data.items()})
-                    buf.streams.append(streams[m])
-                    buf.ends.append(ends[m])
-                    if priorities is not None:
-                        buf.priorities.append(priorities[m])
-                    buf.count += int(m.sum())
-                if timeout is not None:
-                    buf.timeout = timeout if buf.timeout is None else min(buf.timeout, timeout)
-                if buf.count >= self.batch_size:
-                    self._send(key)
-            if self._pending and self._flusher is None:
-                self._start_flusher()
+                buf = self._open_buffer(key, priorities is not None)
+                buf.seal_rows()
+                cols = [streams, ends] + ([] if priorities is None else [priorities])
+                if m is not None:
+                    cols = [c[m] for c in cols]
+                part = data if m is None else {f: v[m] for f, v in data.items()}
+                buf.chunks.append(
+                    (
+                        {f: _wire(v) for f, v in part.items()},
+                        _wire(cols[0]),
+                        _wire(cols[1]),
+                        None if priorities is None else _wire(cols[2]),
+                    )
+                )
+                self._after_add(key, buf, int(cols[0].numel()), timeout)
 
     def _send(self, key: tuple[str, int]) -> None:
         """Send one shard's buffer, after its previous batch was applied (keeps order)."""
@@ -1056,14 +1156,7 @@ class RayClient:
         if buf is None or buf.count == 0:
             return
         self._wait_inflight(key)
-        data = (
-            buf.data[0]
-            if len(buf.data) == 1
-            else {f: torch.cat([d[f] for d in buf.data]) for f in buf.data[0]}
-        )
-        streams = torch.cat(buf.streams) if len(buf.streams) > 1 else buf.streams[0]
-        ends = torch.cat(buf.ends) if len(buf.ends) > 1 else buf.ends[0]
-        pri = torch.cat(buf.priorities) if buf.with_priority else None
+        data, streams, ends, pri = buf.take()
         shard = self._meta.tables[key[0]].shards[key[1]]
         self._inflight[key] = shard.extend.remote(data, streams, ends, pri, buf.timeout)
 
@@ -1158,8 +1251,7 @@ class RayClient:
         self._flush_table(t.name)
         b = int(batch_size)
         if len(t.shards) == 1:
-            s = _ray().get(t.shards[0].sample.remote(b, beta, timeout))
-            return _encode_keys(s, 0, 1)
+            return _sample_from_wire(_ray().get(t.shards[0].sample.remote(b, beta, timeout)))
         return self._sample_sharded(t, b, beta, timeout)
 
     def _sample_sharded(
@@ -1207,7 +1299,7 @@ class RayClient:
                 calls.items(), [share[ids.index(i)] for i in calls], strict=True
             ):
                 try:
-                    s = ray.get(ref)
+                    s = _sample_from_wire(ray.get(ref))
                 except ray.exceptions.RayActorError:
                     self._down_until[(t.name, i)] = time.monotonic() + _DOWN_FOR_S
                     continue
@@ -1311,6 +1403,28 @@ class RayClient:
     def num_shards(self) -> dict[str, int]:
         """``table name -> number of shards``."""
         return {n: len(t.shards) for n, t in self._meta.tables.items()}
+
+
+def _numpy_fields(spec: Spec) -> dict[str, tuple[tuple[int, ...], Any]] | None:
+    """``name -> (shape, numpy dtype)``, or ``None`` if a dtype has no numpy twin."""
+    out = {}
+    for name, f in spec.items():
+        if f.dtype == torch.bfloat16:
+            return None
+        out[name] = (f.shape, torch.empty((), dtype=f.dtype).numpy().dtype)
+    return out
+
+
+def _end_code(end: Any) -> int:
+    if end is None or end is False:
+        return 0
+    if end is True:
+        return 1
+    if isinstance(end, int | np.integer) and 0 <= int(end) <= 2:
+        return int(end)
+    raise InvalidArgumentError(
+        f"end must be a bool or a code 0 (not done), 1 (terminated), 2 (truncated), got {end!r}"
+    )
 
 
 def _rebuild_client(meta: _ServiceMeta, batch_size: int, max_latency_s: float) -> RayClient:
