@@ -104,12 +104,14 @@ def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_token_auth_version_gate() -> None:
-    from replaydb.ray_backend import _token_auth_supported
+    from replaydb.ray_backend import _token_auth_default, _token_auth_supported
 
     assert _token_auth_supported("2.60.0")
     assert _token_auth_supported("2.52.0")
     assert not _token_auth_supported("2.51.2")
     assert not _token_auth_supported("nightly")
+    assert _token_auth_default("2.60.0")
+    assert not _token_auth_default("2.55.1")
 
 
 def test_bad_server_arguments_are_rejected_before_ray_starts() -> None:

@@ -47,6 +47,10 @@ placed with Ray's ``SPREAD`` strategy so shards land on different nodes.
   it since, bounded by ``checkpoint_interval_s``). Writes retry transparently
   (``max_task_retries=-1``); a sample skips a shard that is down and draws its share
   from the others.
+* **Security.** A Ray started here has token authentication on (Ray >= 2.59 does it
+  for local clusters; on 2.52-2.58 this module sets ``RAY_AUTH_MODE=token``), uses
+  127.0.0.1 as its node address and no dashboard. Steps travel as numpy arrays
+  through Ray's object transport; checkpoints are safetensors + JSON.
 """
 
 from __future__ import annotations
@@ -844,7 +848,9 @@ def _connect(address: str | None) -> bool:
     if address is not None:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
         return False
-    if _token_auth_supported(ray.__version__):
+    if _token_auth_supported(ray.__version__) and not _token_auth_default(ray.__version__):
+        # Ray 2.52-2.58 has token auth but leaves it off; 2.59+ turns it on for local
+        # clusters itself (and setting it here would fight Ray's per-process cache).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(
         namespace=NAMESPACE,
@@ -856,12 +862,22 @@ def _connect(address: str | None) -> bool:
     return True
 
 
-def _token_auth_supported(version: str) -> bool:
+def _version(version: str) -> tuple[int, int]:
     try:
         major, minor = (int(p) for p in version.split(".")[:2])
     except ValueError:
-        return False
-    return (major, minor) >= (2, 52)
+        return (0, 0)
+    return (major, minor)
+
+
+def _token_auth_supported(version: str) -> bool:
+    """Ray >= 2.52 has token authentication (``RAY_AUTH_MODE=token``)."""
+    return _version(version) >= (2, 52)
+
+
+def _token_auth_default(version: str) -> bool:
+    """Ray >= 2.59 enables token authentication by default for local clusters."""
+    return _version(version) >= (2, 59)
 
 
 def _pick(meta: _ServiceMeta, table: str | None) -> _TableMeta:
