@@ -65,7 +65,9 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -708,12 +710,18 @@ class RayServer:
         return self
 
     # -- verbs
-    def client(self, *, batch_size: int = 64, max_latency_s: float = 0.05) -> RayClient:
+    def client(
+        self, *, batch_size: int = 64, max_latency_s: float = 0.05, prefetch: int = 0
+    ) -> RayClient:
         """A client bound to this server (picklable: pass it to Ray tasks and actors).
 
         Args:
             batch_size: Steps a client buffers per shard before sending them.
             max_latency_s: Longest a buffered step waits before it is sent.
+            prefetch: Sample requests kept in flight per ``(table, batch_size, beta)``:
+                each :meth:`RayClient.sample` returns the oldest and issues a new one,
+                so a learner's compute overlaps the transfer. Prefetched items are
+                drawn (and counted by the rate limiter) up to ``prefetch`` calls early.
 
         Returns:
             A :class:`RayClient`.
@@ -722,7 +730,9 @@ class RayServer:
             >>> client = server.client(batch_size=256)
         """
         self._check_open()
-        return RayClient(self._meta, batch_size=batch_size, max_latency_s=max_latency_s)
+        return RayClient(
+            self._meta, batch_size=batch_size, max_latency_s=max_latency_s, prefetch=prefetch
+        )
 
     def checkpoint(self) -> str:
         """Checkpoint every shard of every table into one new directory.
@@ -958,8 +968,19 @@ class RayClient:
         torch.Size([4])
     """
 
-    def __init__(self, meta: _ServiceMeta, *, batch_size: int = 64, max_latency_s: float = 0.05):
+    def __init__(
+        self,
+        meta: _ServiceMeta,
+        *,
+        batch_size: int = 64,
+        max_latency_s: float = 0.05,
+        prefetch: int = 0,
+    ) -> None:
         _check_int("batch_size", batch_size, 1)
+        _check_int("prefetch", prefetch, 0)
+        self.prefetch = prefetch
+        self._queues: dict[tuple[str, int, float | None], deque[Future[Sample]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         if not (isinstance(max_latency_s, int | float) and max_latency_s > 0):
             raise InvalidArgumentError(f"max_latency_s must be a number > 0, got {max_latency_s!r}")
         self._meta = meta
@@ -973,6 +994,7 @@ class RayClient:
         self._flusher: threading.Thread | None = None
         self._down_until: dict[tuple[str, int], float] = {}
         self._gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(7), "little"))
+        self._gen_lock = threading.Lock()
 
     @classmethod
     def connect(
@@ -982,6 +1004,7 @@ class RayClient:
         address: str | None = None,
         batch_size: int = 64,
         max_latency_s: float = 0.05,
+        prefetch: int = 0,
     ) -> RayClient:
         """Connect to a service published by ``replaydb serve`` or :meth:`RayServer.register`.
 
@@ -991,6 +1014,7 @@ class RayClient:
                 process is connected to.
             batch_size: See :meth:`RayServer.client`.
             max_latency_s: See :meth:`RayServer.client`.
+            prefetch: See :meth:`RayServer.client`.
 
         Returns:
             A client of that service.
@@ -1012,10 +1036,10 @@ class RayClient:
                 "`replaydb serve CONFIG` (its output prints the name) or check the name"
             ) from exc
         meta = ray.get(directory.get.remote())["service"]
-        return cls(meta, batch_size=batch_size, max_latency_s=max_latency_s)
+        return cls(meta, batch_size=batch_size, max_latency_s=max_latency_s, prefetch=prefetch)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_client, (self._meta, self.batch_size, self.max_latency_s))
+        return (_rebuild_client, (self._meta, self.batch_size, self.max_latency_s, self.prefetch))
 
     # -- writes
     def insert(
@@ -1266,6 +1290,22 @@ class RayClient:
         t = _pick(self._meta, table)
         self._flush_table(t.name)
         b = int(batch_size)
+        if self.prefetch == 0:
+            return self._sample_now(t, b, beta, timeout)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.prefetch, thread_name_prefix="replaydb-prefetch"
+                )
+            queue = self._queues.setdefault((t.name, b, beta), deque())
+            while len(queue) < self.prefetch + 1:
+                queue.append(self._pool.submit(self._sample_now, t, b, beta, timeout))
+            oldest = queue.popleft()
+        return oldest.result()
+
+    def _sample_now(
+        self, t: _TableMeta, b: int, beta: float | None, timeout: float | None
+    ) -> Sample:
         if len(t.shards) == 1:
             return _sample_from_wire(_ray().get(t.shards[0].sample.remote(b, beta, timeout)))
         return self._sample_sharded(t, b, beta, timeout)
@@ -1301,10 +1341,9 @@ class RayClient:
             ids = sorted(weights)
             w = torch.tensor([weights[i] for i in ids], dtype=torch.float64)
             share = w / w.sum()
-            counts = torch.bincount(
-                torch.multinomial(share, need, replacement=True, generator=self._gen),
-                minlength=len(ids),
-            ).tolist()
+            with self._gen_lock:
+                draw = torch.multinomial(share, need, replacement=True, generator=self._gen)
+            counts = torch.bincount(draw, minlength=len(ids)).tolist()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             calls = {
                 i: t.shards[i].sample.options(max_task_retries=0).remote(c, beta, remaining)
@@ -1404,6 +1443,11 @@ class RayClient:
         """Remove every item and step from every shard of the table."""
         t = _pick(self._meta, table)
         self._flush_table(t.name)
+        with self._lock:  # prefetched batches hold items that are about to be removed
+            for key in [k for k in self._queues if k[0] == t.name]:
+                for fut in self._queues.pop(key):
+                    with contextlib.suppress(Exception):
+                        fut.result()
         _ray().get([s.reset.remote() for s in t.shards])
 
     def checkpoint(self) -> str:
@@ -1443,8 +1487,10 @@ def _end_code(end: Any) -> int:
     )
 
 
-def _rebuild_client(meta: _ServiceMeta, batch_size: int, max_latency_s: float) -> RayClient:
-    return RayClient(meta, batch_size=batch_size, max_latency_s=max_latency_s)
+def _rebuild_client(
+    meta: _ServiceMeta, batch_size: int, max_latency_s: float, prefetch: int
+) -> RayClient:
+    return RayClient(meta, batch_size=batch_size, max_latency_s=max_latency_s, prefetch=prefetch)
 
 
 def _priority_column(priorities: Any, n: int) -> torch.Tensor | None:
