@@ -110,21 +110,25 @@ def main() -> None:
     )
     print(f"in-process Table floor: insert {floor_ins:,.0f}/s, sample {floor_smp:,.0f}/s")
     print(
-        f"{'writers':>7} {'insert/s':>11} {'x TrajWriter':>12} {'sample/s (with writers)':>24} "
-        f"{'x Dataset256':>12}"
+        f"{'writers':>7} {'insert/s alone':>15} {'x TrajWriter':>12} "
+        f"{'insert/s + learner':>19} {'sample/s + writers':>19} {'x Dataset256':>12}"
     )
     best_ins = 0.0
     for w in (1, 2, 4):
+        times = ray.get([writers[i].run.remote(client, i, per_writer) for i in range(w)])
+        solo = w * per_writer / max(times)
+        client.reset()
+        client.extend({"obs": torch.zeros(10_000, 33), "id": torch.arange(10_000)})
         refs = [writers[i].run.remote(client, i, per_writer) for i in range(w)]
         learned = learner.run.remote(learner_client, 0.0, refs)
         times = ray.get(refs)
         got, elapsed = ray.get(learned)
         ins = w * per_writer / max(times)
         smp = got / elapsed
-        best_ins = max(best_ins, ins)
+        best_ins = max(best_ins, solo)
         print(
-            f"{w:>7} {ins:>11,.0f} {ins / REVERB_TRAJECTORY_WRITER:>11.1f}x {smp:>24,.0f} "
-            f"{smp / REVERB_DATASET_B256:>11.2f}x"
+            f"{w:>7} {solo:>15,.0f} {solo / REVERB_TRAJECTORY_WRITER:>11.1f}x "
+            f"{ins:>19,.0f} {smp:>19,.0f} {smp / REVERB_DATASET_B256:>11.2f}x"
         )
     got, elapsed = ray.get(learner.run.remote(client, learn_s))
     plain = got / elapsed

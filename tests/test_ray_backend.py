@@ -262,6 +262,21 @@ def test_global_prioritized_frequencies(ray_cluster: Any) -> None:
         assert client.update_priorities(s.keys, torch.ones(len(s))) == len(s)
 
 
+def test_prefetch_returns_whole_batches_and_reset_drops_them(server: Any) -> None:
+    client = server.client(prefetch=2)
+    client.reset(table="flat")
+    client.extend(_steps(torch.arange(30)), streams=torch.arange(30) % 2, table="flat")
+    for _ in range(4):
+        s = client.sample(16, table="flat")
+        assert len(s) == 16
+        assert bool((s["id"] < 30).all())
+    client.reset(table="flat")
+    client.extend(_steps(100 + torch.arange(5)), table="flat")
+    assert bool((client.sample(8, table="flat")["id"] >= 100).all())
+    with pytest.raises(InvalidArgumentError, match="prefetch must be an int >= 0, got -1"):
+        server.client(prefetch=-1)
+
+
 def test_sequences_stay_within_one_episode(server: Any) -> None:
     client = server.client(batch_size=7)
     client.reset(table="seq")

@@ -27,7 +27,10 @@ placed with Ray's ``SPREAD`` strategy so shards land on different nodes.
   ``P = (w_i / sum w) * p_local``, which is ``1 / N`` for uniform and
   ``p^alpha / sum_i T_i`` for prioritized: the true global probability. Importance
   weights are ``(N * P) ** -beta`` normalized by the batch maximum (Schaul et al. 2015,
-  arXiv 1511.05952). With one shard there is no first round trip.
+  arXiv 1511.05952). The weights ``w_i`` come back with every shard's reply and are
+  reused for 0.1 s, so a busy learner pays one round trip per batch; ``P`` is always
+  computed from the weights actually used, so it stays the true probability of the
+  draw even when they are slightly stale. With one shard there is nothing to split.
 * **Rate limiters.** Each shard gets the template's limiter with ``min_diff`` and
   ``max_diff`` divided by ``K``. ``diff = inserts * samples_per_insert - samples`` is a
   sum over shards, so the global ``diff`` stays inside the template's
@@ -109,6 +112,9 @@ _STATS_TIMEOUT_S = 2.0
 #: SPREAD strategy (which only counts actors that reserve something) spreads them.
 _SHARD_CPUS = 0.01
 _DOWN_FOR_S = 1.0
+#: Shard weights (sizes or priority totals) from the replies of the previous sharded
+#: sample are reused for this long; older ones cost one extra round trip.
+_WEIGHTS_MAX_AGE_S = 0.1
 _ALPHA_KEYS = ("alpha", "priority_exponent")
 _BETA_KEYS = ("beta", "importance_sampling_exponent")
 
@@ -240,8 +246,18 @@ class _Shard:
             live = t._item_key >= 0
             return t._size, float((t._priority[live] ** alpha).sum())
 
-    def sample(self, n: int, beta: float | None, timeout: float | None) -> dict[str, Any]:
-        return _sample_to_wire(self.table.sample(n, beta=beta, timeout=timeout))
+    def sample(
+        self,
+        n: int,
+        beta: float | None,
+        timeout: float | None,
+        alpha: float | None = None,
+        with_stats: bool = False,
+    ) -> dict[str, Any]:
+        out = _sample_to_wire(self.table.sample(n, beta=beta, timeout=timeout))
+        if with_stats:
+            out["stats"] = self.stats(alpha)
+        return out
 
     def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> int:
         return self.table.update_priorities(keys, priorities)
@@ -995,6 +1011,9 @@ class RayClient:
         self._down_until: dict[tuple[str, int], float] = {}
         self._gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(7), "little"))
         self._gen_lock = threading.Lock()
+        #: ``table -> (when queried, shard -> (size, priority total))``, refreshed by
+        #: every sharded sample's replies and re-queried when older than 0.1 s.
+        self._weights: dict[str, tuple[float, dict[int, tuple[int, float]]]] = {}
 
     @classmethod
     def connect(
@@ -1324,7 +1343,7 @@ class RayClient:
         while need > 0:
             now = time.monotonic()
             up = [i for i in range(k) if self._down_until.get((t.name, i), 0.0) <= now]
-            stats = self._stats(t, up, alpha)
+            stats = self._fresh_stats(t, up, alpha)
             sizes = {i: s[0] for i, s in stats.items()}
             weights = {i: s[1] for i, s in stats.items() if s[1] > 0}
             total_size = sum(sizes.values())
@@ -1346,7 +1365,9 @@ class RayClient:
             counts = torch.bincount(draw, minlength=len(ids)).tolist()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             calls = {
-                i: t.shards[i].sample.options(max_task_retries=0).remote(c, beta, remaining)
+                i: t.shards[i]
+                .sample.options(max_task_retries=0)
+                .remote(c, beta, remaining, alpha, True)
                 for i, c in zip(ids, counts, strict=True)
                 if c > 0
             }
@@ -1354,14 +1375,38 @@ class RayClient:
                 calls.items(), [share[ids.index(i)] for i in calls], strict=True
             ):
                 try:
-                    s = _sample_from_wire(ray.get(ref))
+                    wire = ray.get(ref)
                 except ray.exceptions.RayActorError:
                     self._down_until[(t.name, i)] = time.monotonic() + _DOWN_FOR_S
+                    self._weights.pop(t.name, None)
                     continue
+                s = _sample_from_wire(wire)
+                self._note_stats(t.name, i, wire["stats"])
                 parts.append((_encode_keys(s, i, k), float(frac)))
                 need -= len(s)
             sizes_seen = total_size
         return _merge(parts, sizes_seen, t, beta)
+
+    def _fresh_stats(
+        self, t: _TableMeta, up: list[int], alpha: float | None
+    ) -> dict[int, tuple[int, float]]:
+        """Shard sizes and priority totals: those the last sample returned if recent enough."""
+        cached = self._weights.get(t.name)
+        now = time.monotonic()
+        if (
+            cached is not None
+            and now - cached[0] <= _WEIGHTS_MAX_AGE_S
+            and set(up) <= set(cached[1])
+        ):
+            return {i: cached[1][i] for i in up}
+        stats = self._stats(t, up, alpha)
+        self._weights[t.name] = (now, dict(stats))
+        return stats
+
+    def _note_stats(self, name: str, shard: int, stats: tuple[int, float]) -> None:
+        cached = self._weights.get(name)
+        if cached is not None:
+            cached[1][shard] = (int(stats[0]), float(stats[1]))
 
     def _stats(
         self, t: _TableMeta, up: list[int], alpha: float | None
@@ -1445,9 +1490,8 @@ class RayClient:
         self._flush_table(t.name)
         with self._lock:  # prefetched batches hold items that are about to be removed
             for key in [k for k in self._queues if k[0] == t.name]:
-                for fut in self._queues.pop(key):
-                    with contextlib.suppress(Exception):
-                        fut.result()
+                del self._queues[key]
+            self._weights.pop(t.name, None)
         _ray().get([s.reset.remote() for s in t.shards])
 
     def checkpoint(self) -> str:
