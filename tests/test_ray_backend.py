@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from replaydb.checkpoint import latest_checkpoint, load_table
+from replaydb.checkpoint import latest_checkpoint, list_checkpoints, load_table
 from replaydb.errors import (
     CheckpointError,
     InvalidArgumentError,
@@ -379,11 +379,14 @@ def test_same_shard_count_restore_is_exact(ray_cluster: Any, tmp_path: Path) -> 
 
     table = Table(SPEC, 200, sampler=_seeded(), name="flat")
     table.extend(_steps(torch.arange(50)))  # template contents are copied in
-    with RayServer(table, checkpoint_dir=tmp_path) as srv:
+    with RayServer(table, checkpoint_dir=tmp_path, keep=100, checkpoint_interval_s=0.2) as srv:
         client = srv.client()
         client.sample(5)
         path = srv.checkpoint()
         after = client.sample(20)["id"]
+        n = len(list_checkpoints(tmp_path))
+        time.sleep(0.7)
+        assert len(list_checkpoints(tmp_path)) > n  # the periodic checkpointer runs
     with RayServer.from_checkpoint(path) as s2:
         assert torch.equal(s2.client().sample(20)["id"], after)
 

@@ -753,11 +753,18 @@ class RayServer:
     def checkpoint(self) -> str:
         """Checkpoint every shard of every table into one new directory.
 
+        Steps still buffered in a client are not included (``client.checkpoint()``
+        flushes that client first).
+
         Returns:
             The path of the new ``ckpt-<timestamp>`` directory.
 
         Raises:
             InvalidArgumentError: If the server has no checkpoint directory.
+
+        Example:
+            >>> RayServer(table, checkpoint_dir="ckpts").checkpoint()
+            '/abs/ckpts/ckpt-01795315632457654477'
         """
         self._check_open()
         with self._lock:
@@ -776,6 +783,13 @@ class RayServer:
 
         Args:
             name: The service name (a named Ray actor in namespace ``"replaydb"``).
+
+        Raises:
+            ClosedError: If the server is closed.
+
+        Example:
+            >>> server.register("replay"); RayClient.connect("replay").tables()
+            ['table']
         """
         self._check_open()
         ray = _ray()
