@@ -437,3 +437,47 @@ def test_register_connect_checkpoint_errors_and_serve_command(
     bad.write_text('{"tables": {"t": {"capacity": 10, "spec": {"x": [1]}, "colour": 1}}}')
     assert serve_command([str(bad)]) == 2
     assert "keys ['colour'] are unknown" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- front ends over Ray
+def test_server_with_ray_backend_has_the_local_verbs(ray_cluster: Any, tmp_path: Path) -> None:
+    from replaydb.server import Server
+
+    with Server(_flat(600, "front"), backend="ray", num_shards=2, checkpoint_dir=tmp_path) as srv:
+        client = srv.client()
+        assert srv.tables() == ["front"]
+        client.extend(_steps(torch.arange(40)), streams=torch.arange(40) % 4)
+        client.insert({"id": torch.tensor(40), "obs": torch.tensor([40.0, -40.0])}, stream=1)
+        sample = client.sample(32, timeout=30)
+        assert sample["id"].shape == (32,)
+        assert set(sample["id"].tolist()) <= set(range(41))
+        assert client.info().size == 41
+        path = Path(srv.checkpoint())
+        assert (path / "manifest.json").is_file()
+
+
+def test_manager_with_ray_backend_round_trips(ray_cluster: Any, tmp_path: Path) -> None:
+    from replaydb import ReplayBufferManager
+
+    spec = {"observation": ((3,), "float32"), "reward": ((), "float32"), "done": ((), "bool")}
+    manager = ReplayBufferManager(
+        spec, 400, tmp_path / "ckpt", sequence_length=2, backend="ray", num_shards=2
+    )
+    try:
+        replay_buffer, observer = manager.create_replay_buffer()
+        for t in range(30):
+            observer(
+                {
+                    "observation": torch.full((2, 3), float(t)),
+                    "reward": torch.ones(2),
+                    "done": torch.tensor([t % 10 == 9, False]),
+                }
+            )
+        observer.flush()
+        assert manager.num_frames() > 0
+        batch, info = next(iter(manager.get_dataset(batch_size=8, num_steps=2)))
+        assert batch["observation"].shape == (8, 2, 3)
+        assert info.key.shape == (8, 2)
+        replay_buffer.py_client.checkpoint()
+    finally:
+        manager.close()

@@ -14,7 +14,9 @@ Example:
 """
 
 from replaydb.buffer import BatchExperience, ReplayBuffer
+from replaydb.collect import Collector, populate, warm
 from replaydb.checkpoint import load_table, save_table
+from replaydb.dataset import Dataset, SampleInfo
 from replaydb.errors import (
     CheckpointError,
     ClosedError,
@@ -26,8 +28,11 @@ from replaydb.errors import (
     SpecMismatchError,
     WouldBlockForeverError,
 )
+from replaydb.manager import ReplayBufferManager
+from replaydb.observer import StepObserver
 from replaydb.rate_limiters import MinSize, Queue, RateLimiter, SampleToInsertRatio, Stack
 from replaydb.samplers import Sampler, Uniform
+from replaydb.server import Client, Server
 from replaydb.spec import Field, Spec
 from replaydb.storage import Storage
 from replaydb.table import Sample, Table, TableInfo
@@ -37,7 +42,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchExperience",
     "CheckpointError",
+    "Client",
     "ClosedError",
+    "Collector",
+    "Dataset",
     "Field",
     "InvalidArgumentError",
     "MinSize",
@@ -47,13 +55,17 @@ __all__ = [
     "RateLimiter",
     "RateLimiterTimeout",
     "ReplayBuffer",
+    "ReplayBufferManager",
     "ReplayError",
     "Sample",
+    "SampleInfo",
     "SampleToInsertRatio",
     "Sampler",
+    "Server",
     "Spec",
     "SpecMismatchError",
     "Stack",
+    "StepObserver",
     "Storage",
     "Table",
     "TableInfo",
@@ -61,5 +73,7 @@ __all__ = [
     "WouldBlockForeverError",
     "__version__",
     "load_table",
+    "populate",
     "save_table",
+    "warm",
 ]

@@ -420,6 +420,12 @@ def read_checkpoint(
         raise CheckpointError(f"{str(p)!r}: manifest unreadable ({exc})") from exc
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(p)!r}: not a replaydb checkpoint directory")
+    if manifest.get("backend", "local") != "local":
+        raise CheckpointError(
+            f"{str(p)!r} was written by the {manifest['backend']!r} backend (one file per shard); "
+            "restore it with Server(..., backend='ray') / ReplayBufferManager(..., backend='ray') "
+            "or replaydb.ray_backend.RayServer.from_checkpoint(path)"
+        )
     tables = {
         name: load_table(p / entry["file"], device=device)
         for name, entry in manifest.get("tables", {}).items()
