@@ -160,6 +160,8 @@ class Storage:
         data: Mapping[str, torch.Tensor],
         streams: torch.Tensor | None = None,
         ends: torch.Tensor | None = None,
+        *,
+        keys: torch.Tensor | None = None,
     ) -> AppendResult:
         """Write a batch of steps at the ring's cursor.
 
@@ -167,6 +169,10 @@ class Storage:
             data: ``name -> [N, *shape]`` tensors already checked against the spec.
             streams: ``[N]`` int64 stream ids (default all 0).
             ends: ``[N]`` int64 end codes (0, 1 terminated, 2 truncated; default 0).
+            keys: ``[N]`` increasing keys ``>= total`` whose rows are distinct, to
+                write into chosen free rows instead of at the cursor (keys skipped
+                over are never used). Only for storages without links: a table
+                that must not overwrite unconsumed items uses this.
 
         Returns:
             The keys written, episode positions and the rows evicted.
@@ -181,6 +187,8 @@ class Storage:
             streams = torch.zeros(n, dtype=torch.int64, device=dev)
         if ends is None:
             ends = torch.zeros(n, dtype=torch.int64, device=dev)
+        if keys is not None:
+            return self._append_at(data, keys, streams, ends)
         if n > self.capacity:
             skip = n - self.capacity
             data = {k: v[skip:] for k, v in data.items()}
@@ -204,6 +212,40 @@ class Storage:
             self._copy_rows(self.next, row0, n, torch.full_like(keys, -1))
             positions = self._link(keys, streams, ends)
         return AppendResult(keys=keys, positions=positions, evicted_rows=evicted, first_key=start)
+
+    def _append_at(
+        self,
+        data: Mapping[str, torch.Tensor],
+        keys: torch.Tensor,
+        streams: torch.Tensor,
+        ends: torch.Tensor,
+    ) -> AppendResult:
+        n = int(keys.numel())
+        if self.links:
+            raise InvalidArgumentError(
+                "append(keys=...) is only for storages without episode links; "
+                "sequence storages must write at the cursor"
+            )
+        if n == 0:
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            return AppendResult(keys=empty, positions=None, evicted_rows=empty, first_key=self.total)
+        k = keys.to(self.device, torch.int64)
+        if int(k[0]) < self.total or n > self.capacity or int(k[-1]) - int(k[0]) >= self.capacity or (
+            n > 1 and bool((k[1:] <= k[:-1]).any())
+        ):
+            raise InvalidArgumentError(
+                f"keys must increase, start at or after total ({self.total}) and span less "
+                f"than capacity ({self.capacity}), got {k.tolist()[:8]}..."
+            )
+        rows = k % self.capacity
+        evicted = rows[self.key.index_select(0, rows) >= 0]
+        for name, value in data.items():
+            self.fields[name].index_copy_(0, rows, value)
+        self.key.index_copy_(0, rows, k)
+        self.stream.index_copy_(0, rows, streams)
+        self.end.index_copy_(0, rows, ends)
+        self.total = int(k[-1]) + 1
+        return AppendResult(keys=k, positions=None, evicted_rows=evicted, first_key=int(k[0]))
 
     def append_row_numpy(self, values: Mapping[str, Any], stream: int = 0, end: int = 0) -> int:
         """Write one step through numpy views (CPU, no links); return its row.
@@ -334,6 +376,16 @@ class Storage:
             cur = torch.where(nxt >= 0, nxt, cur)
             cols.append(cur % cap)
         return torch.stack(cols, dim=1)
+
+    def window_mask(self, rows: torch.Tensor) -> torch.Tensor:
+        """Return the ``[B, length]`` bool mask of :meth:`window_rows` output.
+
+        ``False`` marks positions past the end of a window's episode (where
+        :meth:`window_rows` repeats the last valid row).
+        """
+        fresh = torch.ones(rows.shape, dtype=torch.bool, device=rows.device)
+        fresh[:, 1:] = rows[:, 1:] != rows[:, :-1]
+        return torch.cummin(fresh.to(torch.uint8), dim=1).values.bool()
 
     def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Gather ``rows`` (any shape) of every field: ``[*rows.shape, *field.shape]``.
