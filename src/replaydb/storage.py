@@ -310,11 +310,12 @@ class Storage:
         self._last_key[streams] = -1
         self._ep_len[streams] = 0
 
-    def _link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-        """Link each new step to its predecessor in the same stream; return positions."""
+    def _positions(
+        self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Episode links of new steps (read-only): sorted order, predecessors, positions."""
         n = keys.numel()
         dev = self.device
-        self._grow_streams(int(streams.max()))
         order = torch.argsort(streams, stable=True)
         ss, ks, es = streams[order], keys[order], ends[order] != END_NONE
         first = torch.ones(n, dtype=torch.bool, device=dev)
@@ -323,15 +324,39 @@ class Storage:
         last[:-1] = first[1:]
         prev = torch.empty(n, dtype=torch.int64, device=dev)
         prev[1:] = torch.where(es[:-1], torch.full_like(ks[:-1], -1), ks[:-1])
+        # Steps of this batch are live once written; a carried predecessor is live
+        # unless an earlier write (or, in ``append``, this one) overwrote it.
         carried = self._last_key[ss]
+        carried = torch.where(self.is_live(carried), carried, torch.full_like(carried, -1))
         prev = torch.where(first, carried, prev)
-        prev = torch.where(self.is_live(prev), prev, torch.full_like(prev, -1))
         new_ep = prev < 0
         idx = torch.arange(n, device=dev)
         carry_len = torch.where(first & ~new_ep, self._ep_len[ss], torch.zeros_like(idx))
         reset = torch.where(first | new_ep, idx, torch.full_like(idx, -1))
         last_reset = torch.cummax(reset, dim=0).values
         pos = idx - last_reset + carry_len[last_reset]
+        return order, ss, ks, es, last, prev, pos
+
+    def preview_positions(self, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Episode positions the next :meth:`append` of these steps would give (no write).
+
+        Exact unless that append overwrites a stream's previous step itself (then
+        the append starts a new episode where the preview continues one).
+        """
+        n = streams.numel()
+        if n == 0:
+            return torch.empty(0, dtype=torch.int64, device=self.device)
+        self._grow_streams(int(streams.max()))
+        keys = torch.arange(self.total, self.total + n, dtype=torch.int64, device=self.device)
+        order, *_, pos = self._positions(keys, streams, ends)
+        out = torch.empty_like(pos)
+        out[order] = pos
+        return out
+
+    def _link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Link each new step to its predecessor in the same stream; return positions."""
+        self._grow_streams(int(streams.max()))
+        order, ss, ks, es, last, prev, pos = self._positions(keys, streams, ends)
         rows = ks % self.capacity
         self.prev[rows] = prev
         has = prev >= 0

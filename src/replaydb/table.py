@@ -421,7 +421,7 @@ class Table:
     ) -> None:
         with self._cond:
             self._note_thread()
-            items = min(n, self.capacity)
+            items = self._items_completed(n, streams, ends)
             lim = self.rate_limiter
             if self.consuming and n > self.capacity:
                 raise InvalidArgumentError(
@@ -459,6 +459,19 @@ class Table:
             else:
                 self._add_items(keys, pri)
             self._cond.notify_all()
+
+    def _items_completed(self, n: int, streams: torch.Tensor, ends: torch.Tensor) -> int:
+        """How many items a write of these steps will add (what the limiter admits)."""
+        if self.sequence_length == 1:
+            return min(n, self.capacity)
+        pos = self.storage.preview_positions(streams, ends)
+        done = pos >= self.sequence_length - 1
+        if self.pad:
+            # An ending step also completes the padded windows of its last T - 1 starts.
+            ending = pos[ends != END_NONE]
+            pad_n = int(torch.clamp(ending, max=self.sequence_length - 2).sum()) + ending.numel()
+            return min(int(done.sum()) + pad_n, self.capacity)
+        return min(int(done.sum()), self.capacity)
 
     def _has_space(self, n: int) -> bool:
         """Whether ``n`` steps can be written without overwriting an unconsumed item."""
