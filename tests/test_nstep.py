@@ -30,7 +30,9 @@ def reference(rewards: list[float], ends: list[int], gamma: float) -> tuple[floa
 @settings(max_examples=60, deadline=None)
 @given(
     rows=st.lists(
-        st.lists(st.tuples(st.floats(-5, 5), st.sampled_from([0, 0, 0, 1, 2])), min_size=4, max_size=4),
+        st.lists(
+            st.tuples(st.floats(-5, 5), st.sampled_from([0, 0, 0, 1, 2])), min_size=4, max_size=4
+        ),
         min_size=1,
         max_size=8,
     ),
@@ -54,14 +56,16 @@ def test_on_padded_windows_from_a_table() -> None:
         {"obs": torch.arange(5), "reward": torch.ones(5)}, ends=torch.tensor([0, 0, 0, 0, 1])
     )
     s = table.sample(200)
-    assert s.ends is not None and s.mask is not None
+    assert s.ends is not None
+    assert s.mask is not None
     t = nstep_returns(s["reward"], s.ends, 0.5, mask=s.mask)
     start = s["obs"][:, 0]
     for b in range(200):
         k = int(start[b])
         left = 5 - k  # steps until the terminal one, inclusive
         if left > 3:
-            assert float(t.discounts[b]) == 0.125 and int(t.bootstrap_index[b]) == 3
+            assert float(t.discounts[b]) == 0.125
+            assert int(t.bootstrap_index[b]) == 3
             assert float(t.returns[b]) == 1.75
         else:
             assert float(t.discounts[b]) == 0.0
@@ -75,7 +79,8 @@ def test_truncation_bootstraps_from_last_observation() -> None:
     r = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     e = torch.tensor([[0, 2, 0, 0]])
     t = nstep_returns(r, e, 0.9)
-    assert t.returns.tolist() == [1.0] and int(t.bootstrap_index[0]) == 1
+    assert t.returns.tolist() == [1.0]
+    assert int(t.bootstrap_index[0]) == 1
     assert math.isclose(float(t.discounts[0]), 0.9, rel_tol=1e-6)
 
 
@@ -84,7 +89,8 @@ def test_mask_without_end_code_is_truncation() -> None:
     e = torch.zeros(1, 4, dtype=torch.int64)
     m = torch.tensor([[True, True, False, False]])
     t = nstep_returns(r, e, 0.5, mask=m)
-    assert t.returns.tolist() == [1.0] and t.bootstrap_index.tolist() == [1]
+    assert t.returns.tolist() == [1.0]
+    assert t.bootstrap_index.tolist() == [1]
 
 
 def test_rejects_bad_input() -> None:
@@ -95,4 +101,6 @@ def test_rejects_bad_input() -> None:
     with pytest.raises(InvalidArgumentError, match=r"gamma must be a number in \[0, 1\]"):
         nstep_returns(torch.ones(2, 3), torch.zeros(2, 3), 1.5)
     with pytest.raises(InvalidArgumentError, match="mask must have the shape"):
-        nstep_returns(torch.ones(2, 3), torch.zeros(2, 3), 0.5, mask=torch.ones(2, 2, dtype=torch.bool))
+        nstep_returns(
+            torch.ones(2, 3), torch.zeros(2, 3), 0.5, mask=torch.ones(2, 2, dtype=torch.bool)
+        )

@@ -125,7 +125,8 @@ def test_prioritized_rejects_bad_arguments(kwargs: dict[str, object], match: str
 
 
 @pytest.mark.parametrize(
-    "sampler", [Uniform(seed=1), Prioritized(0.5, 0.3, 1e-3, seed=1), Fifo(), Lifo(), MinHeap(), MaxHeap()]
+    "sampler",
+    [Uniform(seed=1), Prioritized(0.5, 0.3, 1e-3, seed=1), Fifo(), Lifo(), MinHeap(), MaxHeap()],
 )
 def test_configs_rebuild(sampler: object) -> None:
     config = sampler.config()  # type: ignore[attr-defined]
@@ -140,7 +141,8 @@ def test_save_load_next_sample_identical(tmp_path: Path) -> None:
     path = save_table(table, tmp_path / "t")
     restored = load_table(path)
     a, b = table.sample(32), restored.sample(32)
-    assert torch.equal(a.keys, b.keys) and torch.equal(a.weights, b.weights)
+    assert torch.equal(a.keys, b.keys)
+    assert torch.equal(a.weights, b.weights)
     assert torch.equal(a.probabilities, b.probabilities)
     table.update_priorities(a.keys, torch.arange(1.0, 33.0))
     restored.update_priorities(b.keys, torch.arange(1.0, 33.0))
@@ -223,7 +225,9 @@ def test_selector_state_round_trip(tmp_path: Path) -> None:
     st.sample(3)
     st.extend({"x": torch.tensor([7.0, 8.0])})
     restored = load_table(save_table(st, tmp_path / "s"))
-    assert restored.sample(5)["x"].tolist() == st.sample(5)["x"].tolist() == [8.0, 7.0, 2.0, 1.0, 0.0]
+    assert (
+        restored.sample(5)["x"].tolist() == st.sample(5)["x"].tolist() == [8.0, 7.0, 2.0, 1.0, 0.0]
+    )
 
 
 def test_queue_sample_larger_than_capacity_fails_at_once() -> None:
@@ -243,6 +247,7 @@ def test_prioritized_on_cuda() -> None:
     table = Table(SPEC, 1000, sampler=Prioritized(seed=0), device="cuda")
     table.extend({"x": torch.arange(1000.0, device="cuda")}, priorities=torch.rand(1000) + 0.1)
     s = table.sample(256)
-    assert s.keys.device.type == "cuda" and s.weights.device.type == "cuda"
+    assert s.keys.device.type == "cuda"
+    assert s.weights.device.type == "cuda"
     assert float(s.weights.max()) == 1.0
     assert table.update_priorities(s.keys, torch.rand(256, device="cuda") + 0.1) == 256

@@ -15,7 +15,9 @@ from replaydb.errors import WouldBlockForeverError
 from replaydb.samplers import Prioritized
 
 # Each step records who wrote it and where: the window checks need nothing else.
-SPEC = Spec({"key": ((), "int64"), "stream": ((), "int64"), "episode": ((), "int64"), "t": ((), "int64")})
+SPEC = Spec(
+    {"key": ((), "int64"), "stream": ((), "int64"), "episode": ((), "int64"), "t": ((), "int64")}
+)
 
 
 def write_streams(
@@ -68,10 +70,12 @@ def check_windows(table: Table, written: dict[int, tuple[int, int, int, int]], p
     T = table.sequence_length
     keys, stream, ep, t = s["key"], s["stream"], s["episode"], s["t"]
     mask = s.mask if pad else torch.ones(keys.shape, dtype=torch.bool)
-    assert mask is not None and s.ends is not None
+    assert mask is not None
+    assert s.ends is not None
     for b in range(keys.shape[0]):
         valid = int(mask[b].sum())
-        assert bool(mask[b, :valid].all()) and not bool(mask[b, valid:].any())
+        assert bool(mask[b, :valid].all())
+        assert not bool(mask[b, valid:].any())
         assert valid == T or pad
         first = int(keys[b, 0])
         assert first == int(s.keys[b])  # the item key is the key of its first step
@@ -79,7 +83,8 @@ def check_windows(table: Table, written: dict[int, tuple[int, int, int, int]], p
             k = int(keys[b, j])
             assert k >= total - table.capacity, "window holds an overwritten row"
             assert written[k][:3] == (int(stream[b, j]), int(ep[b, j]), int(t[b, j]))
-            assert int(stream[b, j]) == int(stream[b, 0]) and int(ep[b, j]) == int(ep[b, 0])
+            assert int(stream[b, j]) == int(stream[b, 0])
+            assert int(ep[b, j]) == int(ep[b, 0])
             assert int(t[b, j]) == int(t[b, 0]) + j, "steps are not consecutive"
             assert int(s.ends[b, j]) == written[k][3]
             if j < valid - 1:
@@ -101,7 +106,13 @@ def check_windows(table: Table, written: dict[int, tuple[int, int, int, int]], p
     pad=st.booleans(),
 )
 def test_windows_are_valid(
-    seed: int, num_streams: int, T: int, capacity: int, steps: int, max_episode: int, batch: int,
+    seed: int,
+    num_streams: int,
+    T: int,  # noqa: N803
+    capacity: int,
+    steps: int,
+    max_episode: int,
+    batch: int,
     pad: bool,
 ) -> None:
     capacity = max(capacity, T)
@@ -114,10 +125,8 @@ def test_windows_are_valid(
     live = [k for k in written if k >= total - capacity]
     expected = 0
     for k in live:
-        s, e, t0, _ = written[k]
-        run = [
-            kk for kk in live if kk >= k and written[kk][0] == s and written[kk][1] == e
-        ]
+        s, e, _t0, _ = written[k]
+        run = [kk for kk in live if kk >= k and written[kk][0] == s and written[kk][1] == e]
         if len(run) >= T or (pad and written[run[-1]][3] != 0):
             expected += 1
     assert len(table) == expected
@@ -157,7 +166,9 @@ def test_short_episode_needs_padding() -> None:
 
 
 def test_prioritized_windows_follow_priorities() -> None:
-    table = Table(Spec({"x": ()}), 50, sequence_length=3, sampler=Prioritized(alpha=1.0, eps=0.0, seed=0))
+    table = Table(
+        Spec({"x": ()}), 50, sequence_length=3, sampler=Prioritized(alpha=1.0, eps=0.0, seed=0)
+    )
     # Window starting at step i completes with step i + 2: its priority is that step's.
     pri = torch.tensor([1.0, 1.0, 1.0, 1.0, 97.0, 1.0])
     table.extend({"x": torch.arange(6.0)}, priorities=pri)

@@ -37,7 +37,9 @@ ops = st.lists(
     st.tuples(
         st.lists(st.integers(0, 10**6), min_size=1, max_size=12),
         st.lists(
-            st.one_of(st.just(0.0), st.floats(0.0, 100.0, allow_nan=False)), min_size=12, max_size=12
+            st.one_of(st.just(0.0), st.floats(0.0, 100.0, allow_nan=False)),
+            min_size=12,
+            max_size=12,
         ),
     ),
     min_size=1,
@@ -70,8 +72,10 @@ def test_matches_python_reference(
         want = ref_find(ref, v)
         # Values within rounding of a boundary may land on either neighbour.
         lo = sum(ref[:g])
-        assert g == want or math.isclose(v, lo, rel_tol=1e-9) or math.isclose(
-            v, lo + ref[g], rel_tol=1e-9
+        assert (
+            g == want
+            or math.isclose(v, lo, rel_tol=1e-9)
+            or math.isclose(v, lo + ref[g], rel_tol=1e-9)
         )
 
 
@@ -192,4 +196,6 @@ def test_on_cuda_matches_cpu() -> None:
     v = torch.rand(4096, dtype=torch.float64, generator=g) * cpu.total
     assert torch.equal(cpu.find(v), gpu.find(v.cuda()).cpu())
     idx, vals_s, total = gpu.sample(256, torch.Generator(device="cuda").manual_seed(0))
-    assert idx.device.type == "cuda" and vals_s.device.type == "cuda" and total.device.type == "cuda"
+    assert idx.device.type == "cuda"
+    assert vals_s.device.type == "cuda"
+    assert total.device.type == "cuda"

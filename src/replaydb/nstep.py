@@ -26,6 +26,7 @@ past the episode's end, which the end codes already mark.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from replaydb.errors import InvalidArgumentError
@@ -143,4 +144,3 @@ def nstep_returns(
         bootstrap_index=steps.to(torch.int64),
         steps=steps.to(torch.int64),
     )
-

@@ -61,9 +61,7 @@ class RateLimiter:
         max_diff: float,
     ) -> None:
         if not samples_per_insert > 0:
-            raise InvalidArgumentError(
-                f"samples_per_insert must be > 0, got {samples_per_insert}"
-            )
+            raise InvalidArgumentError(f"samples_per_insert must be > 0, got {samples_per_insert}")
         if isinstance(min_size_to_sample, bool) or int(min_size_to_sample) != min_size_to_sample:
             raise InvalidArgumentError(
                 f"min_size_to_sample must be an int >= 0, got {min_size_to_sample!r}"

@@ -222,7 +222,9 @@ class Uniform:
             if need == 0:
                 return Selection(torch.cat(got), prob)
         active = torch.nonzero(self._active[:high]).squeeze(1)
-        pick = torch.randint(0, active.numel(), (need,), generator=self.generator, device=self._device)
+        pick = torch.randint(
+            0, active.numel(), (need,), generator=self.generator, device=self._device
+        )
         got.append(active.index_select(0, pick))
         return Selection(torch.cat(got), prob)
 
@@ -287,8 +289,10 @@ class Prioritized:
     ) -> None:
         self.alpha = _unit_interval("alpha", alpha)
         self.beta = _unit_interval("beta", beta)
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not (
-            math.isfinite(eps) and eps >= 0
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, int | float)
+            or not (math.isfinite(eps) and eps >= 0)
         ):
             raise InvalidArgumentError(f"eps must be a finite number >= 0, got {eps!r}")
         self.eps = float(eps)

@@ -228,10 +228,15 @@ class Storage:
             )
         if n == 0:
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
-            return AppendResult(keys=empty, positions=None, evicted_rows=empty, first_key=self.total)
+            return AppendResult(
+                keys=empty, positions=None, evicted_rows=empty, first_key=self.total
+            )
         k = keys.to(self.device, torch.int64)
-        if int(k[0]) < self.total or n > self.capacity or int(k[-1]) - int(k[0]) >= self.capacity or (
-            n > 1 and bool((k[1:] <= k[:-1]).any())
+        if (
+            int(k[0]) < self.total
+            or n > self.capacity
+            or int(k[-1]) - int(k[0]) >= self.capacity
+            or (n > 1 and bool((k[1:] <= k[:-1]).any()))
         ):
             raise InvalidArgumentError(
                 f"keys must increase, start at or after total ({self.total}) and span less "
@@ -253,7 +258,8 @@ class Storage:
         The caller must have checked every value's shape: numpy broadcasting
         applies and a failed assignment part-way would leave a torn row.
         """
-        assert self._np is not None and not self.links
+        assert self._np is not None
+        assert not self.links
         row = self.total % self.capacity
         for name, value in values.items():
             self._np[name][row] = value
@@ -264,16 +270,18 @@ class Storage:
         return row
 
     def seek(self, total: int) -> None:
-        """Set the key of the next step of an empty storage (rows fill from ``total % capacity``)."""
+        """Set the key of the next step of an empty storage.
+
+        Rows then fill from ``total % capacity``.
+        """
         if self.total != 0:
             raise InvalidArgumentError("seek is only allowed on an empty storage")
         self.total = total
 
     def _evicted(self, row0: int, n: int) -> torch.Tensor:
-        if self.total < self.capacity and row0 + n <= self.capacity:
+        if self.total + n <= self.capacity:
             # Nothing was written to these rows yet.
-            if self.total + n <= self.capacity:
-                return torch.empty(0, dtype=torch.int64, device=self.device)
+            return torch.empty(0, dtype=torch.int64, device=self.device)
         rows = (torch.arange(n, device=self.device) + row0) % self.capacity
         return rows[self.key.index_select(0, rows) >= 0]
 
@@ -423,7 +431,7 @@ class Storage:
         out: dict[str, torch.Tensor] = {}
         for dt, g in self.groups.items():
             names, widths, shapes = self._split[dt]
-            parts = g.index_select(0, flat).split(widths, dim=1)
+            parts = torch.split(g.index_select(0, flat), widths, dim=1)
             for name, part, shape in zip(names, parts, shapes, strict=True):
                 out[name] = part if one_d and len(shape) == 1 else part.reshape(*lead, *shape)
         return out

@@ -266,8 +266,7 @@ class SumTree:
     def _check(self, idx: torch.Tensor, val: torch.Tensor) -> None:
         if idx.shape != val.shape:
             raise InvalidArgumentError(
-                f"indices and values must have the same length, got {idx.numel()} and "
-                f"{val.numel()}"
+                f"indices and values must have the same length, got {idx.numel()} and {val.numel()}"
             )
         if idx.numel() == 0:
             return

@@ -152,8 +152,10 @@ class Table:
         spec = spec if isinstance(spec, Spec) else Spec(spec)
         if not isinstance(pad, bool):
             raise InvalidArgumentError(f"pad must be a bool, got {pad!r}")
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or (
-            sequence_length < 1
+        if (
+            isinstance(sequence_length, bool)
+            or not isinstance(sequence_length, int)
+            or (sequence_length < 1)
         ):
             raise InvalidArgumentError(
                 f"sequence_length must be an int >= 1, got {sequence_length!r}"
@@ -166,8 +168,10 @@ class Table:
             raise InvalidArgumentError(
                 f"max_times_sampled must be None or an int >= 1, got {max_times_sampled!r}"
             )
-        if isinstance(capacity, int) and not isinstance(capacity, bool) and (
-            0 < capacity < sequence_length
+        if (
+            isinstance(capacity, int)
+            and not isinstance(capacity, bool)
+            and (0 < capacity < sequence_length)
         ):
             raise InvalidArgumentError(
                 f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
@@ -381,7 +385,8 @@ class Table:
             if self._np_item_key is not None and self._np_item_key[row] >= 0:
                 self._remove_slots(torch.tensor([row]))
             storage.append_row_numpy(values, 0, end)
-            assert self._np_item_key is not None and self._np_priority is not None
+            assert self._np_item_key is not None
+            assert self._np_priority is not None
             assert self._np_times is not None
             self._np_item_key[row] = storage.total - 1
             self._np_priority[row] = self._max_priority
@@ -527,7 +532,9 @@ class Table:
             return
         slots = keys % self.capacity
         if priorities is None:
-            priorities = torch.full((m,), self._max_priority, dtype=torch.float64, device=self.device)
+            priorities = torch.full(
+                (m,), self._max_priority, dtype=torch.float64, device=self.device
+            )
         else:
             self._max_priority = max(self._max_priority, float(priorities.max()))
         self._item_key[slots] = keys
@@ -568,8 +575,10 @@ class Table:
             WouldBlockForeverError: If the table cannot be sampled and no other thread
                 could change that (e.g. a single thread sampling an empty table).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or (
-            batch_size < 1
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int | np.integer)
+            or (batch_size < 1)
         ):
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
         b = int(batch_size)
@@ -594,10 +603,7 @@ class Table:
 
             if not ready():
                 self._wait(ready, timeout, "sample", b)
-            if self.sampler.deterministic:
-                sel = self._select_in_order(b)
-            else:
-                sel = self._select(b, beta)
+            sel = self._select_in_order(b) if self.sampler.deterministic else self._select(b, beta)
             slots = sel.slots
             keys = self._item_key.index_select(0, slots)
             mask = ends = None
@@ -619,8 +625,10 @@ class Table:
                 if spent.numel():
                     self._remove_slots(spent)
             self._cond.notify_all()
-        weights = sel.weights if sel.weights is not None else torch.ones(
-            b, dtype=torch.float32, device=self.device
+        weights = (
+            sel.weights
+            if sel.weights is not None
+            else torch.ones(b, dtype=torch.float32, device=self.device)
         )
         return Sample(
             data=data,
@@ -662,7 +670,7 @@ class Table:
     def _select(self, n: int, beta: float | None) -> Selection:
         if beta is None or not hasattr(self.sampler, "beta"):
             return self.sampler.sample(n)
-        return self.sampler.sample(n, beta=beta)  # type: ignore[call-arg,no-any-return]
+        return self.sampler.sample(n, beta=beta)  # type: ignore[call-arg]
 
     def update_priorities(self, keys: Any, priorities: Any) -> int:
         """Set new priorities for sampled items; stale keys are ignored.
@@ -813,7 +821,9 @@ class Table:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], device: torch.device | str | None = None) -> Table:
+    def from_config(
+        cls, config: Mapping[str, Any], device: torch.device | str | None = None
+    ) -> Table:
         """Build an empty table from :meth:`config` output (``device`` overrides)."""
         return cls(
             Spec.from_json(config["spec"]),
@@ -869,8 +879,10 @@ class Table:
 def _preset_capacity(size: int, sequence_length: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise InvalidArgumentError(f"size must be an int >= 1, got {size!r}")
-    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or (
-        sequence_length < 1
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, int)
+        or (sequence_length < 1)
     ):
         raise InvalidArgumentError(f"sequence_length must be an int >= 1, got {sequence_length!r}")
     # ``size`` overlapping windows of one stream need size + T - 1 steps.
@@ -897,7 +909,9 @@ def _int_column(name: str, value: Any, n: int, device: torch.device, default: in
     if t.dim() == 0:
         return t.expand(n).clone()
     if t.shape != (n,):
-        raise InvalidArgumentError(f"{name} must be a scalar or have shape ({n},), got {tuple(t.shape)}")
+        raise InvalidArgumentError(
+            f"{name} must be a scalar or have shape ({n},), got {tuple(t.shape)}"
+        )
     return t
 
 
@@ -907,15 +921,15 @@ def _end_column(value: Any, n: int, device: torch.device) -> torch.Tensor:
     if value is True:
         return torch.full((n,), END_TERMINATED, dtype=torch.int64, device=device)
     t = torch.as_tensor(value, device=device)
-    if t.dtype.is_floating_point:
-        if bool(((t != 0) & (t != 1)).any()):
-            raise InvalidArgumentError("ends given as floats must be 0.0 or 1.0")
+    if t.dtype.is_floating_point and bool(((t != 0) & (t != 1)).any()):
+        raise InvalidArgumentError("ends given as floats must be 0.0 or 1.0")
     t = t.to(torch.int64).reshape(-1) if t.dim() else t.to(torch.int64).expand(n)
     if t.shape != (n,):
-        raise InvalidArgumentError(f"ends must be a scalar or have shape ({n},), got {tuple(t.shape)}")
+        raise InvalidArgumentError(
+            f"ends must be a scalar or have shape ({n},), got {tuple(t.shape)}"
+        )
     if bool(((t < END_NONE) | (t > END_TRUNCATED)).any()):
         raise InvalidArgumentError(
             "ends must be bools or codes 0 (not done), 1 (terminated), 2 (truncated)"
         )
     return t
-
