@@ -400,7 +400,34 @@ class Storage:
 
         Positions past the end of a window's episode (only possible for padded
         windows) repeat the last valid row; see :meth:`window_mask`.
+
+        On CPU, windows whose steps lie at a constant key stride (one stream, or a
+        vector env writing every stream each step) are found in one shot: guess
+        ``start + j * stride`` and check every link at once; only windows that fail
+        the check follow ``next`` links step by step.
         """
+        if length == 1:
+            return (start_keys % self.capacity).unsqueeze(1)
+        if self.device.type != "cpu":
+            return self._follow_links(start_keys, length)
+        cap = self.capacity
+        stride = self.next.index_select(0, start_keys % cap) - start_keys
+        stride.clamp_(min=1)
+        keys = start_keys.unsqueeze(1) + stride.unsqueeze(1) * torch.arange(
+            length, dtype=torch.int64
+        )
+        rows = keys % cap
+        tail = rows[:, 1:].reshape(-1)
+        prev = self.prev.index_select(0, tail).view(-1, length - 1)
+        held = self.key.index_select(0, tail).view(-1, length - 1)
+        ok = ((prev == keys[:, :-1]) & (held == keys[:, 1:])).all(dim=1)
+        if bool(ok.all()):
+            return rows
+        bad = torch.nonzero(~ok).squeeze(1)
+        rows[bad] = self._follow_links(start_keys.index_select(0, bad), length)
+        return rows
+
+    def _follow_links(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
         cap = self.capacity
         cols = [start_keys % cap]
         cur = start_keys

@@ -70,7 +70,7 @@ class SumTree:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
         self.depth = max(0, (self.capacity - 1).bit_length())  # leaves at level `depth`
-        self.top = max(0, self.depth - _TOP_BITS)  # shallowest level kept
+        self.top = min(self.depth, _TOP_BITS)  # shallowest level kept
         self._p = 1 << self.depth
         self.tree = torch.zeros(2 * self._p, dtype=dtype, device=self.device)
         self._np: np.ndarray[Any, Any] | None = None

@@ -685,6 +685,8 @@ class Table:
         Raises:
             InvalidArgumentError: If shapes differ or a priority is not finite and > 0.
         """
+        if self._np_item_key is not None:
+            return self._update_priorities_numpy(keys, priorities)
         k = torch.as_tensor(keys, dtype=torch.int64, device=self.device).reshape(-1)
         p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device).reshape(-1)
         if k.shape != p.shape:
@@ -702,6 +704,30 @@ class Table:
                 self._max_priority = max(self._max_priority, float(p.max()))
                 self.sampler.update(slots, p)
             return int(live.sum())
+
+    def _update_priorities_numpy(self, keys: Any, priorities: Any) -> int:
+        """:meth:`update_priorities` on CPU through numpy views (same checks and effects)."""
+        k = _as_numpy(keys, np.int64)
+        p = _as_numpy(priorities, np.float64)
+        if k.shape != p.shape:
+            raise InvalidArgumentError(
+                f"keys and priorities must have the same length, got {k.size} keys and "
+                f"{p.size} priorities"
+            )
+        if not (np.isfinite(p).all() and (p > 0).all()):
+            _check_priority_values(torch.from_numpy(p))
+        assert self._np_item_key is not None and self._np_priority is not None
+        with self._cond:
+            slots = np.maximum(k, 0) % self.capacity
+            live = self._np_item_key.take(slots) == k
+            n_live = int(np.count_nonzero(live))
+            if n_live != k.size:
+                slots, p = slots[live], p[live]
+            if n_live:
+                self._np_priority[slots] = p
+                self._max_priority = max(self._max_priority, float(p.max()))
+                self.sampler.update(torch.from_numpy(slots), torch.from_numpy(p))
+            return n_live
 
     # ---------------------------------------------------------------- waiting
     def _note_thread(self) -> None:
@@ -897,6 +923,18 @@ def _check_priority_values(p: torch.Tensor) -> None:
             f"priorities must be finite and > 0, got {first} at index "
             f"{int(torch.nonzero(bad)[0, 0])}; clamp TD errors with e.g. abs(td) + 1e-6"
         )
+
+
+def _as_numpy(value: Any, dtype: type[np.generic]) -> np.ndarray[Any, Any]:
+    """A flat numpy copy-free view of a CPU tensor or array, cast to ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        arr = value.numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+    else:
+        arr = np.asarray(value)
+    return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
 
 
 def _int_column(name: str, value: Any, n: int, device: torch.device, default: int) -> torch.Tensor:
