@@ -85,7 +85,9 @@ def bench_prioritized(capacity: int, reps: int) -> list[tuple[str, float]]:
 
     rows.append(("replaydb prioritized step", timeit(ours, reps)))
     rows.append(("replaydb prioritized sample only", timeit(lambda: table.sample(BATCH), reps)))
-    rows.append(("replaydb uniform sample(256), same spec", timeit(lambda: uniform.sample(BATCH), reps)))
+    rows.append(
+        ("replaydb uniform sample(256), same spec", timeit(lambda: uniform.sample(BATCH), reps))
+    )
     del uniform
 
     if importlib.util.find_spec("cpprb") is None:
@@ -201,13 +203,21 @@ def bench_sequences(capacity: int, reps: int) -> list[tuple[int, float, float]]:
             t_in_ep = (start + torch.arange(m)) // streams
             ends = ((t_in_ep % 500) == 499).long() * (stream % 2 + 1)  # episodes of 500
             table.extend(
-                {"obs": torch.randn(m, OBS, generator=g), "action": torch.zeros(m), "reward": torch.ones(m)},
+                {
+                    "obs": torch.randn(m, OBS, generator=g),
+                    "action": torch.zeros(m),
+                    "reward": torch.ones(m),
+                },
                 streams=stream,
                 ends=ends,
             )
         seq_tables[T] = table
     flat = Table(spec, capacity)
-    fill_steps = {"obs": torch.randn(capacity, OBS), "action": torch.zeros(capacity), "reward": torch.ones(capacity)}
+    fill_steps = {
+        "obs": torch.randn(capacity, OBS),
+        "action": torch.zeros(capacity),
+        "reward": torch.ones(capacity),
+    }
     flat.extend(fill_steps)
     out = []
     for T, table in seq_tables.items():
@@ -218,8 +228,12 @@ def bench_sequences(capacity: int, reps: int) -> list[tuple[int, float, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="capacity 200,000 and fewer repetitions")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="capacity 200,000 and fewer repetitions"
+    )
     parser.add_argument("--capacity", type=int, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -238,9 +252,13 @@ def main() -> None:
         print(f"\nspeed-up over the fastest peer: {min(peers) / ours:.2f}x (target >= 3)")
     print(f"prioritized step / uniform sample(256):  {ours / uniform:.2f}x (target <= 3)")
 
-    print(f"\n{'sequences, B=64':22s} {'seq us':>9s} {'uniform us':>11s} {'ratio':>7s} {'ns/step':>8s}")
+    print(
+        f"\n{'sequences, B=64':22s} {'seq us':>9s} {'uniform us':>11s} {'ratio':>7s} {'ns/step':>8s}"
+    )
     for T, seq, uni in bench_sequences(capacity, reps):
-        print(f"T={T:<20d} {seq * 1e6:9.1f} {uni * 1e6:11.1f} {seq / uni:6.2f}x {seq / (64 * T) * 1e9:8.1f}")
+        print(
+            f"T={T:<20d} {seq * 1e6:9.1f} {uni * 1e6:11.1f} {seq / uni:6.2f}x {seq / (64 * T) * 1e9:8.1f}"
+        )
     print("(uniform: sample(64 * T) of a single-step table with the same spec; target ratio <= 2)")
 
 
