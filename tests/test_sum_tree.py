@@ -26,8 +26,15 @@ def ref_find(leaves: list[float], v: float) -> int:
     return last
 
 
+PATHS = ["numba", "numpy", "torch"]
+
+
 def make(capacity: int, path: str, device: str = "cpu") -> SumTree:
     tree = SumTree(capacity, device=device)
+    if path == "numba" and tree._kernels is None:
+        pytest.skip("numba is not installed")
+    if path == "numpy":
+        tree._kernels = None  # the numpy path, as without numba
     if path == "torch":
         tree._np = None  # exercise the device path on CPU
     return tree
@@ -47,7 +54,7 @@ ops = st.lists(
 )
 
 
-@pytest.mark.parametrize("path", ["numpy", "torch"])
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=40, deadline=None)
 @given(capacity=st.integers(1, 70), ops=ops, fractions=st.lists(st.floats(0, 1), max_size=16))
 def test_matches_python_reference(
@@ -79,7 +86,7 @@ def test_matches_python_reference(
         )
 
 
-@pytest.mark.parametrize("path", ["numpy", "torch"])
+@pytest.mark.parametrize("path", PATHS)
 def test_deep_tree_matches_searchsorted(path: str) -> None:
     # 40,000 leaves: the top level plus four binary levels below it.
     g = torch.Generator().manual_seed(0)
@@ -101,28 +108,36 @@ def test_deep_tree_matches_searchsorted(path: str) -> None:
     assert bool((vals[got] > 0).all())
 
 
-def test_paths_agree_bit_for_bit() -> None:
+@pytest.mark.parametrize("other", ["numba", "torch"])
+def test_paths_agree_bit_for_bit(other: str) -> None:
     g = torch.Generator().manual_seed(1)
-    a, b = make(9000, "numpy"), make(9000, "torch")
+    a, b = make(9000, "numpy"), make(9000, other)
     for _ in range(5):
         idx = torch.randint(0, 9000, (300,), generator=g)
         val = torch.rand(300, dtype=torch.float64, generator=g)
+        val[::7] = 0.0
         a.update(idx, val)
         b.update(idx, val)
     assert torch.equal(a.tree, b.tree)
     v = torch.rand(1000, dtype=torch.float64, generator=g) * a.total
     assert torch.equal(a.find(v), b.find(v))
+    ga, gb = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for x, y in zip(a.sample(500, ga), b.sample(500, gb), strict=True):
+        assert torch.equal(x, y)
 
 
 def test_rounding_past_total_returns_last_nonzero_leaf() -> None:
-    tree = SumTree(10_000)
-    tree.update(torch.tensor([5, 7000]), torch.tensor([1.0, 2.0], dtype=torch.float64))
-    got = tree.find(torch.tensor([3.0, 1e9, 2.999999999], dtype=torch.float64)).tolist()
-    assert got == [7000, 7000, 7000]
+    for path in PATHS[1:]:
+        t = make(10_000, path)
+        t.update(torch.tensor([5, 7000]), torch.tensor([1.0, 2.0], dtype=torch.float64))
+        got = t.find(torch.tensor([3.0, 1e9, 2.999999999], dtype=torch.float64)).tolist()
+        assert got == [7000, 7000, 7000]
     # Force the guarded descent: a value past a subtree's sum below the top level.
-    tree._np = tree.tree.numpy()
+    tree = make(10_000, "numpy")
+    tree.update(torch.tensor([5, 7000]), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    start = (1 << tree.top) + (5 >> (tree.depth - tree.top))  # the top node above leaf 5
     node = tree._descend_guarded(
-        torch.tensor([1 << tree.top]).numpy(), torch.tensor([1e9], dtype=torch.float64).numpy()
+        torch.tensor([start]).numpy(), torch.tensor([1e9], dtype=torch.float64).numpy()
     )
     assert node.tolist() == [5]
 

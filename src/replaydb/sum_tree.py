@@ -6,24 +6,28 @@ The tree is one flat tensor of ``2 * P`` float64 values in binary-heap order, wh
 ``P`` is the capacity rounded up to a power of two: the leaves are
 ``tree[P : P + capacity]`` and node ``i`` holds ``tree[2i] + tree[2i + 1]``.
 
-Only the levels from the leaves up to a *top level* of at most 4,096 nodes are
+Only the levels from the leaves up to a *top level* of at most 256 nodes are
 kept. A search starts with one ``cumsum`` + ``searchsorted`` over the top level
-(which replaces the twelve binary levels above it), then walks down the remaining
+(which replaces the eight binary levels above it), then walks down the remaining
 levels with one vectorized step per level for the whole batch. An update writes
 the leaves and recomputes each touched parent from its two children, level by
 level, so sums never drift. Every operation is a handful of array operations per
 level for the whole batch; there are no per-item Python loops.
 
 On CPU the same algorithm runs through numpy views of the torch storage (numpy's
-per-call overhead is several times lower than torch's for batches of a few hundred);
-on other devices it runs in torch with no host synchronisation in :meth:`SumTree.find`.
+per-call overhead is several times lower than torch's for batches of a few hundred),
+or, where numba is installed, as two small compiled loops over the same arrays
+(set ``REPLAYDB_NUMBA=0`` to turn that off); all CPU paths give bit-identical
+results. On other devices it runs in torch with no host synchronisation in
+:meth:`SumTree.find`.
 
 The sum tree of prioritized replay: Schaul et al. 2015, arXiv 1511.05952, appendix B.2.1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,7 +37,63 @@ from replaydb.errors import InvalidArgumentError
 
 __all__ = ["SumTree"]
 
-_TOP_BITS = 12  # the top level holds at most 2**12 nodes
+_TOP_BITS = 8  # the top level holds at most 2**8 nodes
+
+_KERNELS: dict[str, Callable[..., Any]] | None = None
+_KERNELS_TRIED = False
+
+
+def _numba_kernels() -> dict[str, Callable[..., Any]] | None:
+    """Compile the CPU search and update loops with numba, once; None without numba."""
+    global _KERNELS, _KERNELS_TRIED
+    if _KERNELS_TRIED:
+        return _KERNELS
+    _KERNELS_TRIED = True
+    if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(nogil=True, cache=False)  # type: ignore[misc]
+    def find(tree: Any, v: Any, lo: int, levels: int, p: int, scale: bool) -> Any:
+        top = tree[lo : 2 * lo]
+        cs = np.cumsum(top)
+        total = cs[-1]
+        last = np.searchsorted(cs, total, side="left")
+        n = v.shape[0]
+        x = np.empty(n, np.float64)
+        node = np.empty(n, np.int64)
+        for b in range(n):
+            xb = v[b] * total if scale else v[b]
+            i = min(np.searchsorted(cs, xb, side="right"), last)
+            x[b] = xb - (cs[i] - top[i])
+            node[b] = i + lo
+        # Level by level over the whole batch: the loads of one level are
+        # independent, so the CPU overlaps their cache misses.
+        for _ in range(levels):
+            for b in range(n):
+                # Branch-free: a mispredicted branch per query would serialise the loads.
+                child = node[b] << 1
+                left = tree[child]
+                go = (x[b] >= left) & (tree[child + 1] > 0)
+                x[b] -= left * go
+                node[b] = child + go
+        return node - p, total
+
+    @numba.njit(nogil=True, cache=False)  # type: ignore[misc]
+    def update(tree: Any, idx: Any, val: Any, levels: int, p: int) -> None:
+        node = idx + p
+        for j in range(idx.shape[0]):
+            tree[node[j]] = val[j]  # in order: the last write of an index wins
+        for _ in range(levels):  # level by level, as in ``find``
+            for j in range(idx.shape[0]):
+                node[j] >>= 1
+                tree[node[j]] = tree[2 * node[j]] + tree[2 * node[j] + 1]
+
+    _KERNELS = {"find": find, "update": update}
+    return _KERNELS
 
 
 class SumTree:
@@ -74,8 +134,10 @@ class SumTree:
         self._p = 1 << self.depth
         self.tree = torch.zeros(2 * self._p, dtype=dtype, device=self.device)
         self._np: np.ndarray[Any, Any] | None = None
+        self._kernels: dict[str, Callable[..., Any]] | None = None
         if self.device.type == "cpu" and dtype != torch.bfloat16:
             self._np = self.tree.numpy()
+            self._kernels = _numba_kernels()
 
     def __repr__(self) -> str:
         return f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype})"
@@ -127,7 +189,7 @@ class SumTree:
         if self._np is not None:
             v = prefix_values.detach().to(torch.float64).cpu().numpy()
             return torch.from_numpy(self._find_numpy(v))
-        return self._find_torch(prefix_values.to(self.device, self.dtype))
+        return self._find_torch(prefix_values.to(self.device, self.dtype))[0]
 
     def sample(
         self, n: int, generator: torch.Generator | None = None
@@ -157,9 +219,7 @@ class SumTree:
                 torch.from_numpy(vals),
                 torch.tensor(total, dtype=self.dtype),
             )
-        lo = 1 << self.top
-        total_t = self.tree[lo : 2 * lo].sum()
-        idx_t = self._find_torch(u.to(self.dtype) * total_t)
+        idx_t, total_t = self._find_torch(u.to(self.dtype), scale=True)
         return idx_t, self.get(idx_t), total_t
 
     def _find_numpy(self, v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -172,6 +232,15 @@ class SumTree:
         tree = self._np
         assert tree is not None
         lo = 1 << self.top
+        if self._kernels is not None:
+            if not tree[lo : 2 * lo].any():
+                raise InvalidArgumentError(
+                    "cannot search an empty SumTree (every leaf is zero); update some leaves first"
+                )
+            idx, tot = self._kernels["find"](
+                tree, np.ascontiguousarray(v), lo, self.depth - self.top, self._p, scale
+            )
+            return idx, float(tot)
         cs = np.cumsum(tree[lo : 2 * lo])
         total = float(cs[-1])
         if not total > 0:
@@ -215,10 +284,16 @@ class SumTree:
         out: np.ndarray[Any, Any] = node - self._p
         return out
 
-    def _find_torch(self, v: torch.Tensor) -> torch.Tensor:
+    def _find_torch(
+        self, v: torch.Tensor, scale: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Search ``v`` (times the total when ``scale``); return leaves and the 0-d total."""
         tree = self.tree
         lo = 1 << self.top
         cs = torch.cumsum(tree[lo : 2 * lo], 0)
+        total = cs[-1]
+        if scale:
+            v = v * total
         last = torch.searchsorted(cs, cs[-1:], right=False)
         i = torch.minimum(torch.searchsorted(cs, v, right=True), last)
         v = v - (cs.index_select(0, i) - tree.index_select(0, i + lo))
@@ -229,7 +304,7 @@ class SumTree:
             go = (v >= left) & (tree.index_select(0, node + 1) > 0)
             v = v - left * go
             node = node + go.to(torch.int64)
-        return node - self._p
+        return node - self._p, total
 
     # ----------------------------------------------------------------- writes
     def update(self, indices: torch.Tensor, values: torch.Tensor, *, check: bool = True) -> None:
@@ -285,6 +360,15 @@ class SumTree:
     def _update_numpy(self, idx: np.ndarray[Any, Any], val: np.ndarray[Any, Any]) -> None:
         tree = self._np
         assert tree is not None
+        if self._kernels is not None:
+            self._kernels["update"](
+                tree,
+                np.ascontiguousarray(idx, dtype=np.int64),
+                np.ascontiguousarray(val, dtype=tree.dtype),
+                self.depth - self.top,
+                self._p,
+            )
+            return
         if idx.size > 1:
             # Last write wins: every copy of an index gets the value of its last copy.
             order = np.argsort(idx, kind="stable")

@@ -605,7 +605,11 @@ class Table:
                 self._wait(ready, timeout, "sample", b)
             sel = self._select_in_order(b) if self.sampler.deterministic else self._select(b, beta)
             slots = sel.slots
-            keys = self._item_key.index_select(0, slots)
+            np_slots = slots.numpy() if self._np_item_key is not None else None
+            if np_slots is not None and self._np_item_key is not None:
+                keys = torch.from_numpy(self._np_item_key.take(np_slots))
+            else:
+                keys = self._item_key.index_select(0, slots)
             mask = ends = None
             if self.sequence_length == 1:
                 rows = slots
@@ -616,8 +620,12 @@ class Table:
                     mask = self.storage.window_mask(rows)
             data = self.storage.gather(rows)
             self._times.index_add_(0, slots, torch.ones_like(slots))
-            times = self._times.index_select(0, slots)
-            priorities = self._priority.index_select(0, slots)
+            if np_slots is not None and self._np_times is not None and self._np_priority is not None:
+                times = torch.from_numpy(self._np_times.take(np_slots))
+                priorities = torch.from_numpy(self._np_priority.take(np_slots))
+            else:
+                times = self._times.index_select(0, slots)
+                priorities = self._priority.index_select(0, slots)
             size = self._size
             lim.on_sample(b)
             if self.max_times_sampled is not None:
