@@ -22,6 +22,7 @@ import importlib.util
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,17 +34,24 @@ OBS = 8
 BATCH = 256
 
 
-def timeit(fn: Callable[[], object], reps: int, warmup: int = 20) -> float:
-    """Median seconds per call over ``reps`` calls, in blocks of ten."""
-    for _ in range(warmup):
-        fn()
-    blocks = []
-    for _ in range(max(1, reps // 10)):
-        t0 = time.perf_counter()
-        for _ in range(10):
+def race(contenders: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median CPU seconds per call of each contender.
+
+    Blocks of ten calls of every contender are interleaved, so load from other
+    processes falls on all of them alike; CPU time (``time.process_time``) leaves
+    out the time this process spent waiting for a core.
+    """
+    for fn in contenders.values():
+        for _ in range(20):
             fn()
-        blocks.append((time.perf_counter() - t0) / 10)
-    return statistics.median(blocks)
+    blocks: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(max(1, reps // 10)):
+        for name, fn in contenders.items():
+            t0 = time.process_time()
+            for _ in range(10):
+                fn()
+            blocks[name].append((time.process_time() - t0) / 10)
+    return {name: statistics.median(b) for name, b in blocks.items()}
 
 
 def transition_spec() -> Spec:
@@ -67,7 +75,7 @@ def fill(table: Table, n: int) -> None:
 
 
 def bench_prioritized(capacity: int, reps: int) -> list[tuple[str, float]]:
-    rows: list[tuple[str, float]] = []
+    contenders: dict[str, Callable[[], object]] = {}
     g = torch.Generator().manual_seed(1)
     new_p = [torch.rand(BATCH, dtype=torch.float64, generator=g) + 0.01 for _ in range(16)]
     new_np = [p.numpy() for p in new_p]
@@ -83,12 +91,9 @@ def bench_prioritized(capacity: int, reps: int) -> list[tuple[str, float]]:
         i[0] = (i[0] + 1) % 16
         table.update_priorities(s.keys, new_p[i[0]])
 
-    rows.append(("replaydb prioritized step", timeit(ours, reps)))
-    rows.append(("replaydb prioritized sample only", timeit(lambda: table.sample(BATCH), reps)))
-    rows.append(
-        ("replaydb uniform sample(256), same spec", timeit(lambda: uniform.sample(BATCH), reps))
-    )
-    del uniform
+    contenders["replaydb prioritized step"] = ours
+    contenders["replaydb prioritized sample only"] = lambda: table.sample(BATCH)
+    contenders["replaydb uniform sample(256), same spec"] = lambda: uniform.sample(BATCH)
 
     if importlib.util.find_spec("cpprb") is None:
         print("note: cpprb is not installed; skipping its PrioritizedReplayBuffer")
@@ -114,8 +119,7 @@ def bench_prioritized(capacity: int, reps: int) -> list[tuple[str, float]]:
             i[0] = (i[0] + 1) % 16
             rb.update_priorities(s["indexes"], new_np[i[0]])
 
-        rows.append(("cpprb PrioritizedReplayBuffer step", timeit(cpprb_step, reps)))
-        del rb
+        contenders["cpprb PrioritizedReplayBuffer step"] = cpprb_step
 
     if importlib.util.find_spec("tianshou") is None:
         print("note: tianshou is not installed; skipping its PrioritizedReplayBuffer")
@@ -140,52 +144,58 @@ def bench_prioritized(capacity: int, reps: int) -> list[tuple[str, float]]:
         buf.init_weight(np.arange(capacity))
 
         def tianshou_step() -> None:
-            batch, idx = buf.sample(BATCH)
+            _, idx = buf.sample(BATCH)
             i[0] = (i[0] + 1) % 16
             buf.update_weight(idx, new_np[i[0]])
 
-        rows.append(("tianshou PrioritizedReplayBuffer step", timeit(tianshou_step, reps)))
-        del buf
+        contenders["tianshou PrioritizedReplayBuffer step"] = tianshou_step
 
     if importlib.util.find_spec("torchrl") is None:
         print("note: torchrl is not installed; skipping its PrioritizedSampler")
     else:
-        from tensordict import TensorDict
-        from torchrl.data import LazyTensorStorage, PrioritizedSampler, TensorDictReplayBuffer
+        from torchrl.data import PrioritizedSampler
 
         try:
             sampler = PrioritizedSampler(capacity, alpha=0.6, beta=0.4)
         except RuntimeError as exc:  # its C++ sum tree did not build for this torch
             print(f"note: torchrl's PrioritizedSampler is unavailable here ({exc}); skipping it")
-            return rows
-        trb = TensorDictReplayBuffer(
-            storage=LazyTensorStorage(capacity), sampler=sampler, batch_size=BATCH
-        )
-        gen = torch.Generator().manual_seed(0)
-        chunk = 100_000
-        for start in range(0, capacity, chunk):
-            m = min(chunk, capacity - start)
-            trb.extend(
-                TensorDict(
-                    {
-                        "obs": torch.randn(m, OBS, generator=gen),
-                        "action": torch.zeros(m),
-                        "reward": torch.randn(m, generator=gen),
-                        "next_obs": torch.randn(m, OBS, generator=gen),
-                        "done": torch.zeros(m),
-                    },
-                    batch_size=[m],
-                )
+            sampler = None
+        if sampler is not None:
+            contenders["torchrl PrioritizedSampler step"] = _torchrl_step(capacity, sampler, new_p)
+    return list(race(contenders, reps).items())
+
+
+def _torchrl_step(capacity: int, sampler: Any, new_p: list[torch.Tensor]) -> Callable[[], None]:
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+
+    trb = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(capacity), sampler=sampler, batch_size=BATCH
+    )
+    gen = torch.Generator().manual_seed(0)
+    chunk = 100_000
+    for start in range(0, capacity, chunk):
+        m = min(chunk, capacity - start)
+        trb.extend(
+            TensorDict(
+                {
+                    "obs": torch.randn(m, OBS, generator=gen),
+                    "action": torch.zeros(m),
+                    "reward": torch.randn(m, generator=gen),
+                    "next_obs": torch.randn(m, OBS, generator=gen),
+                    "done": torch.zeros(m),
+                },
+                batch_size=[m],
             )
+        )
+    i = [0]
 
-        def torchrl_step() -> None:
-            s = trb.sample()
-            i[0] = (i[0] + 1) % 16
-            trb.update_priority(s["index"], new_p[i[0]])
+    def step() -> None:
+        s = trb.sample()
+        i[0] = (i[0] + 1) % 16
+        trb.update_priority(s["index"], new_p[i[0]])
 
-        rows.append(("torchrl PrioritizedSampler step", timeit(torchrl_step, reps)))
-        del trb
-    return rows
+    return step
 
 
 def bench_sequences(capacity: int, reps: int) -> list[tuple[int, float, float]]:
@@ -193,8 +203,8 @@ def bench_sequences(capacity: int, reps: int) -> list[tuple[int, float, float]]:
     spec = Spec({"obs": (OBS,), "action": (), "reward": ()})
     streams = 8
     seq_tables = {}
-    for T in (2, 40):
-        table = Table(spec, capacity, sequence_length=T, sampler=None)
+    for length in (2, 40):
+        table = Table(spec, capacity, sequence_length=length)
         g = torch.Generator().manual_seed(2)
         steps_per_write = streams * 1000
         for start in range(0, capacity, steps_per_write):
@@ -211,7 +221,7 @@ def bench_sequences(capacity: int, reps: int) -> list[tuple[int, float, float]]:
                 streams=stream,
                 ends=ends,
             )
-        seq_tables[T] = table
+        seq_tables[length] = table
     flat = Table(spec, capacity)
     fill_steps = {
         "obs": torch.randn(capacity, OBS),
@@ -219,12 +229,12 @@ def bench_sequences(capacity: int, reps: int) -> list[tuple[int, float, float]]:
         "reward": torch.ones(capacity),
     }
     flat.extend(fill_steps)
-    out = []
-    for T, table in seq_tables.items():
-        seq = timeit(lambda t=table: t.sample(64), reps)
-        uni = timeit(lambda n=64 * T: flat.sample(n), reps)
-        out.append((T, seq, uni))
-    return out
+    contenders: dict[str, Callable[[], object]] = {}
+    for t, table in seq_tables.items():
+        contenders[f"seq{t}"] = lambda tb=table: tb.sample(64)
+        contenders[f"flat{t}"] = lambda n=64 * t: flat.sample(n)
+    res = race(contenders, reps)
+    return [(t, res[f"seq{t}"], res[f"flat{t}"]) for t in seq_tables]
 
 
 def main() -> None:
@@ -252,14 +262,14 @@ def main() -> None:
         print(f"\nspeed-up over the fastest peer: {min(peers) / ours:.2f}x (target >= 3)")
     print(f"prioritized step / uniform sample(256):  {ours / uniform:.2f}x (target <= 3)")
 
-    print(
-        f"\n{'sequences, B=64':22s} {'seq us':>9s} {'uniform us':>11s} {'ratio':>7s} {'ns/step':>8s}"
-    )
-    for T, seq, uni in bench_sequences(capacity, reps):
+    head = f"{'sequences, B=64':22s} {'seq us':>9s} {'uniform us':>11s} {'ratio':>7s}"
+    print(f"\n{head} {'ns/step':>8s}")
+    for length, seq, uni in bench_sequences(capacity, reps):
+        per_step = seq / (64 * length) * 1e9
         print(
-            f"T={T:<20d} {seq * 1e6:9.1f} {uni * 1e6:11.1f} {seq / uni:6.2f}x {seq / (64 * T) * 1e9:8.1f}"
+            f"T={length:<20d} {seq * 1e6:9.1f} {uni * 1e6:11.1f} {seq / uni:6.2f}x {per_step:8.1f}"
         )
-    print("(uniform: sample(64 * T) of a single-step table with the same spec; target ratio <= 2)")
+    print("(uniform: sample(64 * T) of a single-step table, same spec; target ratio <= 2)")
 
 
 if __name__ == "__main__":

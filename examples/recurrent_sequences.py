@@ -58,7 +58,8 @@ def main(ticks: int = 400, updates: int = 200) -> None:
     start = time.perf_counter()
     for step in range(updates):
         batch = table.sample(32)
-        assert batch.mask is not None and batch.ends is not None
+        assert batch.mask is not None
+        assert batch.ends is not None
         values = model(batch["obs"])  # [B, T]
         # n-step targets for every position t0 < T - n at once: unfold the window
         # into [B, T - n, n + 1] sub-windows and flatten them into one batch.

@@ -176,7 +176,8 @@ class ReplayBuffer:
 
         Example:
             >>> buf = ReplayBuffer.prioritized(100, 4, 1, 0, seed=0)
-            >>> buf.add_multi(torch.zeros(8, 4), torch.zeros(8), torch.ones(8), torch.zeros(8, 4), torch.zeros(8))
+            >>> s, z = torch.zeros(8, 4), torch.zeros(8)
+            >>> buf.add_multi(s, z, z + 1, s, z)
             >>> batch = buf.sample(4); buf.update_priorities(batch.keys, torch.rand(4) + 0.1)
             4
         """

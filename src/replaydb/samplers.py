@@ -308,6 +308,14 @@ class Prioritized:
         self.tree = SumTree(capacity, device=device)
 
     def _leaf(self, priorities: torch.Tensor) -> torch.Tensor:
+        if self._device.type == "cpu" and priorities.device.type == "cpu":
+            # numpy on a zero-copy view: a fraction of torch's per-call overhead.
+            a = priorities.detach().numpy().astype(np.float64, copy=True)
+            if self.eps:
+                a += self.eps
+            if self.alpha != 1.0:
+                np.power(a, self.alpha, out=a)
+            return torch.from_numpy(a)
         p = priorities.to(self._device, torch.float64)
         if self.eps:
             p = p + self.eps
@@ -319,7 +327,8 @@ class Prioritized:
         self.tree.update(slots, self._leaf(priorities), check=False)
 
     def on_remove(self, slots: torch.Tensor) -> None:
-        self.tree.update(slots, torch.zeros(slots.shape, dtype=torch.float64), check=False)
+        zeros = torch.zeros(slots.shape, dtype=torch.float64, device=slots.device)
+        self.tree.update(slots, zeros, check=False)
 
     def update(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
         self.tree.update(slots, self._leaf(priorities), check=False)

@@ -137,6 +137,9 @@ class Storage:
             self._np_key = self.key.numpy()
             self._np_stream = self.stream.numpy()
             self._np_end = self.end.numpy()
+        self._np_links: tuple[np.ndarray[Any, Any], ...] | None = None
+        if self.device.type == "cpu":
+            self._np_links = (self.key.numpy(), self.prev.numpy(), self.next.numpy())
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -408,24 +411,22 @@ class Storage:
         """
         if length == 1:
             return (start_keys % self.capacity).unsqueeze(1)
-        if self.device.type != "cpu":
+        if self._np_links is None:
             return self._follow_links(start_keys, length)
+        key, prev, nxt = self._np_links
         cap = self.capacity
-        stride = self.next.index_select(0, start_keys % cap) - start_keys
-        stride.clamp_(min=1)
-        keys = start_keys.unsqueeze(1) + stride.unsqueeze(1) * torch.arange(
-            length, dtype=torch.int64
-        )
+        s = start_keys.numpy()
+        stride = nxt.take(s % cap) - s
+        np.maximum(stride, 1, out=stride)
+        keys = s[:, None] + stride[:, None] * np.arange(length, dtype=np.int64)
         rows = keys % cap
-        tail = rows[:, 1:].reshape(-1)
-        prev = self.prev.index_select(0, tail).view(-1, length - 1)
-        held = self.key.index_select(0, tail).view(-1, length - 1)
-        ok = ((prev == keys[:, :-1]) & (held == keys[:, 1:])).all(dim=1)
-        if bool(ok.all()):
-            return rows
-        bad = torch.nonzero(~ok).squeeze(1)
-        rows[bad] = self._follow_links(start_keys.index_select(0, bad), length)
-        return rows
+        tail = rows[:, 1:]
+        ok = ((prev.take(tail) == keys[:, :-1]) & (key.take(tail) == keys[:, 1:])).all(axis=1)
+        out = torch.from_numpy(rows)
+        if not ok.all():
+            bad = torch.from_numpy(np.flatnonzero(~ok))
+            out[bad] = self._follow_links(start_keys.index_select(0, bad), length)
+        return out
 
     def _follow_links(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
         cap = self.capacity

@@ -52,11 +52,11 @@ def _numba_kernels() -> dict[str, Callable[..., Any]] | None:
     if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
         return None
     try:
-        import numba
+        import numba  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return None
 
-    @numba.njit(nogil=True, cache=False)  # type: ignore[misc]
+    @numba.njit(nogil=True, cache=False)  # type: ignore[misc,unused-ignore]
     def find(tree: Any, v: Any, lo: int, levels: int, p: int, scale: bool) -> Any:
         top = tree[lo : 2 * lo]
         cs = np.cumsum(top)
@@ -82,7 +82,7 @@ def _numba_kernels() -> dict[str, Callable[..., Any]] | None:
                 node[b] = child + go
         return node - p, total
 
-    @numba.njit(nogil=True, cache=False)  # type: ignore[misc]
+    @numba.njit(nogil=True, cache=False)  # type: ignore[misc,unused-ignore]
     def update(tree: Any, idx: Any, val: Any, levels: int, p: int) -> None:
         node = idx + p
         for j in range(idx.shape[0]):
@@ -327,6 +327,12 @@ class SumTree:
             >>> t.leaves.tolist(), t.total
             ([0.0, 2.0], 2.0)
         """
+        if self._np is not None and not check:
+            # Trusted CPU callers: straight to numpy, no torch calls.
+            idx_np = indices.detach().cpu().numpy().reshape(-1)
+            if idx_np.size:
+                self._update_numpy(idx_np, values.detach().cpu().numpy().reshape(-1))
+            return
         idx = indices.reshape(-1).to(self.device, torch.int64)
         val = values.reshape(-1).to(self.device, self.dtype)
         if check:

@@ -615,12 +615,19 @@ class Table:
                 rows = slots
             else:
                 rows = self.storage.window_rows(keys, self.sequence_length)
-                ends = self.storage.end.index_select(0, rows.reshape(-1)).view(rows.shape)
+                if self.storage._np is not None:
+                    ends = torch.from_numpy(self.storage._np_end.take(rows.numpy()))
+                else:
+                    ends = self.storage.end.index_select(0, rows.reshape(-1)).view(rows.shape)
                 if self.pad:
                     mask = self.storage.window_mask(rows)
             data = self.storage.gather(rows)
             self._times.index_add_(0, slots, torch.ones_like(slots))
-            if np_slots is not None and self._np_times is not None and self._np_priority is not None:
+            if (
+                np_slots is not None
+                and self._np_times is not None
+                and self._np_priority is not None
+            ):
                 times = torch.from_numpy(self._np_times.take(np_slots))
                 priorities = torch.from_numpy(self._np_priority.take(np_slots))
             else:
@@ -724,7 +731,8 @@ class Table:
             )
         if not (np.isfinite(p).all() and (p > 0).all()):
             _check_priority_values(torch.from_numpy(p))
-        assert self._np_item_key is not None and self._np_priority is not None
+        assert self._np_item_key is not None
+        assert self._np_priority is not None
         with self._cond:
             slots = np.maximum(k, 0) % self.capacity
             live = self._np_item_key.take(slots) == k
