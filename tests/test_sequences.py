@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replaydb import Spec, Table, load_table, save_table
-from replaydb.errors import WouldBlockForeverError
+from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
 from replaydb.samplers import Prioritized
 
 # Each step records who wrote it and where: the window checks need nothing else.
@@ -192,3 +192,12 @@ def test_sequence_queue_waits_for_oldest_item(tmp_path: Path) -> None:
     q.insert({"x": 4.0})  # overwrites step 0, which no live window needs
     restored = load_table(save_table(q, tmp_path / "q"))
     assert restored.sample(3)["x"].tolist() == [[1.0, 2.0], [2.0, 3.0], [3.0, 4.0]]
+
+
+def test_pad_needs_sequences() -> None:
+    with pytest.raises(InvalidArgumentError, match="pad=True needs sequence_length > 1"):
+        Table(Spec({"x": ()}), 10, pad=True)
+    with pytest.raises(InvalidArgumentError, match="pad must be a bool"):
+        Table(Spec({"x": ()}), 10, sequence_length=2, pad=1)  # type: ignore[arg-type]
+    t = Table(Spec({"x": ()}), 10, sequence_length=2, pad=True)
+    assert Table.from_config(t.config()).pad is True

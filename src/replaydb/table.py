@@ -152,6 +152,11 @@ class Table:
         spec = spec if isinstance(spec, Spec) else Spec(spec)
         if not isinstance(pad, bool):
             raise InvalidArgumentError(f"pad must be a bool, got {pad!r}")
+        if pad and sequence_length == 1:
+            raise InvalidArgumentError(
+                "pad=True needs sequence_length > 1 (single steps never run past an "
+                "episode end); drop pad or set sequence_length"
+            )
         if (
             isinstance(sequence_length, bool)
             or not isinstance(sequence_length, int)
@@ -178,7 +183,7 @@ class Table:
                 "or no item could ever be complete"
             )
         self.name = name
-        self.pad = pad and sequence_length > 1
+        self.pad = pad
         self.sequence_length = sequence_length
         self.max_times_sampled = max_times_sampled
         self.storage = Storage(spec, capacity, device, links=sequence_length > 1)
