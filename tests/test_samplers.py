@@ -95,6 +95,11 @@ def test_stale_priority_updates_are_ignored() -> None:
     assert torch.equal(table.sampler.tree.leaves, before)  # type: ignore[attr-defined]
     new = table.sample(4).keys
     assert table.update_priorities(new[:1], torch.tensor([3.0])) == 1
+    # A negative key never names an item, not even an empty slot's ``-1``.
+    sparse = Table(SPEC, 8, sampler=Prioritized(seed=0))
+    sparse.insert({"x": 1.0})
+    assert sparse.update_priorities(torch.tensor([-1, 0]), torch.tensor([2.0, 3.0])) == 1
+    assert sparse.update_priorities([], []) == 0
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])

@@ -308,14 +308,6 @@ class Prioritized:
         self.tree = SumTree(capacity, device=device)
 
     def _leaf(self, priorities: torch.Tensor) -> torch.Tensor:
-        if self._device.type == "cpu" and priorities.device.type == "cpu":
-            # numpy on a zero-copy view: a fraction of torch's per-call overhead.
-            a = priorities.detach().numpy().astype(np.float64, copy=True)
-            if self.eps:
-                a += self.eps
-            if self.alpha != 1.0:
-                np.power(a, self.alpha, out=a)
-            return torch.from_numpy(a)
         p = priorities.to(self._device, torch.float64)
         if self.eps:
             p = p + self.eps
@@ -323,30 +315,44 @@ class Prioritized:
             return p
         return p.pow(self.alpha)
 
+    def _set(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
+        if self.tree.numpy_path and priorities.device.type == "cpu":
+            # numpy on zero-copy views: a fraction of torch's per-call overhead.
+            a = priorities.detach().numpy().astype(np.float64, copy=True)
+            if self.eps:
+                a += self.eps
+            if self.alpha != 1.0:
+                np.power(a, self.alpha, out=a)
+            self.tree.update_numpy(slots.numpy(), a)
+        else:
+            self.tree.update(slots, self._leaf(priorities), check=False)
+
     def on_insert(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
-        self.tree.update(slots, self._leaf(priorities), check=False)
+        self._set(slots, priorities)
 
     def on_remove(self, slots: torch.Tensor) -> None:
         zeros = torch.zeros(slots.shape, dtype=torch.float64, device=slots.device)
         self.tree.update(slots, zeros, check=False)
 
     def update(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
-        self.tree.update(slots, self._leaf(priorities), check=False)
+        self._set(slots, priorities)
 
     def sample(self, n: int, beta: float | None = None) -> Selection:
         """Draw ``n`` slots with replacement; ``beta`` overrides the default exponent."""
         b = self.beta if beta is None else _unit_interval("beta", beta)
-        slots, leaf, total = self.tree.sample(n, self.generator)
-        if self._device.type == "cpu":
-            # numpy on the zero-copy views: a fraction of torch's per-call overhead.
-            lv = leaf.numpy()
-            prob = torch.from_numpy(lv / float(total))
+        if self.tree.numpy_path:
+            # CPU: numpy on zero-copy views, a fraction of torch's per-call overhead.
+            u = torch.rand(n, dtype=torch.float64, generator=self.generator).numpy()
+            idx, lv, total = self.tree.sample_numpy(u)
             if b == 0.0:
                 w = np.ones(n, dtype=np.float32)
             else:
                 w = np.power(lv * (1.0 / lv.min()), -b).astype(np.float32)
-            return Selection(slots, prob, torch.from_numpy(w))
-        prob = leaf / total
+            return Selection(
+                torch.from_numpy(idx), torch.from_numpy(lv / total), torch.from_numpy(w)
+            )
+        slots, leaf, total_t = self.tree.sample(n, self.generator)
+        prob = leaf / total_t
         if b == 0.0:
             weights = torch.ones(n, dtype=torch.float32, device=self._device)
         else:

@@ -144,6 +144,11 @@ class SumTree:
 
     # ------------------------------------------------------------------ reads
     @property
+    def numpy_path(self) -> bool:
+        """Whether :meth:`sample_numpy` and :meth:`update_numpy` are available (CPU)."""
+        return self._np is not None
+
+    @property
     def leaves(self) -> torch.Tensor:
         """The ``[capacity]`` leaf values (a view; write through :meth:`update`)."""
         return self.tree[self._p : self._p + self.capacity]
@@ -211,9 +216,7 @@ class SumTree:
         """
         u = torch.rand(n, dtype=torch.float64, device=self.device, generator=generator)
         if self._np is not None:
-            tree = self._np
-            idx, total = self._find_numpy_scaled(u.numpy())
-            vals = tree.take(idx + self._p)
+            idx, vals, total = self.sample_numpy(u.numpy())
             return (
                 torch.from_numpy(idx),
                 torch.from_numpy(vals),
@@ -221,6 +224,24 @@ class SumTree:
             )
         idx_t, total_t = self._find_torch(u.to(self.dtype), scale=True)
         return idx_t, self.get(idx_t), total_t
+
+    def sample_numpy(
+        self, u: np.ndarray[Any, Any]
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
+        """CPU fast path of :meth:`sample` for uniform draws ``u`` in [0, 1) as numpy.
+
+        Returns:
+            ``(indices, values, total)`` as numpy arrays and a float.
+
+        Raises:
+            InvalidArgumentError: If the tree is not on CPU, or is empty.
+        """
+        if self._np is None:
+            raise InvalidArgumentError(
+                f"sample_numpy needs a CPU tree, this one is on {self.device}; use sample()"
+            )
+        idx, total = self._find_numpy_scaled(np.ascontiguousarray(u, dtype=np.float64))
+        return idx, self._np.take(idx + self._p), total
 
     def _find_numpy(self, v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         return self._find_numpy_scaled(v, scale=False)[0]
@@ -233,13 +254,11 @@ class SumTree:
         assert tree is not None
         lo = 1 << self.top
         if self._kernels is not None:
-            if not tree[lo : 2 * lo].any():
+            idx, tot = self._kernels["find"](tree, v, lo, self.depth - self.top, self._p, scale)
+            if not tot > 0:
                 raise InvalidArgumentError(
                     "cannot search an empty SumTree (every leaf is zero); update some leaves first"
                 )
-            idx, tot = self._kernels["find"](
-                tree, np.ascontiguousarray(v), lo, self.depth - self.top, self._p, scale
-            )
             return idx, float(tot)
         cs = np.cumsum(tree[lo : 2 * lo])
         total = float(cs[-1])
@@ -343,6 +362,19 @@ class SumTree:
             self._update_numpy(idx.cpu().numpy(), val.cpu().numpy())
         else:
             self._update_torch(idx, val)
+
+    def update_numpy(self, indices: np.ndarray[Any, Any], values: np.ndarray[Any, Any]) -> None:
+        """CPU fast path of :meth:`update` for trusted numpy input (nothing is validated).
+
+        Raises:
+            InvalidArgumentError: If the tree is not on CPU.
+        """
+        if self._np is None:
+            raise InvalidArgumentError(
+                f"update_numpy needs a CPU tree, this one is on {self.device}; use update()"
+            )
+        if indices.size:
+            self._update_numpy(indices.reshape(-1), values.reshape(-1))
 
     def _check(self, idx: torch.Tensor, val: torch.Tensor) -> None:
         if idx.shape != val.shape:

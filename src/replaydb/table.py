@@ -734,19 +734,25 @@ class Table:
                 f"keys and priorities must have the same length, got {k.size} keys and "
                 f"{p.size} priorities"
             )
-        if not (np.isfinite(p).all() and (p > 0).all()):
+        if k.size == 0:
+            return 0
+        lo, hi = p.min(), p.max()
+        if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
             _check_priority_values(torch.from_numpy(p))
-        assert self._np_item_key is not None
-        assert self._np_priority is not None
+        item_key, priority = self._np_item_key, self._np_priority
+        assert item_key is not None
+        assert priority is not None
         with self._cond:
-            slots = np.maximum(k, 0) % self.capacity
-            live = self._np_item_key.take(slots) == k
+            slots = k % self.capacity
+            live = (item_key.take(slots) == k) & (k >= 0)
             n_live = int(np.count_nonzero(live))
             if n_live != k.size:
                 slots, p = slots[live], p[live]
+                hi = p.max() if n_live else hi
             if n_live:
-                self._np_priority[slots] = p
-                self._max_priority = max(self._max_priority, float(p.max()))
+                priority[slots] = p
+                if hi > self._max_priority:
+                    self._max_priority = float(hi)
                 self.sampler.update(torch.from_numpy(slots), torch.from_numpy(p))
             return n_live
 
@@ -948,6 +954,11 @@ def _check_priority_values(p: torch.Tensor) -> None:
 
 def _as_numpy(value: Any, dtype: type[np.generic]) -> np.ndarray[Any, Any]:
     """A flat numpy copy-free view of a CPU tensor or array, cast to ``dtype``."""
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad:
+        arr = value.numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+        if arr.dtype == dtype and arr.ndim == 1 and arr.flags.c_contiguous:
+            return arr
+        return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
     if isinstance(value, torch.Tensor):
         value = value.detach()
         if value.device.type != "cpu":
