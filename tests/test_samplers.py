@@ -256,3 +256,43 @@ def test_prioritized_on_cuda() -> None:
     assert s.weights.device.type == "cuda"
     assert float(s.weights.max()) == 1.0
     assert table.update_priorities(s.keys, torch.rand(256, device="cuda") + 0.1) == 256
+
+
+def test_concurrent_writers_and_learner_keep_tree_consistent() -> None:
+    table = Table(SPEC, 500, sampler=Prioritized(alpha=0.7, seed=4))
+    table.extend({"x": torch.zeros(64)})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        try:
+            while not stop.is_set():
+                table.extend({"x": torch.rand(16, generator=g)}, priorities=torch.rand(16) + 0.1)
+        except BaseException as exc:  # pragma: no cover - the failure is the report
+            errors.append(exc)
+
+    def learner() -> None:
+        try:
+            while not stop.is_set():
+                s = table.sample(32, timeout=5)
+                table.update_priorities(s.keys, torch.rand(32, dtype=torch.float64) + 0.1)
+        except BaseException as exc:  # pragma: no cover - the failure is the report
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    threads.append(threading.Thread(target=learner))
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    assert not errors
+    live = table._item_key >= 0
+    leaves = table.sampler.tree.leaves  # type: ignore[attr-defined]
+    assert bool((leaves[~live] == 0).all())
+    want = (table._priority[live] + 1e-6) ** 0.7
+    assert torch.allclose(leaves[live], want, rtol=1e-12)
+    assert math.isclose(table.sampler.tree.total, float(want.sum()), rel_tol=1e-9)  # type: ignore[attr-defined]
+    assert len(table) == int(live.sum()) >= 64
