@@ -431,8 +431,14 @@ class Table:
     ) -> None:
         with self._cond:
             self._note_thread()
-            items = self._items_completed(n, streams, ends)
             lim = self.rate_limiter
+            items = min(n, self.capacity)
+            if self.sequence_length > 1 and (
+                lim.never_inserts(items) or not lim.can_insert(items, self._size)
+            ):
+                # Steps are an upper bound on the items they complete; count exactly
+                # only when that bound would block (admission is monotone in n).
+                items = self._items_completed(n, streams, ends)
             if self.consuming and n > self.capacity:
                 raise InvalidArgumentError(
                     f"cannot write {n} steps at once into table {self.name!r}, which holds "
