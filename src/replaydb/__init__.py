@@ -14,8 +14,8 @@ Example:
 """
 
 from replaydb.buffer import BatchExperience, ReplayBuffer
-from replaydb.collect import Collector, populate, warm
 from replaydb.checkpoint import load_table, save_table
+from replaydb.collect import Collector, populate, warm
 from replaydb.dataset import Dataset, SampleInfo
 from replaydb.errors import (
     CheckpointError,
@@ -29,12 +29,14 @@ from replaydb.errors import (
     WouldBlockForeverError,
 )
 from replaydb.manager import ReplayBufferManager
+from replaydb.nstep import NStepTargets, nstep_returns
 from replaydb.observer import StepObserver
 from replaydb.rate_limiters import MinSize, Queue, RateLimiter, SampleToInsertRatio, Stack
-from replaydb.samplers import Sampler, Uniform
+from replaydb.samplers import Fifo, Lifo, MaxHeap, MinHeap, Prioritized, Sampler, Uniform
 from replaydb.server import Client, Server
 from replaydb.spec import Field, Spec
 from replaydb.storage import Storage
+from replaydb.sum_tree import SumTree
 from replaydb.table import Sample, Table, TableInfo
 
 __version__ = "0.1.0"
@@ -47,10 +49,16 @@ __all__ = [
     "Collector",
     "Dataset",
     "Field",
+    "Fifo",
     "InvalidArgumentError",
+    "Lifo",
+    "MaxHeap",
+    "MinHeap",
     "MinSize",
     "MissingDependencyError",
+    "NStepTargets",
     "NotEnoughDataError",
+    "Prioritized",
     "Queue",
     "RateLimiter",
     "RateLimiterTimeout",
@@ -67,12 +75,14 @@ __all__ = [
     "Stack",
     "StepObserver",
     "Storage",
+    "SumTree",
     "Table",
     "TableInfo",
     "Uniform",
     "WouldBlockForeverError",
     "__version__",
     "load_table",
+    "nstep_returns",
     "populate",
     "save_table",
     "warm",

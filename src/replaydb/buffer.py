@@ -21,6 +21,13 @@ one gather and a single ``add`` one ``torch.cat`` into a staging row:
 Files are Velora's: ``<prefix>metadata.json`` and ``<prefix>state.safetensors`` (the
 six tensors at full capacity). replaydb adds a format version and a SHA-256 of the
 state file to the JSON; Velora ignores extra keys, and files move both ways.
+
+:meth:`ReplayBuffer.prioritized` builds the same buffer over a
+:class:`~replaydb.samplers.Prioritized` sampler: ``sample`` then fills
+``weights`` and ``keys``, and ``update_priorities(keys, priorities)`` feeds TD
+errors back. Its ``save`` still writes Velora's two files (the transitions, which
+Velora can read); priorities and the sampler's RNG are kept by
+:func:`~replaydb.save_table` on ``buffer.table`` instead.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import torch
 
 from replaydb.checkpoint import atomic_write_files
 from replaydb.errors import CheckpointError, InvalidArgumentError, NotEnoughDataError
+from replaydb.samplers import Prioritized
 from replaydb.spec import Field, Spec
 from replaydb.table import Table
 
@@ -145,6 +153,60 @@ class ReplayBuffer:
             torch.Size([self.action_dim]),
             torch.Size([self.hidden_dim]),
         )
+        self._weighted = not self.table.sampler.deterministic and hasattr(
+            self.table.sampler, "beta"
+        )
+
+    @classmethod
+    def prioritized(
+        cls,
+        capacity: int,
+        state_dim: int,
+        action_dim: int,
+        hidden_dim: int,
+        *,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        eps: float = 1e-6,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> ReplayBuffer:
+        """A buffer with prioritized replay (Schaul et al. 2015, arXiv 1511.05952).
+
+        ``sample`` returns ``weights`` and ``keys`` besides Velora's fields; feed
+        ``abs(td_error) + eps`` back through :meth:`update_priorities`. New
+        transitions get the highest priority seen so far.
+
+        Args:
+            capacity: Transitions kept.
+            state_dim: Size of an observation.
+            action_dim: Size of an action.
+            hidden_dim: Size of the hidden state (0 allowed).
+            alpha: Priority exponent in [0, 1].
+            beta: Importance-weight exponent in [0, 1] (``sample(beta=...)`` overrides).
+            eps: Added to every priority, >= 0.
+            seed: Seed of the sampler's generator.
+            device: Where the tensors live.
+
+        Returns:
+            The buffer.
+
+        Example:
+            >>> buf = ReplayBuffer.prioritized(100, 4, 1, 0, seed=0)
+            >>> s, z = torch.zeros(8, 4), torch.zeros(8)
+            >>> buf.add_multi(s, z, z + 1, s, z)
+            >>> batch = buf.sample(4); buf.update_priorities(batch.keys, torch.rand(4) + 0.1)
+            4
+        """
+        c = _positive_int("capacity", capacity, 1)
+        spec = cls.transition_spec(
+            _positive_int("state_dim", state_dim, 1),
+            _positive_int("action_dim", action_dim, 1),
+            _positive_int("hidden_dim", hidden_dim, 0),
+        )
+        sampler = Prioritized(alpha=alpha, beta=beta, eps=eps, seed=seed)
+        table = Table(spec, c, sampler=sampler, device=device, name="replay_buffer")
+        return cls(c, state_dim, action_dim, hidden_dim, device=device, table=table)
 
     @staticmethod
     def transition_spec(state_dim: int, action_dim: int, hidden_dim: int) -> Spec:
@@ -375,8 +437,11 @@ class ReplayBuffer:
         return t
 
     # ------------------------------------------------------------------ reads
-    def sample(self, batch_size: int) -> BatchExperience:
+    def sample(self, batch_size: int, *, beta: float | None = None) -> BatchExperience:
         """Sample ``batch_size`` transitions uniformly, with replacement.
+
+        A :meth:`prioritized` buffer samples by priority instead and also fills
+        ``weights`` and ``keys`` (``beta`` overrides its importance-weight exponent).
 
         Returns:
             A :class:`BatchExperience` on the buffer's device.
@@ -397,6 +462,9 @@ class ReplayBuffer:
                 f"Buffer does not contain enough experiences. Available: {n}, "
                 f"Requested: {batch_size}"
             )
+        if self._weighted:
+            s = self.table.sample(int(batch_size), beta=beta)
+            return BatchExperience(**s.data, weights=s.weights, keys=s.keys)
         table = self.table
         with table._cond:
             # The uniform single-step case is a random row and one gather; the

@@ -100,6 +100,28 @@ class RateLimiter:
             return True
         return self.diff + n * self.samples_per_insert <= self.max_diff
 
+    def never_samples(self, n: int) -> bool:
+        """Whether a sample of ``n`` items can never go, whatever else happens.
+
+        ``diff`` never rises above ``max(max_diff, samples_per_insert *
+        min_size_to_sample)`` (inserts beyond that block), so a sample needing
+        more than that above ``min_diff`` waits for ever.
+        """
+        ceiling = max(self.max_diff, self.samples_per_insert * self.min_size_to_sample)
+        return ceiling - n < self.min_diff
+
+    def never_inserts(self, n: int) -> bool:
+        """Whether an insert of ``n`` items can never go, whatever else happens.
+
+        ``diff`` never drops below ``min_diff`` (samples beyond that block), so an
+        insert that needs more room than ``max_diff - min_diff`` and does not fit
+        under ``min_size_to_sample`` waits for ever.
+        """
+        return (
+            n > self.min_size_to_sample
+            and self.min_diff + n * self.samples_per_insert > self.max_diff
+        )
+
     def why_sample_blocked(self, n: int, size: int) -> str:
         """Say in words why :meth:`can_sample` is false."""
         need = max(self.min_size_to_sample, 1)
@@ -242,8 +264,22 @@ class Queue(RateLimiter):
         return {"type": "Queue", "size": self.size}
 
 
-class Stack(Queue):
-    """Like :class:`Queue`, used with ``Lifo`` so the newest item goes first."""
+class Stack(RateLimiter):
+    """At most ``size`` unsampled items; each sampled once, newest first with ``Lifo``.
+
+    The same numbers as :class:`Queue`; pair with ``max_times_sampled=1``
+    (``Table.stack`` does both).
+
+    Example:
+        >>> s = Stack(2); s.can_insert(2, size=0), s.can_sample(1, size=0)
+        (True, False)
+    """
+
+    def __init__(self, size: int) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidArgumentError(f"size must be an int >= 1, got {size!r}")
+        super().__init__(1.0, 1, 0.0, float(size))
+        self.size = size
 
     def config(self) -> dict[str, Any]:
         return {"type": "Stack", "size": self.size}

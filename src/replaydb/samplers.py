@@ -7,13 +7,24 @@ priority (:meth:`Sampler.update`), and asks it for slots (:meth:`Sampler.sample`
 Every sampler owns a seedable ``torch.Generator`` on the table's device, and its
 whole state is tensors so it round-trips through a checkpoint exactly.
 
-This module holds the protocol and :class:`Uniform`. The prioritized sampler
-(Schaul et al. 2015, arXiv 1511.05952) and Reverb's selectors (arXiv 2102.04736)
-build on the same protocol.
+Samplers:
+
+* :class:`Uniform` - every item equally likely.
+* :class:`Prioritized` - probability proportional to ``(priority + eps) ** alpha``
+  over a :class:`~replaydb.sum_tree.SumTree`, with importance weights
+  ``(N * P) ** -beta`` normalised by the batch maximum (Schaul et al. 2015,
+  arXiv 1511.05952).
+* Reverb's deterministic selectors (arXiv 2102.04736): :class:`Fifo` (oldest
+  first), :class:`Lifo` (newest first), :class:`MinHeap` (lowest priority first) and
+  :class:`MaxHeap` (highest priority first); heap ties go to the oldest item.
+
+Zero priority: the table rejects priorities that are not finite and > 0, so a
+sampler never sees one; ``eps`` keeps tiny priorities reachable.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -22,8 +33,20 @@ import numpy as np
 import torch
 
 from replaydb.errors import InvalidArgumentError
+from replaydb.sum_tree import SumTree
 
-__all__ = ["Sampler", "Selection", "Uniform", "register_sampler", "sampler_from_config"]
+__all__ = [
+    "Fifo",
+    "Lifo",
+    "MaxHeap",
+    "MinHeap",
+    "Prioritized",
+    "Sampler",
+    "Selection",
+    "Uniform",
+    "register_sampler",
+    "sampler_from_config",
+]
 
 
 @dataclass(frozen=True)
@@ -61,7 +84,12 @@ class Sampler(Protocol):
         """Change the priorities of active ``slots``."""
 
     def sample(self, n: int) -> Selection:
-        """Choose ``n`` active slots (with replacement). Only called when one is active."""
+        """Choose ``n`` active slots. Only called when one is active.
+
+        Random samplers draw with replacement. Deterministic selectors return the
+        first ``min(n, active)`` distinct slots in their order (the table expands
+        them by how many more times each item may be sampled).
+        """
 
     def reset(self) -> None:
         """Forget every item (keep the allocation and the generator)."""
@@ -243,3 +271,270 @@ class Uniform:
         self.generator.set_state(state["rng"])
         self._active.copy_(state["active"])
         self._count, self._high = (int(v) for v in state["count_high"].tolist())
+
+
+def _unit_interval(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise InvalidArgumentError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
+@register_sampler
+class Prioritized:
+    """Items drawn with probability proportional to ``(priority + eps) ** alpha``.
+
+    Each sample also returns importance weights ``(N * P(i)) ** -beta`` divided by
+    their maximum over the batch, i.e. ``(P(i) / min_j P(j)) ** -beta``. New items
+    get the highest priority seen so far (the table passes it in).
+
+    Args:
+        alpha: Priority exponent in [0, 1] (0: uniform).
+        beta: Default importance-weight exponent in [0, 1]; ``Table.sample(beta=...)``
+            overrides it per call (anneal it towards 1 during training).
+        eps: Added to every priority before the exponent, >= 0.
+        seed: Seed of the sampler's generator (default: drawn once from torch's RNG).
+
+    Raises:
+        InvalidArgumentError: If a number is out of range.
+
+    Example:
+        >>> s = Prioritized(alpha=1.0, eps=0.0, seed=0); s.bind(4, torch.device("cpu"))
+        >>> s.on_insert(torch.tensor([0, 1]), torch.tensor([1.0, 3.0], dtype=torch.float64))
+        >>> s.sample(2).probabilities.tolist()[0] in (0.25, 0.75)
+        True
+    """
+
+    deterministic = False
+
+    def __init__(
+        self, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, seed: int | None = None
+    ) -> None:
+        self.alpha = _unit_interval("alpha", alpha)
+        self.beta = _unit_interval("beta", beta)
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, int | float)
+            or not (math.isfinite(eps) and eps >= 0)
+        ):
+            raise InvalidArgumentError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.eps = float(eps)
+        self.seed = seed
+        self._device = torch.device("cpu")
+        self.generator = torch.Generator()
+        self.tree = SumTree(1)
+
+    def bind(self, capacity: int, device: torch.device) -> None:
+        self._device = device
+        self.generator = make_generator(device, self.seed)
+        self.tree = SumTree(capacity, device=device)
+
+    def _leaf(self, priorities: torch.Tensor) -> torch.Tensor:
+        p = priorities.to(self._device, torch.float64)
+        if self.eps:
+            p = p + self.eps
+        if self.alpha == 1.0:
+            return p
+        return p.pow(self.alpha)
+
+    def _set(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
+        if self.tree.numpy_path and priorities.device.type == "cpu":
+            # numpy on zero-copy views: a fraction of torch's per-call overhead.
+            a = priorities.detach().numpy().astype(np.float64, copy=True)
+            if self.eps:
+                a += self.eps
+            if self.alpha != 1.0:
+                np.power(a, self.alpha, out=a)
+            self.tree.update_numpy(slots.numpy(), a)
+        else:
+            self.tree.update(slots, self._leaf(priorities), check=False)
+
+    def on_insert(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
+        self._set(slots, priorities)
+
+    def on_remove(self, slots: torch.Tensor) -> None:
+        zeros = torch.zeros(slots.shape, dtype=torch.float64, device=slots.device)
+        self.tree.update(slots, zeros, check=False)
+
+    def update(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
+        self._set(slots, priorities)
+
+    def sample(self, n: int, beta: float | None = None) -> Selection:
+        """Draw ``n`` slots with replacement; ``beta`` overrides the default exponent."""
+        b = self.beta if beta is None else _unit_interval("beta", beta)
+        if self.tree.numpy_path:
+            # CPU: numpy on zero-copy views, a fraction of torch's per-call overhead.
+            u = torch.rand(n, dtype=torch.float64, generator=self.generator).numpy()
+            idx, lv, total = self.tree.sample_numpy(u)
+            if b == 0.0:
+                w = np.ones(n, dtype=np.float32)
+            else:
+                w = np.power(lv * (1.0 / lv.min()), -b).astype(np.float32)
+            return Selection(
+                torch.from_numpy(idx), torch.from_numpy(lv / total), torch.from_numpy(w)
+            )
+        slots, leaf, total_t = self.tree.sample(n, self.generator)
+        prob = leaf / total_t
+        if b == 0.0:
+            weights = torch.ones(n, dtype=torch.float32, device=self._device)
+        else:
+            weights = (leaf / leaf.min()).pow_(-b).to(torch.float32)
+        return Selection(slots, prob, weights)
+
+    def reset(self) -> None:
+        self.tree.reset()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": "Prioritized",
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "eps": self.eps,
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"rng": self.generator.get_state(), "tree": self.tree.state_dict()["tree"]}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.tree.load_state_dict({"tree": state["tree"]})
+        self.generator.set_state(state["rng"])
+
+
+class _Selector:
+    """Shared state of the deterministic selectors: insertion order and priority.
+
+    ``order`` is the insertion number of each active slot (``-1``: inactive); a
+    sample sorts the active slots by the subclass's key. Sorting is O(active log
+    active) per sample, which suits queue-sized tables.
+    """
+
+    deterministic = True
+
+    def __init__(self) -> None:
+        self._device = torch.device("cpu")
+        self._order = torch.full((0,), -1, dtype=torch.int64)
+        self._priority = torch.zeros(0, dtype=torch.float64)
+        self._counter = 0
+
+    def bind(self, capacity: int, device: torch.device) -> None:
+        self._device = device
+        self._order = torch.full((capacity,), -1, dtype=torch.int64, device=device)
+        self._priority = torch.zeros(capacity, dtype=torch.float64, device=device)
+        self._counter = 0
+
+    def on_insert(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
+        m = slots.numel()
+        if m == 0:
+            return
+        self._order[slots] = torch.arange(
+            self._counter, self._counter + m, dtype=torch.int64, device=self._device
+        )
+        self._priority[slots] = priorities.to(self._device, torch.float64)
+        self._counter += m
+
+    def on_remove(self, slots: torch.Tensor) -> None:
+        if slots.numel():
+            self._order[slots] = -1
+
+    def update(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
+        if slots.numel():
+            self._priority[slots] = priorities.to(self._device, torch.float64)
+
+    #: The order: "fifo", "lifo", "min" or "max" (set by each selector).
+    _kind = "fifo"
+
+    def _rank(self, active: torch.Tensor, k: int) -> torch.Tensor:
+        """Positions into ``active`` of the first ``k`` in selection order."""
+        if self._kind in ("fifo", "lifo"):
+            order = self._order.index_select(0, active)
+            return torch.topk(order, k, largest=self._kind == "lifo", sorted=True).indices
+        # Oldest first among equal priorities: order by insertion, then a stable
+        # sort by priority keeps that order within ties.
+        by_age = torch.argsort(self._order.index_select(0, active))
+        pri = self._priority.index_select(0, active.index_select(0, by_age))
+        ranked = torch.sort(pri, descending=self._kind == "max", stable=True).indices
+        return by_age.index_select(0, ranked[:k])
+
+    def sample(self, n: int) -> Selection:
+        active = torch.nonzero(self._order >= 0).squeeze(1)
+        k = min(n, int(active.numel()))
+        slots = active.index_select(0, self._rank(active, k))
+        prob = torch.ones(k, dtype=torch.float64, device=self._device)
+        return Selection(slots, prob)
+
+    def reset(self) -> None:
+        self._order.fill_(-1)
+        self._counter = 0
+
+    def config(self) -> dict[str, Any]:
+        return {"type": type(self).__name__}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "order": self._order.cpu(),
+            "priority": self._priority.cpu(),
+            "counter": torch.tensor([self._counter], dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._order.copy_(state["order"])
+        self._priority.copy_(state["priority"])
+        self._counter = int(state["counter"][0])
+
+
+@register_sampler
+class Fifo(_Selector):
+    """Oldest item first (Reverb's ``Fifo``); pair with ``max_times_sampled`` for a queue.
+
+    Example:
+        >>> s = Fifo(); s.bind(4, torch.device("cpu"))
+        >>> s.on_insert(torch.tensor([2, 0]), torch.ones(2, dtype=torch.float64))
+        >>> s.sample(2).slots.tolist()
+        [2, 0]
+    """
+
+    _kind = "fifo"
+
+
+@register_sampler
+class Lifo(_Selector):
+    """Newest item first (Reverb's ``Lifo``); pair with ``max_times_sampled`` for a stack.
+
+    Example:
+        >>> s = Lifo(); s.bind(4, torch.device("cpu"))
+        >>> s.on_insert(torch.tensor([2, 0]), torch.ones(2, dtype=torch.float64))
+        >>> s.sample(2).slots.tolist()
+        [0, 2]
+    """
+
+    _kind = "lifo"
+
+
+@register_sampler
+class MinHeap(_Selector):
+    """Lowest priority first, oldest first among equals (Reverb's ``MinHeap``).
+
+    Example:
+        >>> s = MinHeap(); s.bind(4, torch.device("cpu"))
+        >>> s.on_insert(torch.tensor([0, 1]), torch.tensor([2.0, 1.0], dtype=torch.float64))
+        >>> s.sample(1).slots.tolist()
+        [1]
+    """
+
+    _kind = "min"
+
+
+@register_sampler
+class MaxHeap(_Selector):
+    """Highest priority first, oldest first among equals (Reverb's ``MaxHeap``).
+
+    Example:
+        >>> s = MaxHeap(); s.bind(4, torch.device("cpu"))
+        >>> s.on_insert(torch.tensor([0, 1]), torch.tensor([2.0, 1.0], dtype=torch.float64))
+        >>> s.sample(1).slots.tolist()
+        [0]
+    """
+
+    _kind = "max"

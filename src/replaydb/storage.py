@@ -140,6 +140,9 @@ class Storage:
             self._np_key = self.key.numpy()
             self._np_stream = self.stream.numpy()
             self._np_end = self.end.numpy()
+        self._np_links: tuple[np.ndarray[Any, Any], ...] | None = None
+        if self.device.type == "cpu":
+            self._np_links = (self.key.numpy(), self.prev.numpy(), self.next.numpy())
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -163,6 +166,8 @@ class Storage:
         data: Mapping[str, torch.Tensor],
         streams: torch.Tensor | None = None,
         ends: torch.Tensor | None = None,
+        *,
+        keys: torch.Tensor | None = None,
     ) -> AppendResult:
         """Write a batch of steps at the ring's cursor.
 
@@ -170,6 +175,10 @@ class Storage:
             data: ``name -> [N, *shape]`` tensors already checked against the spec.
             streams: ``[N]`` int64 stream ids (default all 0).
             ends: ``[N]`` int64 end codes (0, 1 terminated, 2 truncated; default 0).
+            keys: ``[N]`` increasing keys ``>= total`` whose rows are distinct, to
+                write into chosen free rows instead of at the cursor (keys skipped
+                over are never used). Only for storages without links: a table
+                that must not overwrite unconsumed items uses this.
 
         Returns:
             The keys written, episode positions and the rows evicted.
@@ -196,6 +205,8 @@ class Storage:
                     "number your environments or actors from 0"
                 )
             self._grow_streams(hi)
+        if keys is not None:
+            return self._append_at(data, keys, streams, ends)
         if n > self.capacity:
             skip = n - self.capacity
             data = {k: v[skip:] for k, v in data.items()}
@@ -219,6 +230,45 @@ class Storage:
             self._copy_rows(self.next, row0, n, torch.full_like(keys, -1))
             positions = self._link(keys, streams, ends)
         return AppendResult(keys=keys, positions=positions, evicted_rows=evicted, first_key=start)
+
+    def _append_at(
+        self,
+        data: Mapping[str, torch.Tensor],
+        keys: torch.Tensor,
+        streams: torch.Tensor,
+        ends: torch.Tensor,
+    ) -> AppendResult:
+        n = int(keys.numel())
+        if self.links:
+            raise InvalidArgumentError(
+                "append(keys=...) is only for storages without episode links; "
+                "sequence storages must write at the cursor"
+            )
+        if n == 0:
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            return AppendResult(
+                keys=empty, positions=None, evicted_rows=empty, first_key=self.total
+            )
+        k = keys.to(self.device, torch.int64)
+        if (
+            int(k[0]) < self.total
+            or n > self.capacity
+            or int(k[-1]) - int(k[0]) >= self.capacity
+            or (n > 1 and bool((k[1:] <= k[:-1]).any()))
+        ):
+            raise InvalidArgumentError(
+                f"keys must increase, start at or after total ({self.total}) and span less "
+                f"than capacity ({self.capacity}), got {k.tolist()[:8]}..."
+            )
+        rows = k % self.capacity
+        evicted = rows[self.key.index_select(0, rows) >= 0]
+        for name, value in data.items():
+            self.fields[name].index_copy_(0, rows, value)
+        self.key.index_copy_(0, rows, k)
+        self.stream.index_copy_(0, rows, streams)
+        self.end.index_copy_(0, rows, ends)
+        self.total = int(k[-1]) + 1
+        return AppendResult(keys=k, positions=None, evicted_rows=evicted, first_key=int(k[0]))
 
     def append_numpy(self, values: Mapping[Any, Any], n: int, end: Any = 0) -> int:
         """Write ``n`` steps of stream 0 through numpy views (CPU, no links); return the first row.
@@ -269,16 +319,18 @@ class Storage:
         return row0
 
     def seek(self, total: int) -> None:
-        """Set the key of the next step of an empty storage (rows fill from ``total % capacity``)."""
+        """Set the key of the next step of an empty storage.
+
+        Rows then fill from ``total % capacity``.
+        """
         if self.total != 0:
             raise InvalidArgumentError("seek is only allowed on an empty storage")
         self.total = total
 
     def _evicted(self, row0: int, n: int) -> torch.Tensor:
-        if self.total < self.capacity and row0 + n <= self.capacity:
+        if self.total + n <= self.capacity:
             # Nothing was written to these rows yet.
-            if self.total + n <= self.capacity:
-                return torch.empty(0, dtype=torch.int64, device=self.device)
+            return torch.empty(0, dtype=torch.int64, device=self.device)
         rows = (torch.arange(n, device=self.device) + row0) % self.capacity
         return rows[self.key.index_select(0, rows) >= 0]
 
@@ -315,11 +367,12 @@ class Storage:
         self._last_key[streams] = -1
         self._ep_len[streams] = 0
 
-    def _link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-        """Link each new step to its predecessor in the same stream; return positions."""
+    def _positions(
+        self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Episode links of new steps (read-only): sorted order, predecessors, positions."""
         n = keys.numel()
         dev = self.device
-        self._grow_streams(int(streams.max()))
         order = torch.argsort(streams, stable=True)
         ss, ks, es = streams[order], keys[order], ends[order] != END_NONE
         first = torch.ones(n, dtype=torch.bool, device=dev)
@@ -328,15 +381,39 @@ class Storage:
         last[:-1] = first[1:]
         prev = torch.empty(n, dtype=torch.int64, device=dev)
         prev[1:] = torch.where(es[:-1], torch.full_like(ks[:-1], -1), ks[:-1])
+        # Steps of this batch are live once written; a carried predecessor is live
+        # unless an earlier write (or, in ``append``, this one) overwrote it.
         carried = self._last_key[ss]
+        carried = torch.where(self.is_live(carried), carried, torch.full_like(carried, -1))
         prev = torch.where(first, carried, prev)
-        prev = torch.where(self.is_live(prev), prev, torch.full_like(prev, -1))
         new_ep = prev < 0
         idx = torch.arange(n, device=dev)
         carry_len = torch.where(first & ~new_ep, self._ep_len[ss], torch.zeros_like(idx))
         reset = torch.where(first | new_ep, idx, torch.full_like(idx, -1))
         last_reset = torch.cummax(reset, dim=0).values
         pos = idx - last_reset + carry_len[last_reset]
+        return order, ss, ks, es, last, prev, pos
+
+    def preview_positions(self, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Episode positions the next :meth:`append` of these steps would give (no write).
+
+        Exact unless that append overwrites a stream's previous step itself (then
+        the append starts a new episode where the preview continues one).
+        """
+        n = streams.numel()
+        if n == 0:
+            return torch.empty(0, dtype=torch.int64, device=self.device)
+        self._grow_streams(int(streams.max()))
+        keys = torch.arange(self.total, self.total + n, dtype=torch.int64, device=self.device)
+        order, *_, pos = self._positions(keys, streams, ends)
+        out = torch.empty_like(pos)
+        out[order] = pos
+        return out
+
+    def _link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Link each new step to its predecessor in the same stream; return positions."""
+        self._grow_streams(int(streams.max()))
+        order, ss, ks, es, last, prev, pos = self._positions(keys, streams, ends)
         rows = ks % self.capacity
         self.prev[rows] = prev
         has = prev >= 0
@@ -372,7 +449,32 @@ class Storage:
 
         Positions past the end of a window's episode (only possible for padded
         windows) repeat the last valid row; see :meth:`window_mask`.
+
+        On CPU, windows whose steps lie at a constant key stride (one stream, or a
+        vector env writing every stream each step) are found in one shot: guess
+        ``start + j * stride`` and check every link at once; only windows that fail
+        the check follow ``next`` links step by step.
         """
+        if length == 1:
+            return (start_keys % self.capacity).unsqueeze(1)
+        if self._np_links is None:
+            return self._follow_links(start_keys, length)
+        key, prev, nxt = self._np_links
+        cap = self.capacity
+        s = start_keys.numpy()
+        stride = nxt.take(s % cap) - s
+        np.maximum(stride, 1, out=stride)
+        keys = s[:, None] + stride[:, None] * np.arange(length, dtype=np.int64)
+        rows = keys % cap
+        tail = rows[:, 1:]
+        ok = ((prev.take(tail) == keys[:, :-1]) & (key.take(tail) == keys[:, 1:])).all(axis=1)
+        out = torch.from_numpy(rows)
+        if not ok.all():
+            bad = torch.from_numpy(np.flatnonzero(~ok))
+            out[bad] = self._follow_links(start_keys.index_select(0, bad), length)
+        return out
+
+    def _follow_links(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
         cap = self.capacity
         cols = [start_keys % cap]
         cur = start_keys
@@ -381,6 +483,16 @@ class Storage:
             cur = torch.where(nxt >= 0, nxt, cur)
             cols.append(cur % cap)
         return torch.stack(cols, dim=1)
+
+    def window_mask(self, rows: torch.Tensor) -> torch.Tensor:
+        """Return the ``[B, length]`` bool mask of :meth:`window_rows` output.
+
+        ``False`` marks positions past the end of a window's episode (where
+        :meth:`window_rows` repeats the last valid row).
+        """
+        fresh = torch.ones(rows.shape, dtype=torch.bool, device=rows.device)
+        fresh[:, 1:] = rows[:, 1:] != rows[:, :-1]
+        return torch.cummin(fresh.to(torch.uint8), dim=1).values.bool()
 
     def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Gather ``rows`` (any shape) of every field: ``[*rows.shape, *field.shape]``.
@@ -399,7 +511,7 @@ class Storage:
                 packed = torch.from_numpy(np_group.take(flat.numpy(), axis=0))
             else:
                 packed = g.index_select(0, flat)
-            parts = packed.split_with_sizes(widths, dim=1)
+            parts = torch.split(packed, widths, dim=1)
             for name, part, shape in zip(names, parts, shapes, strict=True):
                 out[name] = part if one_d and len(shape) == 1 else part.reshape(*lead, *shape)
         return out

@@ -9,8 +9,20 @@ sampled ``max_times_sampled`` times, or on :meth:`Table.reset`. A key names one
 item for ever: a priority update for an item that was overwritten since it was
 sampled is ignored.
 
+A table whose sampler is a deterministic selector (``Fifo``, ``Lifo``, heaps) and
+that has ``max_times_sampled`` *consumes* its items (a queue or a stack): an
+unconsumed item is never overwritten. Inserts into a full single-step table go to
+free rows (keys skip the rows still held); inserts into a full sequence table wait
+until the oldest item has been consumed.
+
+With ``pad=True`` a sequence table also serves the last ``sequence_length - 1``
+starts of every finished episode (and episodes shorter than a window), padded by
+repeating the last step, with :attr:`Sample.mask` ``False`` at the padding.
+
 All verbs take the table's lock; blocked inserts and samples wait on its
-condition variable until the rate limiter lets them through.
+condition variable until the rate limiter lets them through. A call that no other
+thread could ever unblock raises :class:`~replaydb.errors.WouldBlockForeverError`
+at once instead of hanging.
 """
 
 from __future__ import annotations
@@ -26,8 +38,8 @@ import numpy as np
 import torch
 
 from replaydb.errors import InvalidArgumentError, RateLimiterTimeout, WouldBlockForeverError
-from replaydb.rate_limiters import MinSize, RateLimiter, rate_limiter_from_config
-from replaydb.samplers import Sampler, Uniform, sampler_from_config
+from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack, rate_limiter_from_config
+from replaydb.samplers import Fifo, Lifo, Sampler, Selection, Uniform, sampler_from_config
 from replaydb.spec import Spec, dtype_name
 from replaydb.storage import END_NONE, END_TERMINATED, END_TRUNCATED, Storage
 
@@ -50,6 +62,8 @@ class Sample:
         times_sampled: ``[B]`` int64 times each item has been sampled, this one included.
         table_size: Items the table held when the sample was drawn.
         mask: ``[B, T]`` bool, ``False`` at padding past an episode end, or ``None``.
+        ends: ``[B, T]`` int64 end codes of the window's steps (``0`` none, ``1``
+            terminated, ``2`` truncated after the step), for sequence tables; else ``None``.
     """
 
     data: dict[str, torch.Tensor]
@@ -60,6 +74,7 @@ class Sample:
     times_sampled: torch.Tensor
     table_size: int
     mask: torch.Tensor | None = None
+    ends: torch.Tensor | None = None
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.data[name]
@@ -109,6 +124,8 @@ class Table:
         max_times_sampled: Remove an item after it was sampled this many times.
         device: Where the tensors live (default CPU).
         name: The table's name in a server.
+        pad: Also serve windows that run past an episode's end, padded, with a
+            mask (sequence tables only).
 
     Raises:
         InvalidArgumentError: For a bad capacity, sequence length or max_times_sampled.
@@ -131,8 +148,16 @@ class Table:
         max_times_sampled: int | None = None,
         device: torch.device | str | None = None,
         name: str = "table",
+        pad: bool = False,
     ) -> None:
         spec = spec if isinstance(spec, Spec) else Spec(spec)
+        if not isinstance(pad, bool):
+            raise InvalidArgumentError(f"pad must be a bool, got {pad!r}")
+        if pad and sequence_length == 1:
+            raise InvalidArgumentError(
+                "pad=True needs sequence_length > 1 (single steps never run past an "
+                "episode end); drop pad or set sequence_length"
+            )
         if (
             isinstance(sequence_length, bool)
             or not isinstance(sequence_length, int)
@@ -159,6 +184,7 @@ class Table:
                 "or no item could ever be complete"
             )
         self.name = name
+        self.pad = pad
         self.sequence_length = sequence_length
         self.max_times_sampled = max_times_sampled
         self.storage = Storage(spec, capacity, device, links=sequence_length > 1)
@@ -170,6 +196,8 @@ class Table:
         # Samplers with a contiguous-insert fast path (replace semantics on active slots).
         self._fast_insert = getattr(self.sampler, "on_insert_contiguous", None)
         self.rate_limiter = rate_limiter if rate_limiter is not None else MinSize(1)
+        #: Items are consumed (a queue or stack): never overwrite an unconsumed one.
+        self.consuming = bool(self.sampler.deterministic) and max_times_sampled is not None
         #: Block on the rate limiter even when no other thread has used this table
         #: (set by servers and datasets whose writers arrive later).
         self.shared = False
@@ -189,6 +217,78 @@ class Table:
         self._np_times = self._times.numpy() if dev.type == "cpu" else None
 
     # ---------------------------------------------------------------- presets
+    @classmethod
+    def queue(
+        cls,
+        spec: Spec | Mapping[str, Any],
+        size: int,
+        *,
+        sequence_length: int = 1,
+        device: torch.device | str | None = None,
+        name: str = "queue",
+    ) -> Table:
+        """A FIFO queue of at most ``size`` items, each sampled once (Reverb's ``Table.queue``).
+
+        ``Fifo`` sampler, ``Queue(size)`` limiter and ``max_times_sampled=1``:
+        samples return the oldest items, inserts block while ``size`` items wait
+        and samples block while none does.
+
+        Args:
+            spec: The fields of one step.
+            size: Items the queue holds.
+            sequence_length: Steps per item.
+            device: Where the tensors live.
+            name: The table's name.
+
+        Returns:
+            The table.
+
+        Example:
+            >>> q = Table.queue(Spec({"x": ()}), 3); q.extend({"x": torch.arange(3.0)})
+            >>> q.sample(2)["x"].tolist()
+            [0.0, 1.0]
+        """
+        return cls(
+            spec,
+            _preset_capacity(size, sequence_length),
+            sampler=Fifo(),
+            rate_limiter=Queue(size),
+            sequence_length=sequence_length,
+            max_times_sampled=1,
+            device=device,
+            name=name,
+        )
+
+    @classmethod
+    def stack(
+        cls,
+        spec: Spec | Mapping[str, Any],
+        size: int,
+        *,
+        sequence_length: int = 1,
+        device: torch.device | str | None = None,
+        name: str = "stack",
+    ) -> Table:
+        """A LIFO stack of at most ``size`` items, each sampled once (Reverb's ``Table.stack``).
+
+        Like :meth:`queue` with a ``Lifo`` sampler and a ``Stack(size)`` limiter.
+
+        Example:
+            >>> s = Table.stack(Spec({"x": ()}), 3); s.extend({"x": torch.arange(3.0)})
+            >>> s.sample(2)["x"].tolist()
+            [2.0, 1.0]
+        """
+        return cls(
+            spec,
+            _preset_capacity(size, sequence_length),
+            sampler=Lifo(),
+            rate_limiter=Stack(size),
+            sequence_length=sequence_length,
+            max_times_sampled=1,
+            device=device,
+            name=name,
+        )
+
     def __repr__(self) -> str:
         return (
             f"Table(name={self.name!r}, size={self._size}, capacity={self.capacity}, "
@@ -284,7 +384,13 @@ class Table:
         """
         storage = self.storage
         fast = self._fast_insert
-        if n == 1 and fast is not None and self._np_item_key is not None and not storage.links:
+        if (
+            n == 1
+            and fast is not None
+            and self._np_item_key is not None
+            and not storage.links
+            and not self.consuming
+        ):
             # One row: the hot path of a per-step add, kept to a few numpy stores.
             with self._cond:
                 self._threads.add(threading.get_ident())
@@ -301,7 +407,7 @@ class Table:
                 lim.inserts += 1
                 self._cond.notify_all()
             return
-        if storage._np is None or self.sequence_length != 1:
+        if storage._np is None or self.sequence_length != 1 or self.consuming:
             data = {
                 k: torch.as_tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))
                 for k, v in values.items()
@@ -316,7 +422,9 @@ class Table:
                 storage.total += skip
             n = self.capacity
         item_key, priority, times = self._np_item_key, self._np_priority, self._np_times
-        assert item_key is not None and priority is not None and times is not None
+        assert item_key is not None
+        assert priority is not None
+        assert times is not None
         with self._cond:
             self._threads.add(threading.get_ident())
             lim = self.rate_limiter
@@ -380,31 +488,111 @@ class Table:
     ) -> None:
         with self._cond:
             self._note_thread()
+            lim = self.rate_limiter
             items = min(n, self.capacity)
-            if not self.rate_limiter.can_insert(items, self._size):
-                self._wait(
-                    lambda: self.rate_limiter.can_insert(items, self._size),
-                    timeout,
-                    "insert",
-                    items,
+            if self.sequence_length > 1 and (
+                lim.never_inserts(items) or not lim.can_insert(items, self._size)
+            ):
+                # Steps are an upper bound on the items they complete; count exactly
+                # only when that bound would block (admission is monotone in n).
+                items = self._items_completed(n, streams, ends)
+            if self.consuming and n > self.capacity:
+                raise InvalidArgumentError(
+                    f"cannot write {n} steps at once into table {self.name!r}, which holds "
+                    f"{self.capacity} and never overwrites unconsumed items; write at most "
+                    f"{self.capacity} per call"
                 )
-            res = self.storage.append(data, streams, ends)
+            if lim.never_inserts(items):
+                raise WouldBlockForeverError(
+                    f"insert of {items} item(s) into table {self.name!r} can never go: "
+                    f"{lim!r} admits at most {lim.max_diff - lim.min_diff:g} unsampled "
+                    "item(s) at a time; write fewer steps per call"
+                )
+
+            def ready() -> bool:
+                return lim.can_insert(items, self._size) and self._has_space(n)
+
+            if not ready():
+                self._wait(ready, timeout, "insert", items)
+            keys_at = self._free_keys(n) if self.consuming and self.sequence_length == 1 else None
+            res = self.storage.append(data, streams, ends, keys=keys_at)
             if res.evicted_rows.numel():
                 self._remove_slots(res.evicted_rows)
             keys = res.keys
-            pri = priorities[-keys.numel() :] if priorities is not None else None
+            m = keys.numel()
+            pri = priorities[-m:] if priorities is not None else None
             if self.sequence_length > 1:
                 assert res.positions is not None
                 done = res.positions >= self.sequence_length - 1
                 starts = self.storage.walk(keys[done], self.sequence_length - 1)
                 ok = starts >= 0
-                starts = starts[ok]
-                if pri is not None:
-                    pri = pri[done][ok]
-                self._add_items(starts, pri)
+                self._add_items(starts[ok], pri[done][ok] if pri is not None else None)
+                if self.pad:
+                    self._add_padded(keys, res.positions, ends[-m:], pri)
             else:
                 self._add_items(keys, pri)
             self._cond.notify_all()
+
+    def _items_completed(self, n: int, streams: torch.Tensor, ends: torch.Tensor) -> int:
+        """How many items a write of these steps will add (what the limiter admits)."""
+        if self.sequence_length == 1:
+            return min(n, self.capacity)
+        pos = self.storage.preview_positions(streams, ends)
+        done = pos >= self.sequence_length - 1
+        if self.pad:
+            # An ending step also completes the padded windows of its last T - 1 starts.
+            ending = pos[ends != END_NONE]
+            pad_n = int(torch.clamp(ending, max=self.sequence_length - 2).sum()) + ending.numel()
+            return min(int(done.sum()) + pad_n, self.capacity)
+        return min(int(done.sum()), self.capacity)
+
+    def _has_space(self, n: int) -> bool:
+        """Whether ``n`` steps can be written without overwriting an unconsumed item."""
+        if not self.consuming:
+            return True
+        if self.sequence_length == 1:
+            return self._size + n <= self.capacity
+        # The ring overwrites keys up to total + n - 1 - capacity; windows run
+        # forward from their first key, so every live item must start after that.
+        live = self._item_key[self._item_key >= 0]
+        return live.numel() == 0 or int(live.min()) > self.storage.total + n - 1 - self.capacity
+
+    def _free_keys(self, n: int) -> torch.Tensor | None:
+        """Keys for ``n`` steps in free rows, in ring order from the cursor (or None)."""
+        cap, total = self.capacity, self.storage.total
+        cursor = total % cap
+        if cursor + n <= cap:
+            span = self._item_key[cursor : cursor + n]
+        else:
+            span = torch.cat([self._item_key[cursor:], self._item_key[: cursor + n - cap]])
+        if not bool((span >= 0).any()):
+            return None  # the rows at the cursor are free: a plain ring write
+        free = (self._item_key < 0).roll(-cursor)
+        offsets = torch.nonzero(free).squeeze(1)[:n]
+        return offsets + total
+
+    def _add_padded(
+        self,
+        keys: torch.Tensor,
+        positions: torch.Tensor,
+        ends: torch.Tensor,
+        priorities: torch.Tensor | None,
+    ) -> None:
+        """Add the padded windows of every episode that ended in this write."""
+        ended = ends != END_NONE
+        if not bool(ended.any()):
+            return
+        cur, pos = keys[ended], positions[ended]
+        pri = priorities[ended] if priorities is not None else None
+        starts: list[torch.Tensor] = []
+        pris: list[torch.Tensor] = []
+        for j in range(self.sequence_length - 1):
+            ok = (pos >= j) & self.storage.is_live(cur)
+            starts.append(cur[ok])
+            if pri is not None:
+                pris.append(pri[ok])
+            cur = self.storage.walk(cur, 1)
+        self._add_items(torch.cat(starts), torch.cat(pris) if pri is not None else None)
 
     def _add_items(self, keys: torch.Tensor, priorities: torch.Tensor | None) -> None:
         m = keys.numel()
@@ -462,24 +650,57 @@ class Table:
         ):
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
         b = int(batch_size)
+        if beta is not None and (
+            isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1
+        ):
+            raise InvalidArgumentError(f"beta must be a number in [0, 1], got {beta!r}")
         with self._cond:
             self._note_thread()
             lim = self.rate_limiter
-            if not (self._size > 0 and lim.can_sample(b, self._size)):
-                self._wait(
-                    lambda: self._size > 0 and lim.can_sample(b, self._size), timeout, "sample", b
+            if lim.never_samples(b) or (
+                self.consuming and b > self.capacity * (self.max_times_sampled or 1)
+            ):
+                raise WouldBlockForeverError(
+                    f"sample of {b} item(s) from table {self.name!r} can never go: {lim!r} "
+                    f"and capacity {self.capacity} never let that many be drawn at once; "
+                    "sample fewer items per call"
                 )
-            sel = self._select(b, beta)
+
+            def ready() -> bool:
+                return self._size > 0 and lim.can_sample(b, self._size) and self._enough(b)
+
+            if not ready():
+                self._wait(ready, timeout, "sample", b)
+            sel = self._select_in_order(b) if self.sampler.deterministic else self._select(b, beta)
             slots = sel.slots
-            keys = self._item_key.index_select(0, slots)
+            np_slots = slots.numpy() if self._np_item_key is not None else None
+            if np_slots is not None and self._np_item_key is not None:
+                keys = torch.from_numpy(self._np_item_key.take(np_slots))
+            else:
+                keys = self._item_key.index_select(0, slots)
+            mask = ends = None
             if self.sequence_length == 1:
                 rows = slots
             else:
                 rows = self.storage.window_rows(keys, self.sequence_length)
+                if self.storage._np is not None:
+                    ends = torch.from_numpy(self.storage._np_end.take(rows.numpy()))
+                else:
+                    ends = self.storage.end.index_select(0, rows.reshape(-1)).view(rows.shape)
+                if self.pad:
+                    mask = self.storage.window_mask(rows)
             data = self.storage.gather(rows)
             self._times.index_add_(0, slots, torch.ones_like(slots))
-            times = self._times.index_select(0, slots)
-            priorities = self._priority.index_select(0, slots)
+            if (
+                np_slots is not None
+                and self._np_times is not None
+                and self._np_priority is not None
+            ):
+                times = torch.from_numpy(self._np_times.take(np_slots))
+                priorities = torch.from_numpy(self._np_priority.take(np_slots))
+            else:
+                times = self._times.index_select(0, slots)
+                priorities = self._priority.index_select(0, slots)
             size = self._size
             lim.on_sample(b)
             if self.max_times_sampled is not None:
@@ -500,10 +721,37 @@ class Table:
             priorities=priorities,
             times_sampled=times,
             table_size=size,
+            mask=mask,
+            ends=ends,
         )
 
-    def _select(self, n: int, beta: float | None) -> Any:
-        if beta is None:
+    def _enough(self, n: int) -> bool:
+        """Whether a selector table holds ``n`` more draws before items run out."""
+        if not self.sampler.deterministic or self.max_times_sampled is None or self._size >= n:
+            return True
+        live = self._item_key >= 0
+        left = (self.max_times_sampled - self._times[live]).sum()
+        return int(left) >= n
+
+    def _select_in_order(self, n: int) -> Selection:
+        """The next ``n`` draws of a deterministic selector, as sequential draws would be.
+
+        Each item in the selector's order is drawn as many times in a row as it may
+        still be sampled (``max_times_sampled`` minus its count; without a limit the
+        first item is drawn ``n`` times), exactly what ``n`` calls of ``sample(1)``
+        would return.
+        """
+        first = self.sampler.sample(min(n, self._size)).slots
+        if self.max_times_sampled is None:
+            slots = first[:1].expand(n).clone()
+        else:
+            left = self.max_times_sampled - self._times.index_select(0, first)
+            slots = torch.repeat_interleave(first, left)[:n]
+        prob = torch.ones(n, dtype=torch.float64, device=self.device)
+        return Selection(slots, prob)
+
+    def _select(self, n: int, beta: float | None) -> Selection:
+        if beta is None or not hasattr(self.sampler, "beta"):
             return self.sampler.sample(n)
         return self.sampler.sample(n, beta=beta)  # type: ignore[call-arg]
 
@@ -520,6 +768,8 @@ class Table:
         Raises:
             InvalidArgumentError: If shapes differ or a priority is not finite and > 0.
         """
+        if self._np_item_key is not None:
+            return self._update_priorities_numpy(keys, priorities)
         k = torch.as_tensor(keys, dtype=torch.int64, device=self.device).reshape(-1)
         p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device).reshape(-1)
         if k.shape != p.shape:
@@ -538,46 +788,98 @@ class Table:
                 self.sampler.update(slots, p)
             return int(live.sum())
 
+    def _update_priorities_numpy(self, keys: Any, priorities: Any) -> int:
+        """:meth:`update_priorities` on CPU through numpy views (same checks and effects)."""
+        k = _as_numpy(keys, np.int64)
+        p = _as_numpy(priorities, np.float64)
+        if k.shape != p.shape:
+            raise InvalidArgumentError(
+                f"keys and priorities must have the same length, got {k.size} keys and "
+                f"{p.size} priorities"
+            )
+        if k.size == 0:
+            return 0
+        lo, hi = p.min(), p.max()
+        if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
+            _check_priority_values(torch.from_numpy(p))
+        item_key, priority = self._np_item_key, self._np_priority
+        assert item_key is not None
+        assert priority is not None
+        with self._cond:
+            slots = k % self.capacity
+            live = (item_key.take(slots) == k) & (k >= 0)
+            n_live = int(np.count_nonzero(live))
+            if n_live != k.size:
+                slots, p = slots[live], p[live]
+                hi = p.max() if n_live else hi
+            if n_live:
+                priority[slots] = p
+                if hi > self._max_priority:
+                    self._max_priority = float(hi)
+                self.sampler.update(torch.from_numpy(slots), torch.from_numpy(p))
+            return n_live
+
     # ---------------------------------------------------------------- waiting
     def _note_thread(self) -> None:
         self._threads.add(threading.get_ident())
 
     def _wait(self, ready: Any, timeout: float | None, verb: str, n: int) -> None:
-        """Wait on the condition until ``ready()``; raise instead of waiting for ever."""
-        lim = self.rate_limiter
-        why = (
-            lim.why_sample_blocked(n, self._size)
-            if verb == "sample"
-            else lim.why_insert_blocked(n, self._size)
-        )
-        if (
-            verb == "sample"
-            and self._size == 0
-            and lim.can_sample(n, max(n, 10**9))
-            and (self.num_steps > 0)
-        ):
-            why = (
-                f"the table holds {self.num_steps} step(s) but no complete item yet "
-                f"(items are windows of {self.sequence_length} steps of one episode)"
-            )
+        """Wait on the condition until ``ready()``; raise instead of waiting for ever.
+
+        Without a timeout, a wait that no other thread can end raises
+        :class:`WouldBlockForeverError` at once, and again if every other thread
+        that used the table exits while this one waits.
+        """
+        if timeout is not None and not timeout >= 0:
+            raise InvalidArgumentError(f"timeout must be None or a number >= 0, got {timeout!r}")
+        why = self._why_blocked(verb, n)
         if timeout is None and not self._others_alive():
-            raise WouldBlockForeverError(
-                f"{verb} on table {self.name!r} would block forever: {why}, and no other "
-                f"thread uses this table. "
-                + (
-                    "Insert more items first, or sample from another thread."
-                    if verb == "sample"
-                    else "Sample items first, or insert from another thread."
-                )
-            )
+            raise WouldBlockForeverError(self._forever_message(verb, why))
         deadline = None if timeout is None else time.monotonic() + timeout
         while not ready():
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise RateLimiterTimeout(
-                    f"{verb} on table {self.name!r} timed out after {timeout}s: {why}"
+                    f"{verb} on table {self.name!r} timed out after {timeout}s: "
+                    f"{self._why_blocked(verb, n)}"
                 )
-            self._cond.wait(remaining if remaining is not None else 1.0)
+            if remaining is None and not self._others_alive():
+                raise WouldBlockForeverError(
+                    self._forever_message(verb, self._why_blocked(verb, n))
+                )
+            self._cond.wait(min(remaining, 0.5) if remaining is not None else 0.5)
+
+    def _why_blocked(self, verb: str, n: int) -> str:
+        lim = self.rate_limiter
+        if verb == "insert":
+            if not self._has_space(n):
+                return (
+                    f"the table holds {self._size} unconsumed item(s) in {self.capacity} rows "
+                    "and never overwrites one; sample to consume items first"
+                )
+            return lim.why_insert_blocked(n, self._size)
+        if self._size > 0 and lim.can_sample(n, self._size) and not self._enough(n):
+            return (
+                f"the table's {self._size} item(s) can be sampled fewer than {n} more times "
+                f"(max_times_sampled={self.max_times_sampled})"
+            )
+        if self._size == 0 and lim.can_sample(n, max(n, 10**9)) and self.num_steps > 0:
+            return (
+                f"the table holds {self.num_steps} step(s) but no complete item yet "
+                f"(items are windows of {self.sequence_length} steps of one episode)"
+            )
+        return lim.why_sample_blocked(n, self._size)
+
+    def _forever_message(self, verb: str, why: str) -> str:
+        fix = (
+            "Insert more items first, or sample from another thread (or pass timeout=)."
+            if verb == "sample"
+            else "Sample items first, or insert from another thread (or pass timeout=)."
+        )
+        return (
+            f"{verb} on table {self.name!r} would block forever: {why}, and no other "
+            f"thread uses this table. {fix}"
+        )
 
     def _others_alive(self) -> bool:
         if self.shared:
@@ -627,6 +929,7 @@ class Table:
             "capacity": self.capacity,
             "sequence_length": self.sequence_length,
             "max_times_sampled": self.max_times_sampled,
+            "pad": self.pad,
             "spec": self.spec.to_json(),
             "sampler": self.sampler.config(),
             "rate_limiter": self.rate_limiter.config(),
@@ -647,6 +950,7 @@ class Table:
             max_times_sampled=config.get("max_times_sampled"),
             device=device if device is not None else config.get("device", "cpu"),
             name=str(config.get("name", "table")),
+            pad=bool(config.get("pad", False)),
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -688,6 +992,19 @@ class Table:
             self._cond.notify_all()
 
 
+def _preset_capacity(size: int, sequence_length: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InvalidArgumentError(f"size must be an int >= 1, got {size!r}")
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, int)
+        or (sequence_length < 1)
+    ):
+        raise InvalidArgumentError(f"sequence_length must be an int >= 1, got {sequence_length!r}")
+    # ``size`` overlapping windows of one stream need size + T - 1 steps.
+    return size + sequence_length - 1
+
+
 def _check_priority_values(p: torch.Tensor) -> None:
     bad = ~torch.isfinite(p) | (p <= 0)
     if bool(bad.any()):
@@ -696,6 +1013,23 @@ def _check_priority_values(p: torch.Tensor) -> None:
             f"priorities must be finite and > 0, got {first} at index "
             f"{int(torch.nonzero(bad)[0, 0])}; clamp TD errors with e.g. abs(td) + 1e-6"
         )
+
+
+def _as_numpy(value: Any, dtype: type[np.generic]) -> np.ndarray[Any, Any]:
+    """A flat numpy copy-free view of a CPU tensor or array, cast to ``dtype``."""
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad:
+        arr = value.numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+        if arr.dtype == dtype and arr.ndim == 1 and arr.flags.c_contiguous:
+            return arr
+        return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        arr = value.numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+    else:
+        arr = np.asarray(value)
+    return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
 
 
 def _int_column(name: str, value: Any, n: int, device: torch.device, default: int) -> torch.Tensor:
@@ -720,9 +1054,8 @@ def _end_column(value: Any, n: int, device: torch.device) -> torch.Tensor:
     if value is True:
         return torch.full((n,), END_TERMINATED, dtype=torch.int64, device=device)
     t = torch.as_tensor(value, device=device)
-    if t.dtype.is_floating_point:
-        if bool(((t != 0) & (t != 1)).any()):
-            raise InvalidArgumentError("ends given as floats must be 0.0 or 1.0")
+    if t.dtype.is_floating_point and bool(((t != 0) & (t != 1)).any()):
+        raise InvalidArgumentError("ends given as floats must be 0.0 or 1.0")
     t = t.to(torch.int64).reshape(-1) if t.dim() else t.to(torch.int64).expand(n)
     if t.shape != (n,):
         raise InvalidArgumentError(
