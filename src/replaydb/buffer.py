@@ -469,7 +469,9 @@ class ReplayBuffer:
         with table._cond:
             # The uniform single-step case is a random row and one gather; the
             # full Table.sample path would add item bookkeeping Velora never reads.
-            rows = table.sampler.sample(int(batch_size)).slots
+            draw = getattr(table.sampler, "draw", None)
+            b = int(batch_size)
+            rows = draw(b) if draw is not None else table.sampler.sample(b).slots
             data = table.storage.gather(rows)
             table.rate_limiter.on_sample(int(batch_size))
         return BatchExperience(**data)

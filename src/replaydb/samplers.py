@@ -228,11 +228,18 @@ class Uniform:
         return None
 
     def sample(self, n: int) -> Selection:
-        count, high = self._count, self._high
+        count = self._count
         prob = torch.full((n,), 1.0 / count, dtype=torch.float64, device=self._device)
+        return Selection(self.draw(n), prob)
+
+    def draw(self, n: int) -> torch.Tensor:
+        """Just the ``n`` slots of :meth:`sample` (each active slot has probability 1/size).
+
+        The Velora buffer's sampling path, which has no use for the probabilities.
+        """
+        count, high = self._count, self._high
         if count == high:
-            slots = torch.randint(0, high, (n,), generator=self.generator, device=self._device)
-            return Selection(slots, prob)
+            return torch.randint(0, high, (n,), generator=self.generator, device=self._device)
         # Active slots are scattered: rejection sampling over [0, high) is exact
         # and fast while most slots are active; fall back to listing them.
         got: list[torch.Tensor] = []
@@ -244,13 +251,13 @@ class Uniform:
             got.append(cand[:need])
             need -= int(got[-1].numel())
             if need == 0:
-                return Selection(torch.cat(got), prob)
+                return torch.cat(got)
         active = torch.nonzero(self._active[:high]).squeeze(1)
         pick = torch.randint(
             0, active.numel(), (need,), generator=self.generator, device=self._device
         )
         got.append(active.index_select(0, pick))
-        return Selection(torch.cat(got), prob)
+        return torch.cat(got)
 
     def reset(self) -> None:
         self._active.zero_()

@@ -122,6 +122,10 @@ class Storage:
             names.append(name)
             ws.append(b - a)
             shapes.append(spec[name].shape)
+        # Groups whose fields are all vectors: a 1-D gather's split parts are the fields.
+        self._vector_groups = {
+            dt for dt, (_, _, shapes) in self._split.items() if all(len(sh) == 1 for sh in shapes)
+        }
         self.key = torch.full((cap,), -1, dtype=torch.int64, device=self.device)
         self.prev = torch.full((cap,), -1, dtype=torch.int64, device=self.device)
         self.next = torch.full((cap,), -1, dtype=torch.int64, device=self.device)
@@ -508,10 +512,13 @@ class Storage:
             np_group = self._np_groups.get(dt)
             if np_group is not None:
                 # numpy's take has a fraction of index_select's per-call overhead.
-                packed = torch.from_numpy(np_group.take(flat.numpy(), axis=0))
+                packed = torch.from_numpy(np_group.take(flat.numpy(), axis=0, mode="clip"))
             else:
                 packed = g.index_select(0, flat)
-            parts = torch.split(packed, widths, dim=1)
+            parts = packed.split_with_sizes(widths, 1)  # type: ignore[no-untyped-call]
+            if one_d and dt in self._vector_groups:
+                out.update(zip(names, parts, strict=True))
+                continue
             for name, part, shape in zip(names, parts, shapes, strict=True):
                 out[name] = part if one_d and len(shape) == 1 else part.reshape(*lead, *shape)
         return out

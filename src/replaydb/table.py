@@ -438,14 +438,9 @@ class Table:
                 a = (row0 + done) % self.capacity
                 m = min(n - done, self.capacity - a)
                 b = a + m
-                if m == 1:
-                    replaced += int(item_key[a] >= 0)
-                    old_active = torch.tensor([a]) if item_key[a] >= 0 else None
-                else:
-                    mask = item_key[a:b] >= 0
-                    r = int(np.count_nonzero(mask))
-                    replaced += r
-                    old_active = torch.from_numpy(np.nonzero(mask)[0] + a) if r else None
+                mask = item_key[a:b] >= 0
+                r = int(np.count_nonzero(mask))
+                replaced += r
                 item_key[a:b] = np.arange(first_key + done, first_key + done + m)
                 priority[a:b] = self._max_priority
                 times[a:b] = 0
@@ -453,8 +448,8 @@ class Table:
                     # Replace semantics: an active slot stays active with a new item.
                     fast(a, m)
                 else:
-                    if old_active is not None:
-                        self.sampler.on_remove(old_active)
+                    if r:
+                        self.sampler.on_remove(torch.from_numpy(np.nonzero(mask)[0] + a))
                     slots = torch.arange(a, b)
                     self.sampler.on_insert(
                         slots, torch.full((m,), self._max_priority, dtype=torch.float64)
