@@ -515,7 +515,7 @@ class Storage:
                 packed = torch.from_numpy(np_group.take(flat.numpy(), axis=0, mode="clip"))
             else:
                 packed = g.index_select(0, flat)
-            parts = packed.split_with_sizes(widths, 1)  # type: ignore[no-untyped-call]
+            parts = packed.split_with_sizes(widths, 1)
             if one_d and dt in self._vector_groups:
                 out.update(zip(names, parts, strict=True))
                 continue
