@@ -9,4 +9,4 @@ ruff check src tests examples benchmarks
 ruff format --check src tests examples benchmarks
 echo "== mypy";  mypy
 echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"
-echo "== docs";  mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+echo "== docs";  NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
