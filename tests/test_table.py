@@ -334,3 +334,18 @@ def test_len_is_min_of_written_and_capacity(n: int, cap: int) -> None:
     table = Table(SPEC, cap)
     table.extend(steps(list(range(n))))
     assert len(table) == min(n, cap) == table.num_steps
+
+
+def test_single_insert_records_stream_and_end_on_every_path() -> None:
+    from replaydb import Prioritized
+
+    for sampler in (Uniform(seed=0), Prioritized(seed=0)):
+        table = Table(SPEC, 3, sampler=sampler)
+        table.insert({"obs": [1.0, -1.0], "step": 1}, stream=3, end=2)
+        table.insert({"obs": [2.0, -2.0], "step": 2}, stream=1, end=True)
+        table.insert({"obs": [3.0, -3.0], "step": 3}, stream=0, priority=2.0)
+        table.insert({"obs": [4.0, -4.0], "step": 4}, stream=5)  # overwrites row 0
+        assert table.storage.stream.tolist() == [5, 1, 0]
+        assert table.storage.end.tolist() == [0, 1, 0]
+        assert len(table) == 3
+        assert set(table.sample(64)["step"].tolist()) == {2, 3, 4}

@@ -274,8 +274,8 @@ class Storage:
         self.total = int(k[-1]) + 1
         return AppendResult(keys=k, positions=None, evicted_rows=evicted, first_key=int(k[0]))
 
-    def append_numpy(self, values: Mapping[Any, Any], n: int, end: Any = 0) -> int:
-        """Write ``n`` steps of stream 0 through numpy views (CPU, no links); return the first row.
+    def append_numpy(self, values: Mapping[Any, Any], n: int, end: Any = 0, stream: int = 0) -> int:
+        """Write ``n`` steps of one stream through numpy views (CPU, no links).
 
         The fast path under the Velora buffer. ``values`` maps field names, or a
         dtype for a whole packed group row, to data that broadcasts to ``(n, *shape)``
@@ -290,7 +290,7 @@ class Storage:
             for name, value in values.items():
                 targets[name][row0] = value
             self._np_key[row0] = self.total
-            self._np_stream[row0] = 0
+            self._np_stream[row0] = stream
             self._np_end[row0] = end
             self.total += 1
             return row0
@@ -300,7 +300,7 @@ class Storage:
             for name, value in values.items():
                 targets[name][row0:stop] = value
             self._np_key[row0:stop] = np.arange(self.total, self.total + n)
-            self._np_stream[row0:stop] = 0
+            self._np_stream[row0:stop] = stream
             self._np_end[row0:stop] = end
         else:  # the batch wraps around the end of the ring
             for name, value in values.items():
@@ -314,8 +314,8 @@ class Storage:
             keys = np.arange(self.total, self.total + n)
             self._np_key[row0:] = keys[:head]
             self._np_key[: n - head] = keys[head:]
-            self._np_stream[row0:] = 0
-            self._np_stream[: n - head] = 0
+            self._np_stream[row0:] = stream
+            self._np_stream[: n - head] = stream
             e = np.broadcast_to(np.asarray(end), (n,))
             self._np_end[row0:] = e[:head]
             self._np_end[: n - head] = e[head:]

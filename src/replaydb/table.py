@@ -365,17 +365,24 @@ class Table:
         stream_t = _int_column("stream", stream, 1, self.device, 0)
         if int(stream_t[0]) < 0:
             raise InvalidArgumentError(f"stream must be >= 0, got {int(stream_t[0])}")
-        self._write(
-            data,
-            1,
-            stream_t,
-            _end_column(end, 1, self.device),
-            self._check_priorities(priority, 1),
-            timeout,
-        )
+        end_t = _end_column(end, 1, self.device)
+        if (
+            priority is None
+            and self.sequence_length == 1
+            and self.storage._np is not None
+            and not self.consuming
+            and self.rate_limiter.max_diff == math.inf
+        ):
+            # A checked single step on CPU: the numpy row path (inserts never block here).
+            row = {k: v.numpy()[0] for k, v in data.items()}
+            self.extend_unchecked(row, 1, int(end_t[0]), int(stream_t[0]))
+            return
+        self._write(data, 1, stream_t, end_t, self._check_priorities(priority, 1), timeout)
 
-    def extend_unchecked(self, values: Mapping[Any, Any], n: int, end: Any = 0) -> None:
-        """Fast path: ``n`` single-step items of stream 0 on CPU, values already checked.
+    def extend_unchecked(
+        self, values: Mapping[Any, Any], n: int, end: Any = 0, stream: int = 0
+    ) -> None:
+        """Fast path: ``n`` single-step items of one stream on CPU, values already checked.
 
         ``values[name]`` must broadcast to ``(n, *shape)`` by numpy's rules; the
         caller checks every shape first, since a failed write part-way would tear a
@@ -397,7 +404,7 @@ class Table:
                 lim = self.rate_limiter
                 if lim.max_diff != math.inf and not lim.can_insert(1, self._size):
                     self._wait(lambda: lim.can_insert(1, self._size), None, "insert", 1)
-                row = storage.append_numpy(values, 1, end)
+                row = storage.append_numpy(values, 1, end, stream)
                 fresh = self._np_item_key[row] < 0
                 self._np_item_key[row] = storage.total - 1
                 self._np_priority[row] = self._max_priority  # type: ignore[index]
@@ -412,7 +419,9 @@ class Table:
                 k: torch.as_tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))
                 for k, v in values.items()
             }
-            self.extend(data, ends=torch.as_tensor(np.broadcast_to(np.asarray(end), (n,))))
+            self.extend(
+                data, streams=stream, ends=torch.as_tensor(np.broadcast_to(np.asarray(end), (n,)))
+            )
             return
         if n > self.capacity:
             skip = n - self.capacity
@@ -431,7 +440,7 @@ class Table:
             if not lim.can_insert(n, self._size):
                 self._wait(lambda: lim.can_insert(n, self._size), None, "insert", n)
             first_key = storage.total
-            row0 = storage.append_numpy(values, n, end)
+            row0 = storage.append_numpy(values, n, end, stream)
             replaced = 0
             done = 0
             while done < n:  # at most two segments: the batch may wrap around the ring
