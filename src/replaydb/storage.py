@@ -387,15 +387,17 @@ class Storage:
         prev[1:] = torch.where(es[:-1], torch.full_like(ks[:-1], -1), ks[:-1])
         # Steps of this batch are live once written; a carried predecessor is live
         # unless an earlier write (or, in ``append``, this one) overwrote it.
-        carried = self._last_key[ss]
+        carried = self._last_key.index_select(0, ss)
         carried = torch.where(self.is_live(carried), carried, torch.full_like(carried, -1))
         prev = torch.where(first, carried, prev)
         new_ep = prev < 0
         idx = torch.arange(n, device=dev)
-        carry_len = torch.where(first & ~new_ep, self._ep_len[ss], torch.zeros_like(idx))
+        carry_len = torch.where(
+            first & ~new_ep, self._ep_len.index_select(0, ss), torch.zeros_like(idx)
+        )
         reset = torch.where(first | new_ep, idx, torch.full_like(idx, -1))
         last_reset = torch.cummax(reset, dim=0).values
-        pos = idx - last_reset + carry_len[last_reset]
+        pos = idx - last_reset + carry_len.index_select(0, last_reset)
         return order, ss, ks, es, last, prev, pos
 
     def preview_positions(self, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -418,16 +420,19 @@ class Storage:
         """Link each new step to its predecessor in the same stream; return positions."""
         self._grow_streams(int(streams.max()))
         order, ss, ks, es, last, prev, pos = self._positions(keys, streams, ends)
+        # index_copy_ rather than tensor-indexed assignment: same result (keys and
+        # streams within one call are distinct), a fraction of the per-call cost.
         rows = ks % self.capacity
-        self.prev[rows] = prev
+        self.prev.index_copy_(0, rows, prev)
         has = prev >= 0
-        self.next[prev[has] % self.capacity] = ks[has]
-        ls = ss[last]
-        self._last_key[ls] = torch.where(es[last], torch.full_like(ls, -1), ks[last])
-        self._ep_len[ls] = torch.where(es[last], torch.zeros_like(ls), pos[last] + 1)
-        out = torch.empty_like(pos)
-        out[order] = pos
-        return out
+        if n_has := int(has.sum()):
+            src = ks if n_has == prev.numel() else ks[has]
+            dst = prev if n_has == prev.numel() else prev[has]
+            self.next.index_copy_(0, dst % self.capacity, src)
+        ls, ks_last, es_last, pos_last = ss[last], ks[last], es[last], pos[last]
+        self._last_key.index_copy_(0, ls, torch.where(es_last, torch.full_like(ls, -1), ks_last))
+        self._ep_len.index_copy_(0, ls, torch.where(es_last, torch.zeros_like(ls), pos_last + 1))
+        return torch.empty_like(pos).index_copy_(0, order, pos)
 
     def end_streams(self, streams: torch.Tensor) -> None:
         """Close the open episode of each stream (the next step starts a new one)."""
