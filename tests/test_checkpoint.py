@@ -438,7 +438,7 @@ def test_checksum_covers_the_config(tmp_path: Path) -> None:
 
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
     table = Table(Spec({"x": (1,)}), 4)
-    stale = tmp_path / ".ckpt-00000000000000000001.tmp-999999999"
+    stale = tmp_path / ".ckpt-00000000000000000001.tmp-999999999-abcdef12"
     stale.mkdir()
     (stale / "junk").write_text("half written")
     write_checkpoint(tmp_path, {"t": table})

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "TABLE_FORMAT",
     "atomic_write_files",
+    "commit_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
     "load_table",
@@ -352,6 +354,49 @@ def write_checkpoint(
                 f"{file!r}; rename one of them"
             )
         files[file.lower()] = name
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        entries = {}
+        for name, table in tables.items():
+            path = save_table(table, tmp / f"{_safe(name)}.safetensors")
+            entries[name] = {"file": path.name, "size": len(table), "steps": table.num_steps}
+        return {"tables": entries, "extra": dict(extra or {})}
+
+    return commit_checkpoint(r, fill, keep=keep)
+
+
+def commit_checkpoint(
+    root: str | os.PathLike[str],
+    fill: Callable[[Path], Mapping[str, Any]],
+    *,
+    keep: int = 1,
+) -> Path:
+    """Stage, complete and publish one checkpoint directory; prune older ones.
+
+    The shared transaction under every checkpoint writer: a hidden temporary
+    directory is made under ``root``; ``fill(tmp)`` writes the data files into it and
+    returns the manifest entries (``tables``, ``extra``, ...); the manifest and then
+    the ``COMPLETE`` marker are written; the directory is renamed to
+    ``ckpt-<timestamp>``. On any error the temporary directory is removed and the
+    previous checkpoint stays the latest. Half-written directories of writers that
+    died are removed first.
+
+    Args:
+        root: The checkpoint root (created if missing).
+        fill: Writes the payload into the temporary directory; returns manifest entries.
+        keep: How many complete checkpoints to keep (only replaydb's are deleted).
+
+    Returns:
+        The new checkpoint directory.
+
+    Raises:
+        CheckpointError: If ``root`` is a file or ``keep < 1``.
+    """
+    if keep < 1:
+        raise CheckpointError(f"keep must be >= 1, got {keep}")
+    r = Path(root)
+    if r.exists() and not r.is_dir():
+        raise CheckpointError(f"checkpoint root {str(r)!r} is a file; give a directory path")
     r.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(r)
     stamp = time.time_ns()
@@ -359,7 +404,7 @@ def write_checkpoint(
     if latest is not None:
         stamp = max(stamp, int(latest.name[5:]) + 1)
     final = r / f"ckpt-{stamp:020d}"
-    tmp = r / f".ckpt-{stamp:020d}.tmp-{os.getpid()}"
+    tmp = r / f".ckpt-{stamp:020d}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         manifest: dict[str, Any] = {
@@ -367,15 +412,9 @@ def write_checkpoint(
             "format_version": FORMAT_VERSION,
             "created_unix_ns": stamp,
             "tables": {},
-            "extra": dict(extra or {}),
+            "extra": {},
         }
-        for name, table in tables.items():
-            path = save_table(table, tmp / f"{_safe(name)}.safetensors")
-            manifest["tables"][name] = {
-                "file": path.name,
-                "size": len(table),
-                "steps": table.num_steps,
-            }
+        manifest.update(fill(tmp))
         text = json.dumps(manifest, indent=2)
         atomic_write_files({tmp / _MANIFEST: lambda p: _write_text(p, text)})
         atomic_write_files({tmp / _MARKER: lambda p: _write_text(p, "ok\n")})
@@ -436,9 +475,9 @@ def read_checkpoint(
 def _remove_stale_temporaries(root: Path) -> None:
     """Delete half-written checkpoint directories whose writing process is gone."""
     for d in root.glob(".ckpt-*.tmp-*"):
-        try:
-            pid = int(d.name.rsplit("-", 1)[1])
-        except ValueError:
+        try:  # .ckpt-<stamp>.tmp-<pid>-<random>
+            pid = int(d.name.split(".tmp-", 1)[1].split("-", 1)[0])
+        except (IndexError, ValueError):
             continue
         if pid == os.getpid():
             continue
