@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -19,3 +21,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def device(request: pytest.FixtureRequest) -> torch.device:
     """Run a test on CPU, and on CUDA where one is present."""
     return torch.device(request.param)
+
+
+# Never let a stray background call start a fresh Ray (it hangs on a dead cluster's
+# address); the tests start and stop their clusters themselves. Read by ray on import.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")

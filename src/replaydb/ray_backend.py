@@ -63,14 +63,13 @@ import json
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -80,8 +79,7 @@ import torch
 
 from replaydb.checkpoint import (
     CHECKPOINT_FORMAT,
-    FORMAT_VERSION,
-    atomic_write_files,
+    commit_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_table,
@@ -427,18 +425,8 @@ def _write_service_checkpoint(meta: _ServiceMeta) -> Path:
             "checkpoint() needs a checkpoint directory, got checkpoint_dir=None; "
             "start the server with RayServer(..., checkpoint_dir='path')"
         )
-    root = Path(meta.checkpoint_dir)
-    if root.exists() and not root.is_dir():
-        raise CheckpointError(f"checkpoint root {str(root)!r} is a file; give a directory path")
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = time.time_ns()
-    latest = latest_checkpoint(root)
-    if latest is not None:
-        stamp = max(stamp, int(latest.name[5:]) + 1)
-    final = root / f"ckpt-{stamp:020d}"
-    tmp = root / f".ckpt-{stamp:020d}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> dict[str, Any]:
         refs = {
             name: [s.save.remote(str(tmp / _shard_file(name, i))) for i, s in enumerate(t.shards)]
             for name, t in meta.tables.items()
@@ -453,29 +441,14 @@ def _write_service_checkpoint(meta: _ServiceMeta) -> Path:
                 "steps": sum(s["steps"] for s in shards),
                 "shards": shards,
             }
-        manifest = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created_unix_ns": stamp,
+        return {
             "backend": "ray",
             "server_id": meta.server_id,
             "tables": entries,
             "extra": meta.extra,
         }
-        text = json.dumps(manifest, indent=2)
-        atomic_write_files({tmp / "manifest.json": lambda p: _write_text(p, text)})
-        atomic_write_files({tmp / "COMPLETE": lambda p: _write_text(p, "ok\n")})
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in list_checkpoints(root)[: -meta.keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
+    return commit_checkpoint(meta.checkpoint_dir, fill, keep=meta.keep)
 
 
 def _read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
@@ -1010,7 +983,6 @@ class RayClient:
         _check_int("prefetch", prefetch, 0)
         self.prefetch = prefetch
         self._queues: dict[tuple[str, int, float | None], deque[Future[Sample]]] = {}
-        self._pool: ThreadPoolExecutor | None = None
         if not (isinstance(max_latency_s, int | float) and max_latency_s > 0):
             raise InvalidArgumentError(f"max_latency_s must be a number > 0, got {max_latency_s!r}")
         self._meta = meta
@@ -1259,6 +1231,8 @@ class RayClient:
         self._flusher.start()
 
     def _flush_old(self) -> None:
+        if not _ray().is_initialized():
+            return  # nothing to send to; see _sample_now
         now = time.monotonic()
         with self._lock:
             for key in [k for k, b in self._pending.items() if now - b.since >= self.max_latency_s]:
@@ -1326,19 +1300,22 @@ class RayClient:
         if self.prefetch == 0:
             return self._sample_now(t, b, beta, timeout)
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    self.prefetch, thread_name_prefix="replaydb-prefetch"
-                )
             queue = self._queues.setdefault((t.name, b, beta), deque())
             while len(queue) < self.prefetch + 1:
-                queue.append(self._pool.submit(self._sample_now, t, b, beta, timeout))
+                queue.append(_in_daemon_thread(self._sample_now, t, b, beta, timeout))
             oldest = queue.popleft()
         return oldest.result()
 
     def _sample_now(
         self, t: _TableMeta, b: int, beta: float | None, timeout: float | None
     ) -> Sample:
+        if not _ray().is_initialized():
+            # Any .remote() now would auto-start a new Ray and hang on the dead cluster
+            # (a prefetch still queued when the driver shut Ray down, for one).
+            raise ClosedError(
+                "Ray was shut down, so this client can no longer reach its server; "
+                "connect a new client to a running server"
+            )
         if len(t.shards) == 1:
             return _sample_from_wire(_ray().get(t.shards[0].sample.remote(b, beta, timeout)))
         return self._sample_sharded(t, b, beta, timeout)
@@ -1543,6 +1520,27 @@ def _end_code(end: Any) -> int:
     raise InvalidArgumentError(
         f"end must be a bool or a code 0 (not done), 1 (terminated), 2 (truncated), got {end!r}"
     )
+
+
+def _in_daemon_thread(fn: Callable[..., Sample], *args: Any) -> Future[Sample]:
+    """Run ``fn(*args)`` on a daemon thread; its result or error lands in the future.
+
+    Daemon threads rather than a ThreadPoolExecutor: the interpreter joins an
+    executor's workers at exit, and a prefetch still in flight when the driver shuts
+    Ray down would then hang the process in Ray's automatic reconnect.
+    """
+    fut: Future[Sample] = Future()
+
+    def run() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name="replaydb-prefetch", daemon=True).start()
+    return fut
 
 
 def _rebuild_client(
