@@ -27,11 +27,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from replaydb import _kernels
 from replaydb.errors import InvalidArgumentError
 from replaydb.sum_tree import SumTree
 
@@ -331,11 +333,13 @@ class Prioritized:
         self._device = torch.device("cpu")
         self.generator = torch.Generator()
         self.tree = SumTree(1)
+        self._kernels: SimpleNamespace | None = None
 
     def bind(self, capacity: int, device: torch.device) -> None:
         self._device = device
         self.generator = make_generator(device, self.seed)
         self.tree = SumTree(capacity, device=device)
+        self._kernels = _kernels.KERNELS if self.tree.numpy_path else None
 
     def _leaf(self, priorities: torch.Tensor) -> torch.Tensor:
         p = priorities.to(self._device, torch.float64)
@@ -348,12 +352,8 @@ class Prioritized:
     def _set(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
         if self.tree.numpy_path and priorities.device.type == "cpu":
             # numpy on zero-copy views: a fraction of torch's per-call overhead.
-            a = priorities.detach().numpy().astype(np.float64, copy=True)
-            if self.eps:
-                a += self.eps
-            if self.alpha != 1.0:
-                np.power(a, self.alpha, out=a)
-            self.tree.update_numpy(slots.numpy(), a)
+            pri = priorities if not priorities.requires_grad else priorities.detach()
+            self.tree.update_numpy(slots.numpy(), pri.numpy(), offset=self.eps, power=self.alpha)
         else:
             self.tree.update(slots, self._leaf(priorities), check=False)
 
@@ -374,6 +374,9 @@ class Prioritized:
             # CPU: numpy on zero-copy views, a fraction of torch's per-call overhead.
             u = torch.rand(n, dtype=torch.float64, generator=self.generator).numpy()
             idx, lv, total = self.tree.sample_numpy(u)
+            if self._kernels is not None:
+                prob, w = self._kernels.importance(lv, total, b)
+                return Selection(torch.from_numpy(idx), torch.from_numpy(prob), torch.from_numpy(w))
             if b == 0.0:
                 w = np.ones(n, dtype=np.float32)
             else:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb import _kernels
 from replaydb.errors import InvalidArgumentError
 from replaydb.spec import Spec, dtype_name
 
@@ -122,6 +123,12 @@ class Storage:
             names.append(name)
             ws.append(b - a)
             shapes.append(spec[name].shape)
+        # Per group: (name, first column, end column, shape) of each field.
+        self._columns: dict[torch.dtype, list[tuple[str, int, int, tuple[int, ...]]]] = {
+            dt: [] for dt in widths
+        }
+        for name, (dt, a, b) in self._where.items():
+            self._columns[dt].append((name, a, b, spec[name].shape))
         # Groups whose fields are all vectors: a 1-D gather's split parts are the fields.
         self._vector_groups = {
             dt for dt, (_, _, shapes) in self._split.items() if all(len(sh) == 1 for sh in shapes)
@@ -147,6 +154,9 @@ class Storage:
         self._np_links: tuple[np.ndarray[Any, Any], ...] | None = None
         if self.device.type == "cpu":
             self._np_links = (self.key.numpy(), self.prev.numpy(), self.next.numpy())
+        #: Compiled window gathering (numba), where the numpy views exist.
+        self._kernels = _kernels.KERNELS if self._np is not None and links else None
+        self._np_next = self.next.numpy() if self.device.type == "cpu" else None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -483,6 +493,25 @@ class Storage:
             out[bad] = self._follow_links(start_keys.index_select(0, bad), length)
         return out
 
+    def windows(self, start_keys: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the ``[B, length]`` rows of :meth:`window_rows` and their end codes.
+
+        Example:
+            >>> s = Storage(Spec({"x": ()}), 4, links=True)
+            >>> _ = s.append({"x": torch.zeros(3)}, ends=torch.tensor([0, 0, 1]))
+            >>> [t.tolist() for t in s.windows(torch.tensor([1]), 2)]
+            [[[1, 2]], [[0, 1]]]
+        """
+        if self._kernels is not None and length > 1:
+            rows, ends = self._kernels.windows(
+                start_keys.numpy(), self._np_key, self._np_next, self._np_end, length
+            )
+            return torch.from_numpy(rows), torch.from_numpy(ends)
+        rows = self.window_rows(start_keys, length)
+        if self._np is not None:
+            return rows, torch.from_numpy(self._np_end.take(rows.numpy()))
+        return rows, self.end.index_select(0, rows.reshape(-1)).view(rows.shape)
+
     def _follow_links(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
         cap = self.capacity
         cols = [start_keys % cap]
@@ -506,21 +535,27 @@ class Storage:
     def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Gather ``rows`` (any shape) of every field: ``[*rows.shape, *field.shape]``.
 
-        One ``index_select`` per dtype group, then one ``split`` into field views.
+        One gather per dtype group into a fresh packed block; each field is a view
+        of its columns. On CPU the gather and the views are numpy's (each torch
+        call costs microseconds of dispatch, more than the copy of a batch).
         """
         one_d = rows.dim() == 1
         flat = rows if one_d else rows.reshape(-1)
         lead = tuple(rows.shape)
         out: dict[str, torch.Tensor] = {}
+        if self._np_groups:
+            idx = flat.numpy()
+            for dt, np_group in self._np_groups.items():
+                packed = np_group.take(idx, axis=0, mode="clip")
+                for name, a, b, shape in self._columns[dt]:
+                    view = packed[:, a] if shape == () else packed[:, a:b]
+                    if not one_d or len(shape) > 1:
+                        view = view.reshape(*lead, *shape)
+                    out[name] = torch.from_numpy(view)
+            return out
         for dt, g in self.groups.items():
             names, widths, shapes = self._split[dt]
-            np_group = self._np_groups.get(dt)
-            if np_group is not None:
-                # numpy's take has a fraction of index_select's per-call overhead.
-                packed = torch.from_numpy(np_group.take(flat.numpy(), axis=0, mode="clip"))
-            else:
-                packed = g.index_select(0, flat)
-            parts = packed.split_with_sizes(widths, 1)
+            parts = g.index_select(0, flat).split_with_sizes(widths, 1)
             if one_d and dt in self._vector_groups:
                 out.update(zip(names, parts, strict=True))
                 continue

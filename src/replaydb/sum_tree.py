@@ -17,8 +17,8 @@ level for the whole batch; there are no per-item Python loops.
 On CPU the same algorithm runs through numpy views of the torch storage (numpy's
 per-call overhead is several times lower than torch's for batches of a few hundred),
 or, where numba is installed, as two small compiled loops over the same arrays
-(set ``REPLAYDB_NUMBA=0`` to turn that off); all CPU paths give bit-identical
-results. On other devices it runs in torch with no host synchronisation in
+(:mod:`replaydb._kernels`; set ``REPLAYDB_NUMBA=0`` to turn that off); all CPU
+paths give bit-identical results. On other devices it runs in torch with no host synchronisation in
 :meth:`SumTree.find`.
 
 The sum tree of prioritized replay: Schaul et al. 2015, arXiv 1511.05952, appendix B.2.1.
@@ -26,74 +26,19 @@ The sum tree of prioritized replay: Schaul et al. 2015, arXiv 1511.05952, append
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
+from replaydb import _kernels
 from replaydb.errors import InvalidArgumentError
 
 __all__ = ["SumTree"]
 
 _TOP_BITS = 8  # the top level holds at most 2**8 nodes
-
-_KERNELS: dict[str, Callable[..., Any]] | None = None
-_KERNELS_TRIED = False
-
-
-def _numba_kernels() -> dict[str, Callable[..., Any]] | None:
-    """Compile the CPU search and update loops with numba, once; None without numba."""
-    global _KERNELS, _KERNELS_TRIED
-    if _KERNELS_TRIED:
-        return _KERNELS
-    _KERNELS_TRIED = True
-    if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
-        return None
-    try:
-        import numba  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    except ImportError:
-        return None
-
-    @numba.njit(nogil=True, cache=False)  # type: ignore[misc,unused-ignore]
-    def find(tree: Any, v: Any, lo: int, levels: int, p: int, scale: bool) -> Any:
-        top = tree[lo : 2 * lo]
-        cs = np.cumsum(top)
-        total = cs[-1]
-        last = np.searchsorted(cs, total, side="left")
-        n = v.shape[0]
-        x = np.empty(n, np.float64)
-        node = np.empty(n, np.int64)
-        for b in range(n):
-            xb = v[b] * total if scale else v[b]
-            i = min(np.searchsorted(cs, xb, side="right"), last)
-            x[b] = xb - (cs[i] - top[i])
-            node[b] = i + lo
-        # Level by level over the whole batch: the loads of one level are
-        # independent, so the CPU overlaps their cache misses.
-        for _ in range(levels):
-            for b in range(n):
-                # Branch-free: a mispredicted branch per query would serialise the loads.
-                child = node[b] << 1
-                left = tree[child]
-                go = (x[b] >= left) & (tree[child + 1] > 0)
-                x[b] -= left * go
-                node[b] = child + go
-        return node - p, total
-
-    @numba.njit(nogil=True, cache=False)  # type: ignore[misc,unused-ignore]
-    def update(tree: Any, idx: Any, val: Any, levels: int, p: int) -> None:
-        node = idx + p
-        for j in range(idx.shape[0]):
-            tree[node[j]] = val[j]  # in order: the last write of an index wins
-        for _ in range(levels):  # level by level, as in ``find``
-            for j in range(idx.shape[0]):
-                node[j] >>= 1
-                tree[node[j]] = tree[2 * node[j]] + tree[2 * node[j] + 1]
-
-    _KERNELS = {"find": find, "update": update}
-    return _KERNELS
 
 
 class SumTree:
@@ -134,10 +79,10 @@ class SumTree:
         self._p = 1 << self.depth
         self.tree = torch.zeros(2 * self._p, dtype=dtype, device=self.device)
         self._np: np.ndarray[Any, Any] | None = None
-        self._kernels: dict[str, Callable[..., Any]] | None = None
+        self._kernels: SimpleNamespace | None = None
         if self.device.type == "cpu" and dtype != torch.bfloat16:
             self._np = self.tree.numpy()
-            self._kernels = _numba_kernels()
+            self._kernels = _kernels.KERNELS
 
     def __repr__(self) -> str:
         return f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype})"
@@ -240,26 +185,27 @@ class SumTree:
             raise InvalidArgumentError(
                 f"sample_numpy needs a CPU tree, this one is on {self.device}; use sample()"
             )
-        idx, total = self._find_numpy_scaled(np.ascontiguousarray(u, dtype=np.float64))
-        return idx, self._np.take(idx + self._p), total
+        return self._find_numpy_scaled(np.ascontiguousarray(u, dtype=np.float64))
 
     def _find_numpy(self, v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         return self._find_numpy_scaled(v, scale=False)[0]
 
     def _find_numpy_scaled(
         self, v: np.ndarray[Any, Any], scale: bool = True
-    ) -> tuple[np.ndarray[Any, Any], float]:
-        """Search ``v`` (times the total when ``scale``); return leaves and the total."""
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
+        """Search ``v`` (times the total when ``scale``); return leaves, their values, the total."""
         tree = self._np
         assert tree is not None
         lo = 1 << self.top
         if self._kernels is not None:
-            idx, tot = self._kernels["find"](tree, v, lo, self.depth - self.top, self._p, scale)
+            idx, vals, tot = self._kernels.tree_find(
+                tree, v, lo, self.depth - self.top, self._p, scale
+            )
             if not tot > 0:
                 raise InvalidArgumentError(
                     "cannot search an empty SumTree (every leaf is zero); update some leaves first"
                 )
-            return idx, float(tot)
+            return idx, vals, float(tot)
         cs = np.cumsum(tree[lo : 2 * lo])
         total = float(cs[-1])
         if not total > 0:
@@ -287,7 +233,7 @@ class SumTree:
                 # all-zero right half: redo those few with a guard against that.
                 bad = np.flatnonzero(hit == 0)
                 leaf[bad] = self._descend_guarded(start.take(bad), v0.take(bad))
-        return leaf, total
+        return leaf, tree.take(leaf + self._p), total
 
     def _descend_guarded(
         self, node: np.ndarray[Any, Any], v: np.ndarray[Any, Any]
@@ -363,8 +309,18 @@ class SumTree:
         else:
             self._update_torch(idx, val)
 
-    def update_numpy(self, indices: np.ndarray[Any, Any], values: np.ndarray[Any, Any]) -> None:
+    def update_numpy(
+        self,
+        indices: np.ndarray[Any, Any],
+        values: np.ndarray[Any, Any],
+        *,
+        offset: float = 0.0,
+        power: float = 1.0,
+    ) -> None:
         """CPU fast path of :meth:`update` for trusted numpy input (nothing is validated).
+
+        Sets ``leaves[indices] = (values + offset) ** power`` (prioritized replay's
+        ``(priority + eps) ** alpha``), computed in float64.
 
         Raises:
             InvalidArgumentError: If the tree is not on CPU.
@@ -373,8 +329,25 @@ class SumTree:
             raise InvalidArgumentError(
                 f"update_numpy needs a CPU tree, this one is on {self.device}; use update()"
             )
-        if indices.size:
-            self._update_numpy(indices.reshape(-1), values.reshape(-1))
+        if not indices.size:
+            return
+        if self._kernels is not None:
+            self._kernels.tree_update_pow(
+                self._np,
+                np.ascontiguousarray(indices, dtype=np.int64).reshape(-1),
+                np.ascontiguousarray(values, dtype=np.float64).reshape(-1),
+                offset,
+                power,
+                self.depth - self.top,
+                self._p,
+            )
+            return
+        leaf = values.reshape(-1).astype(np.float64, copy=True)
+        if offset:
+            leaf += offset
+        if power != 1.0:
+            np.power(leaf, power, out=leaf)
+        self._update_numpy(indices.reshape(-1), leaf)
 
     def _check(self, idx: torch.Tensor, val: torch.Tensor) -> None:
         if idx.shape != val.shape:
@@ -399,7 +372,7 @@ class SumTree:
         tree = self._np
         assert tree is not None
         if self._kernels is not None:
-            self._kernels["update"](
+            self._kernels.tree_update(
                 tree,
                 np.ascontiguousarray(idx, dtype=np.int64),
                 np.ascontiguousarray(val, dtype=tree.dtype),

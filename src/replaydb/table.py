@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb import _kernels
 from replaydb.errors import InvalidArgumentError, RateLimiterTimeout, WouldBlockForeverError
 from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack, rate_limiter_from_config
 from replaydb.samplers import Fifo, Lifo, Sampler, Selection, Uniform, sampler_from_config
@@ -207,14 +208,19 @@ class Table:
 
     def _alloc_items(self) -> None:
         cap, dev = self.capacity, self.device
-        self._item_key = torch.full((cap,), -1, dtype=torch.int64, device=dev)
-        self._priority = torch.zeros(cap, dtype=torch.float64, device=dev)
-        self._times = torch.zeros(cap, dtype=torch.int64, device=dev)
+        # One 32-byte record per slot (key, times sampled, priority as float64
+        # bits, unused), so a sampled item costs one cache miss, not three.
+        self._items = torch.zeros((cap, 4), dtype=torch.int64, device=dev)
+        self._item_key = self._items[:, 0]
+        self._times = self._items[:, 1]
+        self._priority = self._items[:, 2].view(torch.float64)
+        self._item_key.fill_(-1)
         self._size = 0
         self._max_priority = 1.0
         self._np_item_key = self._item_key.numpy() if dev.type == "cpu" else None
         self._np_priority = self._priority.numpy() if dev.type == "cpu" else None
         self._np_times = self._times.numpy() if dev.type == "cpu" else None
+        self._kernels = _kernels.KERNELS if dev.type == "cpu" else None
 
     # ---------------------------------------------------------------- presets
     @classmethod
@@ -677,34 +683,15 @@ class Table:
                 self._wait(ready, timeout, "sample", b)
             sel = self._select_in_order(b) if self.sampler.deterministic else self._select(b, beta)
             slots = sel.slots
-            np_slots = slots.numpy() if self._np_item_key is not None else None
-            if np_slots is not None and self._np_item_key is not None:
-                keys = torch.from_numpy(self._np_item_key.take(np_slots))
-            else:
-                keys = self._item_key.index_select(0, slots)
+            keys, times, priorities = self._take_items(slots)
             mask = ends = None
             if self.sequence_length == 1:
                 rows = slots
             else:
-                rows = self.storage.window_rows(keys, self.sequence_length)
-                if self.storage._np is not None:
-                    ends = torch.from_numpy(self.storage._np_end.take(rows.numpy()))
-                else:
-                    ends = self.storage.end.index_select(0, rows.reshape(-1)).view(rows.shape)
+                rows, ends = self.storage.windows(keys, self.sequence_length)
                 if self.pad:
                     mask = self.storage.window_mask(rows)
             data = self.storage.gather(rows)
-            self._times.index_add_(0, slots, torch.ones_like(slots))
-            if (
-                np_slots is not None
-                and self._np_times is not None
-                and self._np_priority is not None
-            ):
-                times = torch.from_numpy(self._np_times.take(np_slots))
-                priorities = torch.from_numpy(self._np_priority.take(np_slots))
-            else:
-                times = self._times.index_select(0, slots)
-                priorities = self._priority.index_select(0, slots)
             size = self._size
             lim.on_sample(b)
             if self.max_times_sampled is not None:
@@ -728,6 +715,30 @@ class Table:
             mask=mask,
             ends=ends,
         )
+
+    def _take_items(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Count one more draw of each slot; return their keys, times sampled and priorities.
+
+        A slot drawn twice counts twice, and both draws report the final count.
+        """
+        item_key = self._np_item_key
+        if item_key is None:
+            self._times.index_add_(0, slots, torch.ones_like(slots))
+            return (
+                self._item_key.index_select(0, slots),
+                self._times.index_select(0, slots),
+                self._priority.index_select(0, slots),
+            )
+        times, priority = self._np_times, self._np_priority
+        assert times is not None
+        assert priority is not None
+        s = slots.numpy()
+        if self._kernels is not None:
+            keys, t, p = self._kernels.take_items(s, item_key, times, priority)
+        else:
+            np.add.at(times, s, 1)
+            keys, t, p = item_key.take(s), times.take(s), priority.take(s)
+        return torch.from_numpy(keys), torch.from_numpy(t), torch.from_numpy(p)
 
     def _enough(self, n: int) -> bool:
         """Whether a selector table holds ``n`` more draws before items run out."""
@@ -803,12 +814,23 @@ class Table:
             )
         if k.size == 0:
             return 0
-        lo, hi = p.min(), p.max()
-        if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
-            _check_priority_values(torch.from_numpy(p))
         item_key, priority = self._np_item_key, self._np_priority
         assert item_key is not None
         assert priority is not None
+        if self._kernels is not None:
+            with self._cond:
+                slots, kept, hi, bad = self._kernels.live_updates(k, p, item_key, priority)
+                if bad >= 0:
+                    _check_priority_values(torch.from_numpy(p))  # raises, naming the value
+                n_live = int(slots.size)
+                if n_live:
+                    if hi > self._max_priority:
+                        self._max_priority = float(hi)
+                    self.sampler.update(torch.from_numpy(slots), torch.from_numpy(kept))
+                return n_live
+        lo, hi = p.min(), p.max()
+        if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
+            _check_priority_values(torch.from_numpy(p))
         with self._cond:
             slots = k % self.capacity
             live = (item_key.take(slots) == k) & (k >= 0)
@@ -962,9 +984,11 @@ class Table:
         with self._cond:
             n = self.storage.num_rows
             out = {f"storage.{k}": v for k, v in self.storage.state_dict().items()}
-            out["items.key"] = self._item_key[:n].cpu()
-            out["items.priority"] = self._priority[:n].cpu()
-            out["items.times_sampled"] = self._times[:n].cpu()
+            # Columns of the packed records: copied out densely.
+            dense = torch.contiguous_format
+            out["items.key"] = self._item_key[:n].cpu().clone(memory_format=dense)
+            out["items.priority"] = self._priority[:n].cpu().clone(memory_format=dense)
+            out["items.times_sampled"] = self._times[:n].cpu().clone(memory_format=dense)
             out["items.scalars"] = torch.tensor(
                 [float(self._size), self._max_priority], dtype=torch.float64
             )
@@ -1021,8 +1045,13 @@ def _check_priority_values(p: torch.Tensor) -> None:
 
 def _as_numpy(value: Any, dtype: type[np.generic]) -> np.ndarray[Any, Any]:
     """A flat numpy copy-free view of a CPU tensor or array, cast to ``dtype``."""
-    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad:
-        arr = value.numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
+    if (
+        isinstance(value, torch.Tensor)
+        and value.is_cpu
+        and not value.requires_grad
+        and value.dtype is not torch.bfloat16
+    ):
+        arr = value.numpy()
         if arr.dtype == dtype and arr.ndim == 1 and arr.flags.c_contiguous:
             return arr
         return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)

@@ -1,0 +1,203 @@
+"""Compiled CPU loops for the hot paths of sampling, where numba is installed.
+
+Each function here is one pass over a batch that would otherwise be a chain of
+numpy calls (a few microseconds of dispatch each, which at a batch of 256 costs
+more than the memory traffic itself). Every caller keeps a numpy path that gives
+the same results; :data:`KERNELS` is ``None`` without numba or with
+``REPLAYDB_NUMBA=0``, and tests switch between the two with :func:`use`.
+
+The functions take numpy arrays that are zero-copy views of a table's torch
+tensors (see ``Table``, ``Storage`` and ``SumTree``), so writes land in the
+tensors. Compiled code is cached on disk next to this file (or in numba's user
+cache directory where that is read-only), so only the first process pays the
+compile (about a second per kernel).
+
+The sum tree layout is the one of :mod:`replaydb.sum_tree`: binary-heap order,
+leaves at ``tree[p : p + capacity]``, searches start at a top level of ``lo``
+nodes (``tree[lo : 2 * lo]``) and descend ``levels`` levels.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["KERNELS", "use"]
+
+
+def _compile() -> SimpleNamespace | None:
+    if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
+        return None
+    try:
+        import numba  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return None
+
+    def jit(fn: Any) -> Any:
+        try:
+            return numba.njit(nogil=True, cache=True)(fn)
+        except RuntimeError:  # no writable cache location: compile in every process
+            return numba.njit(nogil=True, cache=False)(fn)
+
+    @jit
+    def tree_find(tree: Any, v: Any, lo: int, levels: int, p: int, scale: bool) -> Any:
+        top = tree[lo : 2 * lo]
+        cs = np.cumsum(top)
+        total = cs[-1]
+        last = np.searchsorted(cs, total, side="left")
+        n = v.shape[0]
+        x = np.empty(n, np.float64)
+        node = np.zeros(n, np.int64)
+        for b in range(n):
+            x[b] = v[b] * total if scale else v[b]
+        # searchsorted(cs, x, side="right") for the whole batch, one halving step
+        # at a time. Every step is arithmetic on a comparison converted to float:
+        # LLVM turns an integer select into a branch here, and a branch that is
+        # mispredicted half the time costs more than the search itself.
+        h = lo >> 1
+        while h > 0:
+            for b in range(n):
+                i = node[b]
+                node[b] = i + int(h * np.float64(cs[i + h - 1] <= x[b]))
+            h >>= 1
+        for b in range(n):
+            i = node[b]
+            i = min(i + int(np.float64(cs[i] <= x[b])), last)
+            x[b] -= cs[i] - top[i]
+            node[b] = i + lo
+        # Then level by level over the whole batch: the loads of one level are
+        # independent, so the CPU overlaps their cache misses.
+        for _ in range(levels):
+            for b in range(n):
+                child = node[b] << 1
+                left = tree[child]
+                go = (x[b] >= left) & (tree[child + 1] > 0)
+                x[b] -= left * go
+                node[b] = child + go
+        leaves = np.empty(n, tree.dtype)
+        for b in range(n):
+            leaves[b] = tree[node[b]]
+        return node - p, leaves, total
+
+    @jit
+    def tree_update(tree: Any, idx: Any, val: Any, levels: int, p: int) -> None:
+        node = idx + p
+        for j in range(idx.shape[0]):
+            tree[node[j]] = val[j]  # in order: the last write of an index wins
+        for _ in range(levels):  # level by level, as in ``tree_find``
+            for j in range(idx.shape[0]):
+                node[j] >>= 1
+                tree[node[j]] = tree[2 * node[j]] + tree[2 * node[j] + 1]
+
+    @jit
+    def tree_update_pow(
+        tree: Any, idx: Any, val: Any, offset: float, power: float, levels: int, p: int
+    ) -> None:
+        # Leaves (val + offset) ** power: prioritized replay's (priority + eps) ** alpha.
+        leaf = val.copy()
+        if offset != 0.0:
+            leaf += offset
+        if power != 1.0:
+            leaf = leaf**power
+        tree_update(tree, idx, leaf.astype(tree.dtype), levels, p)
+
+    @jit
+    def importance(leaf: Any, total: float, beta: float) -> Any:
+        # Probabilities leaf / total and importance weights (P(i) / min_j P(j)) ** -beta,
+        # as Prioritized's numpy path computes them.
+        n = leaf.shape[0]
+        prob = leaf / total
+        weights = np.ones(n, np.float32)
+        if beta != 0.0 and n:
+            inv = 1.0 / leaf.min()
+            for b in range(n):
+                weights[b] = (leaf[b] * inv) ** -beta
+        return prob, weights
+
+    @jit
+    def take_items(slots: Any, item_key: Any, times: Any, priority: Any) -> Any:
+        n = slots.shape[0]
+        for b in range(n):  # every draw counts, duplicates included
+            times[slots[b]] += 1
+        keys = np.empty(n, np.int64)
+        out_times = np.empty(n, np.int64)
+        out_pri = np.empty(n, np.float64)
+        for b in range(n):
+            s = slots[b]
+            keys[b] = item_key[s]
+            out_times[b] = times[s]
+            out_pri[b] = priority[s]
+        return keys, out_times, out_pri
+
+    @jit
+    def windows(starts: Any, key: Any, nxt: Any, end: Any, length: int) -> Any:
+        # Follow ``next`` links from each start; past an episode's end (padded
+        # windows) the last row repeats, as Storage._follow_links does.
+        cap = key.shape[0]
+        n = starts.shape[0]
+        rows = np.empty((n, length), np.int64)
+        ends = np.empty((n, length), np.int64)
+        for b in range(n):
+            k = starts[b]
+            r = k % cap
+            for t in range(length):
+                rows[b, t] = r
+                ends[b, t] = end[r]
+                k2 = nxt[r]
+                if k2 >= 0:
+                    r = k2 % cap
+        return rows, ends
+
+    @jit
+    def live_updates(keys: Any, pri: Any, item_key: Any, priority: Any) -> Any:
+        # Validate every priority first (nothing is written if one is bad), then
+        # keep and write the (slot, priority) pairs whose key still names its item.
+        n = keys.shape[0]
+        for j in range(n):
+            if not (pri[j] > 0.0 and pri[j] < np.inf):  # NaN fails both
+                return np.empty(0, np.int64), np.empty(0, np.float64), 0.0, j
+        cap = item_key.shape[0]
+        slots = np.empty(n, np.int64)
+        kept = np.empty(n, np.float64)
+        m = 0
+        hi = 0.0
+        for j in range(n):
+            k = keys[j]
+            s = k % cap
+            if k < 0 or item_key[s] != k:
+                continue
+            slots[m] = s
+            kept[m] = pri[j]
+            priority[s] = pri[j]
+            hi = max(hi, pri[j])
+            m += 1
+        return slots[:m], kept[:m], hi, -1
+
+    return SimpleNamespace(
+        tree_find=tree_find,
+        tree_update=tree_update,
+        tree_update_pow=tree_update_pow,
+        importance=importance,
+        take_items=take_items,
+        windows=windows,
+        live_updates=live_updates,
+    )
+
+
+#: The compiled kernels, or ``None`` (numba missing or ``REPLAYDB_NUMBA=0``).
+KERNELS: SimpleNamespace | None = _compile()
+_COMPILED = KERNELS
+
+
+def use(enabled: bool) -> None:
+    """Turn the compiled kernels on or off for objects created afterwards (tests).
+
+    Args:
+        enabled: ``False`` selects the numpy paths; ``True`` the kernels, where
+            numba is installed.
+    """
+    global KERNELS
+    KERNELS = _COMPILED if enabled else None

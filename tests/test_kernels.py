@@ -1,0 +1,185 @@
+"""The compiled CPU kernels against the numpy paths they replace: same samples, same state.
+
+Each test builds two tables with the same seed, one with the kernels and one without
+(``replaydb._kernels.use``), drives both through the same random writes, samples and
+priority updates, and requires identical results. Importance weights and leaf values
+may differ in the last bits (numba's ``pow`` and numpy's are different routines), so
+those are compared with a tight tolerance; everything else is compared exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replaydb import Spec, Table, _kernels
+from replaydb.errors import InvalidArgumentError
+from replaydb.samplers import Prioritized, Uniform
+from replaydb.sum_tree import SumTree
+
+pytestmark = pytest.mark.skipif(_kernels.KERNELS is None, reason="numba is not installed")
+
+SPEC = Spec({"obs": ((3,), "float32"), "reward": ((), "float32"), "step": ((), "int64")})
+
+
+@pytest.fixture(autouse=True)
+def _restore_kernels() -> Iterator[None]:
+    yield
+    _kernels.use(True)
+
+
+def pair(
+    prioritized: bool, capacity: int, sequence_length: int, pad: bool, seed: int
+) -> tuple[Table, Table]:
+    """The same table twice: with the compiled kernels, and with the numpy paths."""
+    tables = []
+    for enabled in (True, False):
+        _kernels.use(enabled)
+        sampler = Prioritized(alpha=0.7, beta=0.5, seed=seed) if prioritized else Uniform(seed)
+        tables.append(
+            Table(
+                SPEC,
+                capacity,
+                sampler=sampler,
+                sequence_length=sequence_length,
+                pad=pad,
+                max_times_sampled=None,
+            )
+        )
+    _kernels.use(True)
+    fast, slow = tables
+    assert fast._kernels is not None and slow._kernels is None
+    return fast, slow
+
+
+def assert_same_sample(a: object, b: object) -> None:
+    for name in ("keys", "priorities", "times_sampled", "ends", "mask"):
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None or y is None:
+            assert x is None and y is None, name
+            continue
+        assert x.dtype == y.dtype, name
+        assert torch.equal(x, y), name
+    # Leaves are (p + eps) ** alpha: numba's and numpy's pow may differ in the last bit.
+    torch.testing.assert_close(a.probabilities, b.probabilities, rtol=1e-12, atol=0)  # type: ignore[attr-defined]
+    torch.testing.assert_close(a.weights, b.weights, rtol=1e-6, atol=0)  # type: ignore[attr-defined]
+    for field, value in a.data.items():  # type: ignore[attr-defined]
+        assert torch.equal(value, b.data[field]), field  # type: ignore[attr-defined]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    prioritized=st.booleans(),
+    capacity=st.integers(4, 60),
+    sequence_length=st.integers(1, 4),
+    pad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_tables_sample_and_update_alike(
+    prioritized: bool, capacity: int, sequence_length: int, pad: bool, seed: int
+) -> None:
+    pad = pad and sequence_length > 1
+    capacity = max(capacity, sequence_length)
+    fast, slow = pair(prioritized, capacity, sequence_length, pad, seed)
+    rng = random.Random(seed)
+    key = 0
+    for _ in range(12):
+        n = rng.randint(1, 2 * capacity)
+        steps = {
+            "obs": torch.randn(n, 3, generator=torch.Generator().manual_seed(key)),
+            "reward": torch.arange(key, key + n, dtype=torch.float32),
+            "step": torch.arange(key, key + n),
+        }
+        streams = torch.tensor([rng.randrange(3) for _ in range(n)])
+        ends = torch.tensor([rng.choice([0, 0, 0, 1, 2]) for _ in range(n)])
+        key += n
+        for table in (fast, slow):
+            table.extend(steps, streams=streams, ends=ends)
+        assert len(fast) == len(slow)
+        if len(fast) == 0:
+            continue
+        b = rng.randint(1, 40)
+        a, c = fast.sample(b), slow.sample(b)
+        assert_same_sample(a, c)
+        # Stale, duplicate and live keys, new priorities.
+        keys = torch.cat([a.keys, a.keys[:2], torch.tensor([-1, key + 100])])
+        pri = torch.rand(keys.numel(), dtype=torch.float64) + 0.05
+        assert fast.update_priorities(keys, pri) == slow.update_priorities(keys, pri)
+    for name, value in fast.state_dict().items():
+        other = slow.state_dict()[name]
+        if name == "sampler.tree":
+            torch.testing.assert_close(value, other, rtol=1e-12, atol=0)
+        else:
+            assert torch.equal(value, other), name
+
+
+def test_bad_priority_rejected_before_any_write() -> None:
+    fast, slow = pair(True, 16, 1, False, 0)
+    for table in (fast, slow):
+        table.extend({"obs": torch.zeros(8, 3), "reward": torch.zeros(8), "step": torch.arange(8)})
+    keys = fast.sample(4).keys
+    slow.sample(4)
+    before = fast.state_dict()
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        pri = torch.tensor([1.0, 2.0, bad, 3.0], dtype=torch.float64)
+        for table in (fast, slow):
+            with pytest.raises(InvalidArgumentError, match="priorities must be finite and > 0"):
+                table.update_priorities(keys, pri)
+    after = fast.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    capacity=st.integers(1, 3000),
+    values=st.lists(st.floats(0.0, 50.0), min_size=1, max_size=64),
+    fractions=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=64),
+    offset=st.sampled_from([0.0, 1e-6, 0.5]),
+    power=st.sampled_from([1.0, 0.6, 0.0]),
+)
+def test_sum_tree_kernels_match_numpy(
+    capacity: int, values: list[float], fractions: list[float], offset: float, power: float
+) -> None:
+    trees = []
+    for enabled in (True, False):
+        _kernels.use(enabled)
+        trees.append(SumTree(capacity))
+    _kernels.use(True)
+    fast, slow = trees
+    assert fast._kernels is not None and slow._kernels is None
+    rng = np.random.default_rng(capacity)
+    idx = rng.integers(0, capacity, len(values))
+    val = np.asarray(values)
+    for tree in trees:
+        tree.update_numpy(idx, val, offset=offset, power=power)
+    torch.testing.assert_close(fast.tree, slow.tree, rtol=1e-12, atol=0)
+    if power == 1.0:  # no pow: bit-identical sums and searches
+        assert torch.equal(fast.tree, slow.tree)
+        if fast.total > 0:
+            u = np.asarray(fractions)
+            for got, want in zip(fast.sample_numpy(u), slow.sample_numpy(u), strict=True):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_top_level_search_is_searchsorted() -> None:
+    """The branch-free top-level search returns numpy's searchsorted, ties included."""
+    tree = SumTree(1 << 12)
+    assert tree._kernels is not None
+    leaves = torch.tensor([0.0, 1.0, 0.0, 2.0] * (1 << 10), dtype=torch.float64)
+    tree.update(torch.arange(1 << 12), leaves)
+    total = tree.total
+    # Exact prefix-sum boundaries and values just below them are the hard cases.
+    cs = torch.cumsum(leaves, 0)
+    v = torch.cat([cs[:-1], torch.nextafter(cs, torch.zeros(1, dtype=torch.float64))])
+    v = v[(v >= 0) & (v < total)]
+    got = tree.find(v)
+    tree._kernels = None
+    want = tree.find(v)
+    assert torch.equal(got, want)
+    assert bool((leaves[got] > 0).all())
