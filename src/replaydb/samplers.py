@@ -230,8 +230,10 @@ class Uniform:
         return None
 
     def sample(self, n: int) -> Selection:
-        count = self._count
-        prob = torch.full((n,), 1.0 / count, dtype=torch.float64, device=self._device)
+        if self._np_active is not None:
+            prob = torch.from_numpy(np.full(n, 1.0 / self._count))
+        else:
+            prob = torch.full((n,), 1.0 / self._count, dtype=torch.float64, device=self._device)
         return Selection(self.draw(n), prob)
 
     def draw(self, n: int) -> torch.Tensor:
@@ -246,14 +248,19 @@ class Uniform:
         # and fast while most slots are active; fall back to listing them.
         got: list[torch.Tensor] = []
         need = n
+        active_np = self._np_active
         for _ in range(4):
             draw = int(need * high / count * 1.25) + 16
             cand = torch.randint(0, high, (draw,), generator=self.generator, device=self._device)
-            cand = cand[self._active.index_select(0, cand)]
-            got.append(cand[:need])
-            need -= int(got[-1].numel())
+            if active_np is not None:  # CPU: numpy's masking costs a fraction of torch's
+                c = cand.numpy()
+                cand = torch.from_numpy(c[active_np[c]][:need])
+            else:
+                cand = cand[self._active.index_select(0, cand)][:need]
+            got.append(cand)
+            need -= int(cand.numel())
             if need == 0:
-                return torch.cat(got)
+                return got[0] if len(got) == 1 else torch.cat(got)
         active = torch.nonzero(self._active[:high]).squeeze(1)
         pick = torch.randint(
             0, active.numel(), (need,), generator=self.generator, device=self._device
@@ -366,6 +373,13 @@ class Prioritized:
 
     def update(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
         self._set(slots, priorities)
+
+    def update_numpy(self, slots: np.ndarray[Any, Any], priorities: np.ndarray[Any, Any]) -> None:
+        """:meth:`update` for int64 slots and float64 priorities as numpy arrays (CPU).
+
+        The table's CPU path, which holds both as numpy already.
+        """
+        self.tree.update_numpy(slots, priorities, offset=self.eps, power=self.alpha)
 
     def sample(self, n: int, beta: float | None = None) -> Selection:
         """Draw ``n`` slots with replacement; ``beta`` overrides the default exponent."""

@@ -540,11 +540,10 @@ class Storage:
         call costs microseconds of dispatch, more than the copy of a batch).
         """
         one_d = rows.dim() == 1
-        flat = rows if one_d else rows.reshape(-1)
         lead = tuple(rows.shape)
         out: dict[str, torch.Tensor] = {}
         if self._np_groups:
-            idx = flat.numpy()
+            idx = rows.numpy().reshape(-1)
             for dt, np_group in self._np_groups.items():
                 packed = np_group.take(idx, axis=0, mode="clip")
                 for name, a, b, shape in self._columns[dt]:
@@ -553,6 +552,7 @@ class Storage:
                         view = view.reshape(*lead, *shape)
                     out[name] = torch.from_numpy(view)
             return out
+        flat = rows if one_d else rows.reshape(-1)
         for dt, g in self.groups.items():
             names, widths, shapes = self._split[dt]
             parts = g.index_select(0, flat).split_with_sizes(widths, 1)

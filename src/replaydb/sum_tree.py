@@ -332,10 +332,14 @@ class SumTree:
         if not indices.size:
             return
         if self._kernels is not None:
+            if indices.dtype != np.int64 or indices.ndim != 1:
+                indices = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+            if values.dtype != np.float64 or values.ndim != 1:
+                values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
             self._kernels.tree_update_pow(
                 self._np,
-                np.ascontiguousarray(indices, dtype=np.int64).reshape(-1),
-                np.ascontiguousarray(values, dtype=np.float64).reshape(-1),
+                indices,
+                values,
                 offset,
                 power,
                 self.depth - self.top,

@@ -196,6 +196,10 @@ class Table:
         self.sampler.bind(self.capacity, self.device)
         # Samplers with a contiguous-insert fast path (replace semantics on active slots).
         self._fast_insert = getattr(self.sampler, "on_insert_contiguous", None)
+        # Samplers that take priority updates as numpy arrays (the CPU path).
+        self._update_numpy = (
+            getattr(self.sampler, "update_numpy", None) if self.device.type == "cpu" else None
+        )
         self.rate_limiter = rate_limiter if rate_limiter is not None else MinSize(1)
         #: Items are consumed (a queue or stack): never overwrite an unconsumed one.
         self.consuming = bool(self.sampler.deterministic) and max_times_sampled is not None
@@ -699,11 +703,13 @@ class Table:
                 if spent.numel():
                     self._remove_slots(spent)
             self._cond.notify_all()
-        weights = (
-            sel.weights
-            if sel.weights is not None
-            else torch.ones(b, dtype=torch.float32, device=self.device)
-        )
+        weights = sel.weights
+        if weights is None:
+            weights = (
+                torch.from_numpy(np.ones(b, np.float32))
+                if self._np_item_key is not None
+                else torch.ones(b, dtype=torch.float32, device=self.device)
+            )
         return Sample(
             data=data,
             keys=keys,
@@ -826,7 +832,10 @@ class Table:
                 if n_live:
                     if hi > self._max_priority:
                         self._max_priority = float(hi)
-                    self.sampler.update(torch.from_numpy(slots), torch.from_numpy(kept))
+                    if self._update_numpy is not None:
+                        self._update_numpy(slots, kept)
+                    else:
+                        self.sampler.update(torch.from_numpy(slots), torch.from_numpy(kept))
                 return n_live
         lo, hi = p.min(), p.max()
         if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
