@@ -10,7 +10,8 @@ Layout
 A :class:`RayServer` splits every table over ``K = num_shards`` *shard actors*, each
 hosting an ordinary :class:`~replaydb.table.Table` built from the template's
 ``config()`` with ``capacity / K`` rows (the remainder spread over the first shards),
-placed with Ray's ``SPREAD`` strategy so shards land on different nodes.
+placed round-robin over the alive nodes (soft node affinity, so a full or lost node
+sends a shard elsewhere).
 
 * **Writes.** Stream ``s`` always goes to shard ``s % K``, so an episode is never
   split and sequence windows stay valid. A :class:`RayClient` batches steps per
@@ -106,8 +107,7 @@ _PRIORITIZED = "Prioritized"
 #: A shard that does not answer a size query within this long is skipped for
 #: ``_DOWN_FOR_S`` seconds (it is restarting, or its node is gone).
 _STATS_TIMEOUT_S = 2.0
-#: CPU a shard actor reserves: a sliver, so shards fit beside the work and Ray's
-#: SPREAD strategy (which only counts actors that reserve something) spreads them.
+#: CPU a shard actor reserves: a sliver, so shards fit beside the work.
 _SHARD_CPUS = 0.01
 _DOWN_FOR_S = 1.0
 #: Shard weights (sizes or priority totals) from the replies of the previous sharded
@@ -115,6 +115,23 @@ _DOWN_FOR_S = 1.0
 _WEIGHTS_MAX_AGE_S = 0.1
 _ALPHA_KEYS = ("alpha", "priority_exponent")
 _BETA_KEYS = ("beta", "importance_sampling_exponent")
+
+
+def _shard_placement(k: int) -> list[Any]:
+    """Ray scheduling strategies for shards ``0..k-1``: round-robin over the alive nodes.
+
+    Shard ``i`` asks for node ``i % nodes`` with *soft* node affinity (it runs
+    elsewhere if that node is full or gone, and a restart may move it). Ray's
+    ``SPREAD`` alone is best effort for actors created at once: in a test run it put
+    both shards of a table on one node of an idle two-node cluster.
+    """
+    ray = _ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    if not nodes:
+        return ["SPREAD"] * k
+    return [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) for i in range(k)]
 
 
 def _ray() -> Any:
@@ -555,6 +572,7 @@ class RayServer:
         server_id = uuid.uuid4().hex
         root = None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve())
         metas: dict[str, _TableMeta] = {}
+        placement = _shard_placement(k)
         for name, cfg in configs.items():
             cfg = dict(cfg, name=name)
             files = initial_files.get(name)
@@ -564,7 +582,7 @@ class RayServer:
                     max_restarts=-1,
                     max_task_retries=-1,
                     max_concurrency=16,
-                    scheduling_strategy="SPREAD",
+                    scheduling_strategy=placement[i],
                 ).remote(
                     _shard_config(cfg, i, k),
                     i,
