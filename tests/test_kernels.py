@@ -23,7 +23,7 @@ from replaydb.errors import InvalidArgumentError
 from replaydb.samplers import Prioritized, Uniform
 from replaydb.sum_tree import SumTree
 
-pytestmark = pytest.mark.skipif(_kernels.KERNELS is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(_kernels.get() is None, reason="numba is not installed")
 
 SPEC = Spec({"obs": ((3,), "float32"), "reward": ((), "float32"), "step": ((), "int64")})
 

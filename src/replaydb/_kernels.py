@@ -3,7 +3,7 @@
 Each function here is one pass over a batch that would otherwise be a chain of
 numpy calls (a few microseconds of dispatch each, which at a batch of 256 costs
 more than the memory traffic itself). Every caller keeps a numpy path that gives
-the same results; :data:`KERNELS` is ``None`` without numba or with
+the same results; :func:`get` returns ``None`` without numba or with
 ``REPLAYDB_NUMBA=0``, and tests switch between the two with :func:`use`.
 
 The functions take numpy arrays that are zero-copy views of a table's torch
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KERNELS", "use"]
+__all__ = ["get", "use"]
 
 
 def _compile() -> SimpleNamespace | None:
@@ -187,9 +187,19 @@ def _compile() -> SimpleNamespace | None:
     )
 
 
-#: The compiled kernels, or ``None`` (numba missing or ``REPLAYDB_NUMBA=0``).
-KERNELS: SimpleNamespace | None = _compile()
-_COMPILED = KERNELS
+_STATE: dict[str, Any] = {}
+
+
+def get() -> SimpleNamespace | None:
+    """The compiled kernels, or ``None`` (numba missing, ``REPLAYDB_NUMBA=0``, or off).
+
+    numba is imported on the first call (a CPU table or tree being built), not when
+    replaydb is imported.
+    """
+    if "compiled" not in _STATE:
+        _STATE["compiled"] = _compile()
+        _STATE.setdefault("enabled", True)
+    return _STATE["compiled"] if _STATE["enabled"] else None
 
 
 def use(enabled: bool) -> None:
@@ -199,5 +209,4 @@ def use(enabled: bool) -> None:
         enabled: ``False`` selects the numpy paths; ``True`` the kernels, where
             numba is installed.
     """
-    global KERNELS
-    KERNELS = _COMPILED if enabled else None
+    _STATE["enabled"] = bool(enabled)

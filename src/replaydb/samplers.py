@@ -346,7 +346,7 @@ class Prioritized:
         self._device = device
         self.generator = make_generator(device, self.seed)
         self.tree = SumTree(capacity, device=device)
-        self._kernels = _kernels.KERNELS if self.tree.numpy_path else None
+        self._kernels = _kernels.get() if self.tree.numpy_path else None
 
     def _leaf(self, priorities: torch.Tensor) -> torch.Tensor:
         p = priorities.to(self._device, torch.float64)

@@ -155,7 +155,7 @@ class Storage:
         if self.device.type == "cpu":
             self._np_links = (self.key.numpy(), self.prev.numpy(), self.next.numpy())
         #: Compiled window gathering (numba), where the numpy views exist.
-        self._kernels = _kernels.KERNELS if self._np is not None and links else None
+        self._kernels = _kernels.get() if self._np is not None and links else None
         self._np_next = self.next.numpy() if self.device.type == "cpu" else None
 
     # ------------------------------------------------------------------ sizes

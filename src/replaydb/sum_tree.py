@@ -82,7 +82,7 @@ class SumTree:
         self._kernels: SimpleNamespace | None = None
         if self.device.type == "cpu" and dtype != torch.bfloat16:
             self._np = self.tree.numpy()
-            self._kernels = _kernels.KERNELS
+            self._kernels = _kernels.get()
 
     def __repr__(self) -> str:
         return f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype})"

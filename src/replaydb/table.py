@@ -207,6 +207,7 @@ class Table:
         #: (set by servers and datasets whose writers arrive later).
         self.shared = False
         self._cond = threading.Condition(threading.RLock())
+        self._waiting = 0  # threads blocked in _wait: notify only when there are some
         self._threads: set[int] = set()
         self._alloc_items()
 
@@ -224,7 +225,7 @@ class Table:
         self._np_item_key = self._item_key.numpy() if dev.type == "cpu" else None
         self._np_priority = self._priority.numpy() if dev.type == "cpu" else None
         self._np_times = self._times.numpy() if dev.type == "cpu" else None
-        self._kernels = _kernels.KERNELS if dev.type == "cpu" else None
+        self._kernels = _kernels.get() if dev.type == "cpu" else None
 
     # ---------------------------------------------------------------- presets
     @classmethod
@@ -422,7 +423,7 @@ class Table:
                 fast(row, 1)
                 self._size += int(fresh)
                 lim.inserts += 1
-                self._cond.notify_all()
+                self._notify()
             return
         if storage._np is None or self.sequence_length != 1 or self.consuming:
             data = {
@@ -476,7 +477,7 @@ class Table:
                 done += m
             self._size += n - replaced
             lim.on_insert(n)
-            self._cond.notify_all()
+            self._notify()
 
     def _check_priorities(self, priorities: Any, n: int) -> torch.Tensor | None:
         if priorities is None:
@@ -545,7 +546,7 @@ class Table:
                     self._add_padded(keys, res.positions, ends[-m:], pri)
             else:
                 self._add_items(keys, pri)
-            self._cond.notify_all()
+            self._notify()
 
     def _items_completed(self, n: int, streams: torch.Tensor, ends: torch.Tensor) -> int:
         """How many items a write of these steps will add (what the limiter admits)."""
@@ -702,7 +703,7 @@ class Table:
                 spent = slots[times >= self.max_times_sampled]
                 if spent.numel():
                     self._remove_slots(spent)
-            self._cond.notify_all()
+            self._notify()
         weights = sel.weights
         if weights is None:
             weights = (
@@ -858,6 +859,11 @@ class Table:
     def _note_thread(self) -> None:
         self._threads.add(threading.get_ident())
 
+    def _notify(self) -> None:
+        """Wake the waiting threads, if any (called with the lock held)."""
+        if self._waiting:
+            self._cond.notify_all()
+
     def _wait(self, ready: Any, timeout: float | None, verb: str, n: int) -> None:
         """Wait on the condition until ``ready()``; raise instead of waiting for ever.
 
@@ -871,18 +877,22 @@ class Table:
         if timeout is None and not self._others_alive():
             raise WouldBlockForeverError(self._forever_message(verb, why))
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not ready():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise RateLimiterTimeout(
-                    f"{verb} on table {self.name!r} timed out after {timeout}s: "
-                    f"{self._why_blocked(verb, n)}"
-                )
-            if remaining is None and not self._others_alive():
-                raise WouldBlockForeverError(
-                    self._forever_message(verb, self._why_blocked(verb, n))
-                )
-            self._cond.wait(min(remaining, 0.5) if remaining is not None else 0.5)
+        self._waiting += 1
+        try:
+            while not ready():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise RateLimiterTimeout(
+                        f"{verb} on table {self.name!r} timed out after {timeout}s: "
+                        f"{self._why_blocked(verb, n)}"
+                    )
+                if remaining is None and not self._others_alive():
+                    raise WouldBlockForeverError(
+                        self._forever_message(verb, self._why_blocked(verb, n))
+                    )
+                self._cond.wait(min(remaining, 0.5) if remaining is not None else 0.5)
+        finally:
+            self._waiting -= 1
 
     def _why_blocked(self, verb: str, n: int) -> str:
         lim = self.rate_limiter
@@ -955,7 +965,7 @@ class Table:
             self._times.zero_()
             self._size = 0
             self._max_priority = 1.0
-            self._cond.notify_all()
+            self._notify()
 
     def config(self) -> dict[str, Any]:
         """JSON-serializable description from which :meth:`from_config` rebuilds the table."""
@@ -1026,7 +1036,7 @@ class Table:
             self.rate_limiter.load_state_dict(
                 {k[len("limiter.") :]: v for k, v in state.items() if k.startswith("limiter.")}
             )
-            self._cond.notify_all()
+            self._notify()
 
 
 def _preset_capacity(size: int, sequence_length: int) -> int:
