@@ -546,6 +546,12 @@ class Storage:
             idx = rows.numpy().reshape(-1)
             for dt, np_group in self._np_groups.items():
                 packed = np_group.take(idx, axis=0, mode="clip")
+                if one_d and dt in self._vector_groups:
+                    # No field needs a reshape: one wrap and one split beat a wrap per field.
+                    names, widths, _ = self._split[dt]
+                    parts = torch.from_numpy(packed).split_with_sizes(widths, 1)
+                    out.update(zip(names, parts, strict=True))
+                    continue
                 for name, a, b, shape in self._columns[dt]:
                     view = packed[:, a] if shape == () else packed[:, a:b]
                     if not one_d or len(shape) > 1:
