@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb import Spec, Table
+from replaydb import Spec, Table, _kernels
 from replaydb.samplers import Prioritized
 
 OBS = 8
@@ -249,7 +249,8 @@ def main() -> None:
     torch.set_num_threads(1)
     capacity = args.capacity or (200_000 if args.quick else 1_000_000)
     reps = 200 if args.quick else 1000
-    print(f"capacity {capacity:,}, batch {BATCH}, torch {torch.__version__}, 1 thread\n")
+    kernels = "numba kernels" if _kernels.get() is not None else "numpy paths (no numba)"
+    print(f"capacity {capacity:,}, batch {BATCH}, torch {torch.__version__}, 1 thread, {kernels}\n")
 
     rows = bench_prioritized(capacity, reps)
     ours = rows[0][1]

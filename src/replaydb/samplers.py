@@ -341,6 +341,8 @@ class Prioritized:
         self.generator = torch.Generator()
         self.tree = SumTree(1)
         self._kernels: SimpleNamespace | None = None
+        self._u = torch.empty(0, dtype=torch.float64)
+        self._u_np: np.ndarray[Any, Any] = self._u.numpy()
 
     def bind(self, capacity: int, device: torch.device) -> None:
         self._device = device
@@ -386,8 +388,13 @@ class Prioritized:
         b = self.beta if beta is None else _unit_interval("beta", beta)
         if self.tree.numpy_path:
             # CPU: numpy on zero-copy views, a fraction of torch's per-call overhead.
-            u = torch.rand(n, dtype=torch.float64, generator=self.generator).numpy()
-            idx, lv, total = self.tree.sample_numpy(u)
+            # The uniform draws go into a scratch tensor (read before this returns):
+            # the same numbers as a fresh torch.rand, without an allocation.
+            if self._u.numel() != n:
+                self._u = torch.empty(n, dtype=torch.float64)
+                self._u_np = self._u.numpy()
+            torch.rand(n, dtype=torch.float64, generator=self.generator, out=self._u)
+            idx, lv, total = self.tree.sample_numpy(self._u_np)
             if self._kernels is not None:
                 prob, w = self._kernels.importance(lv, total, b)
                 return Selection(torch.from_numpy(idx), torch.from_numpy(prob), torch.from_numpy(w))

@@ -185,7 +185,9 @@ class SumTree:
             raise InvalidArgumentError(
                 f"sample_numpy needs a CPU tree, this one is on {self.device}; use sample()"
             )
-        return self._find_numpy_scaled(np.ascontiguousarray(u, dtype=np.float64))
+        if u.dtype != np.float64 or not u.flags.c_contiguous:
+            u = np.ascontiguousarray(u, dtype=np.float64)
+        return self._find_numpy_scaled(u)
 
     def _find_numpy(self, v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         return self._find_numpy_scaled(v, scale=False)[0]
