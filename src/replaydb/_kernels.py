@@ -93,18 +93,6 @@ def _compile() -> SimpleNamespace | None:
                 tree[node[j]] = tree[2 * node[j]] + tree[2 * node[j] + 1]
 
     @jit
-    def tree_update_pow(
-        tree: Any, idx: Any, val: Any, offset: float, power: float, levels: int, p: int
-    ) -> None:
-        # Leaves (val + offset) ** power: prioritized replay's (priority + eps) ** alpha.
-        leaf = val.copy()
-        if offset != 0.0:
-            leaf += offset
-        if power != 1.0:
-            leaf = leaf**power
-        tree_update(tree, idx, leaf.astype(tree.dtype), levels, p)
-
-    @jit
     def importance(leaf: Any, total: float, beta: float) -> Any:
         # Probabilities leaf / total and importance weights (P(i) / min_j P(j)) ** -beta,
         # as Prioritized's numpy path computes them.
@@ -179,7 +167,6 @@ def _compile() -> SimpleNamespace | None:
     return SimpleNamespace(
         tree_find=tree_find,
         tree_update=tree_update,
-        tree_update_pow=tree_update_pow,
         importance=importance,
         take_items=take_items,
         windows=windows,
