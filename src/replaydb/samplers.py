@@ -20,6 +20,11 @@ Samplers:
 
 Zero priority: the table rejects priorities that are not finite and > 0, so a
 sampler never sees one; ``eps`` keeps tiny priorities reachable.
+
+Optional fast paths a CPU table uses where a sampler has them:
+``on_insert_contiguous(start, n)`` (:class:`Uniform`) and
+``update_numpy(slots, priorities)`` (:class:`Prioritized`), which take plain ints or
+numpy arrays instead of tensors (each tensor conversion costs about a microsecond).
 """
 
 from __future__ import annotations

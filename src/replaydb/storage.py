@@ -156,7 +156,6 @@ class Storage:
             self._np_links = (self.key.numpy(), self.prev.numpy(), self.next.numpy())
         #: Compiled window gathering (numba), where the numpy views exist.
         self._kernels = _kernels.get() if self._np is not None and links else None
-        self._np_next = self.next.numpy() if self.device.type == "cpu" else None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -503,8 +502,10 @@ class Storage:
             [[[1, 2]], [[0, 1]]]
         """
         if self._kernels is not None and length > 1:
+            assert self._np_links is not None
+            nxt = self._np_links[2]
             rows, ends = self._kernels.windows(
-                start_keys.numpy(), self._np_key, self._np_next, self._np_end, length
+                start_keys.numpy(), self._np_key, nxt, self._np_end, length
             )
             return torch.from_numpy(rows), torch.from_numpy(ends)
         rows = self.window_rows(start_keys, length)

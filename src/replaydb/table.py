@@ -824,36 +824,31 @@ class Table:
         item_key, priority = self._np_item_key, self._np_priority
         assert item_key is not None
         assert priority is not None
-        if self._kernels is not None:
-            with self._cond:
-                slots, kept, hi, bad = self._kernels.live_updates(k, p, item_key, priority)
+        with self._cond:
+            if self._kernels is not None:
+                # One pass: check every priority, keep and write the live ones.
+                slots, live_p, hi, bad = self._kernels.live_updates(k, p, item_key, priority)
                 if bad >= 0:
                     _check_priority_values(torch.from_numpy(p))  # raises, naming the value
-                n_live = int(slots.size)
-                if n_live:
-                    if hi > self._max_priority:
-                        self._max_priority = float(hi)
-                    if self._update_numpy is not None:
-                        self._update_numpy(slots, kept)
-                    else:
-                        self.sampler.update(torch.from_numpy(slots), torch.from_numpy(kept))
-                return n_live
-        lo, hi = p.min(), p.max()
-        if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
-            _check_priority_values(torch.from_numpy(p))
-        with self._cond:
-            slots = k % self.capacity
-            live = (item_key.take(slots) == k) & (k >= 0)
-            n_live = int(np.count_nonzero(live))
-            if n_live != k.size:
-                slots, p = slots[live], p[live]
-                hi = p.max() if n_live else hi
-            if n_live:
-                priority[slots] = p
+            else:
+                lo, hi = p.min(), p.max()
+                if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
+                    _check_priority_values(torch.from_numpy(p))
+                slots = k % self.capacity
+                live = (item_key.take(slots) == k) & (k >= 0)
+                live_p = p
+                if not live.all():
+                    slots, live_p = slots[live], p[live]
+                    hi = live_p.max() if live_p.size else hi
+                priority[slots] = live_p
+            if slots.size:
                 if hi > self._max_priority:
                     self._max_priority = float(hi)
-                self.sampler.update(torch.from_numpy(slots), torch.from_numpy(p))
-            return n_live
+                if self._update_numpy is not None:
+                    self._update_numpy(slots, live_p)
+                else:
+                    self.sampler.update(torch.from_numpy(slots), torch.from_numpy(live_p))
+            return int(slots.size)
 
     # ---------------------------------------------------------------- waiting
     def _note_thread(self) -> None:
