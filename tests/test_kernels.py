@@ -9,7 +9,10 @@ with a tight tolerance; everything else is compared exactly.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -176,3 +179,17 @@ def test_top_level_search_is_searchsorted() -> None:
     want = tree.find(v)
     assert torch.equal(got, want)
     assert bool((leaves[got] > 0).all())
+
+
+def test_env_var_turns_the_kernels_off() -> None:
+    """REPLAYDB_NUMBA=0 selects the numpy paths, and numba is not even imported."""
+    code = (
+        "import sys, torch; from replaydb import Table, _kernels; "
+        "t = Table({'x': ((), 'float32')}, 8); "
+        "print(_kernels.get() is None, t._kernels is None, 'numba' in sys.modules)"
+    )
+    env = dict(os.environ, REPLAYDB_NUMBA="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True", "False"]
