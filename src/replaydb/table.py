@@ -744,7 +744,8 @@ class Table:
             keys, t, p = self._kernels.take_items(s, item_key, times, priority)
         else:
             np.add.at(times, s, 1)
-            keys, t, p = item_key.take(s), times.take(s), priority.take(s)
+            # Fancy indexing, not take: take copies a strided column whole first.
+            keys, t, p = item_key[s], times[s], priority[s]
         return torch.from_numpy(keys), torch.from_numpy(t), torch.from_numpy(p)
 
     def _enough(self, n: int) -> bool:
@@ -835,7 +836,7 @@ class Table:
                 if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
                     _check_priority_values(torch.from_numpy(p))
                 slots = k % self.capacity
-                live = (item_key.take(slots) == k) & (k >= 0)
+                live = (item_key[slots] == k) & (k >= 0)
                 live_p = p
                 if not live.all():
                     slots, live_p = slots[live], p[live]
