@@ -164,7 +164,55 @@ def _compile() -> SimpleNamespace | None:
             m += 1
         return slots[:m], kept[:m], hi, -1
 
+    @jit
+    def link_steps(
+        keys: Any, streams: Any, ends: Any, key: Any, prev: Any, nxt: Any, last: Any, ep_len: Any
+    ) -> Any:
+        # Storage._link in one pass over steps in key order: each step's predecessor
+        # is its stream's last step (if that is still live and its episode did not
+        # end); set prev/next links, return episode positions, advance the streams.
+        cap = key.shape[0]
+        n = keys.shape[0]
+        pos = np.empty(n, np.int64)
+        for j in range(n):
+            k = keys[j]
+            s = streams[j]
+            p = last[s]
+            if p >= 0 and key[p % cap] != p:
+                p = -1
+            prev[k % cap] = p
+            if p >= 0:
+                nxt[p % cap] = k
+                pos[j] = ep_len[s]
+            else:
+                pos[j] = 0
+            if ends[j] != 0:
+                last[s] = -1
+                ep_len[s] = 0
+            else:
+                last[s] = k
+                ep_len[s] = pos[j] + 1
+        return pos
+
+    @jit
+    def walk(keys: Any, steps: int, key: Any, links: Any) -> Any:
+        # Storage.walk: follow links ``steps`` times; -1 where a link is broken.
+        cap = key.shape[0]
+        n = keys.shape[0]
+        out = np.empty(n, np.int64)
+        for j in range(n):
+            cur = keys[j]
+            for _ in range(steps):
+                if cur < 0 or key[cur % cap] != cur:
+                    cur = -1
+                    break
+                cur = links[cur % cap]
+            out[j] = cur if cur >= 0 and key[cur % cap] == cur else -1
+        return out
+
     return SimpleNamespace(
+        link_steps=link_steps,
+        walk=walk,
         tree_find=tree_find,
         tree_update=tree_update,
         importance=importance,

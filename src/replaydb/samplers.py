@@ -191,6 +191,12 @@ class Uniform:
     def on_insert(self, slots: torch.Tensor, priorities: torch.Tensor) -> None:
         if slots.numel() == 0:
             return
+        if self._np_active is not None:  # CPU: numpy on the view, as in on_insert_contiguous
+            s = slots.numpy()
+            self._count += int(s.size - np.count_nonzero(self._np_active[s]))
+            self._np_active[s] = True
+            self._high = max(self._high, int(s.max()) + 1)
+            return
         fresh = ~self._active.index_select(0, slots)
         self._count += int(fresh.sum())
         self._active[slots] = True

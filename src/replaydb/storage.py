@@ -61,6 +61,19 @@ class AppendResult:
     first_key: int
 
 
+def _ring_copy(dst: np.ndarray[Any, Any], row0: int, n: int, src: Any) -> None:
+    """``dst[row0 : row0 + n] = src`` on a ring of ``len(dst)`` rows (wrapping once)."""
+    head = min(n, dst.shape[0] - row0)
+    if np.ndim(src) == 0:
+        dst[row0 : row0 + head] = src
+        if head < n:
+            dst[: n - head] = src
+        return
+    dst[row0 : row0 + head] = src[:head]
+    if head < n:
+        dst[: n - head] = src[head:]
+
+
 class Storage:
     """A ring of ``capacity`` preallocated rows, one column slice per field.
 
@@ -232,15 +245,27 @@ class Storage:
         row0 = start % self.capacity
         keys = torch.arange(start, start + n, dtype=torch.int64, device=dev)
         evicted = self._evicted(row0, n)
-        for name, value in data.items():
-            self._copy_rows(self.fields[name], row0, n, value)
-        self._copy_rows(self.key, row0, n, keys)
-        self._copy_rows(self.stream, row0, n, streams)
-        self._copy_rows(self.end, row0, n, ends)
+        if self._np is not None:
+            # CPU: numpy slice copies, a fraction of torch's per-call cost.
+            for name, value in data.items():
+                _ring_copy(self._np[name], row0, n, value.numpy())
+            _ring_copy(self._np_key, row0, n, keys.numpy())
+            _ring_copy(self._np_stream, row0, n, streams.numpy())
+            _ring_copy(self._np_end, row0, n, ends.numpy())
+            if self.links:
+                assert self._np_links is not None
+                _ring_copy(self._np_links[2], row0, n, -1)
+        else:
+            for name, value in data.items():
+                self._copy_rows(self.fields[name], row0, n, value)
+            self._copy_rows(self.key, row0, n, keys)
+            self._copy_rows(self.stream, row0, n, streams)
+            self._copy_rows(self.end, row0, n, ends)
+            if self.links:
+                self._copy_rows(self.next, row0, n, torch.full_like(keys, -1))
         self.total += n
         positions = None
         if self.links:
-            self._copy_rows(self.next, row0, n, torch.full_like(keys, -1))
             positions = self._link(keys, streams, ends)
         return AppendResult(keys=keys, positions=positions, evicted_rows=evicted, first_key=start)
 
@@ -428,6 +453,20 @@ class Storage:
     def _link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
         """Link each new step to its predecessor in the same stream; return positions."""
         self._grow_streams(int(streams.max()))
+        if self._kernels is not None:
+            assert self._np_links is not None
+            np_key, np_prev, np_next = self._np_links
+            pos = self._kernels.link_steps(
+                keys.numpy(),
+                streams.numpy(),
+                ends.numpy(),
+                np_key,
+                np_prev,
+                np_next,
+                self._last_key.numpy(),
+                self._ep_len.numpy(),
+            )
+            return torch.from_numpy(pos)
         order, ss, ks, es, last, prev, pos = self._positions(keys, streams, ends)
         # index_copy_ rather than tensor-indexed assignment: same result (keys and
         # streams within one call are distinct), a fraction of the per-call cost.
@@ -454,6 +493,12 @@ class Storage:
     def walk(self, keys: torch.Tensor, steps: int, column: str = "prev") -> torch.Tensor:
         """Follow ``prev`` or ``next`` links ``steps`` times; ``-1`` where a link is broken."""
         links = self.prev if column == "prev" else self.next
+        if self._kernels is not None:
+            assert self._np_links is not None
+            np_links = self._np_links[1] if column == "prev" else self._np_links[2]
+            return torch.from_numpy(
+                self._kernels.walk(keys.numpy(), steps, self._np_links[0], np_links)
+            )
         cur = keys
         for _ in range(steps):
             ok = self.is_live(cur)

@@ -482,7 +482,7 @@ class Table:
     def _check_priorities(self, priorities: Any, n: int) -> torch.Tensor | None:
         if priorities is None:
             return None
-        p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device)
+        p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device).detach()
         if p.dim() == 0:
             p = p.expand(n)
         if p.shape != (n,):
@@ -620,9 +620,17 @@ class Table:
             )
         else:
             self._max_priority = max(self._max_priority, float(priorities.max()))
-        self._item_key[slots] = keys
-        self._priority[slots] = priorities
-        self._times[slots] = 0
+        if self._np_item_key is not None:
+            # CPU: numpy stores into the packed record columns (torch's strided
+            # index_put costs several microseconds a call).
+            s, k = slots.numpy(), keys.numpy()
+            self._np_item_key[s] = k
+            self._np_priority[s] = priorities.numpy()  # type: ignore[index]
+            self._np_times[s] = 0  # type: ignore[index]
+        else:
+            self._item_key[slots] = keys
+            self._priority[slots] = priorities
+            self._times[slots] = 0
         self._size += m
         self.sampler.on_insert(slots, priorities)
         self.rate_limiter.on_insert(m)
