@@ -193,3 +193,15 @@ def test_env_var_turns_the_kernels_off() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["True", "True", "False"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_sum_tree_of_any_float_dtype_samples(dtype: torch.dtype) -> None:
+    """float16 trees take the numpy path (numba has no float16); the others compile."""
+    tree = SumTree(100, dtype=dtype)
+    assert (tree._kernels is not None) == (dtype != torch.float16)
+    tree.update(torch.arange(100), torch.ones(100, dtype=torch.float64))
+    idx, values, total = tree.sample(8, torch.Generator().manual_seed(0))
+    assert idx.shape == (8,) and values.dtype == dtype and float(total) == 100.0
+    tree.update_numpy(idx.numpy(), np.full(8, 3.0), offset=1.0, power=0.5)
+    assert torch.equal(tree.get(idx), torch.full((8,), 2.0, dtype=dtype))

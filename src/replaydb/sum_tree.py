@@ -82,7 +82,8 @@ class SumTree:
         self._kernels: SimpleNamespace | None = None
         if self.device.type == "cpu" and dtype != torch.bfloat16:
             self._np = self.tree.numpy()
-            self._kernels = _kernels.get()
+            # numba compiles float32 and float64 loops (not float16).
+            self._kernels = _kernels.get() if dtype in (torch.float32, torch.float64) else None
 
     def __repr__(self) -> str:
         return f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype})"
