@@ -1,8 +1,8 @@
-"""Compiled CPU loops for the hot paths of sampling, where numba is installed.
+"""Compiled CPU loops for the hot paths of sampling and writing, where numba is installed.
 
 Each function here is one pass over a batch that would otherwise be a chain of
-numpy calls (a few microseconds of dispatch each, which at a batch of 256 costs
-more than the memory traffic itself). Every caller keeps a numpy path that gives
+numpy or torch calls (one to several microseconds of dispatch each, which at a
+batch of 256 costs more than the memory traffic itself). Every caller keeps a numpy path that gives
 the same results; :func:`get` returns ``None`` without numba or with
 ``REPLAYDB_NUMBA=0``, and tests switch between the two with :func:`use`.
 
