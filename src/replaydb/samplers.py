@@ -373,7 +373,7 @@ class Prioritized:
         if self.tree.numpy_path and priorities.device.type == "cpu":
             # numpy on zero-copy views: a fraction of torch's per-call overhead.
             pri = priorities if not priorities.requires_grad else priorities.detach()
-            self.tree.update_numpy(slots.numpy(), pri.numpy(), offset=self.eps, power=self.alpha)
+            self.update_numpy(slots.numpy(), pri.numpy())
         else:
             self.tree.update(slots, self._leaf(priorities), check=False)
 

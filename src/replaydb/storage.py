@@ -61,17 +61,16 @@ class AppendResult:
     first_key: int
 
 
-def _ring_copy(dst: np.ndarray[Any, Any], row0: int, n: int, src: Any) -> None:
-    """``dst[row0 : row0 + n] = src`` on a ring of ``len(dst)`` rows (wrapping once)."""
+def _ring_copy(dst: Any, row0: int, n: int, src: Any) -> None:
+    """``dst[row0 : row0 + n] = src`` on a ring of ``len(dst)`` rows (wrapping once).
+
+    ``dst`` and ``src`` are both numpy arrays or both tensors; ``src`` may be a scalar.
+    """
     head = min(n, dst.shape[0] - row0)
-    if np.ndim(src) == 0:
-        dst[row0 : row0 + head] = src
-        if head < n:
-            dst[: n - head] = src
-        return
-    dst[row0 : row0 + head] = src[:head]
+    scalar = np.ndim(src) == 0
+    dst[row0 : row0 + head] = src if scalar else src[:head]
     if head < n:
-        dst[: n - head] = src[head:]
+        dst[: n - head] = src if scalar else src[head:]
 
 
 class Storage:
@@ -245,24 +244,15 @@ class Storage:
         row0 = start % self.capacity
         keys = torch.arange(start, start + n, dtype=torch.int64, device=dev)
         evicted = self._evicted(row0, n)
-        if self._np is not None:
-            # CPU: numpy slice copies, a fraction of torch's per-call cost.
-            for name, value in data.items():
-                _ring_copy(self._np[name], row0, n, value.numpy())
-            _ring_copy(self._np_key, row0, n, keys.numpy())
-            _ring_copy(self._np_stream, row0, n, streams.numpy())
-            _ring_copy(self._np_end, row0, n, ends.numpy())
-            if self.links:
-                assert self._np_links is not None
-                _ring_copy(self._np_links[2], row0, n, -1)
-        else:
-            for name, value in data.items():
-                self._copy_rows(self.fields[name], row0, n, value)
-            self._copy_rows(self.key, row0, n, keys)
-            self._copy_rows(self.stream, row0, n, streams)
-            self._copy_rows(self.end, row0, n, ends)
-            if self.links:
-                self._copy_rows(self.next, row0, n, torch.full_like(keys, -1))
+        # On CPU through numpy views: a slice copy costs a fraction of torch's.
+        cpu = self._np is not None
+        targets: Mapping[str, Any] = self._np if self._np is not None else self.fields
+        for name, value in data.items():
+            _ring_copy(targets[name], row0, n, value.numpy() if cpu else value)
+        for dst, src in ((self.key, keys), (self.stream, streams), (self.end, ends)):
+            _ring_copy(dst.numpy() if cpu else dst, row0, n, src.numpy() if cpu else src)
+        if self.links:
+            _ring_copy(self.next.numpy() if cpu else self.next, row0, n, -1)
         self.total += n
         positions = None
         if self.links:
@@ -371,12 +361,6 @@ class Storage:
             return torch.empty(0, dtype=torch.int64, device=self.device)
         rows = (torch.arange(n, device=self.device) + row0) % self.capacity
         return rows[self.key.index_select(0, rows) >= 0]
-
-    def _copy_rows(self, dst: torch.Tensor, row0: int, n: int, src: torch.Tensor) -> None:
-        head = min(n, self.capacity - row0)
-        dst[row0 : row0 + head].copy_(src[:head])
-        if head < n:
-            dst[: n - head].copy_(src[head:])
 
     def _grow_streams(self, max_stream: int) -> None:
         if max_stream >= _MAX_STREAMS:
@@ -492,13 +476,13 @@ class Storage:
 
     def walk(self, keys: torch.Tensor, steps: int, column: str = "prev") -> torch.Tensor:
         """Follow ``prev`` or ``next`` links ``steps`` times; ``-1`` where a link is broken."""
-        links = self.prev if column == "prev" else self.next
         if self._kernels is not None:
             assert self._np_links is not None
             np_links = self._np_links[1] if column == "prev" else self._np_links[2]
             return torch.from_numpy(
                 self._kernels.walk(keys.numpy(), steps, self._np_links[0], np_links)
             )
+        links = self.prev if column == "prev" else self.next
         cur = keys
         for _ in range(steps):
             ok = self.is_live(cur)

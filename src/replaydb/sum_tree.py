@@ -18,8 +18,8 @@ On CPU the same algorithm runs through numpy views of the torch storage (numpy's
 per-call overhead is several times lower than torch's for batches of a few hundred),
 or, where numba is installed, as two small compiled loops over the same arrays
 (:mod:`replaydb._kernels`; set ``REPLAYDB_NUMBA=0`` to turn that off); all CPU
-paths give bit-identical results. On other devices it runs in torch with no host synchronisation in
-:meth:`SumTree.find`.
+paths give bit-identical results. On other devices it runs in torch with no host
+synchronisation in :meth:`SumTree.find`.
 
 The sum tree of prioritized replay: Schaul et al. 2015, arXiv 1511.05952, appendix B.2.1.
 """
