@@ -6,6 +6,19 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles: "dev" (the default for local runs) keeps property tests quick;
+# "ci" (chosen where CI=true, or with HYPOTHESIS_PROFILE=ci) runs more examples for the
+# tests that do not pin their own count. Tests that set max_examples keep it: those
+# counts were sized for the 2-core CI machine.
+settings.register_profile("dev", max_examples=25, deadline=None)
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") == "true" else "dev")
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
