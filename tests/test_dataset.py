@@ -254,3 +254,16 @@ def test_repr_mentions_shape_and_state() -> None:
     assert "batch_size=6" in repr(ds)
     ds.close()
     assert "closed" in repr(ds)
+
+
+@pytest.mark.parametrize("iterated_first", [False, True])
+def test_dataloader_workers_refuse_an_in_process_table(iterated_first: bool) -> None:
+    # Forked workers would each sample a frozen copy (identical batches, no new data),
+    # and one forked after prefetch threads started would hang on their locks.
+    ds = Dataset(make_client(), batch_size=4).prefetch(2)
+    if iterated_first:
+        next(ds)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, timeout=30)
+    with pytest.raises(InvalidArgumentError, match=r"DataLoader worker \d.*num_workers=0"):
+        next(iter(loader))
+    ds.close()

@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from replaydb.errors import ClosedError, InvalidArgumentError, RateLimiterTimeout
 from replaydb.nest import Nest
@@ -90,7 +90,11 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
     Iterating never ends by itself; stop with ``break``, ``itertools.islice`` or
     :meth:`close`. It is also a ``torch.utils.data.IterableDataset``: use it with
     ``DataLoader(dataset, batch_size=None)`` (batches are already formed; keep
-    ``num_workers=0``, the threads here do the sampling).
+    ``num_workers=0``, the threads here do the sampling). In a DataLoader worker
+    process a dataset over an in-process table would sample a frozen copy of it,
+    the same batches in every worker, so it raises instead; a client whose class
+    sets ``shared_across_processes = True`` (the Ray client) samples the live table
+    from every worker.
 
     Args:
         client: A :class:`~replaydb.server.Client` (or anything with its ``sample``
@@ -207,6 +211,16 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
     # ------------------------------------------------------------ iterating
     def __iter__(self) -> Dataset:
         self._check_open()
+        worker = get_worker_info()
+        if worker is not None and not getattr(type(self.client), "shared_across_processes", False):
+            raise InvalidArgumentError(
+                f"this Dataset samples an in-process {type(self.client).__name__}, which "
+                f"DataLoader worker {worker.id} can only see as a frozen copy (every worker "
+                "would return the same batches and never see new data); use "
+                "DataLoader(dataset, batch_size=None, num_workers=0) and "
+                "num_parallel_calls/prefetch for parallel sampling, or a Ray client "
+                "(replaydb.ray_backend.RayClient), which every worker reaches live"
+            )
         return self
 
     def __next__(self) -> tuple[Any, SampleInfo]:
