@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -961,29 +961,29 @@ def test_velora_style_metadata_is_capped_too(tmp_path: Path) -> None:
     assert ckpt.read_json(tmp_path / "m.json") == {"a": 1}
 
 
+@pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
 def test_a_raised_capacity_is_rejected_before_allocating(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prioritized: bool
 ) -> None:
     import replaydb.storage
 
-    for sampler in (Uniform(seed=1), replaydb.Prioritized(seed=1)):
-        table = Table(Spec({"x": (64,)}), 16, sampler=sampler)
-        table.extend({"x": torch.ones(10, 64)})
-        config, state = table.snapshot()
-        config["capacity"] = 2**23  # 2 GiB of rows; the checksum recomputed, as anyone can
-        path = write_table_file(tmp_path / "big.safetensors", state, config)
-        built: list[int] = []
-        real_init = replaydb.storage.Storage.__init__
+    sampler = replaydb.Prioritized(seed=1) if prioritized else Uniform(seed=1)
+    table = Table(Spec({"x": (64,)}), 16, sampler=sampler)
+    table.extend({"x": torch.ones(10, 64)})
+    config, state = table.snapshot()
+    config["capacity"] = 2**23  # 2 GiB of rows; the checksum recomputed, as anyone can
+    path = write_table_file(tmp_path / "big.safetensors", state, config)
+    built: list[int] = []
+    real_init = replaydb.storage.Storage.__init__
 
-        def spy(self: Any, spec: Any, capacity: int, *args: Any, **kwargs: Any) -> None:
-            built.append(capacity)
-            real_init(self, spec, capacity, *args, **kwargs)
+    def spy(self: Any, spec: Any, capacity: int, *args: Any, **kwargs: Any) -> None:
+        built.append(capacity)
+        real_init(self, spec, capacity, *args, **kwargs)
 
-        monkeypatch.setattr(replaydb.storage.Storage, "__init__", spy)
-        with pytest.raises(CheckpointError, match="capacity 8,388,608 is larger than the file"):
-            load_table(path)
-        assert built and max(built) <= 4  # only the tiny templates were built
-        monkeypatch.undo()
+    monkeypatch.setattr(replaydb.storage.Storage, "__init__", spy)
+    with pytest.raises(CheckpointError, match="capacity 8,388,608 is larger than the file"):
+        load_table(path)
+    assert built and max(built) <= 4  # only the tiny templates were built
 
 
 def test_a_lowered_capacity_of_a_full_ring_is_rejected_before_allocating(tmp_path: Path) -> None:

@@ -957,7 +957,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         for key in ("size", "steps"):
             if key in entry:
                 _expect_int(entry[key], f"{at}.{key}")
-    return manifest
+    return dict(manifest)
 
 
 def _remove_stale_temporaries(root: Path) -> None:
