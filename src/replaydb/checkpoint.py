@@ -53,6 +53,7 @@ __all__ = [
     "atomic_write_files",
     "commit_checkpoint",
     "confined_path",
+    "expect_json",
     "latest_checkpoint",
     "list_checkpoints",
     "load_table",
@@ -60,6 +61,7 @@ __all__ = [
     "read_checkpoint",
     "read_json",
     "read_manifest",
+    "read_small_file",
     "read_table_file",
     "remove_stale_temporaries",
     "save_table",
@@ -110,10 +112,36 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
-    """Return ``value`` if it is of JSON type ``kind``, else raise a CheckpointError.
+def expect_json(
+    value: Any,
+    kind: type | tuple[type, ...],
+    where: str,
+    error: type[Exception] = CheckpointError,
+) -> Any:
+    """Return ``value`` if it has the JSON type ``kind``, else raise ``error`` saying so.
 
-    ``bool`` never passes for ``int`` or ``float``; ``int`` passes for ``float``.
+    ``bool`` never passes for ``int`` or ``float``; an ``int`` passes for ``float``.
+    The message names ``where`` (a key path), the type found and the type expected.
+
+    Args:
+        value: A value parsed from JSON (or TOML).
+        kind: The expected Python type(s): ``dict``, ``list``, ``str``, ``int``,
+            ``float``, ``bool``, ``type(None)``.
+        where: The key path, e.g. ``"'manifest.json': tables.replay.file"``.
+        error: The exception class to raise (default :class:`CheckpointError`).
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        CheckpointError: (or ``error``) If ``value`` has another type.
+
+    Example:
+        >>> expect_json([1], list, "tables")
+        [1]
+        >>> expect_json("x", int, "capacity")
+        Traceback (most recent call last):
+        replaydb.errors.CheckpointError: capacity must be an integer, got a string ('x')
     """
     kinds = kind if isinstance(kind, tuple) else (kind,)
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
@@ -123,8 +151,11 @@ def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
         wanted = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
         shown = repr(value)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise CheckpointError(f"{where} must be {wanted}, got {_json_type(value)} ({shown})")
+        raise error(f"{where} must be {wanted}, got {_json_type(value)} ({shown})")
     return value
+
+
+_expect = expect_json
 
 
 def _expect_int(value: Any, where: str, minimum: int = 0) -> int:
@@ -170,28 +201,29 @@ def parse_json(data: bytes | str, where: str) -> Any:
         raise CheckpointError(f"{where} is not valid JSON ({exc})") from exc
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file from an untrusted place: a regular file, at most :data:`MAX_JSON_BYTES`.
+def read_small_file(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> bytes:
+    """Read a file from an untrusted place: a regular file of at most ``limit`` bytes.
 
     The file is opened without blocking and checked to be a regular file before a
-    byte is read, so a FIFO or a link to ``/dev/zero`` fails at once.
+    byte is read, so a FIFO or a link to ``/dev/zero`` fails at once; at most
+    ``limit + 1`` bytes are ever read.
 
     Args:
         path: The file.
+        limit: The most bytes accepted.
 
     Returns:
-        The parsed value.
+        The file's bytes.
 
     Raises:
-        CheckpointError: If the file is missing, not a regular file, too large, not
-            UTF-8 or not JSON.
+        CheckpointError: If the file is missing, not a regular file or too large.
 
     Example:
         >>> import tempfile
         >>> p = Path(tempfile.mkdtemp()) / "m.json"
         >>> _ = p.write_text('{"format": 1}')
-        >>> read_json(p)
-        {'format': 1}
+        >>> read_small_file(p)
+        b'{"format": 1}'
     """
     p = Path(path)
     try:
@@ -203,8 +235,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
             raise CheckpointError(f"{str(p)!r} is not a regular file; replaydb reads only files")
         chunks: list[bytes] = []
         size = 0
-        while size <= MAX_JSON_BYTES:
-            chunk = os.read(fd, min(1 << 20, MAX_JSON_BYTES + 1 - size))
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -213,7 +245,34 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"{str(p)!r} cannot be read ({exc.strerror or exc})") from exc
     finally:
         os.close(fd)
-    return parse_json(b"".join(chunks), repr(str(p)))
+    if size > limit:
+        raise CheckpointError(
+            f"{str(p)!r} is over the limit of {limit:,} bytes; this is not a file replaydb wrote"
+        )
+    return b"".join(chunks)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file from an untrusted place (see :func:`read_small_file`, :func:`parse_json`).
+
+    Args:
+        path: The file.
+
+    Returns:
+        The parsed value (any JSON type: check it with :func:`expect_json`).
+
+    Raises:
+        CheckpointError: If the file is missing, not a regular file, over
+            :data:`MAX_JSON_BYTES`, not UTF-8 or not JSON.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "m.json"
+        >>> _ = p.write_text('{"format": 1}')
+        >>> read_json(p)
+        {'format': 1}
+    """
+    return parse_json(read_small_file(path), repr(str(Path(path))))
 
 
 def confined_path(root: str | os.PathLike[str], relative: Any, where: str = "file") -> Path:
