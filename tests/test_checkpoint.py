@@ -876,10 +876,17 @@ def _checkpoint_with_outside_file(tmp_path: Path) -> tuple[Path, Path]:
     return path, outside
 
 
+def _write_manifest(path: Path, manifest: Any) -> None:
+    """Write a manifest as a tamperer would: with its checksum recomputed."""
+    if isinstance(manifest, dict) and isinstance(manifest.get("checksum"), str):
+        manifest["checksum"] = ckpt._manifest_checksum(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
 def _set_entry_file(path: Path, file: Any) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["tables"]["t"]["file"] = file
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    _write_manifest(path, manifest)
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "nested dotdot"])
@@ -1084,7 +1091,7 @@ def test_hostile_metadata_json(tmp_path: Path, raw: str, message: str) -> None:
 def _bad_manifest(path: Path, change: Callable[[dict[str, Any]], Any]) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     replaced = change(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest if replaced is None else replaced))
+    _write_manifest(path, manifest if replaced is None else replaced)
 
 
 MANIFEST_EDITS: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
@@ -1093,6 +1100,8 @@ MANIFEST_EDITS: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("tables list", lambda m: m.__setitem__("tables", []), "tables must be a JSON object"),
     ("tables str", lambda m: m.__setitem__("tables", "t"), "tables must be a JSON object"),
     ("entry 5", lambda m: m["tables"].__setitem__("t", 5), "tables.t must be a JSON object"),
+    ("no tables", lambda m: m.pop("tables") and None, "has no 'tables' key"),
+    ("checksum 5", lambda m: m.__setitem__("checksum", 5), "checksum must be a string"),
     ("no file", lambda m: m["tables"]["t"].pop("file") and None, "tables.t has no 'file' key"),
     ("file 5", lambda m: m["tables"]["t"].__setitem__("file", 5), "tables.t.file must be a str"),
     ("file null", lambda m: m["tables"]["t"].__setitem__("file", None), "got null"),
@@ -1189,3 +1198,18 @@ def test_a_live_writers_temporary_is_kept(tmp_path: Path) -> None:
         child.wait()
     save_table(make_table(), tmp_path / "t.safetensors")
     assert not live.exists()
+
+
+def test_the_manifest_is_checksummed(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path, {"t": make_table()})
+    text = (path / "manifest.json").read_text()
+    assert '"checksum"' in text
+    # A flipped digit that still parses (a bit rot a type check cannot see):
+    (path / "manifest.json").write_text(text.replace('"size": 8', '"size": 9'))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        read_checkpoint(path)
+    # Manifests written before the checksum existed still load.
+    manifest = json.loads(text)
+    del manifest["checksum"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert len(read_checkpoint(path)[0]["t"]) == 8

@@ -909,6 +909,8 @@ def commit_checkpoint(
             "extra": {},
         }
         manifest.update(fill(tmp))
+        manifest.pop("checksum", None)
+        manifest["checksum"] = _manifest_checksum(manifest)
         text = json.dumps(manifest, indent=2)
         atomic_write_files({tmp / _MANIFEST: lambda p: _write_text(p, text)})
         atomic_write_files({tmp / _MARKER: lambda p: _write_text(p, "ok\n")})
@@ -975,7 +977,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         path: The checkpoint directory (``ckpt-<timestamp>``).
 
     Returns:
-        The manifest, with its JSON types checked: ``format``, ``format_version``,
+        The manifest, with its checksum (when it has one) and JSON types checked:
+        ``format``, ``format_version``,
         ``tables`` (``name -> {"file": str, ...}``; file names are not yet
         resolved, use :func:`confined_path`), ``extra`` (an object) and, when
         present, ``backend`` (a string).
@@ -1004,9 +1007,19 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{where}: format_version {manifest.get('format_version')!r} is not "
             f"{FORMAT_VERSION}; upgrade replaydb to read it"
         )
+    if "checksum" in manifest:  # manifests of replaydb < 0.3 have none
+        stored = _expect(manifest["checksum"], str, f"{where}: checksum")
+        computed = _manifest_checksum(manifest)
+        if stored != computed:
+            raise CheckpointError(
+                f"{where}: checksum mismatch (stored {stored}, computed {computed}); the "
+                "manifest is corrupt — restore the checkpoint from a copy or use an older one"
+            )
     _expect(manifest.get("backend", "local"), str, f"{where}: backend")
     _expect(manifest.setdefault("extra", {}), dict, f"{where}: extra")
-    tables = _expect(manifest.setdefault("tables", {}), dict, f"{where}: tables")
+    if "tables" not in manifest:
+        raise CheckpointError(f"{where} has no 'tables' key; the manifest is incomplete")
+    tables = _expect(manifest["tables"], dict, f"{where}: tables")
     for name, entry in tables.items():
         at = f"{where}: tables.{name}"
         _expect(entry, dict, at)
@@ -1017,6 +1030,16 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             if key in entry:
                 _expect_int(entry[key], f"{at}.{key}")
     return dict(manifest)
+
+
+def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    """BLAKE2b of the manifest's canonical JSON, its ``checksum`` key left out."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    try:
+        text = json.dumps(body, sort_keys=True)
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"the manifest cannot be digested ({exc})") from exc
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def _remove_stale_temporaries(root: Path) -> None:
