@@ -1185,6 +1185,17 @@ def test_temporaries_of_killed_table_saves_are_removed(tmp_path: Path) -> None:
     assert not stale.exists() and mine.exists()
 
 
+def test_half_written_checkpoints_of_dead_writers_are_removed_on_load(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, {"t": make_table()})
+    dead = tmp_path / f".ckpt-00000000000000000009.tmp-{_dead_pid()}-abcdef12"
+    live = tmp_path / f".ckpt-00000000000000000009.tmp-{os.getpid()}-abcdef12"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "t.safetensors").write_bytes(b"half")
+    read_checkpoint(tmp_path)
+    assert not dead.exists() and live.exists()
+
+
 def test_a_live_writers_temporary_is_kept(tmp_path: Path) -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -1213,3 +1224,17 @@ def test_the_manifest_is_checksummed(tmp_path: Path) -> None:
     del manifest["checksum"]
     (path / "manifest.json").write_text(json.dumps(manifest))
     assert len(read_checkpoint(path)[0]["t"]) == 8
+
+
+def test_snapshot_is_a_copy_taken_under_the_lock() -> None:
+    table = make_table()
+    config, state = table.snapshot()
+    assert config == table.config()
+    before = {k: v.clone() for k, v in state.items()}
+    table.extend(make_batch(MIXED_SPEC, 5, seed=1))
+    assert_same_state(state, before)  # shares no memory with the live table
+    assert not _same_state_dicts(state, table.state_dict())
+
+
+def _same_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return sorted(a) == sorted(b) and all(same_bits(a[k], b[k]) for k in a)

@@ -554,3 +554,30 @@ def test_unwritable_out_fails_before_collecting(
     assert code == 1
     assert "Read-only file system" in err
     assert stepped == []
+
+
+def test_inspect_turns_any_loader_crash_into_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import replaydb.cli as cli
+
+    def crash(path: Any) -> Any:
+        raise TypeError("unhashable type: 'list'\nsecond line")
+
+    monkeypatch.setattr(cli, "describe", crash)
+    code, err = _main(capsys, "inspect", str(tmp_path))
+    assert code == 2
+    assert err == (
+        f"replaydb inspect: error: {str(tmp_path)!r} cannot be read as a replaydb buffer "
+        "(TypeError: unhashable type: 'list' second line)\n"
+    )
+
+
+def test_inspect_describes_priorities_through_the_public_verb(tmp_path: Path) -> None:
+    from replaydb.samplers import Prioritized
+
+    table = Table(Spec({"reward": ()}), 8, sampler=Prioritized(seed=0))
+    table.extend({"reward": torch.ones(4)}, priorities=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    info = describe(save_table(table, tmp_path / "p.safetensors"))
+    assert info["priorities"]["count"] == 4
+    assert info["priorities"]["mean"] == 2.5

@@ -942,6 +942,8 @@ def read_checkpoint(
     """
     p = Path(path)
     if not (p / _MARKER).is_file():
+        if p.is_dir():
+            _remove_stale_temporaries(p)  # half-written checkpoints of dead writers
         latest = latest_checkpoint(p)
         if latest is None:
             raise CheckpointError(

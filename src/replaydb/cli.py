@@ -490,7 +490,7 @@ def _describe_table(name: str, table: Any) -> dict[str, Any]:
         info["_returns"] = returns
     else:
         info["rewards"] = info["returns"] = None
-    pri = table.live_items()[1]
+    pri = table.item_priorities()[1]
     if pri.numel() and table.sampler.config().get("type") != "Uniform":
         info["priorities"] = _stats(pri)
         info["_priorities"] = pri

@@ -1063,7 +1063,7 @@ class Table:
             state = {k: v.clone() for k, v in self.state_dict().items()}
             return self.config(), state
 
-    def live_items(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def item_priorities(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and priorities of the items that can be sampled now.
 
         Returns:
@@ -1073,7 +1073,7 @@ class Table:
         Example:
             >>> table = Table(Spec({"x": ()}), 4)
             >>> table.extend({"x": torch.zeros(3)})
-            >>> table.live_items()[0].tolist()
+            >>> table.item_priorities()[0].tolist()
             [0, 1, 2]
         """
         with self._cond:
