@@ -1238,3 +1238,16 @@ def test_snapshot_is_a_copy_taken_under_the_lock() -> None:
 
 def _same_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
     return sorted(a) == sorted(b) and all(same_bits(a[k], b[k]) for k in a)
+
+
+def test_the_reliability_page_names_only_tests_that_exist() -> None:
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"\b(test_[a-z0-9_]+)\b(?!\.py)", page))
+    defined = {
+        m
+        for f in (root / "tests").glob("test_*.py")
+        for m in re.findall(r"def (test_\w+)\(", f.read_text())
+    }
+    assert len(named) > 20
+    assert sorted(named - defined) == []
