@@ -1060,8 +1060,10 @@ class Table:
             (4, 0)
         """
         with self._cond:
-            state = {k: v.clone() for k, v in self.state_dict().items()}
-            return self.config(), state
+            state = self.state_dict()
+            # state_dict() already copies the item columns; the rest may be live views.
+            fresh = ("items.key", "items.priority", "items.times_sampled", "items.scalars")
+            return self.config(), {k: v if k in fresh else v.clone() for k, v in state.items()}
 
     def item_priorities(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and priorities of the items that can be sampled now.
