@@ -1251,3 +1251,34 @@ def test_the_reliability_page_names_only_tests_that_exist() -> None:
     }
     assert len(named) > 20
     assert sorted(named - defined) == []
+
+
+@pytest.mark.parametrize("data_spec", [5, "x", [1], {"spec": 5}, {"spec": {}, "structure": 5}])
+def test_a_manager_checkpoint_with_a_malformed_data_spec(tmp_path: Path, data_spec: Any) -> None:
+    from replaydb import ReplayBufferManager
+    from replaydb.errors import ReplayError
+
+    spec = {"obs": ((3,), "float32"), "reward": ((), "float32")}
+    manager = ReplayBufferManager(spec, 100, tmp_path, sequence_length=2)
+    manager.create_replay_buffer()
+    manager.checkpoint()
+    manager.close()
+    path = latest_checkpoint(tmp_path)
+    assert path is not None
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["extra"]["manager"]["data_spec"] = data_spec
+    _write_manifest(path, manifest)
+    for given in (spec, None):
+        # A replaydb ValueError naming the description (the manager may wrap it in a
+        # CheckpointError), never an AttributeError or TypeError.
+        with pytest.raises(ReplayError, match="Nest description") as info:
+            ReplayBufferManager(given, 100, tmp_path, sequence_length=2).load_replay_buffer()
+        assert isinstance(info.value, ValueError)
+
+
+def test_a_table_file_that_is_a_device_fails_fast(tmp_path: Path) -> None:
+    (tmp_path / "t.safetensors").symlink_to("/dev/zero")
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_table(tmp_path / "t.safetensors")
+    assert time.perf_counter() - start < 1.0
