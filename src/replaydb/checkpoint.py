@@ -8,7 +8,7 @@ Three layouts live here:
 * **A checkpoint directory** (:func:`write_checkpoint` / :func:`latest_checkpoint` /
   :func:`read_checkpoint`), the layout of :class:`~replaydb.ReplayBufferManager`:
   ``<root>/ckpt-<20-digit ns timestamp>/`` holding ``<table>.safetensors`` files, a
-  ``manifest.json`` and, written last, a ``COMPLETE`` marker. It is assembled under a
+  ``manifest.json`` (checksummed) and, written last, a ``COMPLETE`` marker. It is assembled under a
   hidden temporary name and renamed into place, so a crash at any point leaves the
   previous checkpoint loadable; pruning deletes only directories this module wrote.
 * **Atomic files** (:func:`atomic_write_files`): used by the Velora-format buffer.
@@ -24,6 +24,7 @@ only and at most :data:`MAX_JSON_BYTES` of it (:func:`read_json`); every JSON
 value is checked for its type before use; and a table file's config is checked
 against its tensors before the table is allocated. Whatever is wrong with a file
 raises :class:`~replaydb.errors.CheckpointError` naming the file and the key.
+The reading primitives live in :mod:`replaydb._untrusted` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -43,6 +43,18 @@ from typing import Any
 
 import torch
 
+from replaydb._untrusted import (
+    MAX_JSON_BYTES,
+    confined_path,
+    expect_int,
+    expect_json,
+    parse_json,
+    process_is_gone,
+    read_json,
+    read_small_file,
+    regular_file,
+    remove_stale_temporaries,
+)
 from replaydb.errors import CheckpointError
 from replaydb.spec import dtype_name
 
@@ -75,309 +87,6 @@ FORMAT_VERSION = 1
 _CKPT_RE = re.compile(r"^ckpt-(\d{20})$")
 _MARKER = "COMPLETE"
 _MANIFEST = "manifest.json"
-#: The most bytes of JSON any loader reads (a manifest, Velora metadata, a table
-#: file's header metadata); replaydb's own files are a few KiB.
-MAX_JSON_BYTES = 16 * 2**20
-# A temporary of atomic_write_files: .<name>.tmp-<pid>-<monotonic ns>
-_TMP_FILE_RE = re.compile(r"^\..+\.tmp-(\d+)-\d+$")
-
-
-# ------------------------------------------------------------ hostile input
-_KIND_NAMES: dict[type, str] = {
-    dict: "a JSON object",
-    list: "a JSON array",
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    type(None): "null",
-}
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    if value is None:
-        return "null"
-    return type(value).__name__
-
-
-def expect_json(
-    value: Any,
-    kind: type | tuple[type, ...],
-    where: str,
-    error: type[Exception] = CheckpointError,
-) -> Any:
-    """Return ``value`` if it has the JSON type ``kind``, else raise ``error`` saying so.
-
-    ``bool`` never passes for ``int`` or ``float``; an ``int`` passes for ``float``.
-    The message names ``where`` (a key path), the type found and the type expected.
-
-    Args:
-        value: A value parsed from JSON (or TOML).
-        kind: The expected Python type(s): ``dict``, ``list``, ``str``, ``int``,
-            ``float``, ``bool``, ``type(None)``.
-        where: The key path, e.g. ``"'manifest.json': tables.replay.file"``.
-        error: The exception class to raise (default :class:`CheckpointError`).
-
-    Returns:
-        ``value`` unchanged.
-
-    Raises:
-        CheckpointError: (or ``error``) If ``value`` has another type.
-
-    Example:
-        >>> expect_json([1], list, "tables")
-        [1]
-        >>> expect_json("x", int, "capacity")
-        Traceback (most recent call last):
-        replaydb.errors.CheckpointError: capacity must be an integer, got a string ('x')
-    """
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if not ok:
-        wanted = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise error(f"{where} must be {wanted}, got {_json_type(value)} ({shown})")
-    return value
-
-
-_expect = expect_json
-
-
-def _expect_int(value: Any, where: str, minimum: int = 0) -> int:
-    _expect(value, int, where)
-    if value < minimum:
-        raise CheckpointError(f"{where} must be an integer >= {minimum}, got {value}")
-    return int(value)
-
-
-def parse_json(data: bytes | str, where: str) -> Any:
-    """Parse JSON from an untrusted source.
-
-    Args:
-        data: The JSON text (bytes must be UTF-8).
-        where: What the text is, for messages (e.g. the file name).
-
-    Returns:
-        The parsed value (any JSON type: check it with the caller's expectations).
-
-    Raises:
-        CheckpointError: If the text is over :data:`MAX_JSON_BYTES`, not UTF-8, not
-            JSON, nested too deeply, or holds a number Python will not parse.
-
-    Example:
-        >>> parse_json(b'{"a": [1, 2]}', "example")
-        {'a': [1, 2]}
-    """
-    if len(data) > MAX_JSON_BYTES:
-        raise CheckpointError(
-            f"{where}: {len(data):,} bytes of JSON is over the limit of {MAX_JSON_BYTES:,}; "
-            "this is not a file replaydb wrote"
-        )
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CheckpointError(f"{where} is not UTF-8 text ({exc})") from exc
-    try:
-        return json.loads(data)
-    except RecursionError as exc:
-        raise CheckpointError(f"{where}: the JSON is nested too deeply to be replaydb's") from exc
-    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
-        raise CheckpointError(f"{where} is not valid JSON ({exc})") from exc
-
-
-def read_small_file(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> bytes:
-    """Read a file from an untrusted place: a regular file of at most ``limit`` bytes.
-
-    The file is opened without blocking and checked to be a regular file before a
-    byte is read, so a FIFO or a link to ``/dev/zero`` fails at once; at most
-    ``limit + 1`` bytes are ever read.
-
-    Args:
-        path: The file.
-        limit: The most bytes accepted.
-
-    Returns:
-        The file's bytes.
-
-    Raises:
-        CheckpointError: If the file is missing, not a regular file or too large.
-
-    Example:
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "m.json"
-        >>> _ = p.write_text('{"format": 1}')
-        >>> read_small_file(p)
-        b'{"format": 1}'
-    """
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise CheckpointError(f"{str(p)!r} cannot be opened ({exc.strerror or exc})") from exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError(f"{str(p)!r} is not a regular file; replaydb reads only files")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise CheckpointError(f"{str(p)!r} cannot be read ({exc.strerror or exc})") from exc
-    finally:
-        os.close(fd)
-    if size > limit:
-        raise CheckpointError(
-            f"{str(p)!r} is over the limit of {limit:,} bytes; this is not a file replaydb wrote"
-        )
-    return b"".join(chunks)
-
-
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file from an untrusted place (see :func:`read_small_file`, :func:`parse_json`).
-
-    Args:
-        path: The file.
-
-    Returns:
-        The parsed value (any JSON type: check it with :func:`expect_json`).
-
-    Raises:
-        CheckpointError: If the file is missing, not a regular file, over
-            :data:`MAX_JSON_BYTES`, not UTF-8 or not JSON.
-
-    Example:
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "m.json"
-        >>> _ = p.write_text('{"format": 1}')
-        >>> read_json(p)
-        {'format': 1}
-    """
-    return parse_json(read_small_file(path), repr(str(Path(path))))
-
-
-def confined_path(root: str | os.PathLike[str], relative: Any, where: str = "file") -> Path:
-    """Resolve a file name read from a checkpoint, refusing anything outside ``root``.
-
-    Absolute paths, ``..`` components and symbolic links that lead out of ``root``
-    are rejected; links that stay inside are followed.
-
-    Args:
-        root: The checkpoint directory.
-        relative: The name as read from the manifest (must be a relative path string).
-        where: The manifest key it came from, for messages.
-
-    Returns:
-        The resolved path, inside ``root``.
-
-    Raises:
-        CheckpointError: If ``relative`` is not a non-empty relative path or it resolves
-            outside ``root``.
-
-    Example:
-        >>> confined_path("/tmp/ckpt", "t.safetensors").name
-        't.safetensors'
-    """
-    _expect(relative, str, where)
-    if not relative or "\x00" in relative:
-        raise CheckpointError(
-            f"{where} must be a file name inside the checkpoint, got {relative!r}"
-        )
-    base = Path(root).resolve()
-    rel = Path(relative)
-    if rel.is_absolute() or rel.drive or ".." in rel.parts:
-        raise CheckpointError(
-            f"{where} = {relative!r} points outside the checkpoint directory {str(base)!r}; "
-            "checkpoints name only files inside their own directory"
-        )
-    try:
-        resolved = (base / rel).resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise CheckpointError(f"{where} = {relative!r} cannot be resolved ({exc})") from exc
-    if resolved == base or not resolved.is_relative_to(base):
-        raise CheckpointError(
-            f"{where} = {relative!r} resolves to {str(resolved)!r}, outside the checkpoint "
-            f"directory {str(base)!r} (a symbolic link?); checkpoints name only files inside "
-            "their own directory"
-        )
-    return resolved
-
-
-def _regular_file(p: Path, what: str) -> None:
-    try:
-        mode = p.stat().st_mode
-    except OSError as exc:
-        raise CheckpointError(f"no {what} at {str(p)!r}; check the path") from exc
-    if stat.S_ISDIR(mode):
-        raise CheckpointError(f"no {what} at {str(p)!r} (a directory); give the file's path")
-    if not stat.S_ISREG(mode):
-        raise CheckpointError(f"{str(p)!r} is not a regular file; give the {what} itself")
-
-
-def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporaries of atomic writes whose writing process has died.
-
-    A save writes ``.<name>.tmp-<pid>-<ns>`` beside its target and renames it; a
-    save killed before the rename leaves that file, a whole copy of the state.
-    Files whose process is alive (this one included) are never touched, nor is
-    anything not named like a replaydb temporary. Errors are ignored: a
-    read-only directory keeps its leftovers.
-
-    Args:
-        directory: The directory to clean.
-
-    Returns:
-        The files removed.
-
-    Example:
-        >>> remove_stale_temporaries("/nonexistent")
-        []
-    """
-    removed: list[Path] = []
-    try:
-        entries = list(Path(directory).iterdir())
-    except OSError:
-        return removed
-    for p in entries:
-        m = _TMP_FILE_RE.match(p.name)
-        if m is None or not _process_is_gone(int(m.group(1))):
-            continue
-        with contextlib.suppress(OSError):
-            if p.is_file() and not p.is_symlink():
-                p.unlink()
-                removed.append(p)
-    return removed
-
-
-def _process_is_gone(pid: int) -> bool:
-    if pid == os.getpid() or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, OSError):
-        return False  # alive under another user, or not a pid this host can ask about
-    return False
 
 
 def tensor_checksum(tensors: Mapping[str, torch.Tensor], config: Any = None) -> str:
@@ -482,7 +191,7 @@ def read_table_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     from safetensors import safe_open
 
     p = Path(path)
-    _regular_file(p, "table file")
+    regular_file(p, "table file")
     where = repr(str(p))
     try:
         with safe_open(str(p), framework="pt") as fh:
@@ -498,7 +207,7 @@ def read_table_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
             "(no 'replaydb' metadata); Velora-format buffers load with ReplayBuffer.load"
         )
     meta = parse_json(raw_meta["replaydb"], f"{where}: the metadata")
-    _expect(meta, dict, f"{where}: the metadata")
+    expect_json(meta, dict, f"{where}: the metadata")
     if meta.get("format") != TABLE_FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{where}: format {meta.get('format')!r} version {meta.get('format_version')!r} "
@@ -513,7 +222,7 @@ def read_table_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
             f"{where}: checksum mismatch (stored {meta.get('checksum')}, computed {digest}); "
             "the file is corrupt — restore it from another checkpoint"
         )
-    _expect(meta.get("extra", {}), dict, f"{where}: the metadata's 'extra'")
+    expect_json(meta.get("extra", {}), dict, f"{where}: the metadata's 'extra'")
     _check_config(meta.get("config"), f"{where}: the table config is invalid: config")
     return meta, tensors
 
@@ -534,25 +243,25 @@ _CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
 
 def _check_config(config: Any, where: str) -> None:
     """Check the JSON shape of a table config (values are checked by the constructors)."""
-    _expect(config, dict, where)
+    expect_json(config, dict, where)
     for key, (kind, required) in _CONFIG_KEYS.items():
         if key not in config:
             if required:
                 raise CheckpointError(f"{where} has no {key!r} key")
             continue
-        _expect(config[key], kind, f"{where}.{key}")
-    _expect_int(config["capacity"], f"{where}.capacity", 1)
-    _expect_int(config["sequence_length"], f"{where}.sequence_length", 1)
+        expect_json(config[key], kind, f"{where}.{key}")
+    expect_int(config["capacity"], f"{where}.capacity", 1)
+    expect_int(config["sequence_length"], f"{where}.sequence_length", 1)
     if not config["spec"]:
         raise CheckpointError(f"{where}.spec has no fields")
     for name, field in config["spec"].items():
         at = f"{where}.spec.{name}"
-        _expect(field, dict, at)
-        _expect(field.get("dtype"), str, f"{at}.dtype")
-        for i, dim in enumerate(_expect(field.get("shape"), list, f"{at}.shape")):
-            _expect_int(dim, f"{at}.shape[{i}]")
+        expect_json(field, dict, at)
+        expect_json(field.get("dtype"), str, f"{at}.dtype")
+        for i, dim in enumerate(expect_json(field.get("shape"), list, f"{at}.shape")):
+            expect_int(dim, f"{at}.shape[{i}]")
     for part in ("sampler", "rate_limiter"):
-        _expect(config[part].get("type"), str, f"{where}.{part}.type")
+        expect_json(config[part].get("type"), str, f"{where}.{part}.type")
 
 
 def save_table(
@@ -1001,7 +710,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = read_json(confined_path(p, _MANIFEST, "manifest.json"))
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: manifest unreadable ({exc})") from exc
-    _expect(manifest, dict, f"{where}: the manifest")
+    expect_json(manifest, dict, f"{where}: the manifest")
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(p)!r}: not a replaydb checkpoint directory")
     if manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
@@ -1010,27 +719,27 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{FORMAT_VERSION}; upgrade replaydb to read it"
         )
     if "checksum" in manifest:  # manifests of replaydb < 0.3 have none
-        stored = _expect(manifest["checksum"], str, f"{where}: checksum")
+        stored = expect_json(manifest["checksum"], str, f"{where}: checksum")
         computed = _manifest_checksum(manifest)
         if stored != computed:
             raise CheckpointError(
                 f"{where}: checksum mismatch (stored {stored}, computed {computed}); the "
                 "manifest is corrupt — restore the checkpoint from a copy or use an older one"
             )
-    _expect(manifest.get("backend", "local"), str, f"{where}: backend")
-    _expect(manifest.setdefault("extra", {}), dict, f"{where}: extra")
+    expect_json(manifest.get("backend", "local"), str, f"{where}: backend")
+    expect_json(manifest.setdefault("extra", {}), dict, f"{where}: extra")
     if "tables" not in manifest:
         raise CheckpointError(f"{where} has no 'tables' key; the manifest is incomplete")
-    tables = _expect(manifest["tables"], dict, f"{where}: tables")
+    tables = expect_json(manifest["tables"], dict, f"{where}: tables")
     for name, entry in tables.items():
         at = f"{where}: tables.{name}"
-        _expect(entry, dict, at)
+        expect_json(entry, dict, at)
         if "file" not in entry:
             raise CheckpointError(f"{at} has no 'file' key")
-        _expect(entry["file"], str, f"{at}.file")
+        expect_json(entry["file"], str, f"{at}.file")
         for key in ("size", "steps"):
             if key in entry:
-                _expect_int(entry[key], f"{at}.{key}")
+                expect_int(entry[key], f"{at}.{key}")
     return dict(manifest)
 
 
@@ -1051,7 +760,7 @@ def _remove_stale_temporaries(root: Path) -> None:
             pid = int(d.name.split(".tmp-", 1)[1].split("-", 1)[0])
         except (IndexError, ValueError):
             continue
-        if d.is_dir() and not d.is_symlink() and _process_is_gone(pid):
+        if d.is_dir() and not d.is_symlink() and process_is_gone(pid):
             shutil.rmtree(d, ignore_errors=True)
 
 
