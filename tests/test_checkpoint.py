@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -865,3 +866,419 @@ def test_save_while_another_thread_inserts(tmp_path: Path) -> None:
         assert torch.equal(s.fields["x"][:, 0], s.key.float())
         assert int(s.key.max()) == s.total - 1
         assert len(loaded) == capacity
+
+
+# ------------------------------------------------ hostile files (issue 11)
+def _checkpoint_with_outside_file(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkpoint, and a valid table file outside it that an entry could point at."""
+    path = write_checkpoint(tmp_path / "ckpts", {"t": make_table()})
+    outside = save_table(make_table(), tmp_path / "outside.safetensors")
+    return path, outside
+
+
+def _write_manifest(path: Path, manifest: Any) -> None:
+    """Write a manifest as a tamperer would: with its checksum recomputed."""
+    if isinstance(manifest, dict) and isinstance(manifest.get("checksum"), str):
+        manifest["checksum"] = ckpt._manifest_checksum(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _set_entry_file(path: Path, file: Any) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["tables"]["t"]["file"] = file
+    _write_manifest(path, manifest)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "nested dotdot"])
+def test_a_manifest_entry_outside_the_checkpoint_is_rejected(tmp_path: Path, kind: str) -> None:
+    path, outside = _checkpoint_with_outside_file(tmp_path)
+    file = {
+        "dotdot": "../../outside.safetensors",
+        "absolute": str(outside),
+        "nested dotdot": "sub/../../../outside.safetensors",
+    }[kind]
+    _set_entry_file(path, file)
+    with pytest.raises(CheckpointError, match=r"tables\.t\.file = .* outside the checkpoint"):
+        read_checkpoint(path)
+
+
+def test_a_table_file_symlinked_outside_is_rejected(tmp_path: Path) -> None:
+    path, outside = _checkpoint_with_outside_file(tmp_path)
+    (path / "t.safetensors").unlink()
+    (path / "t.safetensors").symlink_to(outside)
+    with pytest.raises(CheckpointError, match=r"tables\.t\.file = 't.safetensors' resolves to"):
+        read_checkpoint(path)
+
+
+def test_a_symlink_that_stays_inside_is_followed(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path / "ckpts", {"t": make_table()})
+    (path / "t.safetensors").rename(path / "real.safetensors")
+    (path / "t.safetensors").symlink_to("real.safetensors")
+    assert len(read_checkpoint(path)[0]["t"]) == len(make_table())
+
+
+def test_a_checkpoint_directory_that_is_a_symlink_is_not_listed(tmp_path: Path) -> None:
+    elsewhere = write_checkpoint(tmp_path / "elsewhere", {"t": make_table()})
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / elsewhere.name).symlink_to(elsewhere)
+    assert list_checkpoints(root) == []
+    with pytest.raises(CheckpointError, match="no complete replaydb checkpoint"):
+        read_checkpoint(root)
+
+
+def test_confined_path() -> None:
+    root = Path("/tmp/some-ckpt")
+    assert ckpt.confined_path(root, "a/b.safetensors") == root.resolve() / "a/b.safetensors"
+    for bad in ("", "..", "/etc/passwd", "a/../..", "x\x00y"):
+        with pytest.raises(CheckpointError, match="entry"):
+            ckpt.confined_path(root, bad, "entry")
+    with pytest.raises(CheckpointError, match="entry must be a string, got an integer"):
+        ckpt.confined_path(root, 5, "entry")
+
+
+def test_a_manifest_linked_to_dev_zero_fails_fast(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path, {"t": make_table()})
+    (path / "manifest.json").unlink()
+    (path / "manifest.json").symlink_to("/dev/zero")
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="manifest unreadable"):
+        read_checkpoint(path)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_read_json_refuses_devices_fifos_and_huge_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        ckpt.read_json("/dev/zero")
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # opening it must not block waiting for a writer
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        ckpt.read_json(fifo)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as fh:
+        fh.write(b"[" + b" " * ckpt.MAX_JSON_BYTES + b"]")
+    with pytest.raises(CheckpointError, match="over the limit"):
+        ckpt.read_json(big)
+    with pytest.raises(CheckpointError, match="cannot be opened"):
+        ckpt.read_json(tmp_path / "missing.json")
+
+
+def test_velora_style_metadata_is_capped_too(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text('{"a": 1}')
+    assert ckpt.read_json(tmp_path / "m.json") == {"a": 1}
+
+
+@pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
+def test_a_raised_capacity_is_rejected_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prioritized: bool
+) -> None:
+    import replaydb.storage
+
+    sampler = replaydb.Prioritized(seed=1) if prioritized else Uniform(seed=1)
+    table = Table(Spec({"x": (64,)}), 16, sampler=sampler)
+    table.extend({"x": torch.ones(10, 64)})
+    config, state = table.snapshot()
+    config["capacity"] = 2**23  # 2 GiB of rows; the checksum recomputed, as anyone can
+    path = write_table_file(tmp_path / "big.safetensors", state, config)
+    built: list[int] = []
+    real_init = replaydb.storage.Storage.__init__
+
+    def spy(self: Any, spec: Any, capacity: int, *args: Any, **kwargs: Any) -> None:
+        built.append(capacity)
+        real_init(self, spec, capacity, *args, **kwargs)
+
+    monkeypatch.setattr(replaydb.storage.Storage, "__init__", spy)
+    with pytest.raises(CheckpointError, match="capacity 8,388,608 is larger than the file"):
+        load_table(path)
+    assert built and max(built) <= 4  # only the tiny templates were built
+
+
+def test_a_lowered_capacity_of_a_full_ring_is_rejected_before_allocating(tmp_path: Path) -> None:
+    table = make_table(capacity=8)
+    config, state = table.snapshot()
+    config["capacity"] = 2**23
+    path = write_table_file(tmp_path / "t.safetensors", state, config)
+    # The ring wrapped (13 steps in 8 rows): the config now claims 13 stored rows.
+    with pytest.raises(CheckpointError, match=r"has shape \(8, 4\), expected \(13, 4\)"):
+        load_table(path)
+
+
+def _meta_of(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    return dict(json.loads(meta["replaydb"]))
+
+
+def _rewrite_meta(path: Path, raw: str) -> None:
+    from safetensors.torch import load_file
+
+    save_file(load_file(str(path)), str(path), {"replaydb": raw})
+
+
+# (path of keys to change, new value, part of the message)
+WRONG_TYPES: list[tuple[tuple[str, ...], Any, str]] = [
+    ((), 5, "the metadata must be a JSON object, got an integer"),
+    ((), [1], "the metadata must be a JSON object, got an array"),
+    (("config",), "x", "config must be a JSON object, got a string"),
+    (("config",), None, "config must be a JSON object, got null"),
+    (("config", "capacity"), "8", "config.capacity must be an integer, got a string"),
+    (("config", "capacity"), True, "config.capacity must be an integer, got true/false"),
+    (("config", "capacity"), 8.5, "config.capacity must be an integer, got a number"),
+    (("config", "spec"), [1], "config.spec must be a JSON object, got an array"),
+    (("config", "spec", "obs"), 3, "config.spec.obs must be a JSON object, got an integer"),
+    (("config", "spec", "obs", "shape"), "3", "config.spec.obs.shape must be a JSON array"),
+    (("config", "spec", "obs", "shape"), [-1], "config.spec.obs.shape[0] must be an integer >= 0"),
+    (("config", "spec", "obs", "dtype"), 1, "config.spec.obs.dtype must be a string"),
+    (("config", "sampler"), "Uniform", "config.sampler must be a JSON object, got a string"),
+    (("config", "sampler", "type"), 1, "config.sampler.type must be a string"),
+    (("config", "sampler", "seed"), "x", "the table config is invalid"),
+    (("config", "rate_limiter"), 1, "config.rate_limiter must be a JSON object"),
+    (("config", "rate_limiter", "min_size"), "x", "the table config is invalid"),
+    (("config", "rate_limiter", "bogus"), 1, "the table config is invalid"),
+    (("config", "name"), 1, "config.name must be a string"),
+    (("config", "pad"), "no", "config.pad must be true or false"),
+    (("config", "max_times_sampled"), "1", "config.max_times_sampled must be an integer or null"),
+    (("config", "device"), 0, "config.device must be a string"),
+    (("config", "device"), "garbage", "cannot create the table on device 'garbage'"),
+    (("extra",), [], "'extra' must be a JSON object, got an array"),
+]
+
+
+@pytest.mark.parametrize(("keys", "value", "message"), WRONG_TYPES, ids=lambda x: repr(x)[:40])
+def test_metadata_of_the_wrong_json_type(
+    tmp_path: Path, keys: tuple[str, ...], value: Any, message: str
+) -> None:
+    path = save_table(make_table(), tmp_path / "t.safetensors")
+    meta = _meta_of(path)
+    if not keys:
+        meta = value
+    else:
+        node = meta
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    config = meta.get("config") if isinstance(meta, dict) else None
+    if isinstance(meta, dict):  # recompute the checksum, as a tamperer would
+        from safetensors.torch import load_file
+
+        meta["checksum"] = tensor_checksum(load_file(str(path)), config)
+    _rewrite_meta(path, json.dumps(meta))
+    with pytest.raises(CheckpointError) as info:
+        load_table(path)
+    text = str(info.value)
+    assert message in text
+    assert str(path) in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"format": ' + "1" * 5000 + "}", "not valid JSON"),
+        ("x" * (ckpt.MAX_JSON_BYTES + 1), "over the limit"),
+    ],
+    ids=["deep", "huge int", "too long"],
+)
+def test_hostile_metadata_json(tmp_path: Path, raw: str, message: str) -> None:
+    path = save_table(make_table(), tmp_path / "t.safetensors")
+    _rewrite_meta(path, raw)
+    with pytest.raises(CheckpointError, match=message):
+        load_table(path)
+
+
+def _bad_manifest(path: Path, change: Callable[[dict[str, Any]], Any]) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    replaced = change(manifest)
+    _write_manifest(path, manifest if replaced is None else replaced)
+
+
+MANIFEST_EDITS: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
+    ("manifest 5", lambda m: 5, "the manifest must be a JSON object, got an integer"),
+    ("manifest list", lambda m: [], "the manifest must be a JSON object, got an array"),
+    ("tables list", lambda m: m.__setitem__("tables", []), "tables must be a JSON object"),
+    ("tables str", lambda m: m.__setitem__("tables", "t"), "tables must be a JSON object"),
+    ("entry 5", lambda m: m["tables"].__setitem__("t", 5), "tables.t must be a JSON object"),
+    ("no tables", lambda m: m.pop("tables") and None, "has no 'tables' key"),
+    ("checksum 5", lambda m: m.__setitem__("checksum", 5), "checksum must be a string"),
+    ("no file", lambda m: m["tables"]["t"].pop("file") and None, "tables.t has no 'file' key"),
+    ("file 5", lambda m: m["tables"]["t"].__setitem__("file", 5), "tables.t.file must be a str"),
+    ("file null", lambda m: m["tables"]["t"].__setitem__("file", None), "got null"),
+    ("size str", lambda m: m["tables"]["t"].__setitem__("size", "1"), "tables.t.size must be"),
+    ("size wrong", lambda m: m["tables"]["t"].__setitem__("size", 1), "tables.t.size is 1, but"),
+    ("extra list", lambda m: m.__setitem__("extra", [1]), "extra must be a JSON object"),
+    ("backend 5", lambda m: m.__setitem__("backend", 5), "backend must be a string"),
+    ("version", lambda m: m.__setitem__("format_version", 99), "format_version 99 is not 1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [m[1:] for m in MANIFEST_EDITS],
+    ids=[m[0] for m in MANIFEST_EDITS],
+)
+def test_manifest_values_of_the_wrong_type(
+    tmp_path: Path, change: Callable[[dict[str, Any]], Any], message: str
+) -> None:
+    path = write_checkpoint(tmp_path, {"t": make_table()})
+    _bad_manifest(path, change)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"format": 1e999999}', "not a replaydb checkpoint"),
+    ],
+    ids=["not utf-8", "deep", "huge float"],
+)
+def test_manifest_bytes_that_are_not_json(tmp_path: Path, raw: bytes, message: str) -> None:
+    path = write_checkpoint(tmp_path, {"t": make_table()})
+    (path / "manifest.json").write_bytes(raw)
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(path)
+
+
+def test_crafted_bookkeeping_values_are_rejected(tmp_path: Path) -> None:
+    table = make_table()
+    for name, value in (
+        ("storage.meta.next", 10**9),
+        ("storage.meta.prev", -5),
+        ("items.key", -7),
+        ("items.priority", float("nan")),
+        ("items.times_sampled", -1),
+    ):
+        config, state = table.snapshot()
+        state[name][0] = value
+        path = write_table_file(tmp_path / "t.safetensors", state, config)
+        with pytest.raises(CheckpointError, match=re.escape(repr(name))):
+            load_table(path)
+
+
+# ---------------------------------------- temporaries of killed saves (issue 11)
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temporaries_of_killed_table_saves_are_removed(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    stale = tmp_path / f".t.safetensors.tmp-{dead}-123"
+    stale.write_bytes(b"half a table")
+    stale_buffer = tmp_path / f".buffer_state.safetensors.tmp-{dead}-456"
+    stale_buffer.write_bytes(b"half a buffer")
+    mine = tmp_path / f".t.safetensors.tmp-{os.getpid()}-789"  # a save in progress here
+    mine.write_bytes(b"in progress")
+    other = tmp_path / ".notes.tmp-x"  # not named like a replaydb temporary
+    other.write_text("keep")
+    save_table(make_table(), tmp_path / "t.safetensors")
+    assert not stale.exists() and not stale_buffer.exists()
+    assert mine.exists() and other.exists()
+    # and on load, for leftovers of saves killed since
+    stale.write_bytes(b"half a table")
+    load_table(tmp_path / "t.safetensors")
+    assert not stale.exists() and mine.exists()
+
+
+def test_half_written_checkpoints_of_dead_writers_are_removed_on_load(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, {"t": make_table()})
+    dead = tmp_path / f".ckpt-00000000000000000009.tmp-{_dead_pid()}-abcdef12"
+    live = tmp_path / f".ckpt-00000000000000000009.tmp-{os.getpid()}-abcdef12"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "t.safetensors").write_bytes(b"half")
+    read_checkpoint(tmp_path)
+    assert not dead.exists() and live.exists()
+
+
+def test_a_live_writers_temporary_is_kept(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".t.safetensors.tmp-{child.pid}-1"
+        live.write_bytes(b"being written")
+        save_table(make_table(), tmp_path / "t.safetensors")
+        load_table(tmp_path / "t.safetensors")
+        assert live.exists()
+    finally:
+        child.kill()
+        child.wait()
+    save_table(make_table(), tmp_path / "t.safetensors")
+    assert not live.exists()
+
+
+def test_the_manifest_is_checksummed(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path, {"t": make_table()})
+    text = (path / "manifest.json").read_text()
+    assert '"checksum"' in text
+    # A flipped digit that still parses (a bit rot a type check cannot see):
+    (path / "manifest.json").write_text(text.replace('"size": 8', '"size": 9'))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        read_checkpoint(path)
+    # Manifests written before the checksum existed still load.
+    manifest = json.loads(text)
+    del manifest["checksum"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert len(read_checkpoint(path)[0]["t"]) == 8
+
+
+def test_snapshot_is_a_copy_taken_under_the_lock() -> None:
+    table = make_table()
+    config, state = table.snapshot()
+    assert config == table.config()
+    before = {k: v.clone() for k, v in state.items()}
+    table.extend(make_batch(MIXED_SPEC, 5, seed=1))
+    assert_same_state(state, before)  # shares no memory with the live table
+    assert not _same_state_dicts(state, table.state_dict())
+
+
+def _same_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return sorted(a) == sorted(b) and all(same_bits(a[k], b[k]) for k in a)
+
+
+def test_the_reliability_page_names_only_tests_that_exist() -> None:
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"\b(test_[a-z0-9_]+)\b(?!\.py)", page))
+    defined = {
+        m
+        for f in (root / "tests").glob("test_*.py")
+        for m in re.findall(r"def (test_\w+)\(", f.read_text())
+    }
+    assert len(named) > 20
+    assert sorted(named - defined) == []
+
+
+@pytest.mark.parametrize("data_spec", [5, "x", [1], {"spec": 5}, {"spec": {}, "structure": 5}])
+def test_a_manager_checkpoint_with_a_malformed_data_spec(tmp_path: Path, data_spec: Any) -> None:
+    from replaydb import ReplayBufferManager
+    from replaydb.errors import ReplayError
+
+    spec = {"obs": ((3,), "float32"), "reward": ((), "float32")}
+    manager = ReplayBufferManager(spec, 100, tmp_path, sequence_length=2)
+    manager.create_replay_buffer()
+    manager.checkpoint()
+    manager.close()
+    path = latest_checkpoint(tmp_path)
+    assert path is not None
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["extra"]["manager"]["data_spec"] = data_spec
+    _write_manifest(path, manifest)
+    for given in (spec, None):
+        # A replaydb ValueError naming the description (the manager may wrap it in a
+        # CheckpointError), never an AttributeError or TypeError.
+        with pytest.raises(ReplayError, match="Nest description") as info:
+            ReplayBufferManager(given, 100, tmp_path, sequence_length=2).load_replay_buffer()
+        assert isinstance(info.value, ValueError)
+
+
+def test_a_table_file_that_is_a_device_fails_fast(tmp_path: Path) -> None:
+    (tmp_path / "t.safetensors").symlink_to("/dev/zero")
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_table(tmp_path / "t.safetensors")
+    assert time.perf_counter() - start < 1.0

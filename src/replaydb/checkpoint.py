@@ -8,13 +8,23 @@ Three layouts live here:
 * **A checkpoint directory** (:func:`write_checkpoint` / :func:`latest_checkpoint` /
   :func:`read_checkpoint`), the layout of :class:`~replaydb.ReplayBufferManager`:
   ``<root>/ckpt-<20-digit ns timestamp>/`` holding ``<table>.safetensors`` files, a
-  ``manifest.json`` and, written last, a ``COMPLETE`` marker. It is assembled under a
+  ``manifest.json`` (checksummed) and, written last, a ``COMPLETE`` marker. It is assembled under a
   hidden temporary name and renamed into place, so a crash at any point leaves the
   previous checkpoint loadable; pruning deletes only directories this module wrote.
 * **Atomic files** (:func:`atomic_write_files`): used by the Velora-format buffer.
 
 Every write goes to a temporary name in the same directory, is fsynced, then
-renamed; the directory is fsynced after the rename.
+renamed; the directory is fsynced after the rename. Temporaries left by a writer
+that was killed are removed by the next save into that directory (or load from
+it) once their process is gone.
+
+Files are read as hostile input: every file a manifest names must resolve inside
+its checkpoint directory (:func:`confined_path`); JSON is read from regular files
+only and at most :data:`MAX_JSON_BYTES` of it (:func:`read_json`); every JSON
+value is checked for its type before use; and a table file's config is checked
+against its tensors before the table is allocated. Whatever is wrong with a file
+raises :class:`~replaydb.errors.CheckpointError` naming the file and the key.
+The reading primitives live in :mod:`replaydb._untrusted` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -33,19 +43,39 @@ from typing import Any
 
 import torch
 
+from replaydb._untrusted import (
+    MAX_JSON_BYTES,
+    confined_path,
+    expect_int,
+    expect_json,
+    parse_json,
+    process_is_gone,
+    read_json,
+    read_small_file,
+    regular_file,
+    remove_stale_temporaries,
+)
 from replaydb.errors import CheckpointError
 from replaydb.spec import dtype_name
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "MAX_JSON_BYTES",
     "TABLE_FORMAT",
     "atomic_write_files",
     "commit_checkpoint",
+    "confined_path",
+    "expect_json",
     "latest_checkpoint",
     "list_checkpoints",
     "load_table",
+    "parse_json",
     "read_checkpoint",
+    "read_json",
+    "read_manifest",
+    "read_small_file",
     "read_table_file",
+    "remove_stale_temporaries",
     "save_table",
     "tensor_checksum",
     "write_checkpoint",
@@ -109,6 +139,8 @@ def atomic_write_files(writers: Mapping[Path, Callable[[Path], None]]) -> None:
     Raises:
         OSError: From the writers or the file system (disk full, read-only, ...).
     """
+    for parent in {target.parent for target in writers}:
+        remove_stale_temporaries(parent)
     tmps: list[tuple[Path, Path]] = []
     try:
         for target, write in writers.items():
@@ -137,54 +169,108 @@ def _save_safetensors(
 
 
 def read_table_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a table file's metadata and tensors, checking format and checksum.
+    """Read a table file's metadata and tensors, checking format, types and checksum.
+
+    Args:
+        path: The ``.safetensors`` file (a regular file).
 
     Returns:
-        ``(metadata, tensors)``.
+        ``(metadata, tensors)``; the metadata's ``config`` has been checked for its
+        JSON types (not yet against the tensors: :func:`load_table` does that).
 
     Raises:
-        CheckpointError: If the file is missing, truncated, corrupt or not a table file.
+        CheckpointError: If the file is missing, not a regular file, truncated,
+            corrupt, not a table file, or its metadata has the wrong shape.
+
+    Example:
+        >>> from replaydb import Table, Spec
+        >>> p = save_table(Table(Spec({"x": (1,)}), 4), "/tmp/t.safetensors")
+        >>> read_table_file(p)[0]["config"]["capacity"]
+        4
     """
     from safetensors import safe_open
 
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"no table file at {str(p)!r}; check the path")
+    regular_file(p, "table file")
+    where = repr(str(p))
     try:
         with safe_open(str(p), framework="pt") as fh:
             raw_meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(
-            f"{str(p)!r} is not a readable safetensors file (truncated or corrupt?): {exc}"
+            f"{where} is not a readable safetensors file (truncated or corrupt?): {exc}"
         ) from exc
     if "replaydb" not in raw_meta:
         raise CheckpointError(
-            f"{str(p)!r} is a safetensors file but not a replaydb table "
+            f"{where} is a safetensors file but not a replaydb table "
             "(no 'replaydb' metadata); Velora-format buffers load with ReplayBuffer.load"
         )
-    try:
-        meta = json.loads(raw_meta["replaydb"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{str(p)!r}: the metadata is not valid JSON ({exc})") from exc
+    meta = parse_json(raw_meta["replaydb"], f"{where}: the metadata")
+    expect_json(meta, dict, f"{where}: the metadata")
     if meta.get("format") != TABLE_FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{str(p)!r}: format {meta.get('format')!r} version {meta.get('format_version')!r} "
+            f"{where}: format {meta.get('format')!r} version {meta.get('format_version')!r} "
             f"is not {TABLE_FORMAT!r} version {FORMAT_VERSION}; upgrade replaydb to read it"
         )
-    digest = tensor_checksum(tensors, meta.get("config"))
+    try:
+        digest = tensor_checksum(tensors, meta.get("config"))
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{where}: the config cannot be digested ({exc})") from exc
     if digest != meta.get("checksum"):
         raise CheckpointError(
-            f"{str(p)!r}: checksum mismatch (stored {meta.get('checksum')}, computed {digest}); "
+            f"{where}: checksum mismatch (stored {meta.get('checksum')}, computed {digest}); "
             "the file is corrupt — restore it from another checkpoint"
         )
+    expect_json(meta.get("extra", {}), dict, f"{where}: the metadata's 'extra'")
+    _check_config(meta.get("config"), f"{where}: the table config is invalid: config")
     return meta, tensors
+
+
+# key -> (JSON type, required)
+_CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "name": (str, False),
+    "capacity": (int, True),
+    "sequence_length": (int, True),
+    "max_times_sampled": ((int, type(None)), False),
+    "pad": (bool, False),
+    "spec": (dict, True),
+    "sampler": (dict, True),
+    "rate_limiter": (dict, True),
+    "device": (str, False),
+}
+
+
+def _check_config(config: Any, where: str) -> None:
+    """Check the JSON shape of a table config (values are checked by the constructors)."""
+    expect_json(config, dict, where)
+    for key, (kind, required) in _CONFIG_KEYS.items():
+        if key not in config:
+            if required:
+                raise CheckpointError(f"{where} has no {key!r} key")
+            continue
+        expect_json(config[key], kind, f"{where}.{key}")
+    expect_int(config["capacity"], f"{where}.capacity", 1)
+    expect_int(config["sequence_length"], f"{where}.sequence_length", 1)
+    if not config["spec"]:
+        raise CheckpointError(f"{where}.spec has no fields")
+    for name, field in config["spec"].items():
+        at = f"{where}.spec.{name}"
+        expect_json(field, dict, at)
+        expect_json(field.get("dtype"), str, f"{at}.dtype")
+        for i, dim in enumerate(expect_json(field.get("shape"), list, f"{at}.shape")):
+            expect_int(dim, f"{at}.shape[{i}]")
+    for part in ("sampler", "rate_limiter"):
+        expect_json(config[part].get("type"), str, f"{where}.{part}.type")
 
 
 def save_table(
     table: Any, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None
 ) -> Path:
     """Save a table to one ``.safetensors`` file, atomically.
+
+    Temporaries left in the target directory by saves that were killed are removed
+    first (only those whose process is gone).
 
     Args:
         table: The :class:`~replaydb.Table` to save.
@@ -193,6 +279,10 @@ def save_table(
 
     Returns:
         The path written.
+
+    Raises:
+        CheckpointError: If ``path`` is a directory.
+        OSError: If the disk is full or read-only (the previous file is untouched).
 
     Example:
         >>> from replaydb import Table, Spec
@@ -204,11 +294,7 @@ def save_table(
         p = p.with_name(p.name + ".safetensors")
     if p.is_dir():
         raise CheckpointError(f"{str(p)!r} is a directory; give a file path to save the table to")
-    with table._cond:
-        # state_dict() holds views of the live CPU tensors: copy them under the lock, or
-        # a concurrent insert changes them between the checksum and the write.
-        tensors = {k: v.clone() for k, v in table.state_dict().items()}
-        config = table.config()
+    config, tensors = table.snapshot()
     meta = {
         "format": TABLE_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -224,6 +310,11 @@ def save_table(
 def load_table(path: str | os.PathLike[str], device: torch.device | str | None = None) -> Any:
     """Load a table saved by :func:`save_table`, checking it against its metadata.
 
+    The file is checked whole before the table is allocated: checksum, the JSON
+    types of its config, and every tensor's name, dtype and shape against what
+    that config implies, so a tampered config cannot make replaydb allocate more
+    than the file's own tensors account for.
+
     Args:
         path: The ``.safetensors`` file (the suffix may be omitted).
         device: Where to put the table (default: where it was saved from).
@@ -233,25 +324,38 @@ def load_table(path: str | os.PathLike[str], device: torch.device | str | None =
 
     Raises:
         CheckpointError: If the file is missing, corrupt, or inconsistent.
+
+    Example:
+        >>> from replaydb import Table, Spec
+        >>> p = save_table(Table(Spec({"x": (1,)}), 4), "/tmp/t.safetensors")
+        >>> load_table(p).capacity
+        4
     """
     from replaydb.table import Table
 
     p = Path(path)
     if not p.exists() and p.suffix != ".safetensors":
         p = p.with_name(p.name + ".safetensors")
+    remove_stale_temporaries(p.parent)
     meta, tensors = read_table_file(p)
+    where = repr(str(p))
+    config = meta["config"]
+    _check_layout(config, tensors, where)
     try:
-        table = Table.from_config(meta["config"], device=device)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{str(p)!r}: the table config is invalid ({exc})") from exc
-    except (RuntimeError, AssertionError) as exc:  # e.g. saved on a GPU this host lacks
-        where = device if device is not None else meta["config"].get("device")
+        table = Table.from_config(config, device=device)
+    except (RuntimeError, AssertionError, MemoryError) as exc:  # e.g. saved on a missing GPU
+        target = device if device is not None else config.get("device")
         raise CheckpointError(
-            f"{str(p)!r}: cannot create the table on device {str(where)!r} ({exc}); "
+            f"{where}: cannot create the table on device {str(target)!r} ({exc}); "
             "pass device='cpu' (or another device this host has) to load it"
         ) from exc
-    _check_state(table, tensors, str(p))
-    table.load_state_dict(tensors)
+    except Exception as exc:  # a constructor rejected a value of the config
+        raise CheckpointError(f"{where}: the table config is invalid ({exc})") from exc
+    _check_state(table, tensors, where)
+    try:
+        table.load_state_dict(tensors)
+    except Exception as exc:  # a sampler or limiter rejected its state
+        raise CheckpointError(f"{where}: the table state is invalid ({exc})") from exc
     return table
 
 
@@ -264,10 +368,41 @@ _PREFIX_KEYS = (
 )
 
 
-def _check_state(table: Any, tensors: Mapping[str, torch.Tensor], where: str) -> None:
-    expected = table.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unknown = sorted(set(tensors) - set(expected))
+def _template_state(
+    config: Mapping[str, Any], capacity: int, where: str
+) -> dict[str, torch.Tensor]:
+    """State of a tiny CPU table of ``config``'s kind: names, dtypes, capacity-free shapes.
+
+    The spec's fields become scalars (same names and dtypes, so the same groups),
+    and the capacity is ``capacity``, so building it costs nothing whatever the
+    config claims.
+    """
+    from replaydb.table import Table
+
+    small = dict(config)
+    small["capacity"] = capacity
+    small["sequence_length"] = min(int(config["sequence_length"]), 2)
+    small["spec"] = {k: {"shape": [], "dtype": v["dtype"]} for k, v in config["spec"].items()}
+    small["device"] = "cpu"
+    try:
+        return Table.from_config(small, device="cpu").state_dict()
+    except Exception as exc:  # a constructor rejected a value of the config
+        raise CheckpointError(f"{where}: the table config is invalid ({exc})") from exc
+
+
+def _check_layout(
+    config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], where: str
+) -> None:
+    """Check the tensors against the config before allocating the table it describes."""
+    from replaydb.spec import Spec
+
+    try:
+        spec = Spec.from_json(config["spec"])
+    except Exception as exc:
+        raise CheckpointError(f"{where}: the table config is invalid ({exc})") from exc
+    small, larger = _template_state(config, 2, where), _template_state(config, 4, where)
+    missing = sorted(set(small) - set(tensors))
+    unknown = sorted(set(tensors) - set(small))
     if missing or unknown:
         raise CheckpointError(
             f"{where}: tensors do not match the table config (missing {missing}, unknown {unknown})"
@@ -275,27 +410,90 @@ def _check_state(table: Any, tensors: Mapping[str, torch.Tensor], where: str) ->
     total_t = tensors["storage.total"]
     if total_t.shape != (1,) or total_t.dtype != torch.int64 or int(total_t[0]) < 0:
         raise CheckpointError(f"{where}: 'storage.total' must be one int64 >= 0")
-    n = min(int(total_t[0]), table.capacity)
-    for name, exp in expected.items():
+    for name, exp in small.items():
         got = tensors[name]
         if got.dtype != exp.dtype:
             raise CheckpointError(
                 f"{where}: tensor {name!r} has dtype {dtype_name(got.dtype)}, "
                 f"expected {dtype_name(exp.dtype)}"
             )
-        if name.startswith(_PREFIX_KEYS):
-            want: tuple[int, ...] = (n, *exp.shape[1:])
+    total, capacity = int(total_t[0]), int(config["capacity"])
+    n = min(total, capacity)
+    widths: dict[str, int] = {}
+    for field in spec.values():
+        widths[dtype_name(field.dtype)] = widths.get(dtype_name(field.dtype), 0) + field.numel
+    evidence = n  # rows of the ring the file accounts for
+    scaled = False
+    for name, exp in small.items():
+        got = tensors[name]
+        if name.startswith("storage.group."):
+            want: tuple[int, ...] = (n, widths[name[len("storage.group.") :]])
+        elif name.startswith(_PREFIX_KEYS):
+            want = (n, *exp.shape[1:])
         elif name.startswith("storage.streams."):
             want = (int(tensors["storage.streams.last_key"].shape[0]),)
+        elif exp.shape != larger[name].shape:  # state that grows with the capacity
+            scaled = True
+            evidence = max(evidence, got.numel())
+            continue
         else:
             want = tuple(exp.shape)
         if tuple(got.shape) != want:
             raise CheckpointError(
                 f"{where}: tensor {name!r} has shape {tuple(got.shape)}, expected {want}"
             )
+    if scaled and evidence < capacity:
+        raise CheckpointError(
+            f"{where}: the config's capacity {capacity:,} is larger than the file's tensors "
+            f"account for ({evidence:,} slots); the config does not match the tensors"
+        )
+    _check_values(tensors, total, capacity, where)
+
+
+def _check_values(
+    tensors: Mapping[str, torch.Tensor], total: int, capacity: int, where: str
+) -> None:
+    """Range checks on the bookkeeping tensors, so a crafted file cannot index out of bounds."""
+
+    def within(name: str, low: int, high: int) -> None:
+        t = tensors[name]
+        if t.numel() and (int(t.min()) < low or int(t.max()) >= high):
+            raise CheckpointError(
+                f"{where}: tensor {name!r} holds values outside [{low}, {high}); "
+                "the file is corrupt or was not written by replaydb"
+            )
+
     keys = tensors["items.key"]
-    if keys.numel() and int(keys.max()) >= int(total_t[0]):
+    if keys.numel() and int(keys.max()) >= total:
         raise CheckpointError(f"{where}: item keys exceed the number of steps written")
+    within("items.key", -1, max(total, 1))
+    within("storage.meta.key", 0, max(total, 1))
+    within("storage.meta.prev", -1, max(total, 1))
+    within("storage.meta.next", -1, max(total, 1))
+    within("storage.meta.stream", 0, 2**62)
+    within("storage.streams.last_key", -1, max(total, 1))
+    within("items.times_sampled", 0, 2**62)
+    pri = tensors["items.priority"]
+    if pri.numel() and not bool(((pri >= 0) & torch.isfinite(pri)).all()):
+        raise CheckpointError(
+            f"{where}: tensor 'items.priority' holds negative or non-finite values"
+        )
+    scalars = tensors["items.scalars"]
+    if scalars.numel() != 2 or not 0 <= float(scalars[0]) <= capacity:
+        raise CheckpointError(f"{where}: tensor 'items.scalars' is not (size, max priority)")
+
+
+def _check_state(table: Any, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Exact shapes against the allocated table (the sampler's capacity-sized state)."""
+    for name, exp in table.state_dict().items():
+        got = tensors[name]
+        if name.startswith(_PREFIX_KEYS) or name.startswith("storage.streams."):
+            continue  # checked by _check_layout
+        if tuple(got.shape) != tuple(exp.shape) or got.dtype != exp.dtype:
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(got.shape)}, "
+                f"expected {tuple(exp.shape)}"
+            )
 
 
 # ---------------------------------------------------------------- directories
@@ -305,7 +503,12 @@ def list_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
     if not r.is_dir():
         return []
     found = [
-        d for d in r.iterdir() if d.is_dir() and _CKPT_RE.match(d.name) and (d / _MARKER).is_file()
+        d
+        for d in r.iterdir()
+        if _CKPT_RE.match(d.name)
+        and not d.is_symlink()  # a link may lead anywhere; replaydb never writes one
+        and d.is_dir()
+        and (d / _MARKER).is_file()
     ]
     return sorted(found, key=lambda d: d.name)
 
@@ -415,6 +618,8 @@ def commit_checkpoint(
             "extra": {},
         }
         manifest.update(fill(tmp))
+        manifest.pop("checksum", None)
+        manifest["checksum"] = _manifest_checksum(manifest)
         text = json.dumps(manifest, indent=2)
         atomic_write_files({tmp / _MANIFEST: lambda p: _write_text(p, text)})
         atomic_write_files({tmp / _MARKER: lambda p: _write_text(p, "ok\n")})
@@ -446,6 +651,8 @@ def read_checkpoint(
     """
     p = Path(path)
     if not (p / _MARKER).is_file():
+        if p.is_dir():
+            _remove_stale_temporaries(p)  # half-written checkpoints of dead writers
         latest = latest_checkpoint(p)
         if latest is None:
             raise CheckpointError(
@@ -453,23 +660,97 @@ def read_checkpoint(
                 "write one with write_checkpoint() (a manager's checkpoint()) first"
             )
         p = latest
-    try:
-        manifest = json.loads((p / _MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{str(p)!r}: manifest unreadable ({exc})") from exc
-    if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(p)!r}: not a replaydb checkpoint directory")
+    manifest = read_manifest(p)
     if manifest.get("backend", "local") != "local":
         raise CheckpointError(
             f"{str(p)!r} was written by the {manifest['backend']!r} backend (one file per shard); "
             "restore it with Server(..., backend='ray') / ReplayBufferManager(..., backend='ray') "
             "or replaydb.ray_backend.RayServer.from_checkpoint(path)"
         )
-    tables = {
-        name: load_table(p / entry["file"], device=device)
-        for name, entry in manifest.get("tables", {}).items()
-    }
+    tables = {}
+    for name, entry in manifest["tables"].items():
+        at = f"{str(p / _MANIFEST)!r}: tables.{name}"
+        table = load_table(confined_path(p, entry["file"], f"{at}.file"), device=device)
+        for key, value in (("size", len(table)), ("steps", table.num_steps)):
+            if key in entry and entry[key] != value:
+                raise CheckpointError(
+                    f"{at}.{key} is {entry[key]}, but the table file holds {value}; "
+                    "the checkpoint is inconsistent"
+                )
+        tables[name] = table
     return tables, manifest
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check the ``manifest.json`` of one checkpoint directory (no tables loaded).
+
+    Args:
+        path: The checkpoint directory (``ckpt-<timestamp>``).
+
+    Returns:
+        The manifest, with its checksum (when it has one) and JSON types checked:
+        ``format``, ``format_version``,
+        ``tables`` (``name -> {"file": str, ...}``; file names are not yet
+        resolved, use :func:`confined_path`), ``extra`` (an object) and, when
+        present, ``backend`` (a string).
+
+    Raises:
+        CheckpointError: If the manifest is missing, unreadable, too large, outside
+            the directory, or a value has the wrong type.
+
+    Example:
+        >>> from replaydb import Table, Spec
+        >>> d = write_checkpoint("/tmp/ckpts-doc", {"t": Table(Spec({"x": (1,)}), 4)})
+        >>> read_manifest(d)["tables"]["t"]["file"]
+        't.safetensors'
+    """
+    p = Path(path)
+    where = repr(str(p / _MANIFEST))
+    try:
+        manifest = read_json(confined_path(p, _MANIFEST, "manifest.json"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{where}: manifest unreadable ({exc})") from exc
+    expect_json(manifest, dict, f"{where}: the manifest")
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(p)!r}: not a replaydb checkpoint directory")
+    if manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: format_version {manifest.get('format_version')!r} is not "
+            f"{FORMAT_VERSION}; upgrade replaydb to read it"
+        )
+    if "checksum" in manifest:  # manifests of replaydb < 0.3 have none
+        stored = expect_json(manifest["checksum"], str, f"{where}: checksum")
+        computed = _manifest_checksum(manifest)
+        if stored != computed:
+            raise CheckpointError(
+                f"{where}: checksum mismatch (stored {stored}, computed {computed}); the "
+                "manifest is corrupt — restore the checkpoint from a copy or use an older one"
+            )
+    expect_json(manifest.get("backend", "local"), str, f"{where}: backend")
+    expect_json(manifest.setdefault("extra", {}), dict, f"{where}: extra")
+    if "tables" not in manifest:
+        raise CheckpointError(f"{where} has no 'tables' key; the manifest is incomplete")
+    tables = expect_json(manifest["tables"], dict, f"{where}: tables")
+    for name, entry in tables.items():
+        at = f"{where}: tables.{name}"
+        expect_json(entry, dict, at)
+        if "file" not in entry:
+            raise CheckpointError(f"{at} has no 'file' key")
+        expect_json(entry["file"], str, f"{at}.file")
+        for key in ("size", "steps"):
+            if key in entry:
+                expect_int(entry[key], f"{at}.{key}")
+    return dict(manifest)
+
+
+def _manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    """BLAKE2b of the manifest's canonical JSON, its ``checksum`` key left out."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    try:
+        text = json.dumps(body, sort_keys=True)
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"the manifest cannot be digested ({exc})") from exc
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def _remove_stale_temporaries(root: Path) -> None:
@@ -479,14 +760,8 @@ def _remove_stale_temporaries(root: Path) -> None:
             pid = int(d.name.split(".tmp-", 1)[1].split("-", 1)[0])
         except (IndexError, ValueError):
             continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if d.is_dir() and not d.is_symlink() and process_is_gone(pid):
             shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            continue
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -5,7 +5,8 @@
   :func:`replaydb.collect.populate`).
 * ``replaydb inspect PATH [--plot FILE.png]`` describes any buffer replaydb saved: a
   Velora-format directory, a table file, or a checkpoint directory or root.
-* ``replaydb serve CONFIG`` hosts tables on Ray (needs ``pip install 'replaydb[ray]'``).
+* ``replaydb serve CONFIG`` hosts tables on Ray (needs ``pip install 'replaydb[ray]'``);
+  the config's types are checked (:func:`check_serve_config`) before Ray starts.
 
 Expected errors (bad input, an unknown env, a full or read-only disk) print one line
 naming the problem and the fix and exit non-zero, without a traceback: exit code 2
@@ -27,7 +28,7 @@ import torch
 
 from replaydb.errors import ReplayError
 
-__all__ = ["describe", "format_description", "main", "plot_description"]
+__all__ = ["check_serve_config", "describe", "format_description", "main", "plot_description"]
 
 _PROG = "replaydb"
 
@@ -134,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(command: str, message: str, code: int) -> int:
-    print(f"{_PROG} {command}: error: {message}", file=sys.stderr)
+    line = " ".join(message.splitlines())  # one line, whatever the message held
+    print(f"{_PROG} {command}: error: {line}", file=sys.stderr)
     return code
 
 
@@ -144,13 +146,126 @@ def _serve(argv: list[str]) -> int:
     try:
         serve_command = importlib.import_module("replaydb.ray_backend").serve_command
     except (ImportError, AttributeError):
-        print(
-            f"{_PROG} serve: error: `replaydb serve` needs Ray; install it with "
-            "pip install 'replaydb[ray]'",
-            file=sys.stderr,
+        return _fail(
+            "serve", "`replaydb serve` needs Ray; install it with pip install 'replaydb[ray]'", 2
         )
-        return 2
+    if argv and not argv[0].startswith("-"):
+        try:
+            check_serve_config(argv[0])
+        except (_UsageError, ReplayError) as exc:
+            return _fail("serve", str(exc), 2)
     return int(serve_command(argv))
+
+
+# ------------------------------------------------------------ serve config
+_NUMBER_STRINGS = ("inf", "-inf", "+inf", "infinity", "-infinity")
+
+
+def check_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check the JSON/TOML shape of a ``replaydb serve`` config before Ray starts.
+
+    Reads at most :data:`~replaydb.checkpoint.MAX_JSON_BYTES` from a regular file,
+    decodes it as UTF-8 and parses it (``.toml`` as TOML, anything else as JSON),
+    then checks the type of every setting the server reads: ``shards`` and
+    ``keep`` (integers >= 1), ``restore`` (a bool), ``name``, ``address`` and
+    ``checkpoint_dir`` (strings), ``checkpoint_interval_s`` (a number), and each
+    table under ``tables`` (an object whose ``capacity``, ``sequence_length`` and
+    ``max_times_sampled`` are integers, ``spec`` an object of shapes, and
+    ``sampler``/``limiter`` objects of numbers). Values are range-checked by the
+    server itself.
+
+    Args:
+        path: The config file.
+
+    Returns:
+        The parsed config.
+
+    Raises:
+        CheckpointError: If the file cannot be read (missing, not a regular file,
+            too large, not UTF-8, not JSON).
+        InvalidArgumentError: Naming the first setting of the wrong type.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "serve.json"
+        >>> table = {"spec": {"obs": [4]}, "capacity": 10}
+        >>> _ = p.write_text(json.dumps({"shards": 2, "tables": {"replay": table}}))
+        >>> check_serve_config(p)["shards"]
+        2
+    """
+    from replaydb.checkpoint import expect_json, parse_json, read_small_file
+    from replaydb.errors import CheckpointError, InvalidArgumentError
+
+    p = Path(path)
+    where = f"config file {str(p)!r}"
+    if not p.exists():
+        raise InvalidArgumentError(f"{where} does not exist; check the path")
+    data = read_small_file(p)
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            raw: Any = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(f"{where} is not UTF-8 text ({exc})") from exc
+        except (ValueError, RecursionError) as exc:
+            raise InvalidArgumentError(f"{where} does not parse as TOML: {exc}") from exc
+    else:
+        raw = parse_json(data, where)
+
+    def expect(value: Any, kind: type | tuple[type, ...], key: str) -> Any:
+        return expect_json(value, kind, f"{where}: {key}", InvalidArgumentError)
+
+    def positive(value: Any, key: str, none_ok: bool = False) -> None:
+        expect(value, (int, type(None)) if none_ok else int, key)
+        if value is not None and value < 1:
+            raise InvalidArgumentError(f"{where}: {key} must be an integer >= 1, got {value}")
+
+    def numbers(options: Any, key: str) -> None:
+        expect(options, dict, key)
+        expect(options.get("type", ""), str, f"{key}.type")
+        for name, value in options.items():
+            if name == "type":
+                continue
+            at = f"{key}.{name}"
+            if isinstance(value, str) and value.strip().lower() in _NUMBER_STRINGS:
+                continue
+            if isinstance(value, list):
+                for i, v in enumerate(value):
+                    expect(v, float, f"{at}[{i}]")
+                continue
+            expect(value, (float, type(None)), at)
+
+    expect(raw, dict, "the config")
+    for key in ("shards", "keep"):
+        if key in raw:
+            positive(raw[key], key)
+    for key in ("name", "address", "checkpoint_dir"):
+        if raw.get(key) is not None:
+            expect(raw[key], str, key)
+    if "restore" in raw:
+        expect(raw["restore"], bool, "restore")
+    if raw.get("checkpoint_interval_s") is not None:
+        expect(raw["checkpoint_interval_s"], float, "checkpoint_interval_s")
+    tables = expect(raw.get("tables", {}), dict, "tables")
+    for name, table in tables.items():
+        at = f"tables.{name}"
+        expect(table, dict, at)
+        if "capacity" in table:
+            positive(table["capacity"], f"{at}.capacity")
+        if "sequence_length" in table:
+            positive(table["sequence_length"], f"{at}.sequence_length")
+        if "max_times_sampled" in table:
+            positive(table["max_times_sampled"], f"{at}.max_times_sampled", none_ok=True)
+        for field, shape in expect(table.get("spec", {}), dict, f"{at}.spec").items():
+            if isinstance(shape, dict):
+                shape = shape.get("shape", [])
+            for i, dim in enumerate(expect(shape, list, f"{at}.spec.{field}")):
+                expect(dim, int, f"{at}.spec.{field}[{i}]")
+        for part in ("sampler", "limiter"):
+            if part in table:
+                numbers(table[part], f"{at}.{part}")
+    return dict(raw)
 
 
 # ----------------------------------------------------------------- populate
@@ -202,7 +317,16 @@ def _populate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ inspect
 def _inspect(args: argparse.Namespace) -> int:
-    info = describe(args.path)
+    if args.plot:
+        _check_plot_path(args.plot)
+    try:
+        info = describe(args.path)
+    except ReplayError:
+        raise
+    except Exception as exc:  # whatever else a hostile file provokes
+        raise _UsageError(
+            f"{args.path!r} cannot be read as a replaydb buffer ({type(exc).__name__}: {exc})"
+        ) from exc
     if args.json:
         print(json.dumps({k: v for k, v in info.items() if not k.startswith("_")}, indent=2))
     else:
@@ -211,6 +335,24 @@ def _inspect(args: argparse.Namespace) -> int:
         out = plot_description(info, args.plot)
         print(f"plot written to {out}")
     return 0
+
+
+def _check_plot_path(path: str) -> None:
+    """Fail before any work when matplotlib is missing or cannot write ``path``'s format."""
+    from replaydb.errors import require
+
+    matplotlib: Any = require("matplotlib", "plot")
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        what = f".{suffix} files" if suffix else "a file without a suffix"
+        raise _UsageError(
+            f"--plot {path!r}: matplotlib cannot write {what}; give a file ending in one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -283,12 +425,13 @@ def _velora_pair(state: Path) -> Path | None:
 
 def _describe_velora(directory: Path, prefix: str) -> dict[str, Any]:
     from replaydb.buffer import ReplayBuffer
+    from replaydb.checkpoint import read_json
     from replaydb.errors import CheckpointError
 
     meta_path = directory / f"{prefix}metadata.json"
     try:
-        metadata = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        metadata = read_json(meta_path)
+    except CheckpointError as exc:
         raise CheckpointError(f"{str(meta_path)!r} is not readable JSON ({exc})") from exc
     buffer = ReplayBuffer.load(directory / f"{prefix}state", metadata)
     n = buffer.size
@@ -347,7 +490,7 @@ def _describe_table(name: str, table: Any) -> dict[str, Any]:
         info["_returns"] = returns
     else:
         info["rewards"] = info["returns"] = None
-    pri = table._priority[:n][table._item_key[:n] >= 0].double()
+    pri = table.item_priorities()[1]
     if pri.numel() and table.sampler.config().get("type") != "Uniform":
         info["priorities"] = _stats(pri)
         info["_priorities"] = pri

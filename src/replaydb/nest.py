@@ -191,7 +191,7 @@ class Nest:
         try:
             spec = Spec.from_json(data["spec"])
             root = _node_from_json(data["structure"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"not a Nest description ({exc!r}): {data!r}") from exc
         nest = cls.__new__(cls)
         nest.root, nest.spec = root, spec

@@ -1042,6 +1042,50 @@ class Table:
             )
             self._notify()
 
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """A consistent copy of the table: its :meth:`config` and :meth:`state_dict`.
+
+        Both are taken under the table's lock and the tensors are copied, so a
+        concurrent insert or sample cannot change them afterwards (what a
+        checkpoint writer needs).
+
+        Returns:
+            ``(config, state)``: JSON-serializable config and CPU tensors that share
+            no memory with the table.
+
+        Example:
+            >>> table = Table(Spec({"x": ()}), 4)
+            >>> config, state = table.snapshot()
+            >>> config["capacity"], int(state["storage.total"][0])
+            (4, 0)
+        """
+        with self._cond:
+            state = self.state_dict()
+            # state_dict() already copies the item columns; the rest may be live views.
+            fresh = ("items.key", "items.priority", "items.times_sampled", "items.scalars")
+            return self.config(), {k: v if k in fresh else v.clone() for k, v in state.items()}
+
+    def item_priorities(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and priorities of the items that can be sampled now.
+
+        Returns:
+            ``(keys, priorities)``: int64 item keys (the key of an item's first step)
+            and their float64 priorities, on CPU, in slot order, copied under the lock.
+
+        Example:
+            >>> table = Table(Spec({"x": ()}), 4)
+            >>> table.extend({"x": torch.zeros(3)})
+            >>> table.item_priorities()[0].tolist()
+            [0, 1, 2]
+        """
+        with self._cond:
+            n = self.storage.num_rows
+            live = self._item_key[:n] >= 0
+            return (
+                self._item_key[:n][live].cpu().clone(),
+                self._priority[:n][live].cpu().clone(),
+            )
+
 
 def _preset_capacity(size: int, sequence_length: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
