@@ -13,10 +13,11 @@ Three tables are filled through real Reverb's own APIs and checkpointed with its
   (``sequence_length=2``) with ``Trajectory`` steps holding a uint8 image column;
   ``max_size`` is smaller than the number of items written, so the oldest ones are
   evicted.
-* ``prioritized``: ``Prioritized(0.8)`` sampler, min-heap remover, a signature, a
-  string column, distinct priorities, some items sampled and one priority mutated.
+* ``prioritized``: ``Prioritized(0.8)`` sampler, min-heap remover, a signature,
+  distinct priorities, some items sampled and one priority mutated.
 * ``legacy``: the legacy ``client.writer(delta_encoded=True)`` (delta-encoded integer
-  columns, one chunk holding every column), ``Lifo`` sampler, max-heap remover,
+  columns, a string column, one chunk holding every column, items of 2 and 3
+  steps), ``Lifo`` sampler, max-heap remover,
   ``SampleToInsertRatio`` limiter and ``max_times_sampled=2``.
 
 ``expected.json`` records, from what the script wrote and what Reverb's
@@ -166,7 +167,6 @@ def main(out: Path) -> None:
     prio_signature = {
         "id": tf.TensorSpec([], tf.int64, "id"),
         "obs": tf.TensorSpec([3], tf.float32, "obs"),
-        "tag": tf.TensorSpec([], tf.string, "tag"),
     }
     prio_table = reverb.Table(
         "prioritized",
@@ -231,18 +231,17 @@ def main(out: Path) -> None:
             step = {
                 "id": np.int64(100 + i),
                 "obs": RNG.normal(size=3).astype(np.float32),
-                "tag": np.array(f"item-{i}".encode(), dtype=object),
             }
             writer.append(step)
             priority = 0.5 + 0.75 * i
             writer.create_item(
                 "prioritized",
                 priority=priority,
-                trajectory={k: writer.history[k][-1] for k in ("id", "obs", "tag")},
+                trajectory={k: writer.history[k][-1] for k in ("id", "obs")},
             )
             writer.flush()
-            cols = [np.asarray(step["id"]), step["obs"], np.asarray(f"item-{i}".encode(), dtype=object)]
-            prio_written.append({"columns": cols, "priority": priority, "squeeze": [True] * 3})
+            cols = [np.asarray(step["id"]), step["obs"]]
+            prio_written.append({"columns": cols, "priority": priority, "squeeze": [True] * 2})
         writer.end_episode()
 
     # (c) legacy writer, delta-encoded integer columns (with wraparound).
@@ -254,6 +253,7 @@ def main(out: Path) -> None:
                 (np.arange(4, dtype=np.int32) * (t - 4) * 1_000_000).astype(np.int32),
                 np.array([[65535 - t, t], [7 * t, 65535]], dtype=np.uint16),
                 np.float64(t) / 3,
+                np.array(f"step-{t}".encode() * (t % 3), dtype=object),
             ]
             writer.append(step)
             history.append(step)
@@ -261,8 +261,8 @@ def main(out: Path) -> None:
                 n = 2 if t % 2 else 3 if t >= 2 else 2
                 priority = float(t)
                 writer.create_item("legacy", num_timesteps=n, priority=priority)
-                cols = [np.stack([s[c] for s in history[-n:]]) for c in range(3)]
-                legacy_written.append({"columns": cols, "priority": priority, "squeeze": [False] * 3})
+                cols = [np.stack([s[c] for s in history[-n:]]) for c in range(4)]
+                legacy_written.append({"columns": cols, "priority": priority, "squeeze": [False] * 4})
 
     # Samples: every trajectory item is seen (uniform, 6 items, 150 draws); a few
     # prioritized ones; the legacy Lifo table consumes its newest item (2 draws,
@@ -312,7 +312,7 @@ def main(out: Path) -> None:
     expected["tables"]["prioritized"] = {
         **table_settings(info["prioritized"]),
         "items": build_expected(prio_alive, len(prio_alive), prio_data, prio_counts, prio_prio),
-        "field_names": ["id", "obs", "tag"],
+        "field_names": ["id", "obs"],
     }
     expected["tables"]["legacy"] = {
         **table_settings(info["legacy"]),
