@@ -43,7 +43,6 @@ import numpy as np
 import reverb
 import tensorflow as tf
 from tf_agents.replay_buffers import reverb_utils
-from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import trajectory
 
 RNG = np.random.default_rng(20231201)
@@ -141,7 +140,7 @@ def build_expected(
         items.append(
             {
                 "key": str(key) if key is not None else None,
-                "priority": priorities.get(key, w["priority"]) if key is not None else w["priority"],
+                "priority": priorities.get(key, w["priority"]) if key else w["priority"],
                 "times_sampled": counts.get(key, 0) if key is not None else 0,
                 "columns": [encode(c) for c in w["columns"]],
                 "squeeze": w["squeeze"],
@@ -152,11 +151,6 @@ def build_expected(
 
 def main(out: Path) -> None:
     # ---- table (a): TF-Agents Trajectory items, like sbsim's starter buffer.
-    obs_spec = {
-        "image": tensor_spec.TensorSpec([8, 8, 3], tf.uint8, "image"),
-        "temp": tensor_spec.TensorSpec([2], tf.float32, "temp"),
-    }
-    action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 3, "action")
     traj_table = reverb.Table(
         "trajectories",
         sampler=reverb.selectors.Uniform(),
@@ -188,7 +182,9 @@ def main(out: Path) -> None:
     )
     root = Path(tempfile.mkdtemp(prefix="reverb-ckpt-"))
     checkpointer = reverb.platform.checkpointers_lib.DefaultCheckpointer(path=str(root))
-    server = reverb.Server([traj_table, prio_table, legacy_table], port=None, checkpointer=checkpointer)
+    server = reverb.Server(
+        [traj_table, prio_table, legacy_table], port=None, checkpointer=checkpointer
+    )
     client = reverb.Client(f"localhost:{server.port}")
 
     # (a) two episodes of 4 and 3 steps, each followed by its boundary step.
@@ -262,7 +258,9 @@ def main(out: Path) -> None:
                 priority = float(t)
                 writer.create_item("legacy", num_timesteps=n, priority=priority)
                 cols = [np.stack([s[c] for s in history[-n:]]) for c in range(4)]
-                legacy_written.append({"columns": cols, "priority": priority, "squeeze": [False] * 4})
+                legacy_written.append(
+                    {"columns": cols, "priority": priority, "squeeze": [False] * 4}
+                )
 
     # Samples: every trajectory item is seen (uniform, 6 items, 150 draws); a few
     # prioritized ones; the legacy Lifo table consumes its newest item (2 draws,
@@ -341,4 +339,5 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parents[1] / "tests/data/reverb")
+    default = Path(__file__).parents[1] / "tests/data/reverb"
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
