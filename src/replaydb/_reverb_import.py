@@ -116,7 +116,7 @@ def _plan(table: ReverbTable, spec: Spec | None, capacity: int | None) -> _Plan:
     if len(lengths) != 1:
         raise SpecMismatchError(
             f"{where} holds items of {sorted(lengths)} steps; a replaydb table's items all "
-            "have one sequence_length. Import the other tables with table=NAME"
+            "have one sequence_length. Import the other tables with table=NAME (--table NAME)"
         )
     steps = lengths.pop()
     ncols = {len(it.columns) for it in items}
@@ -183,7 +183,7 @@ def _plan(table: ReverbTable, spec: Spec | None, capacity: int | None) -> _Plan:
                 raise SpecMismatchError(
                     f"{where} field {n!r} holds {kind}, which a replaydb table cannot store "
                     f"(it stores {sorted(_NATIVE | set(_WIDEN))}); import the other tables "
-                    "with table=NAME"
+                    "with table=NAME (--table NAME)"
                 )
         out_spec = Spec(out_fields)
     n_items = len(items)
