@@ -109,26 +109,72 @@ def masked_crc32c(data: bytes) -> int:
 
 
 # ---------------------------------------------------------------- files
-def _inflate(raw: bytes, where: str) -> bytes:
-    """The zlib stream ``raw`` inflated, at most ``MAX_INFLATE_RATIO`` times its size."""
-    limit = MAX_INFLATE_RATIO * len(raw) + 4096
-    d = zlib.decompressobj()
-    try:
-        out = d.decompress(raw, limit)
-    except zlib.error as exc:
-        raise CheckpointError(f"{where}: the zlib stream is corrupt ({exc})") from exc
-    if d.unconsumed_tail:
-        raise CheckpointError(
-            f"{where}: the zlib stream inflates to more than {limit} bytes, which no "
-            "valid stream of this size does; the file is corrupt"
-        )
-    if not d.eof:
-        raise CheckpointError(f"{where}: the zlib stream is truncated (no end marker)")
-    if d.unused_data:
-        raise CheckpointError(
-            f"{where}: {len(d.unused_data)} stray bytes after the zlib stream; the file is corrupt"
-        )
-    return out
+_CHUNK = 1 << 16
+
+
+class _Stream:
+    """The bytes of a file, inflated on demand when it is a zlib stream.
+
+    Reading record by record keeps memory near the largest record: a damaged header
+    is caught before the rest of the stream is inflated, and a stream may not
+    inflate past ``MAX_INFLATE_RATIO`` times its size.
+    """
+
+    def __init__(self, raw: bytes, where: str) -> None:
+        self.raw, self.where, self.pos = raw, where, 0
+        # A zlib stream starts with CMF 0x78 and a header whose 16-bit value is a
+        # multiple of 31 (Reverb itself tries zlib first, then plain records).
+        zlib_header = len(raw) >= 2 and raw[0] == 0x78 and ((raw[0] << 8) | raw[1]) % 31 == 0
+        self.z = zlib.decompressobj() if zlib_header else None
+        self.buf = bytearray()
+        self.total = 0
+        self.limit = MAX_INFLATE_RATIO * len(raw) + 4096
+
+    def _fill(self, n: int) -> None:
+        z = self.z
+        assert z is not None
+        while len(self.buf) < n and not z.eof:
+            if z.unconsumed_tail:
+                data = z.unconsumed_tail
+            elif self.pos < len(self.raw):
+                data = self.raw[self.pos : self.pos + _CHUNK]
+                self.pos += len(data)
+            else:
+                return
+            try:
+                out = z.decompress(data, max(n - len(self.buf), _CHUNK))
+            except zlib.error as exc:
+                raise CheckpointError(f"{self.where}: the zlib stream is corrupt ({exc})") from exc
+            self.total += len(out)
+            if self.total > self.limit:
+                raise CheckpointError(
+                    f"{self.where}: the zlib stream inflates to more than {self.limit} bytes, "
+                    "which no valid stream of this size does; the file is corrupt"
+                )
+            self.buf += out
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end of the data)."""
+        if self.z is None:
+            out = self.raw[self.pos : self.pos + n]
+            self.pos += len(out)
+            return out
+        self._fill(n)
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def finish(self) -> None:
+        """Check that a zlib stream ended cleanly, with nothing after it."""
+        if self.z is None:
+            return
+        if not self.z.eof:
+            raise CheckpointError(f"{self.where}: the zlib stream is truncated (no end marker)")
+        stray = len(self.z.unused_data) + len(self.raw) - self.pos
+        if stray:
+            raise CheckpointError(
+                f"{self.where}: {stray} stray bytes after the zlib stream; the file is corrupt"
+            )
 
 
 def read_records(raw: bytes, where: str, *, verify: bool = True) -> Iterator[tuple[int, bytes]]:
@@ -140,38 +186,43 @@ def read_records(raw: bytes, where: str, *, verify: bool = True) -> Iterator[tup
         verify: Check both CRCs of every record.
 
     Raises:
-        CheckpointError: For a corrupt stream, a truncated record or a CRC mismatch.
+        CheckpointError: For an empty file, a corrupt stream, a truncated record or a
+            CRC mismatch.
     """
-    # A zlib stream starts with CMF 0x78 and a header whose 16-bit value is a multiple
-    # of 31; plain TFRecords start with a little-endian u64 length, whose second byte
-    # is never such a pair for a realistic record. Reverb itself tries zlib first.
-    data = (
-        _inflate(raw, where)
-        if len(raw) >= 2 and raw[0] == 0x78 and ((raw[0] << 8) | raw[1]) % 31 == 0
-        else raw
-    )
-    pos, index, end = 0, 0, len(data)
-    while pos < end:
-        if end - pos < 12:
+    if not raw:
+        raise CheckpointError(
+            f"{where} is empty; Reverb writes at least a zlib header, so the file was truncated"
+        )
+    stream = _Stream(raw, where)
+    index = 0
+    while True:
+        head = stream.read(12)
+        if not head:
+            break
+        if len(head) < 12:
             raise CheckpointError(
-                f"{where}: record {index} is truncated ({end - pos} bytes left, a header needs 12)"
+                f"{where}: record {index} is truncated ({len(head)} bytes left, a header needs 12)"
             )
-        (length,) = struct.unpack_from("<Q", data, pos)
-        (len_crc,) = struct.unpack_from("<I", data, pos + 8)
-        if verify and masked_crc32c(data[pos : pos + 8]) != len_crc:
+        length, len_crc = struct.unpack("<QI", head)
+        if verify and masked_crc32c(head[:8]) != len_crc:
             raise CheckpointError(f"{where}: record {index}: the length's CRC does not match")
-        if length > end - pos - 16:
+        if stream.z is None and length > len(raw) - stream.pos:
             raise CheckpointError(
                 f"{where}: record {index} claims {length} bytes but only "
-                f"{max(end - pos - 16, 0)} remain; the file is truncated or corrupt"
+                f"{len(raw) - stream.pos} remain; the file is truncated or corrupt"
             )
-        payload = data[pos + 12 : pos + 12 + length]
-        (data_crc,) = struct.unpack_from("<I", data, pos + 12 + length)
-        if verify and masked_crc32c(payload) != data_crc:
+        payload = stream.read(length)
+        tail = stream.read(4)
+        if len(payload) < length or len(tail) < 4:
+            raise CheckpointError(
+                f"{where}: record {index} claims {length} bytes but the data ends "
+                f"after {len(payload)}; the file is truncated or corrupt"
+            )
+        if verify and masked_crc32c(payload) != struct.unpack("<I", tail)[0]:
             raise CheckpointError(f"{where}: record {index}: the payload's CRC does not match")
         yield index, payload
-        pos += 16 + length
         index += 1
+    stream.finish()
 
 
 # ---------------------------------------------------------------- messages
