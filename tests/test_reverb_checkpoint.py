@@ -224,6 +224,14 @@ def test_masked_crc32c_known_values() -> None:
     assert masked_crc32c(b"") == 0xA282EAD8
 
 
+@pytest.mark.parametrize("n", [1 << 16, (1 << 16) + 7, 300_001, (1 << 22) + 5])
+def test_numpy_crc32c_matches_the_table_loop(n: int) -> None:
+    from replaydb._reverb_format import _crc32c_np, _crc32c_py
+
+    data = np.random.default_rng(n).bytes(n)
+    assert _crc32c_np(data) == _crc32c_py(data)
+
+
 # ------------------------------------------------------- synthetic damage
 def _frame(payloads: list[bytes]) -> bytes:
     out = bytearray()
