@@ -317,9 +317,15 @@ def _decode(p: Path, raw: Mapping[str, bytes], verify: bool) -> ReverbCheckpoint
     for i, payload in read_records(raw[_FILES[2]], _FILES[2], verify=verify):
         msg = parse("ChunkData", payload, f"{_FILES[2]} record {i}")
         if msg.chunk_key in chunks:
-            raise CheckpointError(
-                f"{_FILES[2]} record {i}: chunk_key {msg.chunk_key} appears twice"
-            )
+            # Reverb may write a chunk once per table worker that holds it: the same
+            # bytes. Different bytes under one key would make items ambiguous.
+            first, other = chunks[msg.chunk_key]
+            if other != msg:
+                raise CheckpointError(
+                    f"{_FILES[2]} record {i}: chunk_key {msg.chunk_key} appears again with "
+                    f"different data (first in record {first})"
+                )
+            continue
         chunks[msg.chunk_key] = (i, msg)
     decoded: dict[int, list[np.ndarray[Any, Any]]] = {}
     for i, payload in read_records(raw[_FILES[1]], _FILES[1], verify=verify):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from replaydb.errors import CheckpointError, require
 __all__ = [
     "DTYPES",
     "MAX_INFLATE_RATIO",
+    "crc32c_many",
     "decode_chunk_tensor",
     "decode_plain_tensor",
     "masked_crc32c",
@@ -149,8 +150,7 @@ def masked_crc32c(data: bytes) -> int:
         >>> hex(masked_crc32c(b"123456789"))
         '0x4fa0c71a'
     """
-    c = int(_crc32c(data))
-    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+    return _mask(int(_crc32c(data)))
 
 
 # ---------------------------------------------------------------- files
@@ -222,8 +222,82 @@ class _Stream:
             )
 
 
+def _crc32c_lanes(payloads: Sequence[bytes]) -> list[int]:
+    """CRC32C of many short inputs at once, one numpy lane each.
+
+    Inputs are right-aligned in a zero-padded grid: a CRC register at 0 stays 0
+    while it reads zeros, so each lane gets its initial value (``0xFFFFFFFF``) at
+    the step where its own bytes begin.
+    """
+    k = len(payloads)
+    lengths = np.fromiter((len(p) for p in payloads), dtype=np.int64, count=k)
+    m = int(lengths.max())
+    grid = np.zeros((k, m), dtype=np.uint8)
+    for i, p in enumerate(payloads):
+        if p:
+            grid[i, m - len(p) :] = np.frombuffer(p, dtype=np.uint8)
+    columns = np.ascontiguousarray(grid.T)
+    starts = m - lengths
+    order = np.argsort(starts, kind="stable")
+    bounds = np.searchsorted(starts[order], np.arange(m + 2))
+    regs = np.zeros(k, dtype=np.uint32)
+    table = _NP_TABLE
+    for j in range(m + 1):
+        begin = order[bounds[j] : bounds[j + 1]]
+        if begin.size:
+            regs[begin] ^= np.uint32(0xFFFFFFFF)
+        if j < m:
+            regs = table[(regs ^ columns[j]) & 0xFF] ^ (regs >> 8)
+    return [int(c) for c in regs ^ np.uint32(0xFFFFFFFF)]
+
+
+def crc32c_many(payloads: Sequence[bytes]) -> list[int]:
+    """CRC32C of each input (grouped by length into numpy lanes; long ones alone).
+
+    Example:
+        >>> [hex(c) for c in crc32c_many([b"123456789", b""])]
+        ['0xe3069283', '0x0']
+    """
+    out = [0] * len(payloads)
+    short: list[int] = []
+    for i, p in enumerate(payloads):
+        if len(p) >= 1 << 16:
+            out[i] = int(_crc32c(p))
+        else:
+            short.append(i)
+    if _crc32c is not _crc32c_any:  # a C implementation is installed
+        for i in short:
+            out[i] = int(_crc32c(payloads[i]))
+        return out
+    short.sort(key=lambda i: len(payloads[i]))
+    start = 0
+    while start < len(short):
+        # Lengths within ~25% of each other share a grid, so padding stays small.
+        top = len(payloads[short[start]]) * 5 // 4 + 64
+        end = start
+        while end < len(short) and len(payloads[short[end]]) <= top and end - start < 65536:
+            end += 1
+        group = short[start:end]
+        if len(group) < 8:
+            for i in group:
+                out[i] = _crc32c_py(payloads[i])
+        else:
+            for i, c in zip(group, _crc32c_lanes([payloads[i] for i in group]), strict=True):
+                out[i] = c
+        start = end
+    return out
+
+
+def _mask(c: int) -> int:
+    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def read_records(raw: bytes, where: str, *, verify: bool = True) -> Iterator[tuple[int, bytes]]:
     """``(index, payload)`` of every TFRecord in a checkpoint file's bytes.
+
+    Each length's CRC is checked as its header is read (so a damaged header stops
+    the read before more is inflated); the payloads' CRCs are checked together
+    once the file is read, before any record is returned.
 
     Args:
         raw: The file's bytes (a zlib stream, or plain TFRecords for old checkpoints).
@@ -240,6 +314,8 @@ def read_records(raw: bytes, where: str, *, verify: bool = True) -> Iterator[tup
         )
     stream = _Stream(raw, where)
     index = 0
+    records: list[bytes] = []
+    crcs: list[int] = []
     while True:
         head = stream.read(12)
         if not head:
@@ -263,11 +339,15 @@ def read_records(raw: bytes, where: str, *, verify: bool = True) -> Iterator[tup
                 f"{where}: record {index} claims {length} bytes but the data ends "
                 f"after {len(payload)}; the file is truncated or corrupt"
             )
-        if verify and masked_crc32c(payload) != struct.unpack("<I", tail)[0]:
-            raise CheckpointError(f"{where}: record {index}: the payload's CRC does not match")
-        yield index, payload
+        records.append(payload)
+        crcs.append(struct.unpack("<I", tail)[0])
         index += 1
     stream.finish()
+    if verify:
+        for i, (c, want) in enumerate(zip(crc32c_many(records), crcs, strict=True)):
+            if _mask(c) != want:
+                raise CheckpointError(f"{where}: record {i}: the payload's CRC does not match")
+    return enumerate(records)
 
 
 # ---------------------------------------------------------------- messages
