@@ -561,7 +561,8 @@ def test_import_keeps_items_priorities_and_times_sampled(tmp_path: Path) -> None
     spec_file.write_text(json.dumps(_trajectory_spec().to_json()))
     result = import_reverb_checkpoint(CKPT, tmp_path / "out", spec=spec_file, table="trajectories")
     (info,) = result.tables
-    assert (info.items, info.sequence_length, info.capacity) == (6, 2, 12)
+    # Two runs of three consecutive windows (episodes 1 and 2): 4 + 4 rows.
+    assert (info.items, info.sequence_length, info.capacity) == (6, 2, 8)
     assert info.fields == tuple(EXPECTED["tables"]["trajectories"]["field_names"])
     tables, manifest = read_checkpoint(tmp_path / "out")
     table = tables["trajectories"]
@@ -570,25 +571,74 @@ def test_import_keeps_items_priorities_and_times_sampled(tmp_path: Path) -> None
     assert table.rate_limiter.config() == {"type": "MinSize", "min_size": 1}
     assert (table.rate_limiter.inserts, table.rate_limiter.samples) == (7, 150)
     assert table.sampler.config()["type"] == "Uniform"
+    assert table.num_steps == 8
+    meta = manifest["extra"]["reverb_import"]["tables"]["trajectories"]
+    assert meta["reverb_keys"] == [e["key"] for e in exp]
+    assert meta["keys"] == [0, 1, 2, 4, 5, 6]
     state = table.state_dict()
-    slots = torch.arange(6) * 2
+    slots = torch.tensor(meta["keys"])
     assert state["items.key"][slots].tolist() == slots.tolist()
     assert state["items.priority"][slots].tolist() == [e["priority"] for e in exp]
     assert state["items.times_sampled"][slots].tolist() == [e["times_sampled"] for e in exp]
-    meta = manifest["extra"]["reverb_import"]["tables"]["trajectories"]
-    assert meta["reverb_keys"] == [e["key"] for e in exp]
     sample = table.sample(200)
-    assert set(sample.keys.tolist()) == set(slots.tolist())
+    assert set(sample.keys.tolist()) == set(meta["keys"])
     names = list(_trajectory_spec())
     for b, key in enumerate(sample.keys.tolist()):
-        want = [_decode(c) for c in exp[key // 2]["columns"]]
+        want = [_decode(c) for c in exp[meta["keys"].index(key)]["columns"]]
         for n, w in zip(names, want, strict=True):
             assert np.array_equal(sample[n][b].numpy(), w), (key, n)
 
 
+def _check_import(out: Path, table: ReverbTable) -> list[int]:
+    """The imported table serves exactly ``table``'s items; returns the replaydb keys."""
+    tables, manifest = read_checkpoint(out)
+    native = tables[table.name]
+    meta = manifest["extra"]["reverb_import"]["tables"][table.name]
+    by_key = {it.key: it for it in table.items}
+    items = [by_key[int(k)] for k in meta["reverb_keys"]]
+    keys = meta["keys"]
+    assert len(native) == len(items) == len(keys)
+    state = native.state_dict()
+    assert state["items.priority"][keys].tolist() == [it.priority for it in items]
+    assert state["items.times_sampled"][keys].tolist() == [it.times_sampled for it in items]
+    sample = native.sample(300)
+    assert set(sample.keys.tolist()) == set(keys)
+    for b, key in enumerate(sample.keys.tolist()):
+        item = items[keys.index(key)]
+        for name, col in zip(native.spec, item.columns, strict=True):
+            assert np.array_equal(sample[name][b].numpy(), col), (key, name)
+    return list(keys)
+
+
+def test_import_runs_split_where_items_are_not_consecutive(
+    tmp_path: Path, ckpt: ReverbCheckpoint
+) -> None:
+    traj = ckpt.table("trajectories")
+    items = _in_order(traj)
+    # Drop the middle window of episode 1: its neighbours no longer form one run.
+    gap = dataclasses.replace(traj, items=tuple(items[:1] + items[2:]))
+    import_reverb_checkpoint(ReverbCheckpoint(ckpt.path, (gap,)), tmp_path / "gap")
+    assert _check_import(tmp_path / "gap", gap) == [0, 2, 4, 5, 6]
+    # Overlapping steps that differ (here: episode 2's second window) start a new run.
+    changed = [c.copy() for c in items[4].columns]
+    changed[5][0] += 1.0
+    odd = dataclasses.replace(
+        traj, items=(*items[:4], dataclasses.replace(items[4], columns=tuple(changed)), items[5])
+    )
+    import_reverb_checkpoint(ReverbCheckpoint(ckpt.path, (odd,)), tmp_path / "odd")
+    assert _check_import(tmp_path / "odd", odd) == [0, 1, 2, 4, 6, 7]
+    # Without sequence ranges every item is a run of its own.
+    lost = dataclasses.replace(
+        traj, items=tuple(dataclasses.replace(it, episode_id=None, start=None) for it in items)
+    )
+    (info,) = import_reverb_checkpoint(ReverbCheckpoint(ckpt.path, (lost,)), tmp_path / "l").tables
+    assert info.capacity == 12
+    assert _check_import(tmp_path / "l", lost) == [0, 2, 4, 6, 8, 10]
+
+
 def test_import_loads_in_the_manager(tmp_path: Path) -> None:
     import_reverb_checkpoint(CKPT, tmp_path, spec=_trajectory_spec(), table="trajectories")
-    manager = ReplayBufferManager(None, 12, tmp_path, sequence_length=2)
+    manager = ReplayBufferManager(None, 8, tmp_path, sequence_length=2)
     try:
         buffer, _ = manager.load_replay_buffer()
         assert manager.num_frames() == 6

@@ -26,8 +26,9 @@ Stable interface (used by ``replaydb.reverb``'s ``DefaultCheckpointer`` and by
   ``key`` the u64 key, ``inserted_at`` nanoseconds since the epoch or ``None``,
   ``columns`` numpy arrays in the table's column order, each the concatenation of
   its chunk slices along time (``[T, ...]``; a squeezed column has no time axis;
-  strings are object arrays of ``bytes``), and ``squeeze`` (one flag per column).
-  Items keep the checkpoint's order.
+  strings are object arrays of ``bytes``), ``squeeze`` (one flag per column), and
+  ``episode_id`` / ``start`` (the episode and the index of the item's first step in
+  it, ``None`` when the chunks do not say). Items keep the checkpoint's order.
 * The signature is decoded to dicts, lists, tuples and named tuples of
   :class:`ReverbTensorSpec` (or :class:`ReverbTypeSpec` for a ``tf.TypeSpec`` this
   reader does not interpret); :func:`signature_fields` flattens it to
@@ -142,7 +143,9 @@ class ReverbItem:
     """One item: its key, priority, times sampled, insertion time and columns.
 
     ``squeeze[c]`` tells whether column ``c`` was squeezed (stored without its time
-    axis); it has one entry per column.
+    axis); it has one entry per column. ``episode_id`` and ``start`` place the item
+    in its episode (the index of its first step), from the chunks' sequence
+    ranges, when every column spans the same steps; else both are ``None``.
     """
 
     key: int
@@ -151,6 +154,8 @@ class ReverbItem:
     inserted_at: int | None
     columns: tuple[np.ndarray[Any, Any], ...]
     squeeze: tuple[bool, ...] = ()
+    episode_id: int | None = None
+    start: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -361,6 +366,7 @@ def _decode(p: Path, raw: Mapping[str, bytes], verify: bool) -> ReverbCheckpoint
                 inserted_at=inserted_at,
                 columns=columns,
                 squeeze=tuple(bool(col.squeeze) for col in msg.flat_trajectory.columns),
+                **_episode_range(msg.flat_trajectory.columns, chunks, decoded),
             )
         )
     out = tuple(
@@ -486,6 +492,39 @@ def _column(
     return out
 
 
+def _episode_range(
+    columns: Any, chunks: Mapping[int, Any], decoded: Mapping[int, list[np.ndarray[Any, Any]]]
+) -> dict[str, int | None]:
+    """``episode_id`` and ``start`` of an item whose columns all span the same steps.
+
+    From the chunks' ``sequence_range`` (step indices within the episode); ``None``
+    for both when a chunk lacks one, is sparse, disagrees with its tensor's length,
+    or the columns span different steps.
+    """
+    unknown: dict[str, int | None] = {"episode_id": None, "start": None}
+    found: tuple[int, int] | None = None
+    for col in columns:
+        ep = first = end = None
+        for sl in col.chunk_slices:
+            chunk = chunks[sl.chunk_key][1]
+            sr = chunk.sequence_range
+            span = decoded[sl.chunk_key][sl.index].shape[0]
+            if not chunk.HasField("sequence_range") or sr.sparse or sr.end - sr.start + 1 != span:
+                return unknown
+            begin = sr.start + sl.offset
+            if ep is None:
+                ep, first = sr.episode_id, begin
+            elif sr.episode_id != ep or begin != end:
+                return unknown
+            end = begin + sl.length
+        assert ep is not None
+        assert first is not None
+        if found is not None and found != (ep, first):
+            return unknown
+        found = (ep, first)
+    return {"episode_id": found[0], "start": found[1]} if found else unknown
+
+
 # ---------------------------------------------------------------- signatures
 _NAMEDTUPLES: dict[tuple[str, tuple[str, ...]], Any] = {}
 _MAX_DEPTH = 64
@@ -597,9 +636,13 @@ def import_reverb_checkpoint(
     """Write a Reverb checkpoint's tables as a replaydb checkpoint directory.
 
     Each Reverb item becomes one replaydb item with the same data, priority and
-    times sampled, written in insertion order (``inserted_at``); the table gets
-    ``sequence_length`` = the items' length and ``capacity`` = ``max_size`` x that
-    length rows. The sampler and rate limiter (with its counters) are mapped to
+    times sampled; the table gets ``sequence_length`` = the items' length ``T``.
+    Items that are consecutive windows of one episode (what TF-Agents' observers
+    write) become one run of steps, each step stored once, so the table serves
+    exactly those windows; other items become runs of their own ``T`` steps. Runs
+    are written in insertion order (``inserted_at``) of their first item, and the
+    table holds ``max(max_size, rows needed)`` rows. The sampler and rate limiter
+    (with its counters) are mapped to
     replaydb's; ``max_times_sampled`` is kept. What cannot be held (Reverb keys,
     non-Fifo removers, ...) is listed in the result's ``notes`` and in the manifest
     under ``extra.reverb_import``. With one table, the manifest also holds the data
@@ -618,7 +661,7 @@ def import_reverb_checkpoint(
             empty leaves such as ``policy_info=()`` absent). Default: names from the
             table's signature, else ``column_0`` ... ``column_{n-1}``.
         table: The table (or tables) to import; default all. A spec needs one table.
-        capacity: Rows of the replaydb table (default ``max_size`` x item length).
+        capacity: Rows of the replaydb table (default ``max(max_size, rows needed)``).
         force: Add the checkpoint to a non-empty ``out_dir``.
 
     Returns:

@@ -3,10 +3,12 @@
 Private helper behind :func:`replaydb._reverb_checkpoint.import_reverb_checkpoint`
 and ``replaydb import-reverb``. A Reverb item is a list of columns of ``T`` steps;
 a replaydb item is a window of ``sequence_length`` consecutive steps of one
-episode. Each Reverb item becomes one episode of ``T`` steps (ended as truncated,
-``end=2``) in a table with ``sequence_length=T``, so every item comes back with
-exactly its data, priority and times sampled, in insertion order; steps that
-overlapping Reverb items share are stored once per item.
+episode. The table gets ``sequence_length=T``; items that are consecutive windows
+of one Reverb episode (starts one step apart, per the chunks' sequence ranges,
+overlapping steps equal) become one run of ``r + T - 1`` steps, ended as truncated
+(``end=2``), whose windows are exactly those ``r`` items; any other item is a run
+of its own. Every item comes back with exactly its data, priority and times
+sampled.
 
 Everything is validated, for every table, before anything is written.
 """
@@ -47,11 +49,20 @@ _END_TRUNCATED = 2
 @dataclass(frozen=True)
 class _Plan:
     source: ReverbTable
-    items: tuple[ReverbItem, ...]
+    segments: tuple[tuple[ReverbItem, ...], ...]  # runs of items one step apart
     spec: Spec
     sequence_length: int
     capacity: int
     notes: tuple[str, ...]
+
+    @property
+    def items(self) -> tuple[ReverbItem, ...]:
+        """Items in replaydb key order."""
+        return tuple(it for seg in self.segments for it in seg)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(seg) + self.sequence_length - 1 for seg in self.segments)
 
 
 def _load_spec(spec: Any) -> Spec | None:
@@ -186,12 +197,20 @@ def _plan(table: ReverbTable, spec: Spec | None, capacity: int | None) -> _Plan:
                     "with table=NAME (--table NAME)"
                 )
         out_spec = Spec(out_fields)
+    segments = _segments(items, steps)
+    rows = sum(len(seg) + steps - 1 for seg in segments)
     n_items = len(items)
-    cap = capacity if capacity is not None else max(table.max_size, n_items) * steps
-    if cap < max(n_items, 1) * steps:
+    cap = capacity if capacity is not None else max(table.max_size, rows, steps)
+    if cap < max(rows, steps):
         raise InvalidArgumentError(
             f"capacity {cap} is too small for {where}: its {n_items} items of {steps} steps "
-            f"need at least {max(n_items, 1) * steps} rows"
+            f"need {max(rows, steps)} rows"
+        )
+    if steps > 1 and rows > n_items:
+        notes.append(
+            f"{rows} rows for {n_items} items of {steps} steps: a step that overlapping "
+            "items share is stored once where they are consecutive windows of one "
+            "episode, once per item otherwise"
         )
     bad = [it for it in items if not (math.isfinite(it.priority) and it.priority >= 0)]
     if bad:
@@ -216,7 +235,38 @@ def _plan(table: ReverbTable, spec: Spec | None, capacity: int | None) -> _Plan:
     notes.append("Reverb item keys are not held as keys: extra.reverb_import lists them in order")
     _sampler(table)  # validate now
     _limiter(table)
-    return _Plan(table, items, out_spec, steps, cap, tuple(notes))
+    return _Plan(table, segments, out_spec, steps, cap, tuple(notes))
+
+
+def _segments(items: Sequence[ReverbItem], steps: int) -> tuple[tuple[ReverbItem, ...], ...]:
+    """Group items (in insertion order) into runs of windows one step apart.
+
+    A run of ``r`` items of one episode whose starts follow each other and whose
+    overlapping steps hold the same data is written as ``r + steps - 1`` steps; the
+    table then serves exactly those ``r`` windows. Anything else stands alone.
+    """
+    runs: list[list[ReverbItem]] = []
+    open_runs: dict[tuple[int, int], list[ReverbItem]] = {}
+    for it in items:
+        run = None
+        if it.episode_id is not None and it.start is not None:
+            run = open_runs.pop((it.episode_id, it.start), None)
+            if run is not None and not _overlap_matches(run[-1], it, steps):
+                run = None
+        if run is None:
+            run = []
+            runs.append(run)
+        run.append(it)
+        if it.episode_id is not None and it.start is not None:
+            open_runs[(it.episode_id, it.start + 1)] = run
+    return tuple(tuple(r) for r in runs)
+
+
+def _overlap_matches(a: ReverbItem, b: ReverbItem, steps: int) -> bool:
+    return all(
+        np.array_equal(_step_column(a, c)[1:], _step_column(b, c)[: steps - 1])
+        for c in range(len(a.columns))
+    )
 
 
 def _sampler(table: ReverbTable) -> Any:
@@ -261,7 +311,14 @@ def _build(plan: _Plan) -> Any:
 
     src, steps, spec = plan.source, plan.sequence_length, plan.spec
     mts = src.max_times_sampled or None
-    n = len(plan.items)
+    items = plan.items
+    n, rows = len(items), plan.rows
+    # Row of each item's first step, and of each run's last step.
+    starts = _starts(plan)
+    first = torch.tensor(
+        [row + j for row, seg in starts for j in range(len(seg))], dtype=torch.int64
+    )
+    ends_at = [row + len(seg) + steps - 2 for row, seg in starts]
 
     def make(limiter: Any) -> Table:
         return Table(
@@ -279,28 +336,37 @@ def _build(plan: _Plan) -> Any:
     if n:
         data = {}
         for c, (field_name, f) in enumerate(spec.items()):
-            cols = [_step_column(it, c) for it in plan.items]
+            cols = []
+            for seg in plan.segments:  # each item's first step, then the last item's rest
+                cols += [_step_column(it, c)[:1] for it in seg[:-1]]
+                cols.append(_step_column(seg[-1], c))
             arr = np.concatenate(cols).astype(np.dtype(dtype_name(f.dtype)), copy=False)
             data[field_name] = torch.from_numpy(np.ascontiguousarray(arr))
-        ends = np.zeros(n * steps, dtype=np.int64)
-        ends[steps - 1 :: steps] = _END_TRUNCATED
-        pri = np.ones(n * steps, dtype=np.float64)
+        ends = np.zeros(rows, dtype=np.int64)
+        ends[ends_at] = _END_TRUNCATED
+        pri = np.ones(rows, dtype=np.float64)
         tiny = np.nextafter(0.0, 1.0)
-        pri[steps - 1 :: steps] = [max(it.priority, tiny) for it in plan.items]
+        pri[first.numpy() + steps - 1] = [max(it.priority, tiny) for it in items]
         staging.extend(data, ends=torch.from_numpy(ends), priorities=torch.from_numpy(pri))
         if len(staging) != n:  # pragma: no cover - a replaydb bug, not bad input
             raise CheckpointError(f"table {src.name!r}: imported {len(staging)} of {n} items")
     state = staging.state_dict()
     if n:
         times = state["items.times_sampled"]
-        times[torch.arange(n) * steps] = torch.tensor(
-            [it.times_sampled for it in plan.items], dtype=times.dtype
-        )
+        times[first] = torch.tensor([it.times_sampled for it in items], dtype=times.dtype)
     lim = src.rate_limiter
     state["limiter.counts"] = torch.tensor([lim.insert_count, lim.sample_count], dtype=torch.int64)
     table = make(_limiter(src))
     table.load_state_dict(state)
     return table
+
+
+def _starts(plan: _Plan) -> list[tuple[int, tuple[ReverbItem, ...]]]:
+    out, row = [], 0
+    for seg in plan.segments:
+        out.append((row, seg))
+        row += len(seg) + plan.sequence_length - 1
+    return out
 
 
 def import_checkpoint(
@@ -349,6 +415,7 @@ def import_checkpoint(
     meta = {
         p.source.name: {
             "reverb_keys": [str(it.key) for it in p.items],
+            "keys": [row + j for row, seg in _starts(p) for j in range(len(seg))],
             "inserted_at": [it.inserted_at for it in p.items],
             "max_size": p.source.max_size,
             "sampler": p.source.sampler.kind,
