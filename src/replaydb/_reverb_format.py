@@ -606,6 +606,15 @@ def _strings(content: bytes, dims: tuple[int, ...], where: str) -> np.ndarray[An
     return out.reshape(dims)
 
 
+_CRAMJAM: list[Any] = []
+
+
+def _cramjam() -> Any:
+    if not _CRAMJAM:
+        _CRAMJAM.append(require("cramjam", "reverb-import"))
+    return _CRAMJAM[0]
+
+
 def decode_chunk_tensor(proto: Any, delta_encoded: bool, where: str) -> np.ndarray[Any, Any]:
     """A chunk's tensor: Snappy-compressed content (strings plain), delta-decoded.
 
@@ -618,7 +627,7 @@ def decode_chunk_tensor(proto: Any, delta_encoded: bool, where: str) -> np.ndarr
     content = bytes(proto.tensor_content)
     if dtype is None:
         return _strings(content, dims, where)
-    cramjam: Any = require("cramjam", "reverb-import")
+    cramjam = _cramjam()
     limit = _MAX_SNAPPY_RATIO * len(content) + 64
     nbytes = _count(dims, limit, where) * dtype.itemsize
     if nbytes > limit:
