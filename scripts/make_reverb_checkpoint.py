@@ -20,6 +20,8 @@ Three tables are filled through real Reverb's own APIs and checkpointed with its
   steps), ``Lifo`` sampler, max-heap remover,
   ``SampleToInsertRatio`` limiter and ``max_times_sampled=2``.
 
+``signature.pb`` holds a TF-Agents-style signature as TensorFlow's
+``nested_structure_coder`` encodes it (Reverb stores table signatures so).
 ``expected.json`` records, from what the script wrote and what Reverb's
 ``server_info`` and ``sample`` returned: each table's settings and counters and
 each stored item (key where a sample revealed it, priority, times sampled and
@@ -42,7 +44,10 @@ from typing import Any
 import numpy as np
 import reverb
 import tensorflow as tf
+import tree
+from tensorflow.python.saved_model import nested_structure_coder
 from tf_agents.replay_buffers import reverb_utils
+from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import trajectory
 
 RNG = np.random.default_rng(20231201)
@@ -328,6 +333,40 @@ def main(out: Path) -> None:
     server.stop()
 
     out.mkdir(parents=True, exist_ok=True)
+    # A TF-Agents-style signature as TensorFlow encodes it (nested_structure_coder),
+    # for the signature decoder: named tuple, dict, bounded specs, an unknown
+    # dimension, an empty tuple, a string spec and None.
+    sig_struct = [
+        trajectory.Trajectory(
+            step_type=tf.TensorSpec((), tf.int32, "step_type"),
+            observation={
+                "temp": tf.TensorSpec([2], tf.float32, "temp"),
+                "image": tensor_spec.BoundedTensorSpec([8, 8, 3], tf.uint8, 0, 255, "image"),
+            },
+            action=tensor_spec.BoundedTensorSpec((), tf.int64, 0, 3, "action"),
+            policy_info=(),
+            next_step_type=tf.TensorSpec((), tf.int32),
+            reward=tf.TensorSpec((None,), tf.float32, "reward"),
+            discount=tensor_spec.BoundedTensorSpec((), tf.float32, 0.0, 1.0, "discount"),
+        ),
+        (tf.TensorSpec([], tf.string),),
+        None,
+    ]
+    encoded = nested_structure_coder.encode_structure(sig_struct)
+    (out / "signature.pb").write_bytes(encoded.SerializeToString())
+    leaves = []
+    for keys, leaf in tree.flatten_with_path(sig_struct):
+        path = ".".join(str(k) for k in keys)
+        if leaf is None:
+            leaves.append([path, None])
+            continue
+        entry = {"name": leaf.name or "", "shape": leaf.shape.as_list(), "dtype": leaf.dtype.name}
+        if hasattr(leaf, "minimum"):
+            entry["minimum"] = np.asarray(leaf.minimum).tolist()
+            entry["maximum"] = np.asarray(leaf.maximum).tolist()
+        leaves.append([path, entry])
+    expected["signature_example"] = leaves
+
     dest = out / "checkpoint"
     if dest.exists():
         shutil.rmtree(dest)

@@ -165,6 +165,87 @@ def test_signature_is_decoded(ckpt: ReverbCheckpoint) -> None:
     assert [n for n, _ in signature_fields(sig)] == EXPECTED["tables"]["prioritized"]["field_names"]
 
 
+def test_tensorflow_encoded_signature_decodes_like_tree_flatten() -> None:
+    from replaydb._reverb_checkpoint import _structure
+
+    msg = messages()["StructuredValue"].FromString((DATA / "signature.pb").read_bytes())
+    decoded = _structure(msg, "signature.pb", 0)
+    assert type(decoded[0]).__name__ == "Trajectory"
+    assert decoded[0].policy_info == ()
+    got = signature_fields(decoded)
+    want = EXPECTED["signature_example"]
+    assert [n for n, _ in got] == [n for n, _ in want]
+    for (_, leaf), (name, exp) in zip(got, want, strict=True):
+        if exp is None:
+            assert leaf is None
+            continue
+        assert leaf.name == exp["name"], name
+        assert leaf.dtype == exp["dtype"], name
+        assert list(leaf.shape) == exp["shape"], name
+        if "minimum" in exp:
+            assert leaf.minimum.dtype == np.dtype(exp["dtype"])
+            assert leaf.minimum.tolist() == exp["minimum"]
+            assert leaf.maximum.tolist() == exp["maximum"]
+        else:
+            assert leaf.minimum is None
+
+
+def test_plain_tensors_of_signature_bounds() -> None:
+    from replaydb._reverb_format import decode_plain_tensor
+
+    proto = messages()["TensorProto"]
+
+    def tp(dtype: int, dims: list[int], **values: Any) -> Any:
+        t = proto(dtype=dtype, **values)
+        for d in dims:
+            t.tensor_shape.dim.add(size=d)
+        return t
+
+    def dec(t: Any) -> np.ndarray[Any, Any]:
+        return decode_plain_tensor(t, "t")
+
+    assert dec(tp(4, [3], int_val=[255])).tolist() == [255, 255, 255]  # last value repeats
+    assert dec(tp(6, [2], int_val=[-1, 300])).tolist() == [-1, 44]  # int8 wraps
+    assert dec(tp(19, [1], half_val=[0x3C00])).tolist() == [1.0]
+    assert dec(tp(19, [1], half_val=[-1])).dtype == np.float16
+    assert dec(tp(8, [1], scomplex_val=[1.0, 2.0])).tolist() == [1 + 2j]
+    assert dec(tp(10, [2], bool_val=[True, False])).tolist() == [True, False]
+    assert dec(tp(23, [], uint64_val=[2**64 - 1])).tolist() == 2**64 - 1
+    assert dec(tp(2, [2])).tolist() == [0.0, 0.0]
+    assert dec(tp(1, [2], tensor_content=np.float32([1, 2]).tobytes())).tolist() == [1.0, 2.0]
+    assert dec(tp(7, [2], string_val=[b"a"])).tolist() == [b"a", b"a"]
+    with pytest.raises(CheckpointError, match="pairs expected"):
+        dec(tp(8, [1], scomplex_val=[1.0]))
+    with pytest.raises(CheckpointError, match="needs 12"):
+        dec(tp(1, [3], tensor_content=b"\x00" * 8))
+    with pytest.raises(CheckpointError, match="more elements than"):
+        dec(tp(1, [1 << 20, 1 << 20], float_val=[1.0]))
+
+
+def test_odd_named_tuples_in_signatures() -> None:
+    from replaydb._reverb_checkpoint import _structure
+
+    sv = messages()["StructuredValue"]()
+    nt = sv.named_tuple_value
+    nt.name = "class"
+    for key in ("_x", "def"):
+        nt.values.add(key=key).value.tensor_spec_value.dtype = 1
+    value = _structure(sv, "sig", 0)
+    assert type(value).__name__ == "NamedTuple" and len(value) == 2
+    nt.values.add(key="_x")
+    with pytest.raises(CheckpointError, match="repeats a field"):
+        _structure(sv, "sig", 0)
+    sv = messages()["StructuredValue"]()
+    sv.type_spec_value.type_spec_class_name = "RaggedTensorSpec"
+    assert _structure(sv, "sig", 0).class_name == "RaggedTensorSpec"
+    deep = messages()["StructuredValue"]()
+    node = deep
+    for _ in range(70):
+        node = node.list_value.values.add()
+    with pytest.raises(CheckpointError, match="nested deeper"):
+        _structure(deep, "sig", 0)
+
+
 def test_signature_fields_follow_tree_flatten_order() -> None:
     import collections
 

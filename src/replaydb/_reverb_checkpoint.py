@@ -44,6 +44,7 @@ file, record and field. Needs ``protobuf`` and ``cramjam``
 from __future__ import annotations
 
 import collections
+import keyword
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -352,6 +353,8 @@ def _decode(p: Path, raw: Mapping[str, bytes], verify: bool) -> ReverbCheckpoint
         )
         if not columns:
             raise CheckpointError(f"{where}: flat_trajectory has no columns")
+        if msg.times_sampled < 0:
+            raise CheckpointError(f"{where}: times_sampled {msg.times_sampled} is negative")
         inserted_at = None
         if msg.HasField("inserted_at"):
             ts = msg.inserted_at
@@ -583,9 +586,10 @@ def _structure(msg: Any, where: str, depth: int) -> Any:
             raise CheckpointError(f"{where}: named tuple {nt.name!r} repeats a field: {keys}")
         ident = (nt.name, keys)
         if ident not in _NAMEDTUPLES:
-            _NAMEDTUPLES[ident] = collections.namedtuple(
-                nt.name if nt.name.isidentifier() else "NamedTuple", keys, rename=True
-            )
+            typename = nt.name.rpartition(".")[2]
+            if not typename.isidentifier() or keyword.iskeyword(typename):
+                typename = "NamedTuple"
+            _NAMEDTUPLES[ident] = collections.namedtuple(typename, keys, rename=True)
         values = [_structure(p.value, f"{where}.{p.key}", sub) for p in nt.values]
         return _NAMEDTUPLES[ident](*values)
     return decode_plain_tensor(getattr(msg, kind), where)  # tensor_value / numpy_value

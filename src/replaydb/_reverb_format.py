@@ -49,6 +49,8 @@ __all__ = [
 MAX_INFLATE_RATIO = 1100
 #: Snappy cannot expand data by more than ~22x (a 3-byte copy of 64 bytes).
 _MAX_SNAPPY_RATIO = 32
+#: Largest tensor a few repeated values may describe (signature bounds).
+_MAX_REPEATED = 1 << 16
 
 #: TensorFlow DataType enum -> numpy dtype (None: strings).
 DTYPES: dict[int, np.dtype[Any] | None] = {
@@ -368,8 +370,10 @@ _SCHEMA: dict[str, list[tuple[Any, ...]]] = {
         ("double_val", 6, _D, True, None),
         ("int_val", 7, _I32, True, None),
         ("string_val", 8, _BYTES, True, None),
+        ("scomplex_val", 9, _F, True, None),
         ("int64_val", 10, _I64, True, None),
         ("bool_val", 11, _BOOL, True, None),
+        ("dcomplex_val", 12, _D, True, None),
         ("half_val", 13, _I32, True, None),
         ("uint32_val", 16, _U32, True, None),
         ("uint64_val", 17, _U64, True, None),
@@ -664,11 +668,11 @@ _VALUE_FIELDS = {
     4: "int_val",
     5: "int_val",
     6: "int_val",
-    8: "float_val",
+    8: "scomplex_val",
     9: "int64_val",
     10: "bool_val",
     17: "int_val",
-    18: "double_val",
+    18: "dcomplex_val",
     19: "half_val",
     22: "uint32_val",
     23: "uint64_val",
@@ -685,7 +689,7 @@ def decode_plain_tensor(proto: Any, where: str) -> np.ndarray[Any, Any]:
     dims = _shape(proto, where)
     if dtype is None:
         values: list[Any] = [bytes(s) for s in proto.string_val]
-        n = _count(dims, max(len(values), 1), where)
+        n = _count(dims, max(len(values), _MAX_REPEATED), where)
         arr = np.empty(n, dtype=object)
         for i in range(n):
             arr[i] = values[min(i, len(values) - 1)] if values else b""
@@ -700,13 +704,24 @@ def decode_plain_tensor(proto: Any, where: str) -> np.ndarray[Any, Any]:
             )
         return np.frombuffer(content, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
     raw_values = list(getattr(proto, _VALUE_FIELDS[int(proto.dtype)]))
-    n = _count(dims, max(len(raw_values), 1), where)
+    # TensorFlow repeats the last value to fill the shape: a small message may
+    # describe a large (constant) tensor; bounds are small, so cap it.
+    n = _count(dims, max(len(raw_values), _MAX_REPEATED), where)
     if int(proto.dtype) == 19:  # half_val holds the float16 bits
-        flat = np.array(raw_values, dtype=np.uint16).view(np.float16)
+        flat = np.array(raw_values, dtype=np.int64).astype(np.uint16).view(np.float16)
     elif dtype.kind == "c":
+        if len(raw_values) % 2:
+            raise CheckpointError(
+                f"{where}: {len(raw_values)} values for a complex tensor (pairs expected)"
+            )
         flat = np.array(raw_values, dtype=np.float64).view(np.complex128).astype(dtype)
-    else:
-        flat = np.array(raw_values).astype(dtype)
+    elif dtype.kind == "f":
+        flat = np.array(raw_values, dtype=np.float64).astype(dtype)
+    elif dtype.kind == "b":
+        flat = np.array(raw_values, dtype=bool)
+    else:  # integers: wrap to the width, as TensorFlow's int_val holds them
+        flat = np.array([int(v) & 0xFFFFFFFFFFFFFFFF for v in raw_values], dtype=np.uint64)
+        flat = flat.astype(np.dtype(f"u{dtype.itemsize}")).view(dtype)
     if flat.size == 0:
         return np.zeros(dims, dtype=dtype.newbyteorder("="))
     if flat.size < n:  # TensorFlow repeats the last value
