@@ -38,7 +38,8 @@ from replaydb._reverb_checkpoint import (
     read_reverb_checkpoint,
     signature_fields,
 )
-from replaydb._reverb_format import masked_crc32c, messages, read_records
+from replaydb._reverb_format import decode_structure, messages
+from replaydb._tfrecord import masked_crc32c, read_records
 from replaydb.checkpoint import read_checkpoint
 from replaydb.cli import main
 from replaydb.manager import ReplayBufferManager
@@ -166,10 +167,8 @@ def test_signature_is_decoded(ckpt: ReverbCheckpoint) -> None:
 
 
 def test_tensorflow_encoded_signature_decodes_like_tree_flatten() -> None:
-    from replaydb._reverb_checkpoint import _structure
-
     msg = messages()["StructuredValue"].FromString((DATA / "signature.pb").read_bytes())
-    decoded = _structure(msg, "signature.pb", 0)
+    decoded = decode_structure(msg, "signature.pb")
     assert type(decoded[0]).__name__ == "Trajectory"
     assert decoded[0].policy_info == ()
     got = signature_fields(decoded)
@@ -223,27 +222,25 @@ def test_plain_tensors_of_signature_bounds() -> None:
 
 
 def test_odd_named_tuples_in_signatures() -> None:
-    from replaydb._reverb_checkpoint import _structure
-
     sv = messages()["StructuredValue"]()
     nt = sv.named_tuple_value
     nt.name = "class"
     for key in ("_x", "def"):
         nt.values.add(key=key).value.tensor_spec_value.dtype = 1
-    value = _structure(sv, "sig", 0)
+    value = decode_structure(sv, "sig")
     assert type(value).__name__ == "NamedTuple" and len(value) == 2
     nt.values.add(key="_x")
     with pytest.raises(CheckpointError, match="repeats a field"):
-        _structure(sv, "sig", 0)
+        decode_structure(sv, "sig")
     sv = messages()["StructuredValue"]()
     sv.type_spec_value.type_spec_class_name = "RaggedTensorSpec"
-    assert _structure(sv, "sig", 0).class_name == "RaggedTensorSpec"
+    assert decode_structure(sv, "sig").class_name == "RaggedTensorSpec"
     deep = messages()["StructuredValue"]()
     node = deep
     for _ in range(70):
         node = node.list_value.values.add()
     with pytest.raises(CheckpointError, match="nested deeper"):
-        _structure(deep, "sig", 0)
+        decode_structure(deep, "sig")
 
 
 def test_signature_fields_follow_tree_flatten_order() -> None:
@@ -307,14 +304,14 @@ def test_masked_crc32c_known_values() -> None:
 
 @pytest.mark.parametrize("n", [1 << 16, (1 << 16) + 7, 300_001, (1 << 22) + 5])
 def test_numpy_crc32c_matches_the_table_loop(n: int) -> None:
-    from replaydb._reverb_format import _crc32c_np, _crc32c_py
+    from replaydb._tfrecord import _crc32c_np, _crc32c_py
 
     data = np.random.default_rng(n).bytes(n)
     assert _crc32c_np(data) == _crc32c_py(data)
 
 
 def test_batched_crc32c_matches_the_table_loop() -> None:
-    from replaydb._reverb_format import _crc32c_py, crc32c_many
+    from replaydb._tfrecord import _crc32c_py, crc32c_many
 
     rng = np.random.default_rng(7)
     payloads = [rng.bytes(int(n)) for n in rng.integers(0, 3000, 400)]

@@ -6,7 +6,9 @@ Reverb (Cassirer et al. 2021, arXiv 2102.04736) checkpoints a server into
 ``items.tfrecord`` (one ``PrioritizedItem`` per item: key, priority, times sampled,
 and per column the chunk slices it spans), ``chunks.tfrecord`` (one ``ChunkData``
 per chunk: compressed tensors, shared by items and tables) and, written last, an
-empty ``DONE``. :mod:`replaydb._reverb_format` decodes the bytes; this module turns
+empty ``DONE``. :mod:`replaydb._tfrecord` reads the files' records,
+:mod:`replaydb._reverb_format` decodes them, :mod:`replaydb._reverb_import` writes
+replaydb tables; this module turns
 them into plain Python objects.
 
 Stable interface (used by ``replaydb.reverb``'s ``DefaultCheckpointer`` and by
@@ -43,8 +45,6 @@ file, record and field. Needs ``protobuf`` and ``cramjam``
 
 from __future__ import annotations
 
-import collections
-import keyword
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,12 +54,14 @@ from typing import Any
 import numpy as np
 
 from replaydb._reverb_format import (
-    DTYPES,
+    ReverbTensorSpec,
+    ReverbTypeSpec,
     decode_chunk_tensor,
-    decode_plain_tensor,
+    decode_structure,
     parse,
-    read_records,
+    signature_fields,
 )
+from replaydb._tfrecord import read_records
 from replaydb.errors import CheckpointError, InvalidArgumentError
 
 __all__ = [
@@ -111,32 +113,6 @@ class RateLimiterState:
     sample_count: int
     insert_count: int
     delete_count: int
-
-
-@dataclass(frozen=True)
-class ReverbTensorSpec:
-    """A ``tf.TensorSpec`` (or ``BoundedTensorSpec``) leaf of a table signature.
-
-    Attributes:
-        name: The spec's name (may be empty).
-        shape: Dimensions (``None``: unknown), or ``None`` for an unknown rank.
-        dtype: A numpy dtype name, or ``"string"``.
-        minimum: The bounds of a ``BoundedTensorSpec``, else ``None``.
-        maximum: See ``minimum``.
-    """
-
-    name: str
-    shape: tuple[int | None, ...] | None
-    dtype: str
-    minimum: Any = None
-    maximum: Any = None
-
-
-@dataclass(frozen=True)
-class ReverbTypeSpec:
-    """A signature leaf that is a ``tf.TypeSpec`` this reader does not interpret."""
-
-    class_name: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -405,7 +381,7 @@ def _table_fields(msg: Any, where: str) -> dict[str, Any]:
     signature_bytes = None
     if msg.HasField("signature"):
         signature_bytes = msg.signature.SerializeToString()
-        signature = _structure(msg.signature, f"{where} signature", 0)
+        signature = decode_structure(msg.signature, f"{where} signature")
     return {
         "name": str(msg.table_name),
         "max_size": int(msg.max_size),
@@ -526,105 +502,6 @@ def _episode_range(
             return unknown
         found = (ep, first)
     return {"episode_id": found[0], "start": found[1]} if found else unknown
-
-
-# ---------------------------------------------------------------- signatures
-_NAMEDTUPLES: dict[tuple[str, tuple[str, ...]], Any] = {}
-_MAX_DEPTH = 64
-
-
-def _dtype_name(code: int, where: str) -> str:
-    if code not in DTYPES:
-        raise CheckpointError(f"{where}: unknown TensorFlow dtype {code}")
-    dt = DTYPES[code]
-    return "string" if dt is None else dt.name
-
-
-def _spec_shape(shape: Any) -> tuple[int | None, ...] | None:
-    if shape.unknown_rank:
-        return None
-    return tuple(None if d.size < 0 else int(d.size) for d in shape.dim)
-
-
-def _structure(msg: Any, where: str, depth: int) -> Any:
-    """A ``StructuredValue`` as Python values, containers and spec leaves."""
-    if depth > _MAX_DEPTH:
-        raise CheckpointError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
-    kind = msg.WhichOneof("kind")
-    sub = depth + 1
-    if kind is None or kind == "none_value":
-        return None
-    if kind in ("float64_value", "int64_value", "string_value", "bool_value"):
-        return getattr(msg, kind)
-    if kind == "tensor_shape_value":
-        return _spec_shape(msg.tensor_shape_value)
-    if kind == "tensor_dtype_value":
-        return _dtype_name(msg.tensor_dtype_value, where)
-    if kind in ("tensor_spec_value", "bounded_tensor_spec_value"):
-        spec = getattr(msg, kind)
-        bounds: dict[str, Any] = {}
-        if kind == "bounded_tensor_spec_value":
-            bounds = {
-                "minimum": decode_plain_tensor(spec.minimum, f"{where} minimum"),
-                "maximum": decode_plain_tensor(spec.maximum, f"{where} maximum"),
-            }
-        return ReverbTensorSpec(
-            spec.name, _spec_shape(spec.shape), _dtype_name(spec.dtype, where), **bounds
-        )
-    if kind == "type_spec_value":
-        ts = msg.type_spec_value
-        return ReverbTypeSpec(ts.type_spec_class_name or f"TypeSpecProto.{ts.type_spec_class}")
-    if kind in ("list_value", "tuple_value"):
-        values = [_structure(v, where, sub) for v in getattr(msg, kind).values]
-        return values if kind == "list_value" else tuple(values)
-    if kind == "dict_value":
-        return {k: _structure(v, f"{where}.{k}", sub) for k, v in msg.dict_value.fields.items()}
-    if kind == "named_tuple_value":
-        nt = msg.named_tuple_value
-        keys = tuple(p.key for p in nt.values)
-        if len(set(keys)) != len(keys):
-            raise CheckpointError(f"{where}: named tuple {nt.name!r} repeats a field: {keys}")
-        ident = (nt.name, keys)
-        if ident not in _NAMEDTUPLES:
-            typename = nt.name.rpartition(".")[2]
-            if not typename.isidentifier() or keyword.iskeyword(typename):
-                typename = "NamedTuple"
-            _NAMEDTUPLES[ident] = collections.namedtuple(typename, keys, rename=True)
-        values = [_structure(p.value, f"{where}.{p.key}", sub) for p in nt.values]
-        return _NAMEDTUPLES[ident](*values)
-    return decode_plain_tensor(getattr(msg, kind), where)  # tensor_value / numpy_value
-
-
-def signature_fields(signature: Any) -> list[tuple[str, Any]]:
-    """``(dotted name, leaf)`` of a decoded signature, in ``tree.flatten`` order.
-
-    Dict keys are sorted, named tuples keep their field order, list and tuple
-    positions become ``0``, ``1``, ...; empty containers have no leaves. This is the
-    order of an item's columns.
-
-    Example:
-        >>> spec = ReverbTensorSpec("", (), "float32")
-        >>> [n for n, _ in signature_fields({"obs": {"b": spec, "a": spec}, "info": ()})]
-        ['obs.a', 'obs.b']
-    """
-    out: list[tuple[str, Any]] = []
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, Mapping):
-            children = [(str(k), node[k]) for k in sorted(node)]
-        elif isinstance(node, tuple) and hasattr(node, "_fields"):
-            children = [(str(k), getattr(node, k)) for k in node._fields]
-        elif isinstance(node, list | tuple):
-            children = [(str(i), v) for i, v in enumerate(node)]
-        else:
-            name = path or (getattr(node, "name", "") or "column_0")
-            out.append((name, node))
-            return
-        for key, child in children:
-            walk(child, f"{path}.{key}" if path else key)
-
-    walk(signature, "")
-    return out
 
 
 # ---------------------------------------------------------------- import
