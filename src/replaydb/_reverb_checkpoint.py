@@ -7,9 +7,8 @@ Reverb (Cassirer et al. 2021, arXiv 2102.04736) checkpoints a server into
 and per column the chunk slices it spans), ``chunks.tfrecord`` (one ``ChunkData``
 per chunk: compressed tensors, shared by items and tables) and, written last, an
 empty ``DONE``. :mod:`replaydb._tfrecord` reads the files' records,
-:mod:`replaydb._reverb_format` decodes them, :mod:`replaydb._reverb_import` writes
-replaydb tables; this module turns
-them into plain Python objects.
+:mod:`replaydb._reverb_format` decodes them, this module turns them into plain
+Python objects, and :mod:`replaydb._reverb_import` writes them as replaydb tables.
 
 Stable interface (used by ``replaydb.reverb``'s ``DefaultCheckpointer`` and by
 ``replaydb import-reverb``):
