@@ -302,6 +302,22 @@ def test_masked_crc32c_known_values() -> None:
     assert masked_crc32c(b"") == 0xA282EAD8
 
 
+def test_missing_extras_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from replaydb import MissingDependencyError, _reverb_format
+
+    monkeypatch.setattr(_reverb_format, "_CRAMJAM", [])
+    monkeypatch.setitem(sys.modules, "cramjam", None)
+    with pytest.raises(MissingDependencyError, match=r"replaydb\[reverb-import\]"):
+        read_reverb_checkpoint(CKPT)
+    monkeypatch.setattr(_reverb_format, "_messages", {})
+    monkeypatch.setitem(sys.modules, "google.protobuf", None)
+    with pytest.raises(MissingDependencyError, match=r"replaydb\[reverb-import\]"):
+        read_reverb_checkpoint(CKPT)
+    assert main(["import-reverb", str(CKPT), "--out", "/nonexistent/x"]) == 2
+
+
 @pytest.mark.parametrize("n", [1 << 16, (1 << 16) + 7, 300_001, (1 << 22) + 5])
 def test_numpy_crc32c_matches_the_table_loop(n: int) -> None:
     from replaydb._tfrecord import _crc32c_np, _crc32c_py
