@@ -844,6 +844,12 @@ def test_import_rejects_settings_replaydb_cannot_hold(
     with pytest.raises(SpecMismatchError, match="no items"):
         import_reverb_checkpoint(ReverbCheckpoint(ckpt.path, (empty,)), tmp_path / "a")
     assert not (tmp_path / "a").exists()
+    # With a spec, an empty table imports empty (one-step items: nothing says more).
+    (info,) = import_reverb_checkpoint(
+        ReverbCheckpoint(ckpt.path, (empty,)), tmp_path / "e", spec=_trajectory_spec()
+    ).tables
+    assert (info.items, info.sequence_length, info.capacity) == (0, 1, 6)
+    assert len(read_checkpoint(tmp_path / "e")[0]["trajectories"]) == 0
 
 
 # ------------------------------------------------------------------ CLI

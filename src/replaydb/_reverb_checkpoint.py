@@ -542,7 +542,9 @@ def import_reverb_checkpoint(
             table's signature, else ``column_0`` ... ``column_{n-1}``.
         table: The table (or tables) to import; default all. A spec needs one table.
         capacity: Rows of the replaydb table (default ``max(max_size, rows needed)``).
-        force: Add the checkpoint to a non-empty ``out_dir``.
+        force: Write into a non-empty ``out_dir`` (replaydb checkpoints already
+            there are replaced, as :func:`~replaydb.checkpoint.write_checkpoint` does
+            with ``keep=1``; other files are left alone).
 
     Returns:
         Where the checkpoint went and, per table, what was imported.

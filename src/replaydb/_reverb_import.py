@@ -98,8 +98,7 @@ def _item_steps(item: ReverbItem, where: str) -> int:
         1 if (item.squeeze and item.squeeze[c]) else int(col.shape[0])
         for c, col in enumerate(item.columns)
     }
-    squeezed = bool(item.squeeze) and any(item.squeeze)
-    if len(lengths) != 1 or (squeezed and not all(item.squeeze) and lengths != {1}):
+    if len(lengths) != 1:
         raise SpecMismatchError(
             f"{where}: its columns span {sorted(lengths)} steps (squeeze={list(item.squeeze)}); "
             "a replaydb item has one length for every field"
@@ -119,10 +118,6 @@ def _plan(table: ReverbTable, spec: Spec | None, capacity: int | None) -> _Plan:
     items = table.items
     if items and all(it.inserted_at is not None for it in items):
         items = tuple(sorted(items, key=lambda it: it.inserted_at or 0))
-    if not items and spec is None and table.signature is None:
-        raise SpecMismatchError(
-            f"{where} holds no items and no signature; pass its spec to import it empty"
-        )
     lengths = {_item_steps(it, f"{where} item {it.key}") for it in items} or {1}
     if len(lengths) != 1:
         raise SpecMismatchError(
@@ -158,7 +153,7 @@ def _plan(table: ReverbTable, spec: Spec | None, capacity: int | None) -> _Plan:
                 "sorted, named tuples in field order, empty leaves such as policy_info=() left out)"
             )
         fields = dict(spec.items())
-        for (shape, dtype), n in zip(shapes, names, strict=True):
+        for (shape, dtype), n in zip(shapes, names[: len(shapes)], strict=True):
             want = fields[n]
             wname = dtype_name(want.dtype)
             target = np.dtype(wname) if wname != "bfloat16" else None
