@@ -542,10 +542,6 @@ def plot_description(info: dict[str, Any], path: str | os.PathLike[str]) -> Path
     return out
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 # ------------------------------------------------------------ import-reverb
 def _add_import_reverb_parser(sub: Any) -> None:
     imp = sub.add_parser(
@@ -624,3 +620,7 @@ def _import_reverb(args: argparse.Namespace) -> int:
             ".load_replay_buffer()"
         )
     return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
