@@ -731,6 +731,10 @@ def test_import_runs_split_where_items_are_not_consecutive(
 
 
 def test_import_loads_in_the_manager(tmp_path: Path) -> None:
+    import collections
+
+    from replaydb import Field
+
     import_reverb_checkpoint(CKPT, tmp_path, spec=_trajectory_spec(), table="trajectories")
     manager = ReplayBufferManager(None, 8, tmp_path, sequence_length=2)
     try:
@@ -739,6 +743,29 @@ def test_import_loads_in_the_manager(tmp_path: Path) -> None:
         assert list(manager.data_spec.spec) == list(_trajectory_spec())
         batch = next(iter(buffer.as_dataset(4, num_steps=2)))
         assert batch[0]["observation"]["image"].shape == (4, 2, 8, 8, 3)
+    finally:
+        manager.close()
+    # A TF-Agents-shaped data spec (a Trajectory named tuple, policy_info=()) loads it too.
+    traj = collections.namedtuple(
+        "Trajectory",
+        "step_type observation action policy_info next_step_type reward discount",
+    )
+    fields = {n: Field(f.shape, f.dtype) for n, f in _trajectory_spec().items()}
+    data_spec = traj(
+        fields["step_type"],
+        {"image": fields["observation.image"], "temp": fields["observation.temp"]},
+        fields["action"],
+        (),
+        fields["next_step_type"],
+        fields["reward"],
+        fields["discount"],
+    )
+    manager = ReplayBufferManager(data_spec, 8, tmp_path, sequence_length=2)
+    try:
+        buffer, _ = manager.load_replay_buffer()
+        batch = next(iter(buffer.as_dataset(4, num_steps=2)))
+        assert type(batch[0]).__name__ == "Trajectory" and batch[0].policy_info == ()
+        assert batch[0].observation["temp"].shape == (4, 2, 2)
     finally:
         manager.close()
 
