@@ -13,11 +13,13 @@ Python objects, and :mod:`replaydb._reverb_import` writes them as replaydb table
 Stable interface (used by ``replaydb.reverb``'s ``DefaultCheckpointer`` and by
 ``replaydb import-reverb``):
 
-* :func:`read_reverb_checkpoint` ``(path) -> ReverbCheckpoint``: ``path`` is a
-  checkpoint directory or a checkpointer root (then the newest complete checkpoint,
-  by Reverb's rule: the name-sorted last subdirectory holding ``DONE``).
+* :func:`read_reverb_checkpoint` ``(path, *, verify_checksums=True) ->
+  ReverbCheckpoint``: ``path`` is a checkpoint directory or a checkpointer root
+  (then the newest complete checkpoint, by Reverb's rule: the name-sorted last
+  subdirectory holding ``DONE``).
 * :func:`latest_reverb_checkpoint` ``(root) -> Path | None``: that rule alone.
-* :class:`ReverbCheckpoint` ``(path, tables)``; :class:`ReverbTable` ``(name,
+* :class:`ReverbCheckpoint` ``(path, tables)`` with ``.table(name)``;
+  :class:`ReverbTable` ``(name,
   max_size, max_times_sampled, sampler, remover, rate_limiter, signature,
   signature_bytes, num_deleted_episodes, num_unique_samples, items)``;
   :class:`KeyDistribution` ``(kind, priority_exponent, min_heap, is_deterministic)``
@@ -34,8 +36,11 @@ Stable interface (used by ``replaydb.reverb``'s ``DefaultCheckpointer`` and by
   :class:`ReverbTensorSpec` (or :class:`ReverbTypeSpec` for a ``tf.TypeSpec`` this
   reader does not interpret); :func:`signature_fields` flattens it to
   ``(dotted name, spec)`` pairs in ``tree.flatten`` order, the order of the columns.
-* :func:`import_reverb_checkpoint` writes a replaydb checkpoint directory; see
-  its docstring and ``docs/reverb-checkpoints.md``.
+* :func:`import_reverb_checkpoint` ``(src, out_dir, spec=None, table=None, *,
+  capacity=None, force=False) -> ReverbImport(path, source, tables)`` writes a
+  replaydb checkpoint directory (one :class:`ReverbImportedTable` per table, with
+  ``notes`` on what replaydb does not hold); see its docstring and
+  ``docs/reverb-checkpoints.md``.
 
 Every malformed input raises :class:`~replaydb.errors.CheckpointError` naming the
 file, record and field. Needs ``protobuf`` and ``cramjam``
