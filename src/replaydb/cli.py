@@ -1,4 +1,4 @@
-"""The ``replaydb`` command: ``populate``, ``inspect`` and ``serve``.
+"""The ``replaydb`` command: ``populate``, ``inspect``, ``serve`` and ``import-reverb``.
 
 * ``replaydb populate --env ID [--policy random|pkg.mod:factory] --out DIR ...`` fills a
   starter buffer with a baseline policy and checkpoints it after every run (see
@@ -7,6 +7,9 @@
   Velora-format directory, a table file, or a checkpoint directory or root.
 * ``replaydb serve CONFIG`` hosts tables on Ray (needs ``pip install 'replaydb[ray]'``);
   the config's types are checked (:func:`check_serve_config`) before Ray starts.
+* ``replaydb import-reverb CKPT_DIR --out DIR [--spec FILE] [--table NAME]`` turns a
+  dm-reverb checkpoint into a replaydb checkpoint directory, without TensorFlow
+  (needs ``pip install 'replaydb[reverb-import]'``).
 
 Expected errors (bad input, an unknown env, a full or read-only disk) print one line
 naming the problem and the fix and exit non-zero, without a traceback: exit code 2
@@ -84,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("config", help="server configuration file")
     srv.add_argument("rest", nargs=argparse.REMAINDER, help="more options for the server")
+    _add_import_reverb_parser(sub)
     return parser
 
 
@@ -114,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _populate(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "import-reverb":
+            return _import_reverb(args)
         return _serve([args.config, *args.rest])
     except _UsageError as exc:
         return _fail(args.command, str(exc), 2)
@@ -677,6 +683,86 @@ def plot_description(info: dict[str, Any], path: str | os.PathLike[str]) -> Path
     finally:
         plt.close(fig)
     return out
+
+
+# ------------------------------------------------------------ import-reverb
+def _add_import_reverb_parser(sub: Any) -> None:
+    imp = sub.add_parser(
+        "import-reverb",
+        help="turn a dm-reverb checkpoint into a replaydb checkpoint (replaydb[reverb-import])",
+        description="Read a dm-reverb 0.14 checkpoint without TensorFlow and write its tables "
+        "as a replaydb checkpoint directory (one item per Reverb item: data, priority and "
+        "times sampled kept).",
+    )
+    imp.add_argument(
+        "checkpoint", help="a Reverb checkpoint directory, or the checkpointer root holding it"
+    )
+    imp.add_argument("--out", required=True, help="the replaydb checkpoint root to create")
+    imp.add_argument(
+        "--spec",
+        help="JSON spec file (Spec.to_json()) naming the columns in tree.flatten order "
+        "(default: the table signature's names, else column_0..)",
+    )
+    imp.add_argument(
+        "--table", action="append", help="import only this table (repeat for more; default all)"
+    )
+    imp.add_argument(
+        "--capacity", type=int, default=None, help="rows of the table (default max_size x T)"
+    )
+    imp.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    imp.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _import_reverb(args: argparse.Namespace) -> int:
+    from replaydb._reverb_checkpoint import import_reverb_checkpoint
+
+    result = import_reverb_checkpoint(
+        args.checkpoint,
+        args.out,
+        spec=args.spec,
+        table=args.table,
+        capacity=args.capacity,
+        force=bool(args.force),
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "path": str(result.path),
+                    "source": str(result.source),
+                    "tables": [
+                        {
+                            "name": t.name,
+                            "items": t.items,
+                            "capacity": t.capacity,
+                            "sequence_length": t.sequence_length,
+                            "fields": list(t.fields),
+                            "notes": list(t.notes),
+                        }
+                        for t in result.tables
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"read {result.source}")
+    print(f"wrote {result.path}")
+    for t in result.tables:
+        print(
+            f"table {t.name!r}: {t.items} items of {t.sequence_length} step(s), "
+            f"capacity {t.capacity} rows; fields {', '.join(t.fields)}"
+        )
+        for note in t.notes:
+            print(f"  note: {note}")
+    if len(result.tables) == 1:
+        t = result.tables[0]
+        print(
+            f"load it with ReplayBufferManager(data_spec, capacity={t.capacity}, "
+            f"checkpoint_dir={str(args.out)!r}, sequence_length={t.sequence_length})"
+            ".load_replay_buffer()"
+        )
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
