@@ -197,7 +197,10 @@ def test_buffer_sample_equals_table_sample(
         want = outcome(lambda s=size: {k: b.sample(s).data[k] for k in KEYS})
         assert got == want
         assert len(a) == len(b)
-    assert torch.equal(a.state_dict()["items.times_sampled"], b.state_dict()["items.times_sampled"])
+    if limit is not None:  # sample_data counts times only where they decide removals
+        assert torch.equal(
+            a.state_dict()["items.times_sampled"], b.state_dict()["items.times_sampled"]
+        )
 
 
 def test_buffer_reaches_table_through_public_verbs_only() -> None:

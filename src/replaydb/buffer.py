@@ -240,8 +240,8 @@ def check_device(device: Any) -> torch.device:
 class _Staging(threading.local):
     """Per-thread staging arrays, so concurrent ``add`` calls never share a row."""
 
-    row: np.ndarray[Any, Any] | None = None
-    block: torch.Tensor | None = None
+    row: tuple[np.ndarray[Any, Any], torch.Tensor] | None = None  # the row, its head as torch
+    block: tuple[torch.Tensor, np.ndarray[Any, Any]] | None = None  # a block, as numpy
 
 
 class ReplayBuffer:
@@ -519,12 +519,13 @@ class ReplayBuffer:
             action = action.expand(self.action_dim)  # one value fills every slot
         if state.shape != shapes[0] or next_state.shape != shapes[0] or hidden.shape != shapes[2]:
             return None
-        tls = self._tls
-        row = tls.row
-        if row is None:
-            row = tls.row = np.zeros(self._width, np.float32)
+        staged = self._tls.row
+        if staged is None:
+            arr = np.zeros(self._width, np.float32)
+            staged = self._tls.row = (arr, torch.from_numpy(arr[:-2]))
+        row, head = staged
         try:
-            torch.cat((state, action, next_state, hidden), out=torch.from_numpy(row[:-2]))
+            torch.cat((state, action, next_state, hidden), out=head)
             row[-2] = reward
             row[-1] = done
         except (RuntimeError, TypeError, ValueError):
@@ -625,12 +626,13 @@ class ReplayBuffer:
             # Pack the columns in spec order into one contiguous block of this
             # thread's: one row-block copy into storage instead of six strided ones.
             tls = self._tls
-            block = tls.block
-            if block is None or block.shape[0] != n:
-                block = tls.block = torch.empty(n, self._width)
+            staged = tls.block
+            if staged is None or staged[1].shape[0] != n:
+                t = torch.empty(n, self._width)
+                staged = tls.block = (t, t.numpy())
             s, a, r, s2, d, h = cols
-            torch.cat((s, a, s2, h, r, d), 1, out=block)
-            self.table.extend_unchecked({torch.float32: block.numpy()}, n)
+            torch.cat((s, a, s2, h, r, d), 1, out=staged[0])
+            self.table.extend_unchecked({torch.float32: staged[1]}, n)
         else:
             self.table.extend(
                 {name: t.to(self.device) for name, t in zip(_KEYS, cols, strict=True)}
@@ -1027,7 +1029,7 @@ def _check_tensor(name: str, value: torch.Tensor) -> None:
             f"{name}: sparse tensors are not supported (layout {value.layout}); "
             f"pass {name}.to_dense()"
         )
-    if value.device.type == "meta":
+    if value.is_meta:
         raise InvalidArgumentError(
             f"{name}: a tensor on the 'meta' device holds no data; pass a real tensor"
         )
