@@ -15,7 +15,11 @@ for replaydb's ``ReplayBuffer``, stable-baselines3's ``ReplayBuffer``, cpprb's
 (``pip install 'replaydb[bench]'``), and prints ratios. Each library gets the input
 type its users pass (torch tensors for replaydb and TorchRL, numpy for SB3 and cpprb).
 
-Run: python benchmarks/bench_buffer.py [--quick] [--breakdown]
+Run: python benchmarks/bench_buffer.py [--quick] [--breakdown] [--compare-with SRC]
+
+``--compare-with /path/to/other/src`` measures only replaydb's four numbers, in
+child processes that alternate between that source tree and this one (three rounds,
+best of each), for before/after figures taken in the same sitting.
 
 ``--breakdown`` also prints where the time of ``add`` and ``add_multi(256)`` goes,
 against a raw numpy copy of the same bytes into a packed array.
@@ -27,6 +31,7 @@ import argparse
 import importlib.util
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,17 +42,25 @@ S, A, H, CAP, B = 11, 3, 8, 1_000_000, 256
 
 
 def rate(fn: Callable[[], object], seconds: float, per_call: int = 1) -> float:
-    """Calls (times ``per_call``) per second of ``fn`` over about ``seconds``."""
+    """Calls (times ``per_call``) per second of ``fn``: the best of 5 windows of ``seconds / 5``.
+
+    The best window rather than the mean, so that other processes sharing the
+    cores slow a measurement down as little as possible and ratios stay honest.
+    """
     for _ in range(20):
         fn()
-    n, start = 0, time.perf_counter()
-    while True:
-        for _ in range(50):
-            fn()
-        n += 50
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return n * per_call / elapsed
+    best = 0.0
+    for _ in range(5):
+        n, start = 0, time.perf_counter()
+        while True:
+            for _ in range(10):
+                fn()
+            n += 10
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds / 5:
+                break
+        best = max(best, n * per_call / elapsed)
+    return best
 
 
 def fill_rows(n: int) -> dict[str, np.ndarray]:
@@ -274,7 +287,7 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
     width = 2 * S + A + H + 2
     t = {k: torch.from_numpy(v) for k, v in rows.items()}
     s, a, s2, h = t["s"][0], t["a"][0], t["s2"][0], t["h"][0]
-    packed = np.zeros((CAP, width), np.float32)
+    packed = np.ones((CAP, width), np.float32)  # ones: every page touched before timing
     row = np.zeros(width, np.float32)
     head = torch.from_numpy(row[:-2])
     block = torch.empty(B, width)
@@ -282,7 +295,7 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
     cols = tuple(t[k][:B] for k in ("s", "a", "s2", "h", "r", "d"))
     batch = tuple(t[k][:B] for k in ("s", "a", "r", "s2", "d", "h"))
 
-    per_field = [np.zeros((CAP, c.shape[1]), np.float32) for c in cols]
+    per_field = [np.ones((CAP, c.shape[1]), np.float32) for c in cols]
     np_cols = [c.numpy() for c in cols]
     pos = [0]
 
@@ -342,13 +355,58 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
         print(f"  {name:<66} {1e6 / rate(fn, sec, per):8.2f}")
 
 
+def ours_only(sec: float) -> dict[str, float]:
+    """replaydb's add, add_multi, sample and prioritized step, in calls (rows) per second."""
+    rows = fill_rows(B)
+    out = bench_replaydb(sec, rows)
+    out["prio"] = prio_replaydb(sec, rows)
+    return out
+
+
+def compare_with(other_src: str, sec: float) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    best: dict[str, dict[str, float]] = {"before": {}, "after": {}}
+    for _ in range(3):
+        for side, src in (("before", other_src), ("after", here)):
+            env = {**os.environ, "PYTHONPATH": src}
+            cmd = [sys.executable, __file__, "--ours-only", "--seconds", str(sec)]
+            res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
+                                            text=True).stdout.splitlines()[-1])  # fmt: skip
+            for k, v in res.items():
+                best[side][k] = max(best[side].get(k, 0.0), v)
+    print(f"\nbefore = {other_src}\nafter  = {here}\n(best of 3 alternating runs, per second)")
+    print(f"{'':<14} {'before':>12} {'after':>12} {'after/before':>13}")
+    for k in ("add", "add_multi", "sample", "prio"):
+        b, a = best["before"][k], best["after"][k]
+        print(f"{k:<14} {b:>12,.0f} {a:>12,.0f} {a / b:>13.2f}")
+    for side in ("before", "after"):
+        r = best[side]
+        print(f"{side}: prioritized step = {r['sample'] / r['prio']:.2f}x a uniform sample({B})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="0.3 s per measurement")
     parser.add_argument("--breakdown", action="store_true", help="where add's time goes")
+    parser.add_argument("--compare-with", metavar="SRC", help="before/after against SRC")
+    parser.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sec = 0.3 if args.quick else 1.5
+    sec = args.seconds or (0.3 if args.quick else 1.5)
     torch.set_num_threads(1)
+    if args.ours_only:
+        import json
+
+        print(json.dumps(ours_only(sec)))
+        return
+    if args.compare_with:
+        compare_with(args.compare_with, sec)
+        return
     rows = fill_rows(B)
     results = {"replaydb": bench_replaydb(sec, rows), "floor": bench_floor(sec)}
     for name, (module, fn) in PEERS.items():

@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from replaydb.errors import CheckpointError, InvalidArgumentError, NotEnoughDataError
+from replaydb.rate_limiters import MinSize
 from replaydb.samplers import Prioritized
 from replaydb.spec import Field, Spec
 from replaydb.table import Table
@@ -773,7 +774,7 @@ class ReplayBuffer:
         return not (
             cfg["sampler"].get("type") == "Uniform"
             and cfg["max_times_sampled"] is None
-            and cfg["rate_limiter"] == Table(Spec({"x": ()}), 1).rate_limiter.config()
+            and cfg["rate_limiter"] == MinSize(1).config()  # Table's default limiter
         )
 
     def save(self, dirpath: str | os.PathLike[str], prefix: str = "buffer_") -> None:
