@@ -61,8 +61,8 @@ import numpy as np
 import torch
 
 from replaydb.errors import CheckpointError, InvalidArgumentError, NotEnoughDataError
-from replaydb.rate_limiters import MinSize
-from replaydb.samplers import Prioritized
+from replaydb.rate_limiters import MinSize, rate_limiter_from_config
+from replaydb.samplers import Prioritized, sampler_from_config
 from replaydb.spec import Field, Spec
 from replaydb.table import Table
 
@@ -965,12 +965,9 @@ class ReplayBuffer:
         spec_args = (meta["state_dim"], meta["action_dim"], meta["hidden_dim"])
         table_state: dict[str, torch.Tensor] | None = None
         if meta.get("table") is not None:
-            table, table_state = _load_table_file(p.parent, meta["table"], dev)
-            if table.capacity != cap or table.spec != cls.transition_spec(*spec_args):
-                raise CheckpointError(
-                    f"the table file {meta['table']['file']!r} describes another buffer "
-                    "than the metadata (capacity or dims differ)"
-                )
+            table, table_state = _load_table_file(
+                p.parent, meta["table"], cls.transition_spec(*spec_args), cap, dev
+            )
             buffer = cls(cap, *spec_args, table=table)
         else:
             buffer = cls(cap, *spec_args, device=dev)
@@ -991,6 +988,18 @@ class ReplayBuffer:
             if missing:
                 raise CheckpointError(
                     f"the table file {meta['table']['file']!r} lacks tensors {sorted(missing)}"
+                )
+            saved_total = int(table_state["storage.total"][0])
+            keys = table_state["items.key"]
+            if (
+                saved_total < 0
+                or saved_total % cap != position
+                or min(saved_total, cap) != size
+                or (keys.numel() and int(keys.max()) >= saved_total)
+            ):
+                raise CheckpointError(
+                    f"the table file {meta['table']['file']!r} does not describe the buffer of "
+                    f"the metadata (steps written {saved_total}, position {position}, size {size})"
                 )
             # load_state_dict resets storage first: pass copies, not views of it.
             groups = {k: v.clone() for k, v in live.items() if k.startswith("storage.group.")}
@@ -1127,27 +1136,48 @@ def _previous_metadata(meta_path: Path, state_path: Path) -> dict[str, Any] | No
 
 
 def _load_table_file(
-    d: Path, entry: Mapping[str, Any], device: torch.device
+    d: Path, entry: Mapping[str, Any], spec: Spec, capacity: int, device: torch.device
 ) -> tuple[Table, dict[str, torch.Tensor]]:
-    """The empty table and the saved item/sampler/limiter state named by ``metadata["table"]``."""
+    """The empty table and the saved item/sampler/limiter state named by ``metadata["table"]``.
+
+    The table is built from the Velora metadata's spec and capacity; only the
+    sampler, rate limiter and ``max_times_sampled`` come from the JSON config (so a
+    config edited to ask for a huge table allocates nothing).
+    """
     from safetensors.torch import load_file
 
-    name = entry["file"]
-    path = d / name
+    path = d / entry["file"]
     if not path.is_file():
         raise CheckpointError(f"the metadata names a table file {str(path)!r}, which is missing")
     if _sha256(path) != entry["sha256"]:
         raise CheckpointError(f"{str(path)!r} does not match its metadata's SHA-256 (corrupt)")
+    cfg = entry["config"]
+    try:
+        table = Table(
+            spec,
+            capacity,
+            sampler=sampler_from_config(cfg["sampler"]),
+            rate_limiter=rate_limiter_from_config(cfg["rate_limiter"]),
+            max_times_sampled=cfg.get("max_times_sampled"),
+            device=device,
+            name=str(cfg.get("name", "replay_buffer")),
+        )
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+        RuntimeError,
+    ) as exc:
+        raise CheckpointError(
+            f"metadata['table']['config'] does not describe a table: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
-    try:
-        table = Table.from_config(entry["config"], device=device)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(
-            f"metadata['table']['config'] does not describe a table: {type(exc).__name__}: {exc}"
-        ) from exc
     return table, state
 
 
