@@ -432,3 +432,22 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None
     meta = json.loads((tmp_path / "buffer_metadata.json").read_text())
     ReplayBuffer.load(tmp_path / "buffer_state.safetensors", meta)
     assert not stale.exists()
+
+
+def test_velora_agent_call_shapes_store_the_same_row() -> None:
+    """Velora's agents pass (1, dim) actions and hiddens and 0-d tensor rewards and dones."""
+    a, b = ReplayBuffer(4, 3, 2, 5), ReplayBuffer(4, 3, 2, 5)
+    s, s2 = torch.arange(3.0), torch.arange(3.0) + 10
+    act, hid = torch.tensor([[0.5, -0.5]]), torch.arange(5.0).unsqueeze(0)
+    a.add(s.unsqueeze(0), act, torch.tensor(2.5, dtype=torch.float64), s2.unsqueeze(0),
+          torch.tensor(True), hid)  # fmt: skip
+    b.add(s, act[0], 2.5, s2, True, hid[0])
+    for k in KEYS:
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    assert a.rewards[0].tolist() == [2.5]
+    assert a.dones[0].tolist() == [1.0]
+    with pytest.raises(InvalidArgumentError, match="reward"):
+        a.add(s, act, torch.ones(1, 1, 1), s2, False, hid)
+    with pytest.raises(InvalidArgumentError, match="hidden"):
+        a.add(s, act, 1.0, s2, False, torch.zeros(2, 5))
+    assert len(a) == 1

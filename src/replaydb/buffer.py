@@ -319,6 +319,7 @@ class ReplayBuffer:
             torch.Size([self.action_dim]),
             torch.Size([self.hidden_dim]),
         )
+        self._shapes_2d = tuple(torch.Size([1, *sh]) for sh in self._shapes)
         self._weighted = not table.sampler.deterministic and hasattr(table.sampler, "beta")
 
     @classmethod
@@ -515,11 +516,32 @@ class ReplayBuffer:
             return None
         shapes = self._shapes
         if action.shape != shapes[1]:
-            if action.dim() != 0:
+            if action.dim() == 0:
+                action = action.expand(self.action_dim)  # one value fills every slot
+            elif action.shape == self._shapes_2d[1]:  # Velora's agents pass (1, dim)
+                action = action[0]
+            else:
                 return None
-            action = action.expand(self.action_dim)  # one value fills every slot
-        if state.shape != shapes[0] or next_state.shape != shapes[0] or hidden.shape != shapes[2]:
-            return None
+        if hidden.shape != shapes[2]:
+            if hidden.shape != self._shapes_2d[2]:
+                return None
+            hidden = hidden[0]
+        if state.shape != shapes[0]:
+            if state.shape != self._shapes_2d[0]:
+                return None
+            state = state[0]
+        if next_state.shape != shapes[0]:
+            if next_state.shape != self._shapes_2d[0]:
+                return None
+            next_state = next_state[0]
+        if isinstance(reward, tensor):  # a 0-d tensor from a NumpyToTorch env
+            if reward.numel() != 1 or reward.dim() > 2:
+                return None
+            reward = reward.item()
+        if isinstance(done, tensor):
+            if done.numel() != 1 or done.dim() > 2:
+                return None
+            done = done.item()
         staged = self._tls.row
         if staged is None:
             arr = np.zeros(self._width, np.float32)
