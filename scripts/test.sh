@@ -4,6 +4,13 @@
 set -euo pipefail
 source "$(dirname "$0")/_venv.sh"
 python -m pip install -q -e ".[dev]"
+# Velora 0.2.0 for the drop-in test (tests/test_velora_agents.py). --no-deps: its
+# gymnasium[box2d,mujoco,other] and safetensors<0.6 pins are not needed to run its
+# agents on classic-control envs; the deps it imports are in the dev extra.
+if python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  python -m pip install -q --no-deps "velora==0.2.0"
+  export REPLAYDB_REQUIRE_VELORA=1
+fi
 echo "== ruff"
 ruff check src tests examples benchmarks
 ruff format --check src tests examples benchmarks

@@ -118,7 +118,13 @@ def test_attributes_and_metadata_order() -> None:
         "device",
     ]
     assert list(buffer.state_dict()) == list(KEYS)
-    assert buffer.config() == {"capacity": 10, "state_dim": 3, "action_dim": 2, "hidden_dim": 1}
+    assert buffer.config() == {
+        "type": "ReplayBuffer",
+        "capacity": 10,
+        "state_dim": 3,
+        "action_dim": 2,
+        "hidden_dim": 1,
+    }
 
 
 # ------------------------------------------------------------------- inputs

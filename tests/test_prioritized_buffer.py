@@ -31,7 +31,7 @@ def test_sample_has_weights_keys_and_velora_fields() -> None:
     assert batch.dones.shape == (32, 1)
     assert batch.weights is not None
     assert batch.keys is not None
-    assert batch.weights.shape == (32,)
+    assert batch.weights.shape == (32, 1)  # like rewards: no [B, B] broadcast
     assert float(batch.weights.max()) == 1.0
     assert isinstance(buf.table.sampler, Prioritized)
 
@@ -58,7 +58,7 @@ def test_beta_per_call_and_single_adds() -> None:
     assert len(buf) == 5
     b = buf.sample(4, beta=0.0)
     assert b.weights is not None
-    assert torch.equal(b.weights, torch.ones(4))
+    assert torch.equal(b.weights, torch.ones(4, 1))
     with pytest.raises(InvalidArgumentError, match="beta must be"):
         buf.sample(2, beta=2.0)
     with pytest.raises(NotEnoughDataError, match="Available: 5, Requested: 6"):
@@ -77,21 +77,61 @@ def test_uniform_buffer_is_unchanged() -> None:
     assert b.keys is None
 
 
-def test_save_keeps_velora_files_and_save_table_keeps_priorities(tmp_path: Path) -> None:
-    buf = filled()
+def test_save_keeps_velora_files_and_the_sampler(tmp_path: Path) -> None:
+    buf = filled(alpha=0.7, beta=0.3, eps=1e-3)
     b = buf.sample(16)
+    assert b.keys is not None
     buf.update_priorities(b.keys, torch.rand(16) + 0.5)
     buf.save(tmp_path, prefix="p_")
     meta = json.loads((tmp_path / "p_metadata.json").read_text())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p_metadata.json", "p_state.safetensors"]
-    plain = ReplayBuffer.load(tmp_path / "p_state.safetensors", meta)
-    assert len(plain) == 64
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[:2] == ["p_metadata.json", "p_state.safetensors"]
+    assert len(names) == 3
+    assert names[2] == meta["table"]["file"]
+    assert meta["table"]["config"]["sampler"] == {
+        "type": "Prioritized",
+        "alpha": 0.7,
+        "beta": 0.3,
+        "eps": 1e-3,
+        "seed": 0,
+    }
+    again = ReplayBuffer.load(tmp_path / "p_state.safetensors", meta)
+    assert isinstance(again.table.sampler, Prioritized)
+    assert (again.table.sampler.alpha, again.table.sampler.beta) == (0.7, 0.3)
+    x, y = buf.sample(16), again.sample(16)
+    assert x.keys is not None
+    assert y.keys is not None
+    assert torch.equal(x.keys, y.keys)
+    assert x.weights is not None
+    assert y.weights is not None
+    assert torch.equal(x.weights, y.weights)
+    assert torch.equal(x.states, y.states)
+    assert torch.equal(
+        buf.table.sample(8).priorities, again.table.sample(8).priorities
+    )  # priorities and generator state both came back
+
+
+def test_velora_reads_the_prioritized_files(tmp_path: Path) -> None:
+    """Velora's reader uses the two Velora files only; the table file does not disturb it."""
+    buf = filled()
+    buf.save(tmp_path)
+    meta = json.loads((tmp_path / "buffer_metadata.json").read_text())
+    from safetensors.torch import load_file
+
+    data = load_file(str(tmp_path / "buffer_state.safetensors"))
+    for k in ("states", "actions", "rewards", "next_states", "dones", "hiddens"):
+        assert torch.equal(data[k], getattr(buf, k))
+    assert (meta["position"], meta["size"], meta["capacity"]) == (64, 64, 128)
+
+
+def test_save_table_keeps_priorities_too(tmp_path: Path) -> None:
+    buf = filled()
     path = save_table(buf.table, tmp_path / "prio")
     again = ReplayBuffer(128, 3, 2, 4, table=load_table(path))
     x, y = buf.sample(16), again.sample(16)
+    assert x.keys is not None
+    assert y.keys is not None
     assert torch.equal(x.keys, y.keys)
-    assert torch.equal(x.weights, y.weights)
-    assert torch.equal(x.states, y.states)
 
 
 @pytest.mark.gpu

@@ -291,7 +291,10 @@ class Collector:
                 )
             env = _agent_env_id(policy)
         self.env_id = env if isinstance(env, str) else getattr(env, "__name__", repr(env))
-        self._device = torch.device(getattr(policy, "device", "cpu") if self._agent else "cpu")
+        # Velora agents default to device=None, which means CPU.
+        self._device = torch.device(
+            (getattr(policy, "device", None) or "cpu") if self._agent else "cpu"
+        )
         self.envs = _make_vec(gym, env, num_envs)
         try:
             self._obs_space = self.envs.single_observation_space
