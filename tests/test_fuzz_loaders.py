@@ -411,17 +411,6 @@ def _velora_loader(directory: Path) -> Callable[[], Any]:
     return load
 
 
-# The Velora metadata checks (wrong JSON types, a device of the wrong type) come
-# with the Velora drop-in work on another branch, which also adds Table.sample_data;
-# until both are merged, a mutated metadata value can still raise TypeError here.
-_VELORA_CHECKS = hasattr(Table, "sample_data")
-
-
-@pytest.mark.xfail(
-    not _VELORA_CHECKS,
-    reason="ReplayBuffer.load's metadata validation lands with the Velora branch",
-    strict=False,
-)
 @FUZZ
 @given(data=st.data())
 def test_velora_file_mutations(
