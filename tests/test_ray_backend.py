@@ -6,7 +6,6 @@ CPU so they schedule on a 2-core machine.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 import time
@@ -52,11 +51,8 @@ def _stored_ids(ckpt: Path, name: str) -> list[torch.Tensor]:
     """Per shard file: the ``id`` column of live steps in write order, and their streams."""
     out = []
     for f in sorted(ckpt.glob(f"{name}.shard-*.safetensors")):
-        t = load_table(f)
-        n = t.storage.num_rows
-        keys = t.storage.key[:n]
-        rows = torch.argsort(keys)[(keys.sort().values >= 0)]
-        out.append(torch.stack([t.storage.fields["id"][rows], t.storage.stream[rows]], 1))
+        steps = load_table(f).live_steps()
+        out.append(torch.stack([steps.data["id"], steps.streams], 1))
     return out
 
 
@@ -237,24 +233,18 @@ def test_global_uniform_frequencies(server: Any) -> None:
     assert _chi_square_ok(observed, torch.full((total,), draws / total, dtype=torch.float64))
 
 
-@pytest.mark.skipif(
-    not hasattr(importlib.import_module("replaydb.samplers"), "Prioritized"),
-    reason="replaydb.samplers.Prioritized is not on this branch yet",
-)
 def test_global_prioritized_frequencies(ray_cluster: Any) -> None:
-    from replaydb import samplers
     from replaydb.ray_backend import RayServer
+    from replaydb.samplers import Prioritized
 
-    table = Table(SPEC, 600, sampler=samplers.Prioritized(), name="prio")  # type: ignore[attr-defined]
-    from replaydb.ray_backend import _ALPHA_KEYS, _exponent
-
-    alpha = _exponent(table.sampler.config(), _ALPHA_KEYS) or 1.0
+    table = Table(SPEC, 600, sampler=Prioritized(alpha=0.6, eps=1e-6), name="prio")
     with RayServer(table, num_shards=2) as srv:
         client = srv.client(batch_size=1000)
         ids = torch.arange(60)
         pri = 1.0 + (ids % 4).double()
         client.extend(_steps(ids), streams=ids % 3, priorities=pri)
-        target = pri**alpha / (pri**alpha).sum()
+        weight = (pri + 1e-6) ** 0.6
+        target = weight / weight.sum()
         counts = torch.zeros(60, dtype=torch.float64)
         for _ in range(10):
             s = client.sample(1000)
@@ -262,6 +252,40 @@ def test_global_prioritized_frequencies(ray_cluster: Any) -> None:
             counts += torch.bincount(s["id"], minlength=60).double()
         assert _chi_square_ok(counts, target * 10_000)
         assert client.update_priorities(s.keys, torch.ones(len(s))) == len(s)
+
+
+def test_prioritized_split_uses_each_shards_tree_total_with_eps(ray_cluster: Any) -> None:
+    """Issue 10: shard weights are ``sum (p + eps)^alpha`` from the tree, not ``sum p^alpha``.
+
+    Shard 0 holds 40 items of priority 1e-3 and shard 1 holds 10 of priority 1..2:
+    with eps=0.01 shard 0 carries about 18 % of the mass; ignoring eps gives about 5 %.
+    """
+    from replaydb.ray_backend import RayServer
+    from replaydb.samplers import Prioritized
+
+    alpha, eps = 0.6, 0.01
+    table = Table(SPEC, 200, sampler=Prioritized(alpha=alpha, eps=eps, beta=0.5), name="eps")
+    ids = torch.arange(50)
+    streams = (ids >= 40).long()  # 40 items on shard 0, 10 on shard 1
+    pri = torch.where(ids < 40, torch.full((50,), 1e-3), 1.0 + (ids - 40).double() / 10)
+    with RayServer(table, num_shards=2) as srv:
+        client = srv.client(batch_size=1000)
+        client.extend(_steps(ids), streams=streams, priorities=pri.double())
+        client.flush()
+        weight = (pri.double() + eps) ** alpha
+        target = weight / weight.sum()
+        assert float(target[:40].sum()) > 0.15  # far from the 0.05 that ignoring eps gives
+        counts = torch.zeros(50, dtype=torch.float64)
+        for _ in range(10):
+            s = client.sample(1000)
+            assert s.table_size == 50
+            assert torch.allclose(s.probabilities, target[s["id"]], rtol=1e-6)
+            w = (50 * target[s["id"]]) ** -0.5
+            assert torch.allclose(s.weights.double(), w / w.max(), rtol=1e-5)
+            counts += torch.bincount(s["id"], minlength=50).double()
+        assert _chi_square_ok(counts, target * 10_000)
+        shard_share = counts[:40].sum() / counts.sum()
+        assert abs(float(shard_share) - float(target[:40].sum())) < 0.03
 
 
 def test_prefetch_returns_whole_batches_and_reset_drops_them(server: Any) -> None:
@@ -389,6 +413,92 @@ def test_same_shard_count_restore_is_exact(ray_cluster: Any, tmp_path: Path) -> 
         assert len(list_checkpoints(tmp_path)) > n  # the periodic checkpointer runs
     with RayServer.from_checkpoint(path) as s2:
         assert torch.equal(s2.client().sample(20)["id"], after)
+
+
+def test_damaged_or_escaping_checkpoints_raise_checkpoint_error(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """Issue 11 items 4 and 7: bad shard files and paths are CheckpointErrors in the driver."""
+    import json
+    import shutil
+
+    import ray
+
+    from replaydb.ray_backend import RayServer
+
+    ids = torch.arange(60)
+    with RayServer(_flat(600), num_shards=2, checkpoint_dir=tmp_path / "a") as srv:
+        client = srv.client()
+        client.extend(_steps(ids), streams=ids % 2)
+        good = Path(client.checkpoint())
+    cpus_free = ray.available_resources().get("CPU", 0.0)
+
+    def copy(tag: str) -> Path:
+        dst = tmp_path / tag / good.name
+        shutil.copytree(good, dst)
+        return dst
+
+    def edit_manifest(ckpt: Path, fn: Any) -> None:
+        m = json.loads((ckpt / "manifest.json").read_text())
+        fn(m)
+        (ckpt / "manifest.json").write_text(json.dumps(m))
+
+    # A truncated shard file: same shard count (loaded by the actor) and another count.
+    trunc = copy("trunc")
+    f = trunc / "flat.shard-1.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    for k in (2, 1):
+        with pytest.raises(CheckpointError, match=r"flat\.shard-1\.safetensors"):
+            RayServer.from_checkpoint(trunc, num_shards=k)
+    # A manifest entry pointing outside the checkpoint (a valid shard file there).
+    outside = copy("outside")
+    shutil.copy(outside / "flat.shard-0.safetensors", outside.parent / "outside.safetensors")
+    edit_manifest(
+        outside, lambda m: m["tables"]["flat"]["shards"][0].update(file="../outside.safetensors")
+    )
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        RayServer.from_checkpoint(outside)
+    absolute = copy("absolute")
+    target = str(absolute / "flat.shard-0.safetensors")
+    shutil.copy(target, tmp_path / "abs.safetensors")
+    edit_manifest(
+        absolute,
+        lambda m: m["tables"]["flat"]["shards"][0].update(file=str(tmp_path / "abs.safetensors")),
+    )
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        RayServer.from_checkpoint(absolute)
+    # A shard file that is a symlink to a file elsewhere.
+    link = copy("link")
+    shutil.move(link / "flat.shard-1.safetensors", tmp_path / "elsewhere.safetensors")
+    (link / "flat.shard-1.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        RayServer.from_checkpoint(link)
+    # Manifests of the wrong JSON types.
+    for i, fn in enumerate(
+        [
+            lambda m: m.update(tables=5),
+            lambda m: m["tables"].update(flat=5),
+            lambda m: m["tables"]["flat"].update(num_shards="2"),
+            lambda m: m["tables"]["flat"].update(shards=[{"file": 3}, {}]),
+            lambda m: m["tables"]["flat"]["config"].update(capacity="many"),
+            lambda m: m["tables"]["flat"]["config"].update(sampler={"type": "Nope"}),
+        ]
+    ):
+        bad = copy(f"types{i}")
+        edit_manifest(bad, fn)
+        with pytest.raises(CheckpointError):
+            RayServer.from_checkpoint(bad)
+    notjson = copy("notjson")
+    (notjson / "manifest.json").write_bytes(b"\xff\xfe" + b"[" * 100_000)
+    with pytest.raises(CheckpointError, match="not valid UTF-8 JSON"):
+        RayServer.from_checkpoint(notjson)
+    # Nothing was left running, and the good checkpoint still restores.
+    deadline = time.monotonic() + 20  # killed shards give back their CPU share
+    while ray.available_resources().get("CPU", 0.0) < cpus_free - 1e-6:
+        assert time.monotonic() < deadline, "shard actors of failed restores still hold CPU"
+        time.sleep(0.2)
+    with RayServer.from_checkpoint(good) as s2:
+        assert s2.client().info().size == 60
 
 
 def _seeded() -> Any:

@@ -22,11 +22,12 @@ sends a shard elsewhere).
   ``local_key = key // K``. :meth:`RayClient.update_priorities` routes by it. Keys
   do not survive a restore onto a different shard count.
 * **Global sampling.** For a batch of ``B`` the client asks every shard for its size
-  ``n_i`` (uniform) or its priority total ``T_i = sum p^alpha`` (prioritized), draws
+  ``n_i`` (uniform) or its priority total ``T_i = sum (p + eps)^alpha`` (prioritized,
+  read in O(1) from the root of its sum tree by :meth:`Table.priority_total`), draws
   the per-shard counts from ``Multinomial(B, w_i / sum w)`` and has each shard draw its
   share with its own sampler. An item's probability is then
   ``P = (w_i / sum w) * p_local``, which is ``1 / N`` for uniform and
-  ``p^alpha / sum_i T_i`` for prioritized: the true global probability. Importance
+  ``(p + eps)^alpha / sum_i T_i`` for prioritized: the true global probability. Importance
   weights are ``(N * P) ** -beta`` normalized by the batch maximum (Schaul et al. 2015,
   arXiv 1511.05952). The weights ``w_i`` come back with every shard's reply and are
   reused for 0.1 s, so a busy learner pays one round trip per batch; ``P`` is always
@@ -62,7 +63,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -96,7 +96,7 @@ from replaydb.errors import (
 from replaydb.rate_limiters import RateLimiter, rate_limiter_from_config
 from replaydb.samplers import sampler_from_config
 from replaydb.spec import Spec
-from replaydb.table import Sample, Table, TableInfo, _check_priority_values, _end_column
+from replaydb.table import LiveSteps, Sample, Table, TableInfo
 
 __all__ = ["RayClient", "RayServer", "load_serve_config", "serve_command"]
 
@@ -113,7 +113,6 @@ _DOWN_FOR_S = 1.0
 #: Shard weights (sizes or priority totals) from the replies of the previous sharded
 #: sample are reused for this long; older ones cost one extra round trip.
 _WEIGHTS_MAX_AGE_S = 0.1
-_ALPHA_KEYS = ("alpha", "priority_exponent")
 _BETA_KEYS = ("beta", "importance_sampling_exponent")
 
 
@@ -140,34 +139,14 @@ def _ray() -> Any:
 
 # ------------------------------------------------------------------ shard actor
 def _dump_steps(table: Table) -> dict[str, Any]:
-    """The live steps of ``table`` in write order, with the priority of the item each completes.
-
-    Steps that complete no live item get the table's highest priority seen.
-    """
-    st = table.storage
-    n = st.num_rows
-    keys = st.key[:n]
-    live_rows = torch.nonzero(keys >= 0).squeeze(1)
-    rows = live_rows.index_select(0, torch.argsort(keys.index_select(0, live_rows)))
-    item_slots = torch.nonzero(table._item_key[:n] >= 0).squeeze(1)
-    pri = torch.full((rows.numel(),), table._max_priority, dtype=torch.float64)
-    if item_slots.numel():
-        if table.sequence_length == 1:
-            last = item_slots
-        else:
-            starts = table._item_key.index_select(0, item_slots)
-            last = st.window_rows(starts, table.sequence_length)[:, -1]
-        where = torch.full((table.capacity,), -1, dtype=torch.int64)
-        where[rows] = torch.arange(rows.numel())
-        idx = where.index_select(0, last)
-        ok = idx >= 0
-        pri[idx[ok]] = table._priority.index_select(0, item_slots)[ok]
+    """The live steps of ``table`` in write order (see :meth:`Table.live_steps`), as a part."""
+    steps = table.live_steps()
     return {
-        "data": st.gather(rows),
-        "streams": st.stream.index_select(0, rows).clone(),
-        "ends": st.end.index_select(0, rows).clone(),
-        "priorities": pri,
-        "counts": (table.rate_limiter.inserts, table.rate_limiter.samples),
+        "data": steps.data,
+        "streams": steps.streams,
+        "ends": steps.ends,
+        "priorities": steps.priorities,
+        "counts": (steps.inserts, steps.samples),
     }
 
 
@@ -226,15 +205,40 @@ class _Shard:
     ) -> None:
         self.shard = shard
         self.restored_from: str | None = None
+        #: Why the shard's file did not load (the driver raises it as a CheckpointError).
+        self.error: str | None = None
         path = _own_latest(checkpoint_root, server_id, str(config["name"]), shard)
         path = path or initial_file
         self.table: Table
-        if path is not None:
-            self.table = load_table(path)
+        loaded = None if path is None else self._load(path, config)
+        if loaded is not None:
+            self.table = loaded
             self.restored_from = path
         else:
             self.table = Table.from_config(config)
         self.table.shared = True
+
+    def _load(self, path: str, config: Mapping[str, Any]) -> Table | None:
+        """The table in ``path``, or None (with :attr:`error` set) if it cannot be used.
+
+        Loading in the actor keeps a large file off the driver; an error is kept
+        rather than raised, so a bad file gives the driver a CheckpointError instead
+        of a dead actor (and a restart with a damaged file comes back empty).
+        """
+        try:
+            table: Table = load_table(path)
+            got = table.config()
+            for key in ("spec", "capacity", "sequence_length"):
+                if got[key] != config[key]:
+                    raise CheckpointError(
+                        f"{path!r}: {key} {got[key]!r} does not match the manifest's "
+                        f"{config[key]!r}; the file belongs to another table"
+                    )
+        except Exception as exc:  # a damaged file must not kill the actor
+            self.error = str(exc) if isinstance(exc, CheckpointError) else f"{path!r}: {exc!r}"
+            log.error("shard %d could not load %s: %s", self.shard, path, self.error)
+            return None
+        return table
 
     def extend(
         self,
@@ -253,25 +257,22 @@ class _Shard:
         )
         return len(self.table)
 
-    def stats(self, alpha: float | None) -> tuple[int, float]:
+    def stats(self) -> tuple[int, float]:
+        """``(items, priority total)``: the shard's weight in a global sample."""
         t = self.table
-        with t._cond:
-            if alpha is None:
-                return t._size, float(t._size)
-            live = t._item_key >= 0
-            return t._size, float((t._priority[live] ** alpha).sum())
+        with t.locked():
+            return len(t), t.priority_total()
 
     def sample(
         self,
         n: int,
         beta: float | None,
         timeout: float | None,
-        alpha: float | None = None,
         with_stats: bool = False,
     ) -> dict[str, Any]:
         out = _sample_to_wire(self.table.sample(n, beta=beta, timeout=timeout))
         if with_stats:
-            out["stats"] = self.stats(alpha)
+            out["stats"] = self.stats()
         return out
 
     def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> int:
@@ -284,7 +285,7 @@ class _Shard:
         self.table.reset()
 
     def save(self, path: str) -> dict[str, Any]:
-        with self.table._cond:
+        with self.table.locked():
             save_table(self.table, path)
             return {
                 "file": Path(path).name,
@@ -293,28 +294,20 @@ class _Shard:
             }
 
     def dump(self) -> dict[str, Any]:
-        with self.table._cond:
-            return _dump_steps(self.table)
+        return _dump_steps(self.table)
 
     def load_steps(self, part: dict[str, Any], counts: tuple[int, int]) -> int:
         """Insert steps bypassing the limiter, then set the limiter's counters."""
-        t = self.table
-        with t._cond:
-            limiter = t.rate_limiter
-            t.rate_limiter = RateLimiter(1.0, 0, -math.inf, math.inf)
-            try:
-                if part["streams"].numel():
-                    t.extend(
-                        part["data"],
-                        streams=part["streams"],
-                        ends=part["ends"],
-                        priorities=part["priorities"],
-                    )
-            finally:
-                t.rate_limiter = limiter
-            limiter.inserts, limiter.samples = int(counts[0]), int(counts[1])
-            t._cond.notify_all()
-            return len(t)
+        return self.table.restore_steps(
+            LiveSteps(
+                data=part["data"],
+                streams=part["streams"],
+                ends=part["ends"],
+                priorities=part["priorities"],
+                inserts=int(counts[0]),
+                samples=int(counts[1]),
+            )
+        )
 
     def ping(self) -> dict[str, Any]:
         return {
@@ -322,6 +315,7 @@ class _Shard:
             "node": _ray().get_runtime_context().get_node_id(),
             "restored_from": self.restored_from,
             "size": len(self.table),
+            "error": self.error,
         }
 
 
@@ -331,13 +325,58 @@ def _own_latest(root: str | None, server_id: str, name: str, shard: int) -> str 
         return None
     for ckpt in reversed(list_checkpoints(root)):
         try:
-            manifest = json.loads((ckpt / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            manifest = _read_json(ckpt / "manifest.json")
+        except CheckpointError:
             continue
-        if manifest.get("server_id") == server_id:
-            path = ckpt / _shard_file(name, shard)
-            return str(path) if path.is_file() else None
+        if isinstance(manifest, dict) and manifest.get("server_id") == server_id:
+            try:
+                return str(_inside(ckpt, _shard_file(name, shard)))
+            except CheckpointError:
+                return None
     return None
+
+
+#: The largest manifest read (a manifest lists tables and shards: kilobytes).
+_MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _read_json(path: Path) -> Any:
+    """Parse a small JSON file; anything unreadable is a CheckpointError."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(_MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{str(path)!r} is unreadable ({exc})") from exc
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise CheckpointError(
+            f"{str(path)!r} is larger than {_MAX_MANIFEST_BYTES} bytes; it is not a manifest"
+        )
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not valid UTF-8 JSON ({exc})") from exc
+
+
+def _inside(directory: Path, name: Any) -> Path:
+    """``directory / name`` as a regular file that resolves inside ``directory``.
+
+    Rejects absolute paths, ``..`` and symlinks that lead out of the checkpoint.
+    (A local check; checkpoint.py's shared path helper can replace it.)
+    """
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(
+            f"{str(directory)!r}: a shard 'file' must be a file name, got {name!r}"
+        )
+    base = directory.resolve()
+    target = (directory / name).resolve()
+    if not target.is_relative_to(base):
+        raise CheckpointError(
+            f"{str(directory)!r}: shard file {name!r} resolves to {str(target)!r}, outside the "
+            "checkpoint directory; a checkpoint only reads its own files"
+        )
+    if not target.is_file():
+        raise CheckpointError(f"{str(directory)!r}: shard file {name!r} is missing")
+    return target
 
 
 _ACTOR_CLASS: Any = None
@@ -417,13 +456,6 @@ class _TableMeta:
     def prioritized(self) -> bool:
         return bool(self.config["sampler"].get("type") == _PRIORITIZED)
 
-    @property
-    def alpha(self) -> float | None:
-        if not self.prioritized:
-            return None
-        a = _exponent(self.config["sampler"], _ALPHA_KEYS)
-        return 1.0 if a is None else a
-
 
 @dataclass
 class _ServiceMeta:
@@ -468,7 +500,17 @@ def _write_service_checkpoint(meta: _ServiceMeta) -> Path:
     return commit_checkpoint(meta.checkpoint_dir, fill, keep=meta.keep)
 
 
-def _read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+@dataclass
+class _SavedTable:
+    """One table of a Ray checkpoint's manifest, checked."""
+
+    config: dict[str, Any]
+    num_shards: int
+    files: list[Path]
+
+
+def _read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, _SavedTable]]:
+    """The checkpoint directory and its tables; anything malformed is a CheckpointError."""
     p = Path(path)
     if not (p / "COMPLETE").is_file():
         latest = latest_checkpoint(p)
@@ -478,16 +520,77 @@ def _read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
                 "RayServer.checkpoint() or check the path"
             )
         p = latest
-    try:
-        manifest: dict[str, Any] = json.loads((p / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{str(p)!r}: manifest unreadable ({exc})") from exc
+    manifest = _read_json(p / "manifest.json")
+    if not isinstance(manifest, dict):
+        raise CheckpointError(
+            f"{str(p)!r}: manifest.json must hold a JSON object, got {type(manifest).__name__}"
+        )
     if manifest.get("format") != CHECKPOINT_FORMAT or manifest.get("backend") != "ray":
         raise CheckpointError(
             f"{str(p)!r} is not a checkpoint of a Ray-backed server (manifest backend "
             f"{manifest.get('backend')!r}); load local checkpoints with read_checkpoint()"
         )
-    return p, manifest
+    tables = manifest.get("tables")
+    if not isinstance(tables, dict) or not tables:
+        raise CheckpointError(
+            f"{str(p)!r}: the manifest's 'tables' must be a non-empty object, got {tables!r:.80}"
+        )
+    out: dict[str, _SavedTable] = {}
+    for name, entry in tables.items():
+        where = f"{str(p)!r}: tables.{name}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{where} must be an object, got {type(entry).__name__}")
+        config, k, shards = entry.get("config"), entry.get("num_shards"), entry.get("shards")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{where}.config must be an object, got {type(config).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise CheckpointError(f"{where}.num_shards must be an int >= 1, got {k!r:.80}")
+        if not isinstance(shards, list) or len(shards) != k:
+            raise CheckpointError(f"{where}.shards must be a list of {k} shard entries")
+        files = []
+        for i, shard in enumerate(shards):
+            if not isinstance(shard, dict):
+                raise CheckpointError(f"{where}.shards[{i}] must be an object")
+            files.append(_inside(p, shard.get("file")))
+        out[name] = _SavedTable(config, k, files)
+    return p, out
+
+
+def _check_saved_config(name: str, config: Mapping[str, Any], k: int) -> None:
+    """Check a saved table config without allocating the table; CheckpointError if bad."""
+    try:
+        Spec.from_json(config["spec"])
+        sampler = sampler_from_config(config["sampler"])
+        rate_limiter_from_config(config["rate_limiter"])
+        capacity, seq = config["capacity"], config["sequence_length"]
+    except Exception as exc:
+        raise CheckpointError(f"table {name!r}: the saved config is invalid ({exc!r})") from exc
+    for key, value in (("capacity", capacity), ("sequence_length", seq)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(
+                f"table {name!r}: the saved {key} must be an int >= 1, got {value!r:.80}"
+            )
+    if k > 1 and sampler.deterministic:
+        raise InvalidArgumentError(
+            f"table {name!r}: sampler {config['sampler'].get('type')} picks items in a fixed "
+            f"order, which {k} shards cannot keep globally; restore it with num_shards=1"
+        )
+    if capacity // k < seq:
+        raise InvalidArgumentError(
+            f"table {name!r}: capacity {capacity} split over num_shards={k} leaves "
+            f"{capacity // k} rows per shard, fewer than sequence_length {seq}; use fewer shards"
+        )
+
+
+def _load_shard_file(path: Path) -> Table:
+    """A saved shard, loaded in the driver (for a restore onto another shard count)."""
+    try:
+        table: Table = load_table(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # any other failure of a damaged file
+        raise CheckpointError(f"{str(path)!r} does not load ({exc!r})") from exc
+    return table
 
 
 # ----------------------------------------------------------------------- server
@@ -595,11 +698,18 @@ class RayServer:
             metas[name] = _TableMeta(name, cfg, shards)
         self._meta = _ServiceMeta(server_id, metas, root, keep)
         self.num_shards = k
-        _ray().get([s.ping.remote() for t in metas.values() for s in t.shards])
         self._directory: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        pings = _ray().get([s.ping.remote() for t in metas.values() for s in t.shards])
+        errors = [p["error"] for p in pings if p.get("error")]
+        if errors:
+            raise CheckpointError(
+                "the checkpoint's shard files do not load: "
+                + "; ".join(errors)
+                + "; restore from another checkpoint"
+            )
 
     def _load_parts(self, name: str, parts: list[dict[str, Any]]) -> None:
         """Route dumped steps to shards by ``stream % K`` and insert them."""
@@ -684,36 +794,37 @@ class RayServer:
             >>> server.client().info().size
             1000
         """
-        ckpt, manifest = _read_manifest(path)
-        entries: dict[str, Any] = manifest["tables"]
-        k_saved = {name: int(e["num_shards"]) for name, e in entries.items()}
-        k = num_shards if num_shards is not None else max(k_saved.values(), default=1)
+        ckpt, saved = _read_manifest(path)
+        k = (
+            num_shards
+            if num_shards is not None
+            else max((e.num_shards for e in saved.values()), default=1)
+        )
         _check_int("num_shards", k, 1)
+        for name, e in saved.items():
+            _check_saved_config(name, e.config, k)
         root = checkpoint_dir if checkpoint_dir is not None else ckpt.parent
         self = cls.__new__(cls)
         self._owns_ray = _connect(address)
         self._closed = False
-        for e in entries.values():
-            _check_template(Table.from_config(e["config"]), k)
-        same = {
-            n: [str(ckpt / s["file"]) for s in e["shards"]]
-            for n, e in entries.items()
-            if k_saved[n] == k
-        }
-        self._init_service(
-            {n: e["config"] for n, e in entries.items()}, k, root, keep, initial_files=same
-        )
-        moved = False
-        for name, e in entries.items():
-            if name in same:
-                continue
-            parts = []
-            for s in e["shards"]:
-                old = load_table(ckpt / s["file"])
-                parts.append(_dump_steps(old))
-            self._load_parts(name, parts)
-            moved = True
-        self._start_checkpointer(checkpoint_interval_s, first=moved)
+        try:
+            same = {n: [str(f) for f in e.files] for n, e in saved.items() if e.num_shards == k}
+            self._init_service(
+                {n: e.config for n, e in saved.items()}, k, root, keep, initial_files=same
+            )
+            moved = False
+            for name, e in saved.items():
+                if name in same:
+                    continue
+                self._load_parts(name, [_dump_steps(_load_shard_file(f)) for f in e.files])
+                moved = True
+            self._start_checkpointer(checkpoint_interval_s, first=moved)
+        except BaseException:
+            if hasattr(self, "_meta"):
+                self.close()  # stops the shards, and Ray if this call started it
+            elif self._owns_ray:
+                _ray().shutdown()
+            raise
         return self
 
     # -- verbs
@@ -1085,7 +1196,7 @@ class RayClient:
             raise InvalidArgumentError(f"stream must be an int >= 0, got {stream!r}")
         code = _end_code(end)
         if priority is not None:
-            _check_priority_values(torch.tensor([float(priority)], dtype=torch.float64))
+            Table.validate_priorities(float(priority), 1)
         row = self._fast_row(t.name, step)
         if row is None:  # the general path: conversions, nested fields, precise errors
             data = self._specs[t.name].coerce_step(step)
@@ -1173,7 +1284,7 @@ class RayClient:
             )
         if int(s.min()) < 0:
             raise InvalidArgumentError(f"streams must be >= 0, got {int(s.min())}")
-        e = _end_column(ends, n, torch.device("cpu"))
+        e = Table.validate_ends(ends, n)
         p = _priority_column(priorities, n)
         self._buffer(t, data, s, e, p, timeout)
 
@@ -1345,16 +1456,15 @@ class RayClient:
         k = len(t.shards)
         deadline = None if timeout is None else time.monotonic() + timeout
         min_size = max(1, rate_limiter_from_config(t.config["rate_limiter"]).min_size_to_sample)
-        alpha = t.alpha
         parts: list[tuple[Sample, float]] = []
         sizes_seen = 0
         need = b
         while need > 0:
             now = time.monotonic()
             up = [i for i in range(k) if self._down_until.get((t.name, i), 0.0) <= now]
-            stats = self._fresh_stats(t, up, alpha)
+            stats = self._fresh_stats(t, up)
             sizes = {i: s[0] for i, s in stats.items()}
-            weights = {i: s[1] for i, s in stats.items() if s[1] > 0}
+            weights = {i: s[1] for i, s in stats.items() if s[0] > 0 and s[1] > 0}
             total_size = sum(sizes.values())
             if total_size < min_size or not weights:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -1374,9 +1484,7 @@ class RayClient:
             counts = torch.bincount(draw, minlength=len(ids)).tolist()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             calls = {
-                i: t.shards[i]
-                .sample.options(max_task_retries=0)
-                .remote(c, beta, remaining, alpha, True)
+                i: t.shards[i].sample.options(max_task_retries=0).remote(c, beta, remaining, True)
                 for i, c in zip(ids, counts, strict=True)
                 if c > 0
             }
@@ -1396,9 +1504,7 @@ class RayClient:
             sizes_seen = total_size
         return _merge(parts, sizes_seen, t, beta)
 
-    def _fresh_stats(
-        self, t: _TableMeta, up: list[int], alpha: float | None
-    ) -> dict[int, tuple[int, float]]:
+    def _fresh_stats(self, t: _TableMeta, up: list[int]) -> dict[int, tuple[int, float]]:
         """Shard sizes and priority totals: those the last sample returned if recent enough."""
         cached = self._weights.get(t.name)
         now = time.monotonic()
@@ -1408,7 +1514,7 @@ class RayClient:
             and set(up) <= set(cached[1])
         ):
             return {i: cached[1][i] for i in up}
-        stats = self._stats(t, up, alpha)
+        stats = self._stats(t, up)
         self._weights[t.name] = (now, dict(stats))
         return stats
 
@@ -1417,11 +1523,9 @@ class RayClient:
         if cached is not None:
             cached[1][shard] = (int(stats[0]), float(stats[1]))
 
-    def _stats(
-        self, t: _TableMeta, up: list[int], alpha: float | None
-    ) -> dict[int, tuple[int, float]]:
+    def _stats(self, t: _TableMeta, up: list[int]) -> dict[int, tuple[int, float]]:
         ray = _ray()
-        refs = {i: t.shards[i].stats.options(max_task_retries=0).remote(alpha) for i in up}
+        refs = {i: t.shards[i].stats.options(max_task_retries=0).remote() for i in up}
         out: dict[int, tuple[int, float]] = {}
         for i, ref in refs.items():
             try:
@@ -1456,7 +1560,7 @@ class RayClient:
                 f"keys and priorities must have the same length, got {kk.numel()} keys and "
                 f"{p.numel()} priorities"
             )
-        _check_priority_values(p)
+        Table.validate_priorities(p, p.numel())
         k = len(t.shards)
         ok = kk >= 0
         kk, p = kk[ok], p[ok]
@@ -1568,17 +1672,7 @@ def _rebuild_client(
 
 
 def _priority_column(priorities: Any, n: int) -> torch.Tensor | None:
-    if priorities is None:
-        return None
-    p = torch.as_tensor(priorities, dtype=torch.float64)
-    if p.dim() == 0:
-        p = p.expand(n).clone()
-    if p.shape != (n,):
-        raise InvalidArgumentError(
-            f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
-        )
-    _check_priority_values(p)
-    return p
+    return None if priorities is None else Table.validate_priorities(priorities, n)
 
 
 def _encode_keys(s: Sample, shard: int, k: int) -> Sample:
