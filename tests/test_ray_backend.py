@@ -538,7 +538,7 @@ def test_register_connect_checkpoint_errors_and_serve_command(
     )
     assert serve_command([str(cfg), "--for", "0"]) == 0
     out = capsys.readouterr().out
-    assert "RayClient.connect('svc'" in out
+    assert 'RayClient.connect("svc"' in out
     assert "Ray address:" in out
     assert latest_checkpoint(tmp_path / "ck") is not None
     assert serve_command([str(cfg), "--for", "0"]) == 0  # restores from it
