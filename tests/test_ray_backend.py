@@ -377,6 +377,37 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(
         assert not seen & set(range(1000, 1010))
 
 
+def test_a_shard_restarting_onto_a_damaged_file_comes_back_empty_and_says_why(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    import ray
+
+    from replaydb.ray_backend import RayServer
+
+    with RayServer(_flat(), num_shards=2, checkpoint_dir=tmp_path) as srv:
+        client = srv.client()
+        client.extend(_steps(torch.arange(40)), streams=torch.arange(40) % 2)
+        ckpt = Path(client.checkpoint())
+        f = ckpt / "flat.shard-0.safetensors"
+        f.write_bytes(f.read_bytes()[:100])
+        victim = srv.shard_handles()[0]
+        ray.kill(victim, no_restart=False)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ping = ray.get(victim.ping.remote(), timeout=10)
+                break
+            except ray.exceptions.RayActorError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert ping["size"] == 0 and ping["restored_from"] is None
+        assert "flat.shard-0.safetensors" in ping["error"]
+        assert client.info().size == 20  # the other shard kept its items
+        client.insert(_one(7), stream=0)  # and the empty one takes writes again
+        client.flush()
+        assert client.info().size == 21
+
+
 def test_checkpoint_restores_onto_other_shard_counts(ray_cluster: Any, tmp_path: Path) -> None:
     from replaydb.ray_backend import RayServer
 
