@@ -63,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -1893,17 +1894,20 @@ def _spec_from_config(name: str, spec: Any) -> Spec:
         )
     fields: dict[str, Any] = {}
     for field_name, value in spec.items():
-        if isinstance(value, Mapping):
-            fields[field_name] = Spec.from_json(
-                {field_name: dict(value, dtype=value.get("dtype", "float32"))}
-            )[field_name]
-        elif isinstance(value, list | tuple):
-            fields[field_name] = tuple(value)
-        else:
-            raise InvalidArgumentError(
-                f"tables.{name}.spec.{field_name} must be a shape list like [4] or a table "
-                f"with shape and dtype, got {value!r}"
-            )
+        try:
+            if isinstance(value, Mapping):
+                fields[field_name] = Spec.from_json(
+                    {field_name: dict(value, dtype=value.get("dtype", "float32"))}
+                )[field_name]
+            elif isinstance(value, list | tuple):
+                fields[field_name] = Spec({field_name: tuple(value)})[field_name]
+            else:
+                raise InvalidArgumentError(
+                    f"must be a shape list like [4] or a table with shape and dtype, "
+                    f"got {value!r:.80}"
+                )
+        except (InvalidArgumentError, TypeError, KeyError) as exc:
+            raise InvalidArgumentError(f"tables.{name}.spec.{field_name}: {exc}") from exc
     return Spec(fields)
 
 
@@ -1939,21 +1943,32 @@ def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise InvalidArgumentError(f"config file {str(p)!r} does not exist; check the path")
-    text = p.read_text()
+    try:
+        text = p.read_bytes()[: 1 << 24].decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(
+            f"config file {str(p)!r} is not readable UTF-8 text ({exc})"
+        ) from exc
     try:
         if p.suffix == ".toml":
             import tomllib
 
-            raw: dict[str, Any] = tomllib.loads(text)
+            raw: Any = tomllib.loads(text)
         else:
             raw = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidArgumentError(f"config file {str(p)!r} does not parse: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidArgumentError(
+            f"config file {str(p)!r} must hold a table of settings (a JSON object), "
+            f"got {type(raw).__name__}"
+        )
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise InvalidArgumentError(
             f"config keys {unknown} are unknown; expected some of {sorted(_TOP_KEYS)}"
         )
+    _check_serve_settings(raw)
     tables = raw.get("tables")
     if not isinstance(tables, Mapping) or not tables:
         raise InvalidArgumentError(
@@ -1961,6 +1976,10 @@ def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     built: dict[str, Table] = {}
     for name, tc in tables.items():
+        if not isinstance(tc, Mapping):
+            raise InvalidArgumentError(
+                f"tables.{name} must be a table with spec and capacity, got {tc!r:.80}"
+            )
         bad = sorted(set(tc) - _TABLE_KEYS)
         if bad:
             raise InvalidArgumentError(
@@ -1968,18 +1987,65 @@ def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
         if "capacity" not in tc or "spec" not in tc:
             raise InvalidArgumentError(f"tables.{name} needs 'spec' and 'capacity'")
-        built[name] = Table(
-            _spec_from_config(name, tc["spec"]),
-            tc["capacity"],
-            sampler=sampler_from_config(tc.get("sampler", {"type": "Uniform"})),
-            rate_limiter=rate_limiter_from_config(tc.get("limiter", {"type": "MinSize"})),
-            sequence_length=tc.get("sequence_length", 1),
-            max_times_sampled=tc.get("max_times_sampled"),
-            name=name,
-        )
+        spec = _spec_from_config(name, tc["spec"])
+        sampler = _from_config(name, "sampler", tc.get("sampler", {"type": "Uniform"}))
+        limiter = _from_config(name, "limiter", tc.get("limiter", {"type": "MinSize"}))
+        try:
+            built[name] = Table(
+                spec,
+                tc["capacity"],
+                sampler=sampler,
+                rate_limiter=limiter,
+                sequence_length=tc.get("sequence_length", 1),
+                max_times_sampled=tc.get("max_times_sampled"),
+                name=name,
+            )
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"tables.{name}: {exc}") from exc
     out = dict(raw)
     out["tables"] = built
     return out
+
+
+def _from_config(table: str, key: str, config: Any) -> Any:
+    """A sampler or rate limiter from its config; any failure names ``tables.<t>.<key>``."""
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(
+            f'tables.{table}.{key} must be a table like {{type = "Uniform"}}, got {config!r:.80}'
+        )
+    build = sampler_from_config if key == "sampler" else rate_limiter_from_config
+    try:
+        return build(config)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"tables.{table}.{key}: {exc}") from exc
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InvalidArgumentError(
+            f"tables.{table}.{key} = {dict(config)!r:.120} is invalid ({exc}); give "
+            "numbers where numbers are expected"
+        ) from exc
+
+
+def _check_serve_settings(raw: Mapping[str, Any]) -> None:
+    """Check the top-level settings' types before anything starts."""
+    for key in ("shards", "keep"):
+        v = raw.get(key, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidArgumentError(f"config key {key!r} must be an int >= 1, got {v!r:.80}")
+    for key in ("name", "address", "checkpoint_dir"):
+        v = raw.get(key)
+        if v is not None and not isinstance(v, str):
+            raise InvalidArgumentError(f"config key {key!r} must be a string, got {v!r:.80}")
+    v = raw.get("checkpoint_interval_s")
+    if v is not None and (
+        isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
+    ):
+        raise InvalidArgumentError(
+            f"config key 'checkpoint_interval_s' must be a number > 0, got {v!r:.80}"
+        )
+    if not isinstance(raw.get("restore", True), bool):
+        raise InvalidArgumentError(
+            f"config key 'restore' must be true or false, got {raw.get('restore')!r:.80}"
+        )
 
 
 def _connect_lines(name: str, address: str) -> list[str]:
