@@ -76,7 +76,7 @@ def ray_cluster() -> Any:
 
 @pytest.fixture(scope="module")
 def server(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     seq = Table(SPEC, 3000, sequence_length=3, name="seq")
     ratio = Table(SPEC, 3000, rate_limiter=SampleToInsertRatio(1.0, 30, 60.0), name="ratio")
@@ -92,15 +92,15 @@ def server(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 # ------------------------------------------------------------------ no ray needed
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from replaydb import ray_backend
+    from replaydb import ray as replaydb_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'replaydb\[ray\]'"):
-        ray_backend.RayServer(_flat())
+        replaydb_ray.RayServer(_flat())
 
 
 def test_token_auth_version_gate() -> None:
-    from replaydb.ray_backend import _token_auth_default, _token_auth_supported
+    from replaydb.ray._connect import _token_auth_default, _token_auth_supported
 
     assert _token_auth_supported("2.60.0")
     assert _token_auth_supported("2.52.0")
@@ -111,7 +111,7 @@ def test_token_auth_version_gate() -> None:
 
 
 def test_bad_server_arguments_are_rejected_before_ray_starts() -> None:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     with pytest.raises(InvalidArgumentError, match="num_shards must be an int >= 1, got 0"):
         RayServer(_flat(), num_shards=0)
@@ -234,7 +234,7 @@ def test_global_uniform_frequencies(server: Any) -> None:
 
 
 def test_global_prioritized_frequencies(ray_cluster: Any) -> None:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
     from replaydb.samplers import Prioritized
 
     table = Table(SPEC, 600, sampler=Prioritized(alpha=0.6, eps=1e-6), name="prio")
@@ -260,7 +260,7 @@ def test_prioritized_split_uses_each_shards_tree_total_with_eps(ray_cluster: Any
     Shard 0 holds 40 items of priority 1e-3 and shard 1 holds 10 of priority 1..2:
     with eps=0.01 shard 0 carries about 18 % of the mass; ignoring eps gives about 5 %.
     """
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
     from replaydb.samplers import Prioritized
 
     alpha, eps = 0.6, 0.01
@@ -341,7 +341,7 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(
 ) -> None:
     import ray
 
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     with RayServer(_flat(), num_shards=2, checkpoint_dir=tmp_path) as srv:
         client = srv.client(batch_size=16)
@@ -351,6 +351,7 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(
         client.extend(_steps(1000 + torch.arange(10)), streams=0)  # lost with shard 0
         client.flush()
         victim = srv.shard_handles()[0]
+        old_pid = ray.get(victim.ping.remote())["pid"]
         ray.kill(victim, no_restart=False)
         t0, got = time.monotonic(), 0
         for _ in range(20):
@@ -358,13 +359,15 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(
         assert got == 160  # sampling went on while shard 0 restarted
         assert time.monotonic() - t0 < 20
         deadline = time.monotonic() + 60
-        while True:
+        while True:  # until the restarted actor answers (kill is asynchronous)
             try:
                 ping = ray.get(victim.ping.remote(), timeout=10)
-                break
+                if ping["pid"] != old_pid:
+                    break
             except ray.exceptions.RayActorError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         assert ping["restored_from"] is not None
         assert ping["size"] == 50
         client.insert(_one(5000), stream=0)  # writes reach the restarted shard
@@ -382,7 +385,7 @@ def test_a_shard_restarting_onto_a_damaged_file_comes_back_empty_and_says_why(
 ) -> None:
     import ray
 
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     with RayServer(_flat(), num_shards=2, checkpoint_dir=tmp_path) as srv:
         client = srv.client()
@@ -391,15 +394,18 @@ def test_a_shard_restarting_onto_a_damaged_file_comes_back_empty_and_says_why(
         f = ckpt / "flat.shard-0.safetensors"
         f.write_bytes(f.read_bytes()[:100])
         victim = srv.shard_handles()[0]
+        old_pid = ray.get(victim.ping.remote())["pid"]
         ray.kill(victim, no_restart=False)
         deadline = time.monotonic() + 60
-        while True:
+        while True:  # until the restarted actor answers (kill is asynchronous)
             try:
                 ping = ray.get(victim.ping.remote(), timeout=10)
-                break
+                if ping["pid"] != old_pid:
+                    break
             except ray.exceptions.RayActorError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         assert ping["size"] == 0 and ping["restored_from"] is None
         assert "flat.shard-0.safetensors" in ping["error"]
         assert client.info().size == 20  # the other shard kept its items
@@ -409,7 +415,7 @@ def test_a_shard_restarting_onto_a_damaged_file_comes_back_empty_and_says_why(
 
 
 def test_checkpoint_restores_onto_other_shard_counts(ray_cluster: Any, tmp_path: Path) -> None:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     ids = torch.arange(90)
     with RayServer(_flat(), num_shards=2, checkpoint_dir=tmp_path / "a") as srv:
@@ -430,7 +436,7 @@ def test_checkpoint_restores_onto_other_shard_counts(ray_cluster: Any, tmp_path:
 
 
 def test_same_shard_count_restore_is_exact(ray_cluster: Any, tmp_path: Path) -> None:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     table = Table(SPEC, 200, sampler=_seeded(), name="flat")
     table.extend(_steps(torch.arange(50)))  # template contents are copied in
@@ -455,7 +461,7 @@ def test_damaged_or_escaping_checkpoints_raise_checkpoint_error(
 
     import ray
 
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     ids = torch.arange(60)
     with RayServer(_flat(600), num_shards=2, checkpoint_dir=tmp_path / "a") as srv:
@@ -542,7 +548,7 @@ def test_register_connect_checkpoint_errors_and_serve_command(
     ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from replaydb.errors import ClosedError
-    from replaydb.ray_backend import RayClient, RayServer, serve_command
+    from replaydb.ray import RayClient, RayServer, serve_command
 
     with pytest.raises(CheckpointError, match="no complete replaydb checkpoint"):
         RayServer.from_checkpoint(tmp_path)

@@ -134,7 +134,7 @@ def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
 
 def _connect(address: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
     code = (
-        "from replaydb.ray_backend import RayClient\n"
+        "from replaydb.ray import RayClient\n"
         f"print(RayClient.connect('sec', address={address!r}).tables())\n"
     )
     t0 = time.monotonic()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from replaydb.errors import InvalidArgumentError
-from replaydb.ray_backend import load_serve_config, serve_command
+from replaydb.ray import load_serve_config, serve_command
 
 GOOD_TABLE = {"capacity": 10, "spec": {"x": [1]}}
 

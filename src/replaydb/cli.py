@@ -142,7 +142,7 @@ def _serve(argv: list[str]) -> int:
     import importlib
 
     try:
-        serve_command = importlib.import_module("replaydb.ray_backend").serve_command
+        serve_command = importlib.import_module("replaydb.ray").serve_command
     except (ImportError, AttributeError):
         print(
             f"{_PROG} serve: error: `replaydb serve` needs Ray; install it with "
