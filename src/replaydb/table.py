@@ -31,7 +31,6 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1073,7 +1072,7 @@ class Table:
 
         Each step carries the priority of the item it completes (the table's highest
         priority seen for steps that complete no live item), and the snapshot carries
-        the rate limiter's counters. :meth:`restore_steps` writes it into another table
+        the rate limiter's counters. :meth:`restore_live_steps` writes it into another table
         (of any capacity), which then holds the same items, minus ``times_sampled``.
 
         Returns:
@@ -1114,7 +1113,7 @@ class Table:
                 samples=int(self.rate_limiter.samples),
             )
 
-    def restore_steps(self, steps: LiveSteps) -> int:
+    def restore_live_steps(self, steps: LiveSteps) -> int:
         """Write :meth:`live_steps` output past the rate limiter, then take its counters.
 
         The steps are written as one :meth:`extend` (so they must fit the spec and
@@ -1134,7 +1133,7 @@ class Table:
 
         Example:
             >>> a = Table(Spec({"x": ()}), 10); a.extend({"x": torch.arange(3.0)})
-            >>> Table(Spec({"x": ()}), 5).restore_steps(a.live_steps())
+            >>> Table(Spec({"x": ()}), 5).restore_live_steps(a.live_steps())
             3
         """
         for name in ("inserts", "samples"):
@@ -1158,11 +1157,12 @@ class Table:
             self._cond.notify_all()
             return self._size
 
-    def locked(self) -> AbstractContextManager[Any]:
+    def locked(self) -> threading.Condition:
         """Hold the table's (reentrant) lock, so several calls see one state.
 
         Returns:
-            A context manager; every verb of this table waits while it is held.
+            A context manager holding the lock; every verb of this table waits while
+            it is held elsewhere.
 
         Example:
             >>> t = Table(Spec({"x": ()}), 10)
