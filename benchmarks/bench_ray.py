@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     per_writer = 20_000 if args.quick else 100_000
     learn_s = 1.5 if args.quick else 5.0

@@ -256,7 +256,7 @@ def test_inspect_plot_needs_matplotlib(
 def test_serve_without_ray_backend_says_what_to_install(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "replaydb.ray_backend", None)
+    monkeypatch.setitem(sys.modules, "replaydb.ray", None)
     code, err = _main(capsys, "serve", "config.yaml")
     assert code == 2
     assert "pip install 'replaydb[ray]'" in err
@@ -266,9 +266,9 @@ def _fake_ray_backend(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     import types
 
     seen: list[list[str]] = []
-    fake = types.ModuleType("replaydb.ray_backend")
+    fake = types.ModuleType("replaydb.ray")
     fake.serve_command = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "replaydb.ray_backend", fake)
+    monkeypatch.setitem(sys.modules, "replaydb.ray", fake)
     return seen
 
 

@@ -822,10 +822,10 @@ def test_ray_backend_passes_through(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         def close(self) -> None:
             self.local.close()
 
-    module = types.ModuleType("replaydb.ray_backend")
+    module = types.ModuleType("replaydb.ray")
     module.RayServer = FakeRayServer  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
-    monkeypatch.setitem(sys.modules, "replaydb.ray_backend", module)
+    monkeypatch.setitem(sys.modules, "replaydb.ray", module)
     with new_manager(tmp_path, backend="ray", num_shards=2) as manager:
         _, observer = manager.create_replay_buffer()
         for step in episode_steps(0, 3):

@@ -6,7 +6,6 @@ CPU so they schedule on a 2-core machine.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 import time
@@ -52,11 +51,8 @@ def _stored_ids(ckpt: Path, name: str) -> list[torch.Tensor]:
     """Per shard file: the ``id`` column of live steps in write order, and their streams."""
     out = []
     for f in sorted(ckpt.glob(f"{name}.shard-*.safetensors")):
-        t = load_table(f)
-        n = t.storage.num_rows
-        keys = t.storage.key[:n]
-        rows = torch.argsort(keys)[(keys.sort().values >= 0)]
-        out.append(torch.stack([t.storage.fields["id"][rows], t.storage.stream[rows]], 1))
+        steps = load_table(f).live_steps()
+        out.append(torch.stack([steps.data["id"], steps.streams], 1))
     return out
 
 
@@ -80,7 +76,7 @@ def ray_cluster() -> Any:
 
 @pytest.fixture(scope="module")
 def server(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     seq = Table(SPEC, 3000, sequence_length=3, name="seq")
     ratio = Table(SPEC, 3000, rate_limiter=SampleToInsertRatio(1.0, 30, 60.0), name="ratio")
@@ -96,15 +92,15 @@ def server(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 # ------------------------------------------------------------------ no ray needed
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from replaydb import ray_backend
+    from replaydb import ray as replaydb_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'replaydb\[ray\]'"):
-        ray_backend.RayServer(_flat())
+        replaydb_ray.RayServer(_flat())
 
 
 def test_token_auth_version_gate() -> None:
-    from replaydb.ray_backend import _token_auth_default, _token_auth_supported
+    from replaydb.ray._connect import _token_auth_default, _token_auth_supported
 
     assert _token_auth_supported("2.60.0")
     assert _token_auth_supported("2.52.0")
@@ -115,7 +111,7 @@ def test_token_auth_version_gate() -> None:
 
 
 def test_bad_server_arguments_are_rejected_before_ray_starts() -> None:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     with pytest.raises(InvalidArgumentError, match="num_shards must be an int >= 1, got 0"):
         RayServer(_flat(), num_shards=0)
@@ -237,24 +233,18 @@ def test_global_uniform_frequencies(server: Any) -> None:
     assert _chi_square_ok(observed, torch.full((total,), draws / total, dtype=torch.float64))
 
 
-@pytest.mark.skipif(
-    not hasattr(importlib.import_module("replaydb.samplers"), "Prioritized"),
-    reason="replaydb.samplers.Prioritized is not on this branch yet",
-)
 def test_global_prioritized_frequencies(ray_cluster: Any) -> None:
-    from replaydb import samplers
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
+    from replaydb.samplers import Prioritized
 
-    table = Table(SPEC, 600, sampler=samplers.Prioritized(), name="prio")  # type: ignore[attr-defined]
-    from replaydb.ray_backend import _ALPHA_KEYS, _exponent
-
-    alpha = _exponent(table.sampler.config(), _ALPHA_KEYS) or 1.0
+    table = Table(SPEC, 600, sampler=Prioritized(alpha=0.6, eps=1e-6), name="prio")
     with RayServer(table, num_shards=2) as srv:
         client = srv.client(batch_size=1000)
         ids = torch.arange(60)
         pri = 1.0 + (ids % 4).double()
         client.extend(_steps(ids), streams=ids % 3, priorities=pri)
-        target = pri**alpha / (pri**alpha).sum()
+        weight = (pri + 1e-6) ** 0.6
+        target = weight / weight.sum()
         counts = torch.zeros(60, dtype=torch.float64)
         for _ in range(10):
             s = client.sample(1000)
@@ -262,6 +252,40 @@ def test_global_prioritized_frequencies(ray_cluster: Any) -> None:
             counts += torch.bincount(s["id"], minlength=60).double()
         assert _chi_square_ok(counts, target * 10_000)
         assert client.update_priorities(s.keys, torch.ones(len(s))) == len(s)
+
+
+def test_prioritized_split_uses_each_shards_tree_total_with_eps(ray_cluster: Any) -> None:
+    """Issue 10: shard weights are ``sum (p + eps)^alpha`` from the tree, not ``sum p^alpha``.
+
+    Shard 0 holds 40 items of priority 1e-3 and shard 1 holds 10 of priority 1..2:
+    with eps=0.01 shard 0 carries about 18 % of the mass; ignoring eps gives about 5 %.
+    """
+    from replaydb.ray import RayServer
+    from replaydb.samplers import Prioritized
+
+    alpha, eps = 0.6, 0.01
+    table = Table(SPEC, 200, sampler=Prioritized(alpha=alpha, eps=eps, beta=0.5), name="eps")
+    ids = torch.arange(50)
+    streams = (ids >= 40).long()  # 40 items on shard 0, 10 on shard 1
+    pri = torch.where(ids < 40, torch.full((50,), 1e-3), 1.0 + (ids - 40).double() / 10)
+    with RayServer(table, num_shards=2) as srv:
+        client = srv.client(batch_size=1000)
+        client.extend(_steps(ids), streams=streams, priorities=pri.double())
+        client.flush()
+        weight = (pri.double() + eps) ** alpha
+        target = weight / weight.sum()
+        assert float(target[:40].sum()) > 0.15  # far from the 0.05 that ignoring eps gives
+        counts = torch.zeros(50, dtype=torch.float64)
+        for _ in range(10):
+            s = client.sample(1000)
+            assert s.table_size == 50
+            assert torch.allclose(s.probabilities, target[s["id"]], rtol=1e-6)
+            w = (50 * target[s["id"]]) ** -0.5
+            assert torch.allclose(s.weights.double(), w / w.max(), rtol=1e-5)
+            counts += torch.bincount(s["id"], minlength=50).double()
+        assert _chi_square_ok(counts, target * 10_000)
+        shard_share = counts[:40].sum() / counts.sum()
+        assert abs(float(shard_share) - float(target[:40].sum())) < 0.03
 
 
 def test_prefetch_returns_whole_batches_and_reset_drops_them(server: Any) -> None:
@@ -317,7 +341,7 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(
 ) -> None:
     import ray
 
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     with RayServer(_flat(), num_shards=2, checkpoint_dir=tmp_path) as srv:
         client = srv.client(batch_size=16)
@@ -327,6 +351,7 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(
         client.extend(_steps(1000 + torch.arange(10)), streams=0)  # lost with shard 0
         client.flush()
         victim = srv.shard_handles()[0]
+        old_pid = ray.get(victim.ping.remote())["pid"]
         ray.kill(victim, no_restart=False)
         t0, got = time.monotonic(), 0
         for _ in range(20):
@@ -334,13 +359,15 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(
         assert got == 160  # sampling went on while shard 0 restarted
         assert time.monotonic() - t0 < 20
         deadline = time.monotonic() + 60
-        while True:
+        while True:  # until the restarted actor answers (kill is asynchronous)
             try:
                 ping = ray.get(victim.ping.remote(), timeout=10)
-                break
+                if ping["pid"] != old_pid:
+                    break
             except ray.exceptions.RayActorError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         assert ping["restored_from"] is not None
         assert ping["size"] == 50
         client.insert(_one(5000), stream=0)  # writes reach the restarted shard
@@ -353,8 +380,42 @@ def test_kill_a_shard_sampling_continues_and_it_comes_back(
         assert not seen & set(range(1000, 1010))
 
 
+def test_a_shard_restarting_onto_a_damaged_file_comes_back_empty_and_says_why(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    import ray
+
+    from replaydb.ray import RayServer
+
+    with RayServer(_flat(), num_shards=2, checkpoint_dir=tmp_path) as srv:
+        client = srv.client()
+        client.extend(_steps(torch.arange(40)), streams=torch.arange(40) % 2)
+        ckpt = Path(client.checkpoint())
+        f = ckpt / "flat.shard-0.safetensors"
+        f.write_bytes(f.read_bytes()[:100])
+        victim = srv.shard_handles()[0]
+        old_pid = ray.get(victim.ping.remote())["pid"]
+        ray.kill(victim, no_restart=False)
+        deadline = time.monotonic() + 60
+        while True:  # until the restarted actor answers (kill is asynchronous)
+            try:
+                ping = ray.get(victim.ping.remote(), timeout=10)
+                if ping["pid"] != old_pid:
+                    break
+            except ray.exceptions.RayActorError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert ping["size"] == 0 and ping["restored_from"] is None
+        assert "flat.shard-0.safetensors" in ping["error"]
+        assert client.info().size == 20  # the other shard kept its items
+        client.insert(_one(7), stream=0)  # and the empty one takes writes again
+        client.flush()
+        assert client.info().size == 21
+
+
 def test_checkpoint_restores_onto_other_shard_counts(ray_cluster: Any, tmp_path: Path) -> None:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     ids = torch.arange(90)
     with RayServer(_flat(), num_shards=2, checkpoint_dir=tmp_path / "a") as srv:
@@ -375,7 +436,7 @@ def test_checkpoint_restores_onto_other_shard_counts(ray_cluster: Any, tmp_path:
 
 
 def test_same_shard_count_restore_is_exact(ray_cluster: Any, tmp_path: Path) -> None:
-    from replaydb.ray_backend import RayServer
+    from replaydb.ray import RayServer
 
     table = Table(SPEC, 200, sampler=_seeded(), name="flat")
     table.extend(_steps(torch.arange(50)))  # template contents are copied in
@@ -391,6 +452,92 @@ def test_same_shard_count_restore_is_exact(ray_cluster: Any, tmp_path: Path) -> 
         assert torch.equal(s2.client().sample(20)["id"], after)
 
 
+def test_damaged_or_escaping_checkpoints_raise_checkpoint_error(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """Issue 11 items 4 and 7: bad shard files and paths are CheckpointErrors in the driver."""
+    import json
+    import shutil
+
+    import ray
+
+    from replaydb.ray import RayServer
+
+    ids = torch.arange(60)
+    with RayServer(_flat(600), num_shards=2, checkpoint_dir=tmp_path / "a") as srv:
+        client = srv.client()
+        client.extend(_steps(ids), streams=ids % 2)
+        good = Path(client.checkpoint())
+    cpus_free = ray.available_resources().get("CPU", 0.0)
+
+    def copy(tag: str) -> Path:
+        dst = tmp_path / tag / good.name
+        shutil.copytree(good, dst)
+        return dst
+
+    def edit_manifest(ckpt: Path, fn: Any) -> None:
+        m = json.loads((ckpt / "manifest.json").read_text())
+        fn(m)
+        (ckpt / "manifest.json").write_text(json.dumps(m))
+
+    # A truncated shard file: same shard count (loaded by the actor) and another count.
+    trunc = copy("trunc")
+    f = trunc / "flat.shard-1.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    for k in (2, 1):
+        with pytest.raises(CheckpointError, match=r"flat\.shard-1\.safetensors"):
+            RayServer.from_checkpoint(trunc, num_shards=k)
+    # A manifest entry pointing outside the checkpoint (a valid shard file there).
+    outside = copy("outside")
+    shutil.copy(outside / "flat.shard-0.safetensors", outside.parent / "outside.safetensors")
+    edit_manifest(
+        outside, lambda m: m["tables"]["flat"]["shards"][0].update(file="../outside.safetensors")
+    )
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        RayServer.from_checkpoint(outside)
+    absolute = copy("absolute")
+    target = str(absolute / "flat.shard-0.safetensors")
+    shutil.copy(target, tmp_path / "abs.safetensors")
+    edit_manifest(
+        absolute,
+        lambda m: m["tables"]["flat"]["shards"][0].update(file=str(tmp_path / "abs.safetensors")),
+    )
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        RayServer.from_checkpoint(absolute)
+    # A shard file that is a symlink to a file elsewhere.
+    link = copy("link")
+    shutil.move(link / "flat.shard-1.safetensors", tmp_path / "elsewhere.safetensors")
+    (link / "flat.shard-1.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        RayServer.from_checkpoint(link)
+    # Manifests of the wrong JSON types.
+    for i, fn in enumerate(
+        [
+            lambda m: m.update(tables=5),
+            lambda m: m["tables"].update(flat=5),
+            lambda m: m["tables"]["flat"].update(num_shards="2"),
+            lambda m: m["tables"]["flat"].update(shards=[{"file": 3}, {}]),
+            lambda m: m["tables"]["flat"]["config"].update(capacity="many"),
+            lambda m: m["tables"]["flat"]["config"].update(sampler={"type": "Nope"}),
+        ]
+    ):
+        bad = copy(f"types{i}")
+        edit_manifest(bad, fn)
+        with pytest.raises(CheckpointError):
+            RayServer.from_checkpoint(bad)
+    notjson = copy("notjson")
+    (notjson / "manifest.json").write_bytes(b"\xff\xfe" + b"[" * 100_000)
+    with pytest.raises(CheckpointError, match="not valid UTF-8 JSON"):
+        RayServer.from_checkpoint(notjson)
+    # Nothing was left running, and the good checkpoint still restores.
+    deadline = time.monotonic() + 20  # killed shards give back their CPU share
+    while ray.available_resources().get("CPU", 0.0) < cpus_free - 1e-6:
+        assert time.monotonic() < deadline, "shard actors of failed restores still hold CPU"
+        time.sleep(0.2)
+    with RayServer.from_checkpoint(good) as s2:
+        assert s2.client().info().size == 60
+
+
 def _seeded() -> Any:
     from replaydb.samplers import Uniform
 
@@ -401,7 +548,7 @@ def test_register_connect_checkpoint_errors_and_serve_command(
     ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from replaydb.errors import ClosedError
-    from replaydb.ray_backend import RayClient, RayServer, serve_command
+    from replaydb.ray import RayClient, RayServer, serve_command
 
     with pytest.raises(CheckpointError, match="no complete replaydb checkpoint"):
         RayServer.from_checkpoint(tmp_path)
@@ -428,7 +575,7 @@ def test_register_connect_checkpoint_errors_and_serve_command(
     )
     assert serve_command([str(cfg), "--for", "0"]) == 0
     out = capsys.readouterr().out
-    assert "RayClient.connect('svc'" in out
+    assert 'RayClient.connect("svc"' in out
     assert "Ray address:" in out
     assert latest_checkpoint(tmp_path / "ck") is not None
     assert serve_command([str(cfg), "--for", "0"]) == 0  # restores from it

@@ -129,10 +129,10 @@ def test_ray_backend_delegates_to_ray_server(
         def close(self) -> None:
             calls["closed"] = True
 
-    module = types.ModuleType("replaydb.ray_backend")
+    module = types.ModuleType("replaydb.ray")
     module.RayServer = FakeRayServer  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
-    monkeypatch.setitem(sys.modules, "replaydb.ray_backend", module)
+    monkeypatch.setitem(sys.modules, "replaydb.ray", module)
     table = make_table("r")
     server = Server(table, checkpoint_dir=tmp_path, keep=3, backend="ray", num_shards=2)
     tables, kwargs = calls["init"]
@@ -291,3 +291,15 @@ def test_many_threads_no_step_lost_duplicated_or_torn() -> None:
     assert pairs == [(w, s) for w in range(writers) for s in range(per_writer)]
     assert torch.equal(data["payload"], payload(data["writer"], data["seq"]))
     assert client.info().size == writers * (per_writer - 1)
+
+
+def test_ray_backend_is_a_deprecated_alias_of_replaydb_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import replaydb.ray
+
+    monkeypatch.delitem(sys.modules, "replaydb.ray_backend", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"import RayServer.* from replaydb\.ray"):
+        old = importlib.import_module("replaydb.ray_backend")
+    for name in replaydb.ray.__all__:
+        assert getattr(old, name) is getattr(replaydb.ray, name)

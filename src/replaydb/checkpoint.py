@@ -665,7 +665,7 @@ def read_checkpoint(
         raise CheckpointError(
             f"{str(p)!r} was written by the {manifest['backend']!r} backend (one file per shard); "
             "restore it with Server(..., backend='ray') / ReplayBufferManager(..., backend='ray') "
-            "or replaydb.ray_backend.RayServer.from_checkpoint(path)"
+            "or replaydb.ray.RayServer.from_checkpoint(path)"
         )
     tables = {}
     for name, entry in manifest["tables"].items():

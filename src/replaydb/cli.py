@@ -150,7 +150,7 @@ def _serve(argv: list[str]) -> int:
     import importlib
 
     try:
-        serve_command = importlib.import_module("replaydb.ray_backend").serve_command
+        serve_command = importlib.import_module("replaydb.ray").serve_command
     except (ImportError, AttributeError):
         return _fail(
             "serve", "`replaydb serve` needs Ray; install it with pip install 'replaydb[ray]'", 2

@@ -91,10 +91,8 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
     :meth:`close`. It is also a ``torch.utils.data.IterableDataset``: use it with
     ``DataLoader(dataset, batch_size=None)`` (batches are already formed; keep
     ``num_workers=0``, the threads here do the sampling). In a DataLoader worker
-    process a dataset over an in-process table would sample a frozen copy of it,
-    the same batches in every worker, so it raises instead; a client whose class
-    sets ``shared_across_processes = True`` (the Ray client) samples the live table
-    from every worker.
+    process the dataset would sample a frozen copy of the table, the same batches
+    in every worker, so it raises instead.
 
     Args:
         client: A :class:`~replaydb.server.Client` (or anything with its ``sample``
@@ -212,14 +210,13 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
     def __iter__(self) -> Dataset:
         self._check_open()
         worker = get_worker_info()
-        if worker is not None and not getattr(type(self.client), "shared_across_processes", False):
+        if worker is not None:
             raise InvalidArgumentError(
-                f"this Dataset samples an in-process {type(self.client).__name__}, which "
-                f"DataLoader worker {worker.id} can only see as a frozen copy (every worker "
-                "would return the same batches and never see new data); use "
-                "DataLoader(dataset, batch_size=None, num_workers=0) and "
-                "num_parallel_calls/prefetch for parallel sampling, or a Ray client "
-                "(replaydb.ray_backend.RayClient), which every worker reaches live"
+                f"this Dataset samples a {type(self.client).__name__} of the main process, "
+                f"which DataLoader worker {worker.id} can only see as a frozen copy (every "
+                "worker would return the same batches and never see new data); use "
+                "DataLoader(dataset, batch_size=None, num_workers=0) with "
+                "num_parallel_calls/prefetch for parallel sampling"
             )
         return self
 

@@ -12,7 +12,7 @@ Two backends share the client interface:
   sets ``table.shared = True`` so a blocked call waits for other threads instead
   of raising :class:`~replaydb.errors.WouldBlockForeverError`. Every table verb
   takes the table's lock, so one client (or many) can be used from many threads.
-* ``backend="ray"``: :class:`replaydb.ray_backend.RayServer` shards the tables over
+* ``backend="ray"``: :class:`replaydb.ray.RayServer` shards the tables over
   Ray actors; the given tables are templates (config and current contents).
 
 Checkpoints go to ``checkpoint_dir`` in the directory layout of
@@ -130,7 +130,7 @@ class Server:
         self.backend = backend
         if backend == "ray":
             require("ray", "ray")
-            from replaydb.ray_backend import RayServer  # type: ignore[import-not-found,unused-ignore]
+            from replaydb.ray import RayServer
 
             self._ray = RayServer(
                 named, checkpoint_dir=checkpoint_dir, keep=keep, **backend_options

@@ -43,8 +43,9 @@ from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack, rate_limi
 from replaydb.samplers import Fifo, Lifo, Sampler, Selection, Uniform, sampler_from_config
 from replaydb.spec import Spec, dtype_name
 from replaydb.storage import END_NONE, END_TERMINATED, END_TRUNCATED, Storage
+from replaydb.sum_tree import SumTree
 
-__all__ = ["Sample", "Table", "TableInfo"]
+__all__ = ["LiveSteps", "Sample", "Table", "TableInfo"]
 
 
 @dataclass(frozen=True)
@@ -1231,6 +1232,190 @@ class Table:
                 res = self.storage.append(data)
                 self._add_items(res.keys, None)
             self._notify()
+
+    # ------------------------------------------------- verbs for front ends (Ray)
+    def priority_total(self) -> float:
+        """The sum of the sampler's weights over the live items, in O(1).
+
+        An item's probability is its weight divided by this total. For a
+        :class:`~replaydb.samplers.Prioritized` sampler the weight is
+        ``(priority + eps) ** alpha``, and the total is the root of its sum tree;
+        every other sampler weighs items equally, so the total is the item count.
+        A sharded service splits a batch over shards by these totals.
+
+        Returns:
+            The total weight (``0.0`` for an empty table).
+
+        Example:
+            >>> t = Table(Spec({"x": ()}), 10); t.extend({"x": torch.zeros(3)})
+            >>> t.priority_total()
+            3.0
+        """
+        with self._cond:
+            tree = getattr(self.sampler, "tree", None)
+            if isinstance(tree, SumTree) and not self.sampler.deterministic:
+                return float(tree.total) if self._size else 0.0
+            return float(self._size)
+
+    def live_steps(self) -> LiveSteps:
+        """A copy of the live steps in write order, for moving a table's contents.
+
+        Each step carries the priority of the item it completes (the table's highest
+        priority seen for steps that complete no live item), and the snapshot carries
+        the rate limiter's counters. :meth:`restore_live_steps` writes it into another table
+        (of any capacity), which then holds the same items, minus ``times_sampled``.
+
+        Returns:
+            A :class:`LiveSteps` on CPU.
+
+        Example:
+            >>> t = Table(Spec({"x": ()}), 10); t.extend({"x": torch.arange(3.0)})
+            >>> t.live_steps().data["x"].tolist()
+            [0.0, 1.0, 2.0]
+        """
+        with self._cond:
+            st = self.storage
+            n = st.num_rows
+            keys = st.key[:n]
+            live_rows = torch.nonzero(keys >= 0).squeeze(1)
+            rows = live_rows.index_select(0, torch.argsort(keys.index_select(0, live_rows)))
+            item_slots = torch.nonzero(self._item_key[:n] >= 0).squeeze(1)
+            pri = torch.full(
+                (rows.numel(),), self._max_priority, dtype=torch.float64, device=self.device
+            )
+            if item_slots.numel():
+                if self.sequence_length == 1:
+                    last = item_slots
+                else:
+                    starts = self._item_key.index_select(0, item_slots)
+                    last = st.window_rows(starts, self.sequence_length)[:, -1]
+                where = torch.full((self.capacity,), -1, dtype=torch.int64, device=self.device)
+                where[rows] = torch.arange(rows.numel(), device=self.device)
+                idx = where.index_select(0, last)
+                ok = idx >= 0
+                pri[idx[ok]] = self._priority.index_select(0, item_slots)[ok]
+            return LiveSteps(
+                data={k: v.cpu().clone() for k, v in st.gather(rows).items()},
+                streams=st.stream.index_select(0, rows).cpu(),
+                ends=st.end.index_select(0, rows).cpu(),
+                priorities=pri.cpu(),
+                inserts=int(self.rate_limiter.inserts),
+                samples=int(self.rate_limiter.samples),
+            )
+
+    def restore_live_steps(self, steps: LiveSteps) -> int:
+        """Write :meth:`live_steps` output past the rate limiter, then take its counters.
+
+        The steps are written as one :meth:`extend` (so they must fit the spec and
+        the streams must be new to this table) without waiting on the limiter; the
+        limiter's insert and sample counters are then set to ``steps.inserts`` and
+        ``steps.samples``, and blocked callers are woken.
+
+        Args:
+            steps: The steps to write, with the counters to take.
+
+        Returns:
+            The number of items in the table afterwards.
+
+        Raises:
+            SpecMismatchError: If the steps do not match the spec (nothing is written).
+            InvalidArgumentError: For bad streams, ends, priorities or counters.
+
+        Example:
+            >>> a = Table(Spec({"x": ()}), 10); a.extend({"x": torch.arange(3.0)})
+            >>> Table(Spec({"x": ()}), 5).restore_live_steps(a.live_steps())
+            3
+        """
+        for name in ("inserts", "samples"):
+            value = getattr(steps, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgumentError(f"steps.{name} must be an int >= 0, got {value!r}")
+        with self._cond:
+            limiter = self.rate_limiter
+            self.rate_limiter = RateLimiter(1.0, 0, -math.inf, math.inf)
+            try:
+                if steps.streams.numel():
+                    self.extend(
+                        steps.data,
+                        streams=steps.streams,
+                        ends=steps.ends,
+                        priorities=steps.priorities,
+                    )
+            finally:
+                self.rate_limiter = limiter
+            limiter.inserts, limiter.samples = steps.inserts, steps.samples
+            self._cond.notify_all()
+            return self._size
+
+    @staticmethod
+    def validate_ends(ends: Any, n: int) -> torch.Tensor:
+        """Check an ``ends`` argument as :meth:`extend` does, without a table.
+
+        Args:
+            ends: Bool (terminated) or codes ``0`` none, ``1`` terminated, ``2``
+                truncated; scalar or ``[n]``.
+            n: The number of steps.
+
+        Returns:
+            ``[n]`` int64 end codes on CPU.
+
+        Raises:
+            InvalidArgumentError: For a bad shape or code.
+
+        Example:
+            >>> Table.validate_ends(True, 2).tolist()
+            [1, 1]
+        """
+        return _end_column(ends, n, torch.device("cpu"))
+
+    @staticmethod
+    def validate_priorities(priorities: Any, n: int) -> torch.Tensor:
+        """Check priorities as :meth:`extend` and :meth:`update_priorities` do, without a table.
+
+        Args:
+            priorities: A scalar or ``[n]`` values, each finite and > 0.
+            n: The number of items.
+
+        Returns:
+            ``[n]`` float64 priorities on CPU.
+
+        Raises:
+            InvalidArgumentError: For a bad shape or a value that is not finite and > 0.
+
+        Example:
+            >>> Table.validate_priorities(2.0, 3).tolist()
+            [2.0, 2.0, 2.0]
+        """
+        p = torch.as_tensor(priorities, dtype=torch.float64).detach().cpu()
+        if p.dim() == 0:
+            p = p.expand(n).clone()
+        if p.shape != (n,):
+            raise InvalidArgumentError(
+                f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
+            )
+        _check_priority_values(p)
+        return p
+
+
+@dataclass(frozen=True)
+class LiveSteps:
+    """The live steps of a table in write order, from :meth:`Table.live_steps`.
+
+    Attributes:
+        data: ``name -> [N, *shape]`` values of every field.
+        streams: ``[N]`` int64 stream of each step.
+        ends: ``[N]`` int64 end code of each step.
+        priorities: ``[N]`` float64 priority of the item each step completes.
+        inserts: The rate limiter's insert counter.
+        samples: The rate limiter's sample counter.
+    """
+
+    data: dict[str, torch.Tensor]
+    streams: torch.Tensor
+    ends: torch.Tensor
+    priorities: torch.Tensor
+    inserts: int
+    samples: int
 
 
 def _preset_capacity(size: int, sequence_length: int) -> int:
