@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replaydb.errors import InvalidArgumentError, ReplayError, SpecMismatchError
-from replaydb.spec import Field, Spec, dtype_from_name, dtype_name, flatten, unflatten
+from replaydb.spec import (
+    Field,
+    Spec,
+    dtype_from_name,
+    dtype_name,
+    flatten,
+    flatten_gym,
+    unflatten,
+)
 from strategies import DTYPES, MIXED_SPEC, make_batch, nests, spec_and_batch, specs
 
 spaces = gym.spaces
@@ -249,7 +257,7 @@ def test_from_gym_tuple_space_uses_indices() -> None:
     )
 
 
-def test_from_gym_dict_space_is_flattened() -> None:
+def test_from_gym_dict_space_is_flattened_under_its_name() -> None:
     space = spaces.Dict(
         {
             "pos": spaces.Box(-1, 1, (2,)),
@@ -259,14 +267,39 @@ def test_from_gym_dict_space_is_flattened() -> None:
     )
     spec = Spec.from_gym(space)
     # Gymnasium sorts the keys of a plain dict; the spec follows the space's order.
-    assert list(spec) == ["inner.hum", "inner.temp", "pair.0", "pair.1", "pos"]
+    assert list(spec) == [
+        "observation.inner.hum",
+        "observation.inner.temp",
+        "observation.pair.0",
+        "observation.pair.1",
+        "observation.pos",
+    ]
     assert dict(spec) == {
-        "pos": Field((2,), torch.float32),
-        "inner.temp": Field((), torch.float32),
-        "inner.hum": Field((), torch.int64),
-        "pair.0": Field((), torch.int64),
-        "pair.1": Field((3,), torch.int8),
+        "observation.pos": Field((2,), torch.float32),
+        "observation.inner.temp": Field((), torch.float32),
+        "observation.inner.hum": Field((), torch.int64),
+        "observation.pair.0": Field((), torch.int64),
+        "observation.pair.1": Field((3,), torch.int8),
     }
+
+
+def test_from_gym_dict_and_tuple_follow_one_naming_rule() -> None:
+    # The rule: a space is named `name`, Dict parts `name.key`, Tuple parts `name.i`,
+    # the names flatten({name: sample}) gives, at every depth and for both kinds.
+    space = spaces.Dict(
+        {"img": spaces.Box(0, 255, (2, 2), np.uint8), "t": spaces.Tuple((spaces.Discrete(2),))}
+    )
+    as_tuple = spaces.Tuple((spaces.Dict({"img": spaces.Box(0, 1, (2,))}), spaces.Discrete(3)))
+    for sp in (space, as_tuple):
+        spec = Spec.from_gym(sp, "obs")
+        assert list(spec) == list(flatten_gym(sp.sample(), "obs"))
+    assert list(Spec.from_gym(space, "obs")) == ["obs.img", "obs.t.0"]
+    assert list(Spec.from_gym(as_tuple, "obs")) == ["obs.0.img", "obs.1"]
+
+
+def test_from_gym_rejects_a_bad_name() -> None:
+    with pytest.raises(InvalidArgumentError, match="name must be a non-empty string"):
+        Spec.from_gym(spaces.Box(0, 1, (2,)), "")
 
 
 def test_from_gym_nested_dicts_with_the_same_leaf_names_stay_apart() -> None:
@@ -276,7 +309,7 @@ def test_from_gym_nested_dicts_with_the_same_leaf_names_stay_apart() -> None:
             "right": spaces.Dict({"x": spaces.Box(0, 1, (2,))}),
         }
     )
-    assert Spec.from_gym(space) == Spec({"left.x": (1,), "right.x": (2,)})
+    assert Spec.from_gym(space, "o") == Spec({"o.left.x": (1,), "o.right.x": (2,)})
 
 
 def test_from_gym_mapping_of_spaces() -> None:

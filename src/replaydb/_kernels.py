@@ -140,12 +140,13 @@ def _compile() -> SimpleNamespace | None:
         return rows, ends
 
     @jit
-    def live_updates(keys: Any, pri: Any, item_key: Any, priority: Any) -> Any:
-        # Validate every priority first (nothing is written if one is bad), then
-        # keep and write the (slot, priority) pairs whose key still names its item.
+    def live_updates(keys: Any, pri: Any, item_key: Any, priority: Any, limit: float) -> Any:
+        # Validate every priority first (nothing is written if one is bad: finite,
+        # > 0 and <= limit), then keep and write the (slot, priority) pairs whose
+        # key still names its item.
         n = keys.shape[0]
         for j in range(n):
-            if not (pri[j] > 0.0 and pri[j] < np.inf):  # NaN fails both
+            if not (pri[j] > 0.0 and pri[j] < np.inf and pri[j] <= limit):  # NaN fails
                 return np.empty(0, np.int64), np.empty(0, np.float64), 0.0, j
         cap = item_key.shape[0]
         slots = np.empty(n, np.int64)
