@@ -13,6 +13,7 @@ against other replay libraries::
     ├── RateLimiterTimeout (TimeoutError)   a blocked insert/sample ran past its timeout
     ├── WouldBlockForeverError (RuntimeError)  a call that no other thread can ever unblock
     ├── ClosedError (RuntimeError)          a call on a closed manager, dataset or server
+    ├── DeviceError (RuntimeError)          a device that does not exist or is not usable here
     ├── InsufficientMemoryError (MemoryError)  a table or sample larger than the free memory
     └── MissingDependencyError (ImportError)   an optional extra that is not installed
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "ClosedError",
+    "DeviceError",
     "InsufficientMemoryError",
     "InvalidArgumentError",
     "InvalidTypeError",
@@ -74,6 +76,14 @@ class WouldBlockForeverError(ReplayError, RuntimeError):
 
 class ClosedError(ReplayError, RuntimeError):
     """A call was made on an object that has been closed."""
+
+
+class DeviceError(ReplayError, RuntimeError):
+    """A device string that names no device, or a device this process cannot use.
+
+    For example ``"garbage"``, ``"meta"`` (no data), or ``"cuda"`` on a host without
+    a GPU. A ``RuntimeError``, as torch raises for the same devices.
+    """
 
 
 class InsufficientMemoryError(ReplayError, MemoryError):

@@ -616,7 +616,17 @@ def _coerce(
     lo, hi = _int_range(dst)
     src_lo, src_hi = _int_range(t.dtype)
     if (src_lo < lo or src_hi > hi) and t.numel():
-        vmin, vmax = (int(v) for v in torch.aminmax(t.reshape(-1).to(torch.int64)))
+        flat = t.reshape(-1)
+        if t.dtype == torch.uint64:
+            # Same bits as int64: values >= 2**63 read as negative, and fit no field.
+            flat = flat.view(torch.int64)
+            if bool((flat < 0).any()):
+                raise SpecMismatchError(
+                    f"field {name!r}: value {int(flat[flat < 0][0]) + 2**64} does not fit "
+                    f"dtype {dtype_name(dst)} (range [{lo}, {hi}]); convert it yourself, or "
+                    "pass cast='unsafe' to store it wrapped as torch's .to() does"
+                )
+        vmin, vmax = (int(v) for v in torch.aminmax(flat.to(torch.int64)))
         if vmin < lo or vmax > hi:
             bad = vmin if vmin < lo else vmax
             raise SpecMismatchError(

@@ -35,7 +35,12 @@ import numpy as np
 import torch
 
 from replaydb import _kernels
-from replaydb.errors import InsufficientMemoryError, InvalidArgumentError, InvalidTypeError
+from replaydb.errors import (
+    DeviceError,
+    InsufficientMemoryError,
+    InvalidArgumentError,
+    InvalidTypeError,
+)
 from replaydb.spec import Spec, dtype_name
 
 __all__ = [
@@ -96,7 +101,7 @@ def resolve_device(device: Any) -> torch.device:
 
     Raises:
         InvalidTypeError: If ``device`` is not a string, int or ``torch.device``.
-        InvalidArgumentError: If the string is not a device, the device is ``meta``
+        DeviceError: If the string is not a device, the device is ``meta``
             (no data), or it is not available here (CUDA without a GPU, a GPU index
             past the last one).
 
@@ -112,7 +117,7 @@ def resolve_device(device: Any) -> torch.device:
         try:
             dev = torch.device(device)
         except (RuntimeError, ValueError) as exc:
-            raise InvalidArgumentError(
+            raise DeviceError(
                 f"device {device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'"
             ) from exc
     else:
@@ -123,18 +128,16 @@ def resolve_device(device: Any) -> torch.device:
     if dev.type == "cpu":
         return dev
     if dev.type == "meta":
-        raise InvalidArgumentError(
-            f"device {device!r}: the meta device holds no data; use 'cpu' or 'cuda'"
-        )
+        raise DeviceError(f"device {device!r}: the meta device holds no data; use 'cpu' or 'cuda'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InvalidArgumentError(
+            raise DeviceError(
                 f"device {device!r}: CUDA is not available in this process (torch "
                 f"{torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu'"
             )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise InvalidArgumentError(
+            raise DeviceError(
                 f"device {device!r}: this machine has {count} CUDA device(s), "
                 f"cuda:0..cuda:{count - 1}"
             )
@@ -142,7 +145,7 @@ def resolve_device(device: Any) -> torch.device:
     try:
         torch.empty(0, device=dev)
     except Exception as exc:  # any backend failure means "not usable here"
-        raise InvalidArgumentError(
+        raise DeviceError(
             f"device {device!r} cannot hold tensors in this process ({type(exc).__name__}); "
             "use 'cpu' or 'cuda'"
         ) from None
@@ -232,8 +235,8 @@ class Storage:
     checks it against the device's free memory (:func:`check_memory`).
 
     Raises:
-        InvalidArgumentError: If ``capacity`` is not a positive int or ``device`` is
-            not usable here.
+        InvalidArgumentError: If ``capacity`` is not a positive int.
+        DeviceError: If ``device`` is not usable here.
         InsufficientMemoryError: If the storage would not fit in free memory.
 
     Example:

@@ -151,8 +151,9 @@ class Table:
     see :func:`~replaydb.storage.check_memory` (``REPLAYDB_MEMORY_CHECK=0`` skips it).
 
     Raises:
-        InvalidArgumentError: For a bad capacity, sequence length, max_times_sampled
-            or device.
+        InvalidArgumentError: For a bad capacity, sequence length or max_times_sampled.
+        DeviceError: For a device that names none or is not usable here (a
+            ``RuntimeError``).
         InvalidTypeError: For a spec, sampler, rate limiter, name or device of the
             wrong kind (e.g. ``sampler="uniform"``).
         InsufficientMemoryError: If the table would not fit in free memory.
