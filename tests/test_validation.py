@@ -304,6 +304,18 @@ def test_float64_overflowing_float32_is_rejected_but_inf_stays_inf() -> None:
     assert table.storage.fields["r"][:4].tolist() == [1.0, math.inf, -math.inf, math.inf]
 
 
+def test_narrowing_float_checks_overflow_not_sums() -> None:
+    half = Table(Spec({"h": ((), "float16")}), 4)
+    with pytest.raises(SpecMismatchError, match="value 70000.0 overflows dtype float16"):
+        half.extend({"h": torch.tensor([1.0, 70000.0])})
+    half.extend({"h": torch.tensor([60000.0, 60000.0])})  # their sum overflows float16
+    big = Table(Spec({"f": ()}), 4)
+    big.extend({"f": np.full(4, 3e38)})  # each fits float32, their float32 sum does not
+    assert big.storage.fields["f"].tolist() == pytest.approx([3e38] * 4, rel=1e-6)
+    big.extend({"f": np.array([math.nan])})
+    assert math.isnan(big.storage.fields["f"][0].item())
+
+
 INT_DTYPES = ["uint8", "int8", "int16", "int32", "bool"]
 
 

@@ -597,7 +597,17 @@ def _coerce(
     src_float = t.dtype.is_floating_point
     if dst.is_floating_point:
         out = t.to(dst)
-        if src_float and t.element_size() > out.element_size() and bool(torch.isinf(out).any()):
+        # One reduction: the sum is finite when no value became inf; else look closer
+        # (a float32 sum can overflow, or infs and NaNs were in the input already).
+        # Half types sum in float64, where their largest values cannot overflow.
+        if (
+            src_float
+            and t.element_size() > out.element_size()
+            and out.numel()
+            and not math.isfinite(
+                out.sum(dtype=torch.float64 if out.element_size() < 4 else None).item()
+            )
+        ):
             overflow = torch.isinf(out) & torch.isfinite(t)
             if bool(overflow.any()):
                 bad = float(t[overflow].reshape(-1)[0])
