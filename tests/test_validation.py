@@ -92,9 +92,11 @@ BAD_FIELD_VALUES: dict[str, tuple[Callable[[int], Any], Callable[[], Any], str]]
 
 @pytest.mark.parametrize("kind", sorted(BAD_FIELD_VALUES))
 @pytest.mark.parametrize("sequence_length", [1, 3])
-def test_a_bad_last_field_leaves_a_full_table_unchanged(kind: str, sequence_length: int) -> None:
+def test_a_bad_last_field_leaves_a_full_table_unchanged(
+    kind: str, sequence_length: int, device: torch.device
+) -> None:
     make_batch, make_one, message = BAD_FIELD_VALUES[kind]
-    table = Table(SPEC, 6, sequence_length=sequence_length)
+    table = Table(SPEC, 6, sequence_length=sequence_length, device=device)
     table.extend(batch(6))  # full: the next write would overwrite row 0
     before = state(table)
     with pytest.raises(SpecMismatchError, match=f"field 'step'.*{message}"):
@@ -260,8 +262,8 @@ def test_negative_or_nan_timeouts_are_rejected(timeout: float) -> None:
 U8 = Spec({"x": ((), "uint8")})
 
 
-def test_int64_300_into_uint8_is_rejected_unless_cast_unsafe() -> None:
-    table = Table(U8, 4)
+def test_int64_300_into_uint8_is_rejected_unless_cast_unsafe(device: torch.device) -> None:
+    table = Table(U8, 4, device=device)
     with pytest.raises(SpecMismatchError, match=r"field 'x': value 300 does not fit dtype uint8"):
         table.extend({"x": torch.tensor([3, 300])})
     with pytest.raises(SpecMismatchError, match=r"value -1 does not fit"):
@@ -306,7 +308,7 @@ def test_float64_overflowing_float32_is_rejected_but_inf_stays_inf() -> None:
 
 def test_narrowing_float_checks_overflow_not_sums() -> None:
     half = Table(Spec({"h": ((), "float16")}), 4)
-    with pytest.raises(SpecMismatchError, match="value 70000.0 overflows dtype float16"):
+    with pytest.raises(SpecMismatchError, match=r"value 70000\.0 overflows dtype float16"):
         half.extend({"h": torch.tensor([1.0, 70000.0])})
     half.extend({"h": torch.tensor([60000.0, 60000.0])})  # their sum overflows float16
     big = Table(Spec({"f": ()}), 4)
@@ -340,20 +342,28 @@ def test_checked_integer_casts_store_exactly_or_raise(dst: str, values: list[int
 
 
 # -------------------------------------------- item 11: keys and priorities
-def _prioritized_table(numba: bool = True) -> Table:
-    _kernels.use(numba)
-    table = Table(Spec({"x": ()}), 8, sampler=Prioritized(alpha=1.0, eps=0.0, seed=0))
+@pytest.fixture(params=["numba", "numpy", pytest.param("cuda", marks=pytest.mark.gpu)])
+def path(request: pytest.FixtureRequest) -> str:
+    """The three update paths: compiled kernels, numpy views (CPU), torch (GPU)."""
+    return str(request.param)
+
+
+def _prioritized_table(path: str = "numba") -> Table:
+    _kernels.use(path == "numba")
+    device = "cuda" if path == "cuda" else "cpu"
+    table = Table(
+        Spec({"x": ()}), 8, sampler=Prioritized(alpha=1.0, eps=0.0, seed=0), device=device
+    )
     _kernels.use(True)
     table.extend({"x": torch.zeros(6)})
     return table
 
 
-@pytest.mark.parametrize("numba", [True, False])
 @pytest.mark.parametrize(
     "keys", [[0.5, 4.5], np.array([0.0, 4.5]), torch.tensor([0.5, 4.0]), [math.nan, 1.0]]
 )
-def test_non_integral_keys_are_rejected(numba: bool, keys: Any) -> None:
-    table = _prioritized_table(numba)
+def test_non_integral_keys_are_rejected(path: str, keys: Any) -> None:
+    table = _prioritized_table(path)
     before = state(table)
     with pytest.raises(InvalidArgumentError, match="keys must be whole numbers"):
         table.update_priorities(keys, [2.0, 3.0])
@@ -366,10 +376,9 @@ def test_integral_float_keys_are_accepted() -> None:
     assert table._priority[:6].tolist() == [2.0, 1.0, 1.0, 1.0, 3.0, 1.0]
 
 
-@pytest.mark.parametrize("numba", [True, False])
 @pytest.mark.parametrize("how", ["update", "extend", "insert"])
-def test_priorities_that_would_overflow_the_sum_tree_are_rejected(numba: bool, how: str) -> None:
-    table = _prioritized_table(numba)
+def test_priorities_that_would_overflow_the_sum_tree_are_rejected(path: str, how: str) -> None:
+    table = _prioritized_table(path)
     sampler = table.sampler
     assert isinstance(sampler, Prioritized)
     before = state(table)
@@ -384,9 +393,8 @@ def test_priorities_that_would_overflow_the_sum_tree_are_rejected(numba: bool, h
     assert math.isfinite(sampler.tree.total)
 
 
-@pytest.mark.parametrize("numba", [True, False])
-def test_a_tree_full_of_the_largest_priority_stays_finite(numba: bool) -> None:
-    table = _prioritized_table(numba)
+def test_a_tree_full_of_the_largest_priority_stays_finite(path: str) -> None:
+    table = _prioritized_table(path)
     sampler = table.sampler
     assert isinstance(sampler, Prioritized)
     table.extend({"x": torch.zeros(2)})  # all 8 slots hold an item
@@ -479,3 +487,20 @@ def test_gpu_preflight_uses_mem_get_info(monkeypatch: pytest.MonkeyPatch) -> Non
     check_memory(2**30, cuda, "a table", "use less")
     with pytest.raises(InsufficientMemoryError, match=r"needs 4.00 GiB on cuda, .*3.00 GiB"):
         check_memory(4 * 2**30, cuda, "a table", "use less")
+
+
+@pytest.mark.gpu
+def test_a_cuda_index_past_the_last_device_is_a_device_error() -> None:
+    with pytest.raises(DeviceError, match=r"device 'cuda:99': this machine has \d+ CUDA device"):
+        Table(SPEC, 4, device="cuda:99")
+
+
+@pytest.mark.gpu
+def test_a_table_larger_than_gpu_memory_is_rejected_before_allocating() -> None:
+    free = available_memory(torch.device("cuda"))
+    assert free is not None and free > 0
+    rows = free // 1024 + 1024  # just over the free memory at 1 KiB a row
+    t0 = time.monotonic()
+    with pytest.raises(InsufficientMemoryError, match=r"on cuda.*is available"):
+        Table(Spec({"x": ((1024,), "uint8")}), int(rows), device="cuda")
+    assert time.monotonic() - t0 < 5.0
