@@ -163,6 +163,38 @@ def test_arguments_of_the_wrong_kind_are_type_errors_naming_the_argument(
     assert_unchanged(table, before)
 
 
+class MappingLike:
+    """A TensorDict-like batch: keys, items and values, but not a registered Mapping."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def keys(self) -> Any:
+        return self._data.keys()
+
+    def values(self) -> Any:
+        return self._data.values()
+
+    def items(self) -> Any:
+        return self._data.items()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+
+def test_mapping_like_batches_such_as_tensordicts_are_still_accepted() -> None:
+    table = Table(SPEC, 8)
+    table.extend(MappingLike(batch(3)))  # type: ignore[arg-type]
+    table.insert(MappingLike({"obs": [1.0, 2.0], "step": 7}))  # type: ignore[arg-type]
+    assert table.num_steps == 4
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

@@ -383,7 +383,7 @@ class Spec(Mapping[str, Field]):
             >>> Spec({"x": ((), "uint8")}).coerce_batch({"x": [1, 2]})[1]
             2
         """
-        if not isinstance(data, Mapping):
+        if not isinstance(data, Mapping) and not hasattr(data, "keys"):  # TensorDict-like ok
             raise InvalidTypeError(
                 f"a batch must be a mapping of field name -> values, got "
                 f"{type(data).__name__}; pass e.g. {{{', '.join(repr(k) for k in self._fields)}}}"
@@ -444,7 +444,7 @@ class Spec(Mapping[str, Field]):
             >>> Spec({"x": (2,)}).coerce_step({"x": [1.0, 2.0]})["x"].shape
             torch.Size([1, 2])
         """
-        if not isinstance(data, Mapping):
+        if not isinstance(data, Mapping) and not hasattr(data, "keys"):  # TensorDict-like ok
             raise InvalidTypeError(
                 f"a step must be a mapping of field name -> value, got {type(data).__name__}; "
                 f"pass e.g. {{{', '.join(repr(k) for k in self._fields)}}} -> values"

@@ -423,7 +423,7 @@ class Table:
             >>> table.extend({"x": torch.tensor([1, 300])}, cast="unsafe"); len(table)
             2
         """
-        if not isinstance(steps, Mapping):
+        if not isinstance(steps, Mapping) and not hasattr(steps, "keys"):  # TensorDict ok
             raise InvalidTypeError(
                 f"steps must be a mapping of field name -> [N, *shape] values, got "
                 f"{type(steps).__name__}; e.g. table.extend({{{_field_hint(self.spec)}}})"
@@ -459,7 +459,7 @@ class Table:
             >>> table.insert({"x": [1.0, 2.0]}); len(table)
             1
         """
-        if not isinstance(step, Mapping):
+        if not isinstance(step, Mapping) and not hasattr(step, "keys"):
             raise InvalidTypeError(
                 f"step must be a mapping of field name -> value, got {type(step).__name__}; "
                 f"e.g. table.insert({{{_field_hint(self.spec)}}})"
