@@ -536,3 +536,51 @@ def test_a_table_larger_than_gpu_memory_is_rejected_before_allocating() -> None:
     with pytest.raises(InsufficientMemoryError, match=r"on cuda.*is available"):
         Table(Spec({"x": ((1024,), "uint8")}), int(rows), device="cuda")
     assert time.monotonic() - t0 < 5.0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,
+        {"type": ["Uniform"]},
+        {"type": "Uniform", "sed": 3},
+        {"type": "Prioritized", "alpha": "x"},
+        {"type": "Uniform", "seed": "x"},
+    ],
+)
+def test_bad_sampler_configs_are_invalid_argument_errors(config: Any) -> None:
+    from replaydb.samplers import sampler_from_config
+
+    with pytest.raises(InvalidArgumentError):
+        sampler_from_config(config)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        5,
+        {"type": {}},
+        {"type": "MinSize", "size": 3},
+        {
+            "type": "RateLimiter",
+            "samples_per_insert": 1,
+            "min_size_to_sample": 1,
+            "min_diff": "lots",
+            "max_diff": "inf",
+        },
+        {"type": "Queue", "size": "x"},
+    ],
+)
+def test_bad_rate_limiter_configs_are_invalid_argument_errors(config: Any) -> None:
+    from replaydb.rate_limiters import rate_limiter_from_config
+
+    with pytest.raises(InvalidArgumentError):
+        rate_limiter_from_config(config)
+
+
+def test_capacity_past_what_a_tensor_addresses_is_rejected_even_without_the_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(MEMORY_CHECK_ENV, "0")
+    with pytest.raises(InvalidArgumentError, match="capacity 4611686018427387904 is too large"):
+        Table(SPEC, 2**62)

@@ -328,19 +328,36 @@ _LIMITERS: dict[str, type[RateLimiter]] = {
 def rate_limiter_from_config(config: Mapping[str, Any]) -> RateLimiter:
     """Rebuild a limiter from its ``config()``.
 
+    Raises:
+        InvalidArgumentError: If the config is not a mapping, names an unknown type,
+            or its parameters do not fit the type.
+
     Example:
         >>> rate_limiter_from_config({"type": "MinSize", "min_size": 5})
         MinSize(min_size=5)
     """
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(
+            f"a rate limiter config must be a mapping with a 'type' key, got {config!r}"
+        )
     params = dict(config)
     kind = params.pop("type", None)
-    if kind not in _LIMITERS:
+    if not isinstance(kind, str) or kind not in _LIMITERS:
         raise InvalidArgumentError(
             f"rate limiter type {kind!r} is unknown; expected one of {sorted(_LIMITERS)}"
         )
     for k in ("min_diff", "max_diff"):
         if isinstance(params.get(k), str):
+            if params[k] not in ("inf", "-inf"):
+                raise InvalidArgumentError(
+                    f"rate limiter config: {k} must be a number, 'inf' or '-inf', got {params[k]!r}"
+                )
             params[k] = float(params[k])
     if isinstance(params.get("error_buffer"), list):
         params["error_buffer"] = tuple(params["error_buffer"])
-    return _LIMITERS[kind](**params)
+    try:
+        return _LIMITERS[kind](**{str(k): v for k, v in params.items()})
+    except TypeError as exc:
+        raise InvalidArgumentError(
+            f"rate limiter config {dict(config)!r} does not fit {kind}: {exc}"
+        ) from None

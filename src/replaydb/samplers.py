@@ -125,19 +125,31 @@ def sampler_from_config(config: Mapping[str, Any]) -> Sampler:
     """Rebuild a sampler from its ``config()``.
 
     Raises:
-        InvalidArgumentError: If the type is unknown.
+        InvalidArgumentError: If the config is not a mapping, the type is unknown, or
+            the parameters do not fit the type.
 
     Example:
         >>> sampler_from_config({"type": "Uniform", "seed": 3}).config()
         {'type': 'Uniform', 'seed': 3}
     """
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(
+            f"a sampler config must be a mapping with a 'type' key, got {config!r}"
+        )
     params = dict(config)
     kind = params.pop("type", None)
-    if kind not in _REGISTRY:
+    if not isinstance(kind, str) or kind not in _REGISTRY:
         raise InvalidArgumentError(
             f"sampler type {kind!r} is unknown; expected one of {sorted(_REGISTRY)}"
         )
-    return _REGISTRY[kind](**params)
+    try:
+        return _REGISTRY[kind](**{str(k): v for k, v in params.items()})
+    except TypeError as exc:
+        if isinstance(exc, InvalidArgumentError):
+            raise
+        raise InvalidArgumentError(
+            f"sampler config {dict(config)!r} does not fit {kind}: {exc}"
+        ) from None
 
 
 def check_seed(seed: Any) -> int | None:

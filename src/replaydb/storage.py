@@ -260,6 +260,12 @@ class Storage:
         if capacity <= 0:
             raise InvalidArgumentError(f"capacity must be a positive int, got {capacity}")
         self.device = resolve_device(device)
+        if self.required_nbytes(spec, int(capacity)) >= 2**63:
+            raise InvalidArgumentError(
+                f"capacity {int(capacity)} is too large: {int(capacity)} rows of "
+                f"{spec.step_nbytes} bytes exceed what one tensor can address (2**63 bytes); "
+                "use a smaller capacity"
+            )
         check_memory(
             self.required_nbytes(spec, int(capacity)),
             self.device,
