@@ -391,19 +391,7 @@ class Spec(Mapping[str, Field]):
             )
         if cast != "checked":
             check_cast(cast)
-        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
-        missing = [k for k in self._fields if k not in flat]
-        if missing:
-            raise SpecMismatchError(
-                f"field(s) {missing} missing from the data; the spec expects "
-                f"{list(self._fields)}, got {list(flat)}"
-            )
-        unknown = [k for k in flat if k not in self._fields]
-        if unknown:
-            raise SpecMismatchError(
-                f"field(s) {unknown} are not in the spec; the spec has {list(self._fields)}. "
-                "Remove them or build the table with a spec that includes them."
-            )
+        flat = self._flat_names(data)
         out: dict[str, torch.Tensor] = {}
         n: int | None = None
         first = ""
@@ -451,21 +439,35 @@ class Spec(Mapping[str, Field]):
             )
         if cast != "checked":
             check_cast(cast)
-        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
-        batched: dict[str, Any] = {}
-        for name, value in flat.items():
-            field = self._fields.get(name)
-            if field is None:
-                batched[name] = value
-                continue
-            t = _coerce(name, value, field, device, cast)
+        flat = self._flat_names(data)
+        out: dict[str, torch.Tensor] = {}
+        for name, field in self._fields.items():
+            t = _coerce(name, flat[name], field, device, cast)
             if tuple(t.shape) != field.shape:
                 raise SpecMismatchError(
                     f"field {name!r}: expected one step of shape {field.shape}, "
                     f"got {tuple(t.shape)}"
                 )
-            batched[name] = t.unsqueeze(0)
-        return self.coerce_batch(batched, device, cast=cast)[0]
+            out[name] = t.unsqueeze(0)
+        return out
+
+    def _flat_names(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Flatten nests in ``data``; raise unless it has exactly the spec's fields."""
+        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
+        names = flat.keys()
+        missing = [k for k in self._fields if k not in names]
+        if missing:
+            raise SpecMismatchError(
+                f"field(s) {missing} missing from the data; the spec expects "
+                f"{list(self._fields)}, got {list(names)}"
+            )
+        if len(names) != len(self._fields):
+            unknown = [k for k in names if k not in self._fields]
+            raise SpecMismatchError(
+                f"field(s) {unknown} are not in the spec; the spec has {list(self._fields)}. "
+                "Remove them or build the table with a spec that includes them."
+            )
+        return flat
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:
