@@ -353,13 +353,20 @@ def test_narrowing_float_checks_overflow_not_sums() -> None:
 INT_DTYPES = ["uint8", "int8", "int16", "int32", "bool"]
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.mark.parametrize("numba", [True, False])
+@settings(max_examples=30, deadline=None)
 @given(
     dst=st.sampled_from(INT_DTYPES),
     values=st.lists(st.integers(-(2**40), 2**40) | st.integers(-3, 300), min_size=1, max_size=6),
 )
-def test_checked_integer_casts_store_exactly_or_raise(dst: str, values: list[int]) -> None:
-    """Reference model: a value is accepted iff it fits the field's dtype, then stored exactly."""
+def test_checked_integer_casts_store_exactly_or_raise(
+    numba: bool, dst: str, values: list[int]
+) -> None:
+    """Reference model: a value is accepted iff it fits the field's dtype, then stored exactly.
+
+    Both paths: the compiled one-pass cast and the torch fallback.
+    """
+    _kernels.use(numba)
     lo, hi = (0, 1) if dst == "bool" else (np.iinfo(dst).min, np.iinfo(dst).max)
     table = Table(Spec({"x": ((), dst)}), 8)
     src = torch.tensor(values, dtype=torch.int64)
@@ -584,3 +591,17 @@ def test_capacity_past_what_a_tensor_addresses_is_rejected_even_without_the_chec
     monkeypatch.setenv(MEMORY_CHECK_ENV, "0")
     with pytest.raises(InvalidArgumentError, match="capacity 4611686018427387904 is too large"):
         Table(SPEC, 2**62)
+
+
+@pytest.mark.parametrize("numba", [True, False])
+def test_uint64_values_past_int64_are_rejected_on_both_paths(numba: bool) -> None:
+    _kernels.use(numba)
+    table = Table(Spec({"k": ((), "int64"), "b": ((), "uint8")}), 4)
+    big = np.array([1, 2**63 + 5], dtype=np.uint64)
+    with pytest.raises(SpecMismatchError, match=f"field 'k': value {2**63 + 5} does not fit"):
+        table.extend({"k": big, "b": np.array([1, 2], dtype=np.uint64)})
+    with pytest.raises(SpecMismatchError, match=f"field 'b': value {2**63 + 5} does not fit"):
+        table.extend({"k": np.array([1, 2], dtype=np.uint64), "b": big})
+    table.extend({"k": np.array([1, 2], dtype=np.uint64), "b": np.array([3, 255], dtype=np.uint64)})
+    assert table.storage.fields["b"][:2].tolist() == [3, 255]
+    assert table.num_steps == 2

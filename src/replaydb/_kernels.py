@@ -211,7 +211,22 @@ def _compile() -> SimpleNamespace | None:
             out[j] = cur if cur >= 0 and key[cur % cap] == cur else -1
         return out
 
+    @jit
+    def narrow(src: Any, dst: Any) -> Any:
+        # Spec's checked integer cast in one pass: copy src into a narrower integer
+        # (or bool) dst and return src's min and max; the caller checks them
+        # against dst's range before it uses dst. src has at least one element.
+        lo = src[0]
+        hi = src[0]
+        for i in range(src.shape[0]):
+            v = src[i]
+            lo = min(lo, v)
+            hi = max(hi, v)
+            dst[i] = v
+        return lo, hi
+
     return SimpleNamespace(
+        narrow=narrow,
         link_steps=link_steps,
         walk=walk,
         tree_find=tree_find,

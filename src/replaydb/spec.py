@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb import _kernels
 from replaydb.errors import InvalidArgumentError, InvalidTypeError, SpecMismatchError
 
 __all__ = [
@@ -628,6 +629,21 @@ def _coerce(
     lo, hi = _int_range(dst)
     src_lo, src_hi = _int_range(t.dtype)
     if (src_lo < lo or src_hi > hi) and t.numel():
+        kernels = _kernels.get() if t.device.type == "cpu" else None
+        if kernels is not None:
+            # CPU: convert and find the range in one compiled pass (faster than .to()).
+            out = torch.empty(t.shape, dtype=dst)
+            vmin, vmax = (
+                int(v) for v in kernels.narrow(t.reshape(-1).numpy(), out.view(-1).numpy())
+            )
+            if vmin < lo or vmax > hi:
+                raise SpecMismatchError(
+                    f"field {name!r}: value {vmin if vmin < lo else vmax} does not fit dtype "
+                    f"{dtype_name(dst)} (range [{lo}, {hi}]); convert it yourself, store the "
+                    "field with a wider dtype, or pass cast='unsafe' to store it wrapped as "
+                    "torch's .to() does"
+                )
+            return out
         flat = t.reshape(-1)
         if t.dtype == torch.uint64:
             # Same bits as int64: values >= 2**63 read as negative, and fit no field.
