@@ -605,3 +605,29 @@ def test_uint64_values_past_int64_are_rejected_on_both_paths(numba: bool) -> Non
     table.extend({"k": np.array([1, 2], dtype=np.uint64), "b": np.array([3, 255], dtype=np.uint64)})
     assert table.storage.fields["b"][:2].tolist() == [3, 255]
     assert table.num_steps == 2
+
+
+@pytest.mark.parametrize("numba", [True, False])
+@pytest.mark.parametrize(
+    ("src", "dst", "big"),
+    [
+        (torch.float64, "float32", 1e39),
+        (torch.float64, "float16", 1e5),
+        (torch.float32, "float16", 1e5),
+        (torch.bfloat16, "float16", 1e5),
+        (torch.float64, "bfloat16", 1e300),
+    ],
+)
+def test_float_narrowing_overflow_on_every_path(
+    numba: bool, src: torch.dtype, dst: str, big: float
+) -> None:
+    _kernels.use(numba)
+    table = Table(Spec({"f": ((2,), dst)}), 4)
+    with pytest.raises(SpecMismatchError, match=f"field 'f': value .* overflows dtype {dst}"):
+        table.extend({"f": torch.tensor([[1.0, big], [2.0, 3.0]], dtype=src)})
+    assert table.num_steps == 0
+    ok = torch.tensor([[1.5, -math.inf], [math.nan, 2.0]], dtype=src)
+    table.extend({"f": ok})
+    stored = table.storage.fields["f"][:2].to(torch.float64)
+    assert torch.equal(stored.isnan(), ok.to(torch.float64).isnan())
+    assert stored[0].tolist() == [1.5, -math.inf]

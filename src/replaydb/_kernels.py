@@ -225,8 +225,20 @@ def _compile() -> SimpleNamespace | None:
             dst[i] = v
         return lo, hi
 
+    @jit
+    def narrow_float(src: Any, dst: Any) -> Any:
+        # Spec's checked float cast: copy src into a narrower float dst and count the
+        # infinities in dst (0: no value overflowed; else the caller looks closer,
+        # since src may hold infinities itself). Branch-free, so it vectorizes.
+        hits = 0
+        for i in range(src.shape[0]):
+            dst[i] = src[i]
+            hits += np.isinf(dst[i])
+        return hits
+
     return SimpleNamespace(
         narrow=narrow,
+        narrow_float=narrow_float,
         link_steps=link_steps,
         walk=walk,
         tree_find=tree_find,

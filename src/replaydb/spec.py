@@ -568,11 +568,37 @@ def _to_tensor(name: str, value: Any, device: torch.device | None) -> torch.Tens
         ) from exc
 
 
+_INT_RANGES: dict[torch.dtype, tuple[int, int]] = {torch.bool: (0, 1)}
+
+
 def _int_range(dtype: torch.dtype) -> tuple[int, int]:
-    if dtype == torch.bool:
-        return 0, 1
-    info = torch.iinfo(dtype)
-    return int(info.min), int(info.max)
+    got = _INT_RANGES.get(dtype)
+    if got is None:
+        info = torch.iinfo(dtype)
+        got = _INT_RANGES[dtype] = (int(info.min), int(info.max))
+    return got
+
+
+_FLOAT_MAX: dict[torch.dtype, float] = {}
+
+
+def _float_max(dtype: torch.dtype) -> float:
+    got = _FLOAT_MAX.get(dtype)
+    if got is None:
+        got = _FLOAT_MAX[dtype] = float(torch.finfo(dtype).max)
+    return got
+
+
+def _check_float_overflow(name: str, src: torch.Tensor, out: torch.Tensor) -> None:
+    """Raise if a finite value of ``src`` became infinite in ``out`` (its narrower copy)."""
+    overflow = torch.isinf(out) & torch.isfinite(src)
+    if bool(overflow.any()):
+        bad = float(src[overflow].reshape(-1)[0])
+        raise SpecMismatchError(
+            f"field {name!r}: value {bad} overflows dtype {dtype_name(out.dtype)} "
+            f"(largest {torch.finfo(out.dtype).max:g}); scale it, store the field as "
+            "float64, or pass cast='unsafe' to store it as inf"
+        )
 
 
 def _coerce(
@@ -599,26 +625,26 @@ def _coerce(
         return t.to(dst)
     src_float = t.dtype.is_floating_point
     if dst.is_floating_point:
+        if not (src_float and _float_max(t.dtype) > _float_max(dst)):
+            return t.to(dst)  # ints and bools, or a float of no larger range: no overflow
+        kernels = (
+            _kernels.get()
+            if t.device.type == "cpu" and t.dtype == torch.float64 and dst == torch.float32
+            else None
+        )
+        if kernels is not None:
+            # CPU float64 -> float32: convert and count infinities in one compiled pass.
+            out = torch.empty(t.shape, dtype=dst)
+            if t.numel() and kernels.narrow_float(t.reshape(-1).numpy(), out.view(-1).numpy()):
+                _check_float_overflow(name, t, out)
+            return out
         out = t.to(dst)
         # One reduction: the sum is finite when no value became inf; else look closer
         # (a float32 sum can overflow, or infs and NaNs were in the input already).
         # Half types sum in float64, where their largest values cannot overflow.
-        if (
-            src_float
-            and t.element_size() > out.element_size()
-            and out.numel()
-            and not math.isfinite(
-                out.sum(dtype=torch.float64 if out.element_size() < 4 else None).item()
-            )
-        ):
-            overflow = torch.isinf(out) & torch.isfinite(t)
-            if bool(overflow.any()):
-                bad = float(t[overflow].reshape(-1)[0])
-                raise SpecMismatchError(
-                    f"field {name!r}: value {bad} overflows dtype {dtype_name(dst)} "
-                    f"(largest {torch.finfo(dst).max:g}); scale it, store the field as "
-                    "float64, or pass cast='unsafe' to store it as inf"
-                )
+        wide = torch.float64 if out.element_size() < 4 else None
+        if out.numel() and not math.isfinite(out.sum(dtype=wide).item()):
+            _check_float_overflow(name, t, out)
         return out
     if src_float:
         raise SpecMismatchError(
