@@ -634,8 +634,10 @@ def _coerce(
         )
         if kernels is not None:
             # CPU float64 -> float32: convert and count infinities in one compiled pass.
-            out = torch.empty(t.shape, dtype=dst)
-            if t.numel() and kernels.narrow_float(t.reshape(-1).numpy(), out.view(-1).numpy()):
+            # numpy allocations and views: a fraction of torch's per-call cost.
+            out_np = np.empty(t.shape, np.float32)
+            out = torch.from_numpy(out_np)
+            if t.numel() and kernels.narrow_float(t.numpy().reshape(-1), out_np.reshape(-1)):
                 _check_float_overflow(name, t, out)
             return out
         out = t.to(dst)
@@ -659,9 +661,8 @@ def _coerce(
         if kernels is not None:
             # CPU: convert and find the range in one compiled pass (faster than .to()).
             out = torch.empty(t.shape, dtype=dst)
-            vmin, vmax = (
-                int(v) for v in kernels.narrow(t.reshape(-1).numpy(), out.view(-1).numpy())
-            )
+            src_np, out_np = t.numpy().reshape(-1), out.numpy().reshape(-1)
+            vmin, vmax = (int(v) for v in kernels.narrow(src_np, out_np))
             if vmin < lo or vmax > hi:
                 raise SpecMismatchError(
                     f"field {name!r}: value {vmin if vmin < lo else vmax} does not fit dtype "
