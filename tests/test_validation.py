@@ -412,7 +412,9 @@ def test_non_integral_keys_are_rejected(path: str, keys: Any) -> None:
 def test_integral_float_keys_are_accepted() -> None:
     table = _prioritized_table()
     assert table.update_priorities([0.0, 4.0], [2.0, 3.0]) == 2
-    assert table._priority[:6].tolist() == [2.0, 1.0, 1.0, 1.0, 3.0, 1.0]
+    assert table.update_priorities(torch.tensor([1], dtype=torch.int32), [5.0]) == 1
+    assert table.update_priorities(np.array([2], dtype=np.uint16), [6.0]) == 1
+    assert table._priority[:6].tolist() == [2.0, 5.0, 6.0, 1.0, 3.0, 1.0]
 
 
 @pytest.mark.parametrize("how", ["update", "extend", "insert"])

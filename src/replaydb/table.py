@@ -1236,10 +1236,10 @@ def _check_keys(keys: Any) -> None:
     """Raise unless ``keys`` are whole numbers (ints, or floats with integral values)."""
     if isinstance(keys, torch.Tensor):
         dt = keys.dtype
-        if dt in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            return
-        if dt == torch.bool or dt.is_complex or not dt.is_floating_point:
+        if dt == torch.bool or dt.is_complex:
             raise _kind_error("keys", keys, "integer item keys (Sample.keys)")
+        if not dt.is_floating_point:
+            return
         k = keys.detach()
         bad = ~torch.isfinite(k) | (k != k.trunc())
         if bool(bad.any()):
