@@ -7,8 +7,13 @@ dotted names such as ``observation.temp``; :func:`flatten` and :func:`unflatten`
 convert between the two forms.
 
 Every value entering a table is checked here, whole, before anything is written:
-:meth:`Spec.coerce_batch` returns tensors of the right dtype on the right device or
-raises a :class:`~replaydb.errors.SpecMismatchError` naming the field.
+:meth:`Spec.coerce_batch` returns dense tensors of the right dtype on the right
+device or raises a :class:`~replaydb.errors.SpecMismatchError` naming the field.
+Casts are *checked* by default: a conversion that would change a value (int64
+``300`` into ``uint8``, a float into an integer field, a finite float64 that
+overflows float32) is rejected unless the caller passes ``cast="unsafe"``. The
+checks are one vectorized pass per converted field (a compiled one on CPU, which
+converts at the same time), and cost nothing when the dtypes already match.
 """
 
 from __future__ import annotations

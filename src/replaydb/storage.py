@@ -22,6 +22,14 @@ the key is *live* while ``key[k % capacity] == k``. The ring overwrites oldest
 first, so when the first step of a window is live, every later step of it is too.
 Windows of consecutive steps are gathered by following ``next`` links, so many
 streams can write interleaved and no step is stored twice.
+
+Memory preflight
+----------------
+A storage computes its size (:meth:`Storage.required_nbytes`: ``capacity * (step
+bytes + 40)``) before allocating and raises
+:class:`~replaydb.errors.InsufficientMemoryError` when that exceeds the device's
+free memory (:func:`available_memory`: psutil or ``/proc/meminfo`` for RAM,
+``torch.cuda.mem_get_info`` for a GPU). ``REPLAYDB_MEMORY_CHECK=0`` skips the check.
 """
 
 from __future__ import annotations
