@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replaydb.errors import InvalidArgumentError, ReplayError, SpecMismatchError
-from replaydb.spec import Field, Spec, dtype_from_name, dtype_name, flatten, unflatten
+from replaydb.spec import (
+    Field,
+    Spec,
+    dtype_from_name,
+    dtype_name,
+    flatten,
+    flatten_gym,
+    unflatten,
+)
 from strategies import DTYPES, MIXED_SPEC, make_batch, nests, spec_and_batch, specs
 
 spaces = gym.spaces
@@ -249,7 +257,7 @@ def test_from_gym_tuple_space_uses_indices() -> None:
     )
 
 
-def test_from_gym_dict_space_is_flattened() -> None:
+def test_from_gym_dict_space_is_flattened_under_its_name() -> None:
     space = spaces.Dict(
         {
             "pos": spaces.Box(-1, 1, (2,)),
@@ -259,14 +267,39 @@ def test_from_gym_dict_space_is_flattened() -> None:
     )
     spec = Spec.from_gym(space)
     # Gymnasium sorts the keys of a plain dict; the spec follows the space's order.
-    assert list(spec) == ["inner.hum", "inner.temp", "pair.0", "pair.1", "pos"]
+    assert list(spec) == [
+        "observation.inner.hum",
+        "observation.inner.temp",
+        "observation.pair.0",
+        "observation.pair.1",
+        "observation.pos",
+    ]
     assert dict(spec) == {
-        "pos": Field((2,), torch.float32),
-        "inner.temp": Field((), torch.float32),
-        "inner.hum": Field((), torch.int64),
-        "pair.0": Field((), torch.int64),
-        "pair.1": Field((3,), torch.int8),
+        "observation.pos": Field((2,), torch.float32),
+        "observation.inner.temp": Field((), torch.float32),
+        "observation.inner.hum": Field((), torch.int64),
+        "observation.pair.0": Field((), torch.int64),
+        "observation.pair.1": Field((3,), torch.int8),
     }
+
+
+def test_from_gym_dict_and_tuple_follow_one_naming_rule() -> None:
+    # The rule: a space is named `name`, Dict parts `name.key`, Tuple parts `name.i`,
+    # the names flatten({name: sample}) gives, at every depth and for both kinds.
+    space = spaces.Dict(
+        {"img": spaces.Box(0, 255, (2, 2), np.uint8), "t": spaces.Tuple((spaces.Discrete(2),))}
+    )
+    as_tuple = spaces.Tuple((spaces.Dict({"img": spaces.Box(0, 1, (2,))}), spaces.Discrete(3)))
+    for sp in (space, as_tuple):
+        spec = Spec.from_gym(sp, "obs")
+        assert list(spec) == list(flatten_gym(sp.sample(), "obs"))
+    assert list(Spec.from_gym(space, "obs")) == ["obs.img", "obs.t.0"]
+    assert list(Spec.from_gym(as_tuple, "obs")) == ["obs.0.img", "obs.1"]
+
+
+def test_from_gym_rejects_a_bad_name() -> None:
+    with pytest.raises(InvalidArgumentError, match="name must be a non-empty string"):
+        Spec.from_gym(spaces.Box(0, 1, (2,)), "")
 
 
 def test_from_gym_nested_dicts_with_the_same_leaf_names_stay_apart() -> None:
@@ -276,7 +309,88 @@ def test_from_gym_nested_dicts_with_the_same_leaf_names_stay_apart() -> None:
             "right": spaces.Dict({"x": spaces.Box(0, 1, (2,))}),
         }
     )
-    assert Spec.from_gym(space) == Spec({"left.x": (1,), "right.x": (2,)})
+    assert Spec.from_gym(space, "o") == Spec({"o.left.x": (1,), "o.right.x": (2,)})
+
+
+class NestedObsEnv(gym.Env):  # type: ignore[misc]
+    """Five steps an episode; step t observes img = t everywhere and pos = (t, -t) / 10."""
+
+    def __init__(self, kind: str = "dict") -> None:
+        img = spaces.Box(0, 255, (3, 3), np.uint8)
+        pos = spaces.Box(-1, 1, (2,), np.float32)
+        self.kind = kind
+        self.observation_space = (
+            spaces.Dict({"img": img, "pos": pos})
+            if kind == "dict"
+            else spaces.Tuple((img, spaces.Dict({"pos": pos})))
+        )
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+
+    def _obs(self) -> object:
+        img = np.full((3, 3), self.t, np.uint8)
+        pos = np.array([self.t, -self.t], np.float32) / 10
+        return {"img": img, "pos": pos} if self.kind == "dict" else (img, {"pos": pos})
+
+    def reset(self, *, seed: int | None = None, options: object = None) -> tuple[object, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[object, float, bool, bool, dict]:
+        self.t += 1
+        return self._obs(), 1.0, self.t >= 5, False, {}
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_warm_and_collector_work_on_dict_and_tuple_observation_spaces(kind: str) -> None:
+    from replaydb.collect import Collector, step_spec, warm
+    from replaydb.table import Table
+
+    spec = step_spec(NestedObsEnv(kind))
+    img, pos = (
+        ("observation.img", "observation.pos")
+        if kind == "dict"
+        else ("observation.0", "observation.1.pos")
+    )
+    assert list(spec)[:2] == [img, pos]
+    assert spec[img] == Field((3, 3), torch.uint8)
+    table = Table(spec, 64, sequence_length=2)
+    stats = warm(
+        table, "random", 40, num_envs=2, env=lambda: NestedObsEnv(kind), seed=0, progress=False
+    )
+    assert table.num_steps == 40 and stats.episodes > 0
+    with Collector(table, "random", num_envs=2, env=lambda: NestedObsEnv(kind), seed=1) as c:
+        c.collect(10, progress=False)
+    f = table.storage.fields
+    # Every stored row pairs the parts of one observation (img = t, pos = t / 10).
+    t_img = f[img][:50, 0, 0].to(torch.float32)
+    assert torch.equal(t_img, (f[pos][:50, 0] * 10).round())
+    assert torch.equal(f[pos][:50, 1], -f[pos][:50, 0])
+    sample = table.sample(8)
+    assert sample[img].shape == (8, 2, 3, 3) and sample[pos].shape == (8, 2, 2)
+
+
+def test_transitions_tables_store_next_observations_of_dict_spaces() -> None:
+    from replaydb.collect import warm
+    from replaydb.table import Table
+
+    spec = Spec(
+        {
+            "observation.img": ((3, 3), torch.uint8),
+            "observation.pos": (2,),
+            "action": ((), torch.int64),
+            "next_observation.img": ((3, 3), torch.uint8),
+            "next_observation.pos": (2,),
+            "done": ((), torch.bool),
+        }
+    )
+    table = Table(spec, 30)
+    warm(table, "random", 30, num_envs=3, env=NestedObsEnv, seed=0, progress=False)
+    f = table.storage.fields
+    now, nxt = f["observation.img"][:, 0, 0].long(), f["next_observation.img"][:, 0, 0].long()
+    assert torch.equal(nxt, now + 1)  # the real next observation, also at episode ends
+    assert torch.equal(f["done"], nxt == 5)
 
 
 def test_from_gym_mapping_of_spaces() -> None:

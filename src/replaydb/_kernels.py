@@ -140,12 +140,13 @@ def _compile() -> SimpleNamespace | None:
         return rows, ends
 
     @jit
-    def live_updates(keys: Any, pri: Any, item_key: Any, priority: Any) -> Any:
-        # Validate every priority first (nothing is written if one is bad), then
-        # keep and write the (slot, priority) pairs whose key still names its item.
+    def live_updates(keys: Any, pri: Any, item_key: Any, priority: Any, limit: float) -> Any:
+        # Validate every priority first (nothing is written if one is bad: finite,
+        # > 0 and <= limit), then keep and write the (slot, priority) pairs whose
+        # key still names its item.
         n = keys.shape[0]
         for j in range(n):
-            if not (pri[j] > 0.0 and pri[j] < np.inf):  # NaN fails both
+            if not (pri[j] > 0.0 and pri[j] < np.inf and pri[j] <= limit):  # NaN fails
                 return np.empty(0, np.int64), np.empty(0, np.float64), 0.0, j
         cap = item_key.shape[0]
         slots = np.empty(n, np.int64)
@@ -210,7 +211,34 @@ def _compile() -> SimpleNamespace | None:
             out[j] = cur if cur >= 0 and key[cur % cap] == cur else -1
         return out
 
+    @jit
+    def narrow(src: Any, dst: Any) -> Any:
+        # Spec's checked integer cast in one pass: copy src into a narrower integer
+        # (or bool) dst and return src's min and max; the caller checks them
+        # against dst's range before it uses dst. src has at least one element.
+        lo = src[0]
+        hi = src[0]
+        for i in range(src.shape[0]):
+            v = src[i]
+            lo = min(lo, v)
+            hi = max(hi, v)
+            dst[i] = v
+        return lo, hi
+
+    @jit
+    def narrow_float(src: Any, dst: Any) -> Any:
+        # Spec's checked float cast: copy src into a narrower float dst and count the
+        # infinities in dst (0: no value overflowed; else the caller looks closer,
+        # since src may hold infinities itself). Branch-free, so it vectorizes.
+        hits = 0
+        for i in range(src.shape[0]):
+            dst[i] = src[i]
+            hits += np.isinf(dst[i])
+        return hits
+
     return SimpleNamespace(
+        narrow=narrow,
+        narrow_float=narrow_float,
         link_steps=link_steps,
         walk=walk,
         tree_find=tree_find,

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from replaydb.errors import InvalidArgumentError, SpecMismatchError, require
-from replaydb.spec import Field, Spec, flatten
+from replaydb.spec import Field, Spec, flatten_gym
 
 __all__ = [
     "LAYOUT",
@@ -114,7 +114,9 @@ def step_spec(env: Any) -> Spec:
         env: A Gymnasium env id, an env, or a vector env.
 
     Returns:
-        ``observation`` (flattened for Dict spaces), ``action``, ``reward`` (float32),
+        ``observation`` (``observation.key`` / ``observation.i`` for the parts of
+        Dict / Tuple spaces, the naming rule of :meth:`Spec.from_gym`; likewise
+        ``action``), ``action``, ``reward`` (float32),
         ``terminated`` and ``truncated`` (bool) and ``step_type`` (int32).
 
     Example:
@@ -556,13 +558,15 @@ def _make_vec(gym: Any, env: Any, num_envs: int) -> Any:
 def _flat_obs(obs: Any) -> dict[str, np.ndarray[Any, Any]]:
     if isinstance(obs, np.ndarray):
         return {"observation": obs}
-    flat = flatten({"observation": obs})
-    return {k: np.asarray(v) for k, v in flat.items()}
+    # The names Spec.from_gym gives (observation.key for Dict, observation.i for Tuple).
+    return {k: np.asarray(v) for k, v in flatten_gym(obs, "observation").items()}
 
 
 def _to_torch(obs: Any, device: torch.device) -> Any:
     if isinstance(obs, Mapping):
         return {k: _to_torch(v, device) for k, v in obs.items()}
+    if isinstance(obs, tuple):  # a Tuple space's batch
+        return tuple(_to_torch(v, device) for v in obs)
     return torch.as_tensor(np.asarray(obs), device=device)
 
 

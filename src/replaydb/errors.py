@@ -6,12 +6,15 @@ against other replay libraries::
 
     ReplayError (Exception)
     ├── InvalidArgumentError (ValueError)   bad constructor or call argument
+    │   └── InvalidTypeError (also TypeError)  an argument of the wrong kind (None, str, ...)
     ├── SpecMismatchError (ValueError)      data that does not match the table's spec
     ├── NotEnoughDataError (ValueError)     fewer items stored than a sample needs
     ├── CheckpointError (ValueError)        a file that is missing, truncated, corrupt or foreign
     ├── RateLimiterTimeout (TimeoutError)   a blocked insert/sample ran past its timeout
     ├── WouldBlockForeverError (RuntimeError)  a call that no other thread can ever unblock
     ├── ClosedError (RuntimeError)          a call on a closed manager, dataset or server
+    ├── DeviceError (RuntimeError)          a device that does not exist or is not usable here
+    ├── InsufficientMemoryError (MemoryError)  a table or sample larger than the free memory
     └── MissingDependencyError (ImportError)   an optional extra that is not installed
 
 Messages name the argument or field, the value received, what was expected and
@@ -23,7 +26,10 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "ClosedError",
+    "DeviceError",
+    "InsufficientMemoryError",
     "InvalidArgumentError",
+    "InvalidTypeError",
     "MissingDependencyError",
     "NotEnoughDataError",
     "RateLimiterTimeout",
@@ -39,6 +45,13 @@ class ReplayError(Exception):
 
 class InvalidArgumentError(ReplayError, ValueError):
     """An argument is out of range or of the wrong kind."""
+
+
+class InvalidTypeError(InvalidArgumentError, TypeError):
+    """An argument is of the wrong kind (``None``, a string, a list where a mapping goes).
+
+    Both ``except ValueError`` and ``except TypeError`` catch it.
+    """
 
 
 class SpecMismatchError(ReplayError, ValueError):
@@ -63,6 +76,21 @@ class WouldBlockForeverError(ReplayError, RuntimeError):
 
 class ClosedError(ReplayError, RuntimeError):
     """A call was made on an object that has been closed."""
+
+
+class DeviceError(ReplayError, RuntimeError):
+    """A device string that names no device, or a device this process cannot use.
+
+    For example ``"garbage"``, ``"meta"`` (no data), or ``"cuda"`` on a host without
+    a GPU. A ``RuntimeError``, as torch raises for the same devices.
+    """
+
+
+class InsufficientMemoryError(ReplayError, MemoryError):
+    """An allocation would not fit in the free memory of its device (checked before allocating).
+
+    Set the environment variable ``REPLAYDB_MEMORY_CHECK=0`` to skip the check.
+    """
 
 
 class MissingDependencyError(ReplayError, ImportError):

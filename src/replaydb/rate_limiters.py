@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from replaydb.errors import InvalidArgumentError
@@ -60,16 +61,14 @@ class RateLimiter:
         min_diff: float,
         max_diff: float,
     ) -> None:
-        if not samples_per_insert > 0:
-            raise InvalidArgumentError(f"samples_per_insert must be > 0, got {samples_per_insert}")
-        if isinstance(min_size_to_sample, bool) or int(min_size_to_sample) != min_size_to_sample:
+        _number("samples_per_insert", samples_per_insert)
+        if not (samples_per_insert > 0 and math.isfinite(samples_per_insert)):
             raise InvalidArgumentError(
-                f"min_size_to_sample must be an int >= 0, got {min_size_to_sample!r}"
+                f"samples_per_insert must be a finite number > 0, got {samples_per_insert!r}"
             )
-        if min_size_to_sample < 0:
-            raise InvalidArgumentError(
-                f"min_size_to_sample must be an int >= 0, got {min_size_to_sample}"
-            )
+        _min_size(min_size_to_sample)
+        _number("min_diff", min_diff)
+        _number("max_diff", max_diff)
         if not min_diff <= max_diff:
             raise InvalidArgumentError(
                 f"min_diff must be <= max_diff, got min_diff={min_diff}, max_diff={max_diff}"
@@ -173,6 +172,28 @@ class RateLimiter:
         self.inserts, self.samples = (int(v) for v in state["counts"].tolist())
 
 
+def _number(name: str, value: Any) -> None:
+    """Raise unless ``value`` is a real number (not a bool, string or None; not NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InvalidArgumentError(
+            f"{name} must be a number, got {value!r} ({type(value).__name__})"
+        )
+    if value != value:
+        raise InvalidArgumentError(f"{name} must be a number, got NaN")
+
+
+def _min_size(value: Any) -> None:
+    """Raise unless ``value`` is a whole number >= 0 (``min_size_to_sample``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float | np.integer | np.floating)
+        or not math.isfinite(value)
+        or int(value) != value
+        or value < 0
+    ):
+        raise InvalidArgumentError(f"min_size_to_sample must be an int >= 0, got {value!r}")
+
+
 def _num(x: float) -> float | str:
     return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
@@ -217,9 +238,19 @@ class SampleToInsertRatio(RateLimiter):
         min_size_to_sample: int,
         error_buffer: float | tuple[float, float],
     ) -> None:
+        _number("samples_per_insert", samples_per_insert)
+        _min_size(min_size_to_sample)
         if isinstance(error_buffer, tuple | list):
+            if len(error_buffer) != 2:
+                raise InvalidArgumentError(
+                    f"error_buffer must be a number or a (min_diff, max_diff) pair, got "
+                    f"{error_buffer!r}"
+                )
+            _number("error_buffer[0]", error_buffer[0])
+            _number("error_buffer[1]", error_buffer[1])
             lo, hi = (float(v) for v in error_buffer)
         else:
+            _number("error_buffer", error_buffer)
             if not error_buffer >= 0:
                 raise InvalidArgumentError(f"error_buffer must be >= 0, got {error_buffer}")
             offset = samples_per_insert * min_size_to_sample
@@ -297,19 +328,36 @@ _LIMITERS: dict[str, type[RateLimiter]] = {
 def rate_limiter_from_config(config: Mapping[str, Any]) -> RateLimiter:
     """Rebuild a limiter from its ``config()``.
 
+    Raises:
+        InvalidArgumentError: If the config is not a mapping, names an unknown type,
+            or its parameters do not fit the type.
+
     Example:
         >>> rate_limiter_from_config({"type": "MinSize", "min_size": 5})
         MinSize(min_size=5)
     """
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(
+            f"a rate limiter config must be a mapping with a 'type' key, got {config!r}"
+        )
     params = dict(config)
     kind = params.pop("type", None)
-    if kind not in _LIMITERS:
+    if not isinstance(kind, str) or kind not in _LIMITERS:
         raise InvalidArgumentError(
             f"rate limiter type {kind!r} is unknown; expected one of {sorted(_LIMITERS)}"
         )
     for k in ("min_diff", "max_diff"):
         if isinstance(params.get(k), str):
+            if params[k] not in ("inf", "-inf"):
+                raise InvalidArgumentError(
+                    f"rate limiter config: {k} must be a number, 'inf' or '-inf', got {params[k]!r}"
+                )
             params[k] = float(params[k])
     if isinstance(params.get("error_buffer"), list):
         params["error_buffer"] = tuple(params["error_buffer"])
-    return _LIMITERS[kind](**params)
+    try:
+        return _LIMITERS[kind](**{str(k): v for k, v in params.items()})
+    except TypeError as exc:
+        raise InvalidArgumentError(
+            f"rate limiter config {dict(config)!r} does not fit {kind}: {exc}"
+        ) from None

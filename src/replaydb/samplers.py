@@ -30,6 +30,7 @@ numpy arrays instead of tensors (each tensor conversion costs about a microsecon
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -124,19 +125,52 @@ def sampler_from_config(config: Mapping[str, Any]) -> Sampler:
     """Rebuild a sampler from its ``config()``.
 
     Raises:
-        InvalidArgumentError: If the type is unknown.
+        InvalidArgumentError: If the config is not a mapping, the type is unknown, or
+            the parameters do not fit the type.
 
     Example:
         >>> sampler_from_config({"type": "Uniform", "seed": 3}).config()
         {'type': 'Uniform', 'seed': 3}
     """
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(
+            f"a sampler config must be a mapping with a 'type' key, got {config!r}"
+        )
     params = dict(config)
     kind = params.pop("type", None)
-    if kind not in _REGISTRY:
+    if not isinstance(kind, str) or kind not in _REGISTRY:
         raise InvalidArgumentError(
             f"sampler type {kind!r} is unknown; expected one of {sorted(_REGISTRY)}"
         )
-    return _REGISTRY[kind](**params)
+    try:
+        return _REGISTRY[kind](**{str(k): v for k, v in params.items()})
+    except TypeError as exc:
+        if isinstance(exc, InvalidArgumentError):
+            raise
+        raise InvalidArgumentError(
+            f"sampler config {dict(config)!r} does not fit {kind}: {exc}"
+        ) from None
+
+
+def check_seed(seed: Any) -> int | None:
+    """Return ``seed`` as an int (or None); raise unless a torch generator accepts it.
+
+    Raises:
+        InvalidArgumentError: If ``seed`` is not None or an int in ``[-2**63, 2**64)``.
+
+    Example:
+        >>> check_seed(3)
+        3
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise InvalidArgumentError(
+            f"seed must be None or an int in [0, 2**64), got {seed!r} ({type(seed).__name__})"
+        )
+    if not -(2**63) <= int(seed) < 2**64:
+        raise InvalidArgumentError(f"seed must be None or an int in [0, 2**64), got {seed}")
+    return int(seed)
 
 
 def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
@@ -165,7 +199,7 @@ class Uniform:
     deterministic = False
 
     def __init__(self, seed: int | None = None) -> None:
-        self.seed = seed
+        self.seed = check_seed(seed)
         self._capacity = 0
         self._device = torch.device("cpu")
         self.generator = torch.Generator()
@@ -347,7 +381,7 @@ class Prioritized:
         ):
             raise InvalidArgumentError(f"eps must be a finite number >= 0, got {eps!r}")
         self.eps = float(eps)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self._device = torch.device("cpu")
         self.generator = torch.Generator()
         self.tree = SumTree(1)
@@ -360,6 +394,25 @@ class Prioritized:
         self.generator = make_generator(device, self.seed)
         self.tree = SumTree(capacity, device=device)
         self._kernels = _kernels.get() if self.tree.numpy_path else None
+
+    @property
+    def priority_bound(self) -> float:
+        """The largest priority this bound sampler accepts: its tree total stays finite.
+
+        A leaf is ``(priority + eps) ** alpha`` and the tree sums at most ``capacity``
+        leaves, so a leaf at most ``float64 max / capacity`` keeps every node finite:
+        ``(float64 max / capacity) ** (1 / alpha) - eps``, about ``1.8e302`` for a
+        million slots with ``alpha=1`` (infinite for ``alpha=0``). The table rejects
+        larger priorities before writing anything.
+        """
+        if self.alpha == 0.0:
+            return math.inf
+        log_leaf = math.log(torch.finfo(self.tree.dtype).max / self.tree.capacity)
+        log_bound = log_leaf / self.alpha
+        if log_bound >= math.log(sys.float_info.max):
+            return math.inf
+        # A hair below the exact bound, so rounding in exp/log cannot tip a full tree over.
+        return math.exp(log_bound) * (1 - 1e-9) - self.eps
 
     def _leaf(self, priorities: torch.Tensor) -> torch.Tensor:
         p = priorities.to(self._device, torch.float64)

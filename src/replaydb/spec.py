@@ -7,8 +7,13 @@ dotted names such as ``observation.temp``; :func:`flatten` and :func:`unflatten`
 convert between the two forms.
 
 Every value entering a table is checked here, whole, before anything is written:
-:meth:`Spec.coerce_batch` returns tensors of the right dtype on the right device or
-raises a :class:`~replaydb.errors.SpecMismatchError` naming the field.
+:meth:`Spec.coerce_batch` returns dense tensors of the right dtype on the right
+device or raises a :class:`~replaydb.errors.SpecMismatchError` naming the field.
+Casts are *checked* by default: a conversion that would change a value (int64
+``300`` into ``uint8``, a float into an integer field, a finite float64 that
+overflows float32) is rejected unless the caller passes ``cast="unsafe"``. The
+checks are one vectorized pass per converted field (a compiled one on CPU, which
+converts at the same time), and cost nothing when the dtypes already match.
 """
 
 from __future__ import annotations
@@ -22,9 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb.errors import InvalidArgumentError, SpecMismatchError
+from replaydb import _kernels
+from replaydb.errors import InvalidArgumentError, InvalidTypeError, SpecMismatchError
 
-__all__ = ["Field", "Spec", "dtype_from_name", "dtype_name", "flatten", "unflatten"]
+__all__ = [
+    "Field",
+    "Spec",
+    "dtype_from_name",
+    "dtype_name",
+    "flatten",
+    "flatten_gym",
+    "unflatten",
+]
 
 _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -139,6 +153,31 @@ def flatten(nest: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def flatten_gym(value: Any, name: str = "observation") -> dict[str, Any]:
+    """Flatten a value of a Gymnasium space into the field names :meth:`Spec.from_gym` gives.
+
+    Dicts give ``name.key`` and tuples (a ``Tuple`` space's values) ``name.index``,
+    recursively; anything else (an array, a number) is a leaf named ``name``.
+    Unlike :func:`flatten`, plain tuples and lists are containers here, as they are
+    in Gymnasium's ``Tuple`` spaces.
+
+    Example:
+        >>> flatten_gym({"img": 1, "pair": (2, 3)})
+        {'observation.img': 1, 'observation.pair.0': 2, 'observation.pair.1': 3}
+    """
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten_gym(sub, f"{name}.{key}"))
+        return out
+    if isinstance(value, tuple):
+        out = {}
+        for i, sub in enumerate(value):
+            out.update(flatten_gym(sub, f"{name}.{i}"))
+        return out
+    return {name: value}
+
+
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Rebuild nested dicts from dotted names (inverse of :func:`flatten` for dicts).
 
@@ -242,25 +281,40 @@ class Spec(Mapping[str, Field]):
 
     @classmethod
     def from_gym(cls, space: Any, name: str = "observation") -> Spec:
-        """Build a spec from a Gymnasium space (``Dict`` and ``Tuple`` spaces are flattened).
+        """Build a spec from a Gymnasium space, one field per leaf space.
+
+        Naming rule, the same for every kind of space at every depth: a space is
+        named ``name``; the parts of a ``Dict`` space are named ``name.key`` and those
+        of a ``Tuple`` space ``name.index``, recursively. So a ``Dict`` observation
+        space with keys ``img`` and ``pos`` gives ``observation.img`` and
+        ``observation.pos``, and a ``Tuple`` of two gives ``observation.0`` and
+        ``observation.1``: the names :func:`flatten` gives ``{"observation": obs}``,
+        which is what collectors write. A plain Python mapping of spaces (not a
+        Gymnasium ``Dict``) names several spaces at once, each by its key:
+        ``{"observation": obs_space, "action": act_space}``.
 
         Args:
-            space: A ``gymnasium.spaces.Space``, or a mapping of names to spaces.
-            name: The field name to use when ``space`` is a single space.
+            space: A ``gymnasium.spaces.Space``, or a plain mapping of names to spaces.
+            name: The name of ``space`` (ignored for a plain mapping).
 
         Returns:
             The spec, one field per leaf space.
 
+        Raises:
+            InvalidArgumentError: For an unsupported space or a bad ``name``.
+
         Example:
             >>> import gymnasium as gym
-            >>> Spec.from_gym(gym.spaces.Box(-1, 1, (3,)), "obs")
-            Spec({obs: (3,) float32})
+            >>> list(Spec.from_gym(gym.spaces.Dict({"img": gym.spaces.Box(0, 1, (2,))})))
+            ['observation.img']
         """
-        if isinstance(space, Mapping):
+        if isinstance(space, Mapping) and not _is_gym_space(space):
             fields: dict[str, Field] = {}
             for key, sub in space.items():
                 fields.update(_gym_fields(sub, str(key)))
             return cls(fields)
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"name must be a non-empty string, got {name!r}")
         return cls(_gym_fields(space, name))
 
     def to_json(self) -> dict[str, Any]:
@@ -297,44 +351,58 @@ class Spec(Mapping[str, Field]):
         return sorted(lines)
 
     def coerce_batch(
-        self, data: Mapping[str, Any], device: torch.device | None = None
+        self,
+        data: Mapping[str, Any],
+        device: torch.device | None = None,
+        *,
+        cast: str = "checked",
     ) -> tuple[dict[str, torch.Tensor], int]:
-        """Check a batch against the spec and convert it to tensors.
+        """Check a batch against the spec and convert it to dense tensors.
 
-        Every field must be present with shape ``(N, *field.shape)`` for one common N.
-        Values are converted to the field's dtype when that loses nothing of kind
-        (ints and bools to floats, float64 to float32); floats into integer fields
-        are rejected. Nested mappings and named tuples are flattened first. Nothing
-        is written.
+        Every field must be present with shape ``(N, *field.shape)`` for one common N,
+        as a dense (strided) tensor with data (not on the meta device), an array, a
+        list or a number. Values are converted to the field's dtype when no value
+        changes (``cast="checked"``, the default): ints and bools go into float
+        fields, float64 into float32 unless a finite value would overflow, integers
+        into narrower integer or bool fields only when every value fits (int64 300
+        into a uint8 field is rejected, not stored as 44); floats never go into
+        integer fields. ``cast="unsafe"`` converts as torch's ``.to()`` does (wraps,
+        truncates) for callers who want that. Nested mappings and named tuples are
+        flattened first. Nothing is written: every field is checked before a caller
+        writes any.
 
         Args:
             data: ``name -> batch`` (tensors, arrays, lists).
             device: Where the returned tensors live (default: where they are).
+            cast: ``"checked"`` or ``"unsafe"``, as above.
 
         Returns:
             ``(tensors, N)``.
 
         Raises:
-            SpecMismatchError: Naming the first missing, unknown or mis-shaped field.
+            SpecMismatchError: Naming the first missing, unknown, mis-shaped or
+                unconvertible field.
+            InvalidTypeError: If ``data`` is not a mapping.
+            InvalidArgumentError: For a bad ``cast``.
+
+        Example:
+            >>> Spec({"x": ((), "uint8")}).coerce_batch({"x": [1, 2]})[1]
+            2
         """
-        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
-        missing = [k for k in self._fields if k not in flat]
-        if missing:
-            raise SpecMismatchError(
-                f"field(s) {missing} missing from the data; the spec expects "
-                f"{list(self._fields)}, got {list(flat)}"
+        if not isinstance(data, Mapping) and not hasattr(data, "keys"):  # TensorDict-like ok
+            raise InvalidTypeError(
+                f"a batch must be a mapping of field name -> values, got "
+                f"{type(data).__name__}; pass e.g. {{{', '.join(repr(k) for k in self._fields)}}}"
+                " -> [N, *shape] values"
             )
-        unknown = [k for k in flat if k not in self._fields]
-        if unknown:
-            raise SpecMismatchError(
-                f"field(s) {unknown} are not in the spec; the spec has {list(self._fields)}. "
-                "Remove them or build the table with a spec that includes them."
-            )
+        if cast != "checked":
+            check_cast(cast)
+        flat = self._flat_names(data)
         out: dict[str, torch.Tensor] = {}
         n: int | None = None
         first = ""
         for name, field in self._fields.items():
-            t = _coerce(name, flat[name], field, device)
+            t = _coerce(name, flat[name], field, device, cast)
             if t.dim() != len(field.shape) + 1 or tuple(t.shape[1:]) != field.shape:
                 raise SpecMismatchError(
                     f"field {name!r}: expected a batch of shape (N, {_shape_str(field.shape)}), "
@@ -352,24 +420,60 @@ class Spec(Mapping[str, Field]):
         return out, n
 
     def coerce_step(
-        self, data: Mapping[str, Any], device: torch.device | None = None
+        self,
+        data: Mapping[str, Any],
+        device: torch.device | None = None,
+        *,
+        cast: str = "checked",
     ) -> dict[str, torch.Tensor]:
-        """Check one step (no batch dimension) and return it as a batch of one."""
-        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
-        batched: dict[str, Any] = {}
-        for name, value in flat.items():
-            field = self._fields.get(name)
-            if field is None:
-                batched[name] = value
-                continue
-            t = _coerce(name, value, field, device)
+        """Check one step (no batch dimension) and return it as a batch of one.
+
+        The checks and ``cast`` are those of :meth:`coerce_batch`.
+
+        Raises:
+            SpecMismatchError: Naming the first field that does not match.
+            InvalidTypeError: If ``data`` is not a mapping.
+
+        Example:
+            >>> Spec({"x": (2,)}).coerce_step({"x": [1.0, 2.0]})["x"].shape
+            torch.Size([1, 2])
+        """
+        if not isinstance(data, Mapping) and not hasattr(data, "keys"):  # TensorDict-like ok
+            raise InvalidTypeError(
+                f"a step must be a mapping of field name -> value, got {type(data).__name__}; "
+                f"pass e.g. {{{', '.join(repr(k) for k in self._fields)}}} -> values"
+            )
+        if cast != "checked":
+            check_cast(cast)
+        flat = self._flat_names(data)
+        out: dict[str, torch.Tensor] = {}
+        for name, field in self._fields.items():
+            t = _coerce(name, flat[name], field, device, cast)
             if tuple(t.shape) != field.shape:
                 raise SpecMismatchError(
                     f"field {name!r}: expected one step of shape {field.shape}, "
                     f"got {tuple(t.shape)}"
                 )
-            batched[name] = t.unsqueeze(0)
-        return self.coerce_batch(batched, device)[0]
+            out[name] = t.unsqueeze(0)
+        return out
+
+    def _flat_names(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Flatten nests in ``data``; raise unless it has exactly the spec's fields."""
+        flat = flatten(data) if any(isinstance(v, Mapping | tuple) for v in data.values()) else data
+        names = flat.keys()
+        missing = [k for k in self._fields if k not in names]
+        if missing:
+            raise SpecMismatchError(
+                f"field(s) {missing} missing from the data; the spec expects "
+                f"{list(self._fields)}, got {list(names)}"
+            )
+        if len(names) != len(self._fields):
+            unknown = [k for k in names if k not in self._fields]
+            raise SpecMismatchError(
+                f"field(s) {unknown} are not in the spec; the spec has {list(self._fields)}. "
+                "Remove them or build the table with a spec that includes them."
+            )
+        return flat
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:
@@ -399,6 +503,11 @@ def _as_field(name: str, value: Any) -> Field:
     )
 
 
+def _is_gym_space(space: Any) -> bool:
+    """Whether ``space`` is a Gymnasium space (duck-typed: gymnasium stays optional)."""
+    return callable(getattr(space, "sample", None)) and callable(getattr(space, "contains", None))
+
+
 def _gym_fields(space: Any, name: str) -> dict[str, Field]:
     kind = type(space).__name__
     if isinstance(space, Mapping):  # a gymnasium Dict, or a plain mapping of spaces
@@ -421,9 +530,36 @@ def _gym_fields(space: Any, name: str) -> dict[str, Field]:
     )
 
 
+#: How :meth:`Spec.coerce_batch` converts values to a field's dtype.
+CASTS = ("checked", "unsafe")
+
+
+def check_cast(cast: Any) -> None:
+    """Raise unless ``cast`` is one of :data:`CASTS` (``"checked"`` or ``"unsafe"``).
+
+    Raises:
+        InvalidArgumentError: Naming the value and the accepted ones.
+    """
+    if cast not in CASTS:
+        raise InvalidArgumentError(
+            f"cast must be 'checked' (the default: reject casts that change a value) or "
+            f"'unsafe' (convert as torch's .to() does), got {cast!r}"
+        )
+
+
 def _to_tensor(name: str, value: Any, device: torch.device | None) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         t = value.detach()
+        if t.layout is not torch.strided:
+            raise SpecMismatchError(
+                f"field {name!r}: got a tensor with layout {t.layout}; tables store dense "
+                "tensors, convert it with .to_dense()"
+            )
+        if t.is_meta:
+            raise SpecMismatchError(
+                f"field {name!r}: got a tensor on the meta device, which holds no data; "
+                "pass a tensor with values (e.g. on 'cpu')"
+            )
         return t if device is None or t.device == device else t.to(device)
     try:
         if isinstance(value, np.ndarray):
@@ -437,16 +573,125 @@ def _to_tensor(name: str, value: Any, device: torch.device | None) -> torch.Tens
         ) from exc
 
 
-def _coerce(name: str, value: Any, field: Field, device: torch.device | None) -> torch.Tensor:
-    t = _to_tensor(name, value, device)
-    if t.dtype == field.dtype:
-        return t
-    src_float = t.dtype.is_floating_point
-    dst_float = field.dtype.is_floating_point
-    if src_float and not dst_float:
+_INT_RANGES: dict[torch.dtype, tuple[int, int]] = {torch.bool: (0, 1)}
+
+
+def _int_range(dtype: torch.dtype) -> tuple[int, int]:
+    got = _INT_RANGES.get(dtype)
+    if got is None:
+        info = torch.iinfo(dtype)
+        got = _INT_RANGES[dtype] = (int(info.min), int(info.max))
+    return got
+
+
+_FLOAT_MAX: dict[torch.dtype, float] = {}
+
+
+def _float_max(dtype: torch.dtype) -> float:
+    got = _FLOAT_MAX.get(dtype)
+    if got is None:
+        got = _FLOAT_MAX[dtype] = float(torch.finfo(dtype).max)
+    return got
+
+
+def _check_float_overflow(name: str, src: torch.Tensor, out: torch.Tensor) -> None:
+    """Raise if a finite value of ``src`` became infinite in ``out`` (its narrower copy)."""
+    overflow = torch.isinf(out) & torch.isfinite(src)
+    if bool(overflow.any()):
+        bad = float(src[overflow].reshape(-1)[0])
         raise SpecMismatchError(
-            f"field {name!r}: expected dtype {dtype_name(field.dtype)}, got "
-            f"{dtype_name(t.dtype)}; floats are not cast to integers implicitly, "
-            f"convert with .to(torch.{dtype_name(field.dtype)}) if that is intended"
+            f"field {name!r}: value {bad} overflows dtype {dtype_name(out.dtype)} "
+            f"(largest {torch.finfo(out.dtype).max:g}); scale it, store the field as "
+            "float64, or pass cast='unsafe' to store it as inf"
         )
-    return t.to(field.dtype)
+
+
+def _coerce(
+    name: str, value: Any, field: Field, device: torch.device | None, cast: str = "checked"
+) -> torch.Tensor:
+    """Convert ``value`` to ``field.dtype``; with ``cast="checked"`` only if no value changes.
+
+    Checked: ints and bools go into float fields; float64 goes into narrower float
+    fields unless a finite value overflows to infinity; integers go into narrower
+    integer (or bool) fields only when every value fits; floats never go into
+    integer fields. Each check is one vectorized pass, made only when the dtypes
+    differ. Complex values are always rejected.
+    """
+    t = _to_tensor(name, value, device)
+    dst = field.dtype
+    if t.dtype == dst:
+        return t
+    if t.dtype.is_complex:
+        raise SpecMismatchError(
+            f"field {name!r}: expected dtype {dtype_name(dst)}, got complex "
+            f"{dtype_name(t.dtype)}; store the real and imaginary parts as separate fields"
+        )
+    if cast == "unsafe":
+        return t.to(dst)
+    src_float = t.dtype.is_floating_point
+    if dst.is_floating_point:
+        if not (src_float and _float_max(t.dtype) > _float_max(dst)):
+            return t.to(dst)  # ints and bools, or a float of no larger range: no overflow
+        kernels = (
+            _kernels.get()
+            if t.device.type == "cpu" and t.dtype == torch.float64 and dst == torch.float32
+            else None
+        )
+        if kernels is not None:
+            # CPU float64 -> float32: convert and count infinities in one compiled pass.
+            # numpy allocations and views: a fraction of torch's per-call cost.
+            out_np = np.empty(t.shape, np.float32)
+            out = torch.from_numpy(out_np)
+            if t.numel() and kernels.narrow_float(t.numpy().reshape(-1), out_np.reshape(-1)):
+                _check_float_overflow(name, t, out)
+            return out
+        out = t.to(dst)
+        # One reduction: the sum is finite when no value became inf; else look closer
+        # (a float32 sum can overflow, or infs and NaNs were in the input already).
+        # Half types sum in float64, where their largest values cannot overflow.
+        wide = torch.float64 if out.element_size() < 4 else None
+        if out.numel() and not math.isfinite(out.sum(dtype=wide).item()):
+            _check_float_overflow(name, t, out)
+        return out
+    if src_float:
+        raise SpecMismatchError(
+            f"field {name!r}: expected dtype {dtype_name(dst)}, got "
+            f"{dtype_name(t.dtype)}; floats are not cast to integers implicitly, "
+            f"convert with .to(torch.{dtype_name(dst)}) or pass cast='unsafe' if that is intended"
+        )
+    lo, hi = _int_range(dst)
+    src_lo, src_hi = _int_range(t.dtype)
+    if (src_lo < lo or src_hi > hi) and t.numel():
+        kernels = _kernels.get() if t.device.type == "cpu" else None
+        if kernels is not None:
+            # CPU: convert and find the range in one compiled pass (faster than .to()).
+            out = torch.empty(t.shape, dtype=dst)
+            src_np, out_np = t.numpy().reshape(-1), out.numpy().reshape(-1)
+            vmin, vmax = (int(v) for v in kernels.narrow(src_np, out_np))
+            if vmin < lo or vmax > hi:
+                raise SpecMismatchError(
+                    f"field {name!r}: value {vmin if vmin < lo else vmax} does not fit dtype "
+                    f"{dtype_name(dst)} (range [{lo}, {hi}]); convert it yourself, store the "
+                    "field with a wider dtype, or pass cast='unsafe' to store it wrapped as "
+                    "torch's .to() does"
+                )
+            return out
+        flat = t.reshape(-1)
+        if t.dtype == torch.uint64:
+            # Same bits as int64: values >= 2**63 read as negative, and fit no field.
+            flat = flat.view(torch.int64)
+            if bool((flat < 0).any()):
+                raise SpecMismatchError(
+                    f"field {name!r}: value {int(flat[flat < 0][0]) + 2**64} does not fit "
+                    f"dtype {dtype_name(dst)} (range [{lo}, {hi}]); convert it yourself, or "
+                    "pass cast='unsafe' to store it wrapped as torch's .to() does"
+                )
+        vmin, vmax = (int(v) for v in torch.aminmax(flat.to(torch.int64)))
+        if vmin < lo or vmax > hi:
+            bad = vmin if vmin < lo else vmax
+            raise SpecMismatchError(
+                f"field {name!r}: value {bad} does not fit dtype {dtype_name(dst)} (range "
+                f"[{lo}, {hi}]); convert it yourself, store the field with a wider dtype, or "
+                "pass cast='unsafe' to store it wrapped as torch's .to() does"
+            )
+    return t.to(dst)

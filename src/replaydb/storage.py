@@ -22,10 +22,19 @@ the key is *live* while ``key[k % capacity] == k``. The ring overwrites oldest
 first, so when the first step of a window is live, every later step of it is too.
 Windows of consecutive steps are gathered by following ``next`` links, so many
 streams can write interleaved and no step is stored twice.
+
+Memory preflight
+----------------
+A storage computes its size (:meth:`Storage.required_nbytes`: ``capacity * (step
+bytes + 40)``) before allocating and raises
+:class:`~replaydb.errors.InsufficientMemoryError` when that exceeds the device's
+free memory (:func:`available_memory`: psutil or ``/proc/meminfo`` for RAM,
+``torch.cuda.mem_get_info`` for a GPU). ``REPLAYDB_MEMORY_CHECK=0`` skips the check.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +43,26 @@ import numpy as np
 import torch
 
 from replaydb import _kernels
-from replaydb.errors import InvalidArgumentError
+from replaydb.errors import (
+    DeviceError,
+    InsufficientMemoryError,
+    InvalidArgumentError,
+    InvalidTypeError,
+)
 from replaydb.spec import Spec, dtype_name
 
-__all__ = ["AppendResult", "Storage"]
+__all__ = [
+    "MEMORY_CHECK_ENV",
+    "AppendResult",
+    "Storage",
+    "available_memory",
+    "check_memory",
+    "resolve_device",
+]
+
+#: Set this environment variable to ``0`` to skip the memory preflight.
+MEMORY_CHECK_ENV = "REPLAYDB_MEMORY_CHECK"
+NO_DISK_STORAGE = "a disk-backed storage for tables larger than memory is not yet available"
 
 _MAX_STREAMS = 1 << 20
 END_NONE, END_TERMINATED, END_TRUNCATED = 0, 1, 2
@@ -73,6 +98,138 @@ def _ring_copy(dst: Any, row0: int, n: int, src: Any) -> None:
         dst[: n - head] = src if scalar else src[head:]
 
 
+def resolve_device(device: Any) -> torch.device:
+    """Parse and check a device argument: ``None`` (CPU), a string, an int or a ``torch.device``.
+
+    Args:
+        device: The device to resolve.
+
+    Returns:
+        The device, which can hold tensors in this process.
+
+    Raises:
+        InvalidTypeError: If ``device`` is not a string, int or ``torch.device``.
+        DeviceError: If the string is not a device, the device is ``meta``
+            (no data), or it is not available here (CUDA without a GPU, a GPU index
+            past the last one).
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str | int) and not isinstance(device, bool):
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as exc:
+            raise DeviceError(
+                f"device {device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'"
+            ) from exc
+    else:
+        raise InvalidTypeError(
+            f"device must be None, a string, an int or a torch.device, got {device!r} "
+            f"({type(device).__name__})"
+        )
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        raise DeviceError(f"device {device!r}: the meta device holds no data; use 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device!r}: CUDA is not available in this process (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu'"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(
+                f"device {device!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0..cuda:{count - 1}"
+            )
+        return dev
+    try:
+        torch.empty(0, device=dev)
+    except Exception as exc:  # any backend failure means "not usable here"
+        raise DeviceError(
+            f"device {device!r} cannot hold tensors in this process ({type(exc).__name__}); "
+            "use 'cpu' or 'cuda'"
+        ) from None
+    return dev
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can be allocated on ``device`` now, or ``None`` where unknown.
+
+    CPU: ``psutil.virtual_memory().available`` when psutil is installed, else
+    ``MemAvailable`` from ``/proc/meminfo``. CUDA: the free bytes of
+    ``torch.cuda.mem_get_info``.
+
+    Example:
+        >>> available_memory(torch.device("cpu")) is None or available_memory(
+        ...     torch.device("cpu")) > 0
+        True
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.2f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_memory(nbytes: int, device: torch.device, what: str, fix: str) -> None:
+    """The memory preflight: raise if ``nbytes`` will not fit in ``device``'s free memory.
+
+    Skipped where the free memory is unknown, and when the environment variable
+    ``REPLAYDB_MEMORY_CHECK`` is ``0`` (for users who know the kernel will find
+    the memory, e.g. with overcommit and pages that are never touched).
+
+    Args:
+        nbytes: Bytes about to be allocated.
+        device: Where.
+        what: What is allocated, for the message (e.g. ``"table 'replay'"``).
+        fix: How to need less, for the message.
+
+    Raises:
+        InsufficientMemoryError: Naming the size, the free memory and the ways out.
+
+    Example:
+        >>> check_memory(1024, torch.device("cpu"), "a test", "ask for less")
+    """
+    if os.environ.get(MEMORY_CHECK_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    free = available_memory(device)
+    if free is None or nbytes <= free:
+        return
+    raise InsufficientMemoryError(
+        f"{what} needs {_size(nbytes)} on {device}, but only {_size(free)} is available; "
+        f"{fix}. To allocate anyway, set the environment variable {MEMORY_CHECK_ENV}=0"
+    )
+
+
 class Storage:
     """A ring of ``capacity`` preallocated rows, one column slice per field.
 
@@ -82,8 +239,13 @@ class Storage:
         device: Where the tensors live (default CPU).
         links: Whether to track episode links (needed for windows longer than one).
 
+    Before allocating, the storage computes its size (:meth:`required_nbytes`) and
+    checks it against the device's free memory (:func:`check_memory`).
+
     Raises:
         InvalidArgumentError: If ``capacity`` is not a positive int.
+        DeviceError: If ``device`` is not usable here.
+        InsufficientMemoryError: If the storage would not fit in free memory.
 
     Example:
         >>> s = Storage(Spec({"x": (2,)}), capacity=4)
@@ -105,9 +267,21 @@ class Storage:
             )
         if capacity <= 0:
             raise InvalidArgumentError(f"capacity must be a positive int, got {capacity}")
+        self.device = resolve_device(device)
+        if self.required_nbytes(spec, int(capacity)) >= 2**63:
+            raise InvalidArgumentError(
+                f"capacity {int(capacity)} is too large: {int(capacity)} rows of "
+                f"{spec.step_nbytes} bytes exceed what one tensor can address (2**63 bytes); "
+                "use a smaller capacity"
+            )
+        check_memory(
+            self.required_nbytes(spec, int(capacity)),
+            self.device,
+            f"a storage of {int(capacity)} rows of {spec.step_nbytes} bytes",
+            f"use a smaller capacity or smaller fields; {NO_DISK_STORAGE}",
+        )
         self.spec = spec
         self.capacity = int(capacity)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.links = links
         self.total = 0  # keys handed out so far
         cap = self.capacity
@@ -170,6 +344,16 @@ class Storage:
         self._kernels = _kernels.get() if self._np is not None and links else None
 
     # ------------------------------------------------------------------ sizes
+    @staticmethod
+    def required_nbytes(spec: Spec, capacity: int) -> int:
+        """Bytes a storage of ``capacity`` rows of ``spec`` allocates (its :attr:`nbytes`).
+
+        Example:
+            >>> Storage.required_nbytes(Spec({"x": ((84, 84), "uint8")}), 1000)
+            7096000
+        """
+        return capacity * (spec.step_nbytes + 5 * 8)
+
     @property
     def num_rows(self) -> int:
         """Rows that hold a step (the ring fills rows ``0..num_rows-1`` first)."""

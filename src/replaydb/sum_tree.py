@@ -90,6 +90,11 @@ class SumTree:
 
     # ------------------------------------------------------------------ reads
     @property
+    def max_leaf(self) -> float:
+        """The largest value :meth:`update` accepts: ``capacity`` of them sum to a finite total."""
+        return float(torch.finfo(self.dtype).max) / self.capacity
+
+    @property
     def numpy_path(self) -> bool:
         """Whether :meth:`sample_numpy` and :meth:`update_numpy` are available (CPU)."""
         return self._np is not None
@@ -288,7 +293,8 @@ class SumTree:
 
         Raises:
             InvalidArgumentError: If shapes differ, an index is out of range or a
-                value is negative, NaN or infinite (nothing is written).
+                value is negative, NaN, infinite or above :attr:`max_leaf` (nothing is
+                written).
 
         Example:
             >>> t = SumTree(2); t.update(torch.tensor([1, 1]), torch.tensor([5.0, 2.0]))
@@ -359,6 +365,12 @@ class SumTree:
             raise InvalidArgumentError(
                 f"values must be finite and >= 0, got {float(val[bad][0])}; "
                 "use 0 to make a leaf unsearchable"
+            )
+        if bool((val > self.max_leaf).any()):
+            raise InvalidArgumentError(
+                f"values must be at most {self.max_leaf:g} (the largest {self.dtype} divided by "
+                f"capacity {self.capacity}, so the total cannot overflow), got "
+                f"{float(val.max()):g}; scale the values down"
             )
 
     def _update_numpy(self, idx: np.ndarray[Any, Any], val: np.ndarray[Any, Any]) -> None:

@@ -38,11 +38,24 @@ import numpy as np
 import torch
 
 from replaydb import _kernels
-from replaydb.errors import InvalidArgumentError, RateLimiterTimeout, WouldBlockForeverError
+from replaydb.errors import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    RateLimiterTimeout,
+    WouldBlockForeverError,
+)
 from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack, rate_limiter_from_config
 from replaydb.samplers import Fifo, Lifo, Sampler, Selection, Uniform, sampler_from_config
 from replaydb.spec import Spec, dtype_name
-from replaydb.storage import END_NONE, END_TERMINATED, END_TRUNCATED, Storage
+from replaydb.storage import (
+    END_NONE,
+    END_TERMINATED,
+    END_TRUNCATED,
+    NO_DISK_STORAGE,
+    Storage,
+    check_memory,
+    resolve_device,
+)
 from replaydb.sum_tree import SumTree
 
 __all__ = ["LiveSteps", "Sample", "Table", "TableInfo"]
@@ -112,6 +125,11 @@ class TableInfo:
 
 
 _END_CODES = {None: END_NONE, False: END_NONE, True: END_TERMINATED}
+#: Bytes of bookkeeping per row beside the storage: the 32-byte item record and
+#: the sampler's state (at most a float64 sum tree of two nodes per slot, padded).
+_ROW_OVERHEAD = 32 + 32
+#: Samples whose output would exceed this many bytes are checked against free memory.
+_SAMPLE_CHECK_BYTES = 1 << 30
 
 
 class Table:
@@ -129,8 +147,17 @@ class Table:
         pad: Also serve windows that run past an episode's end, padded, with a
             mask (sequence tables only).
 
+    Every argument is checked before anything is allocated, and the table's size
+    (storage plus bookkeeping) is checked against the device's free memory first:
+    see :func:`~replaydb.storage.check_memory` (``REPLAYDB_MEMORY_CHECK=0`` skips it).
+
     Raises:
         InvalidArgumentError: For a bad capacity, sequence length or max_times_sampled.
+        DeviceError: For a device that names none or is not usable here (a
+            ``RuntimeError``).
+        InvalidTypeError: For a spec, sampler, rate limiter, name or device of the
+            wrong kind (e.g. ``sampler="uniform"``).
+        InsufficientMemoryError: If the table would not fit in free memory.
 
     Example:
         >>> table = Table(Spec({"obs": (4,), "reward": ()}), capacity=1000)
@@ -152,7 +179,26 @@ class Table:
         name: str = "table",
         pad: bool = False,
     ) -> None:
-        spec = spec if isinstance(spec, Spec) else Spec(spec)
+        if not isinstance(spec, Spec):
+            if not isinstance(spec, Mapping):
+                raise InvalidTypeError(
+                    f"spec must be a Spec or a mapping of field name -> Field or shape, got "
+                    f"{type(spec).__name__}; e.g. Spec({{'obs': (4,), 'reward': ()}})"
+                )
+            spec = Spec(spec)
+        if sampler is not None and not isinstance(sampler, Sampler):
+            raise InvalidTypeError(
+                f"sampler must be a sampler object such as replaydb.samplers.Uniform() or "
+                f"Prioritized(alpha=0.6), got {sampler!r} ({type(sampler).__name__})"
+            )
+        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+            raise InvalidTypeError(
+                f"rate_limiter must be a rate limiter object such as "
+                f"replaydb.rate_limiters.MinSize(1) or SampleToInsertRatio(...), got "
+                f"{rate_limiter!r} ({type(rate_limiter).__name__})"
+            )
+        if not isinstance(name, str):
+            raise InvalidTypeError(f"name must be a string, got {name!r}")
         if not isinstance(pad, bool):
             raise InvalidArgumentError(f"pad must be a bool, got {pad!r}")
         if pad and sequence_length == 1:
@@ -185,6 +231,19 @@ class Table:
                 f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
                 "or no item could ever be complete"
             )
+        device = resolve_device(device)
+        if (
+            isinstance(capacity, int | np.integer)
+            and not isinstance(capacity, bool)
+            and capacity > 0
+        ):
+            check_memory(
+                Storage.required_nbytes(spec, int(capacity)) + _ROW_OVERHEAD * int(capacity),
+                device,
+                f"table {name!r} (capacity={int(capacity)} rows of {spec.step_nbytes} bytes "
+                "plus bookkeeping)",
+                "use a smaller capacity or smaller fields (e.g. uint8 frames); " + NO_DISK_STORAGE,
+            )
         self.name = name
         self.pad = pad
         self.sequence_length = sequence_length
@@ -195,6 +254,10 @@ class Table:
         self.device = self.storage.device
         self.sampler: Sampler = sampler if sampler is not None else Uniform()
         self.sampler.bind(self.capacity, self.device)
+        #: The largest priority the sampler takes without overflowing (e.g. its sum tree).
+        self._priority_limit = float(getattr(self.sampler, "priority_bound", math.inf))
+        #: Bytes one sampled item takes, for the memory check of huge samples.
+        self._item_nbytes = spec.step_nbytes * sequence_length + 64
         # Samplers with a contiguous-insert fast path (replace semantics on active slots).
         self._fast_insert = getattr(self.sampler, "on_insert_contiguous", None)
         # Samplers that take priority updates as numpy arrays (the CPU path).
@@ -326,6 +389,7 @@ class Table:
         ends: Any = None,
         priorities: Any = None,
         timeout: float | None = None,
+        cast: str = "checked",
     ) -> None:
         """Write a batch of N steps.
 
@@ -338,14 +402,36 @@ class Table:
             priorities: Priority of each item completed by these steps (scalar or
                 ``[N]``, > 0); default the highest priority seen so far.
             timeout: Seconds to wait for the rate limiter (None: wait as long as it takes).
+            cast: How values are converted to a field's dtype. ``"checked"`` (default)
+                converts only when no value changes: int64 ``300`` into a ``uint8``
+                field, a float into an integer field or a finite float64 that
+                overflows float32 is rejected. ``"unsafe"`` converts as torch's
+                ``.to()`` does (``300`` is stored as ``44`` in ``uint8``).
+
+        Every argument and every field is checked (dense, with data, convertible
+        without loss, of the right shape) before anything is written: a rejected
+        call leaves the table exactly as it was.
 
         Raises:
             SpecMismatchError: If the steps do not match the spec (nothing is written).
-            InvalidArgumentError: For bad streams, ends or priorities.
+            InvalidArgumentError: For bad streams, ends, priorities, timeout or cast.
+            InvalidTypeError: If ``steps`` is not a mapping.
             RateLimiterTimeout: If the limiter did not let the insert through in time.
             WouldBlockForeverError: If the limiter blocks and no other thread samples.
+
+        Example:
+            >>> table = Table(Spec({"x": ((), "uint8")}), 10)
+            >>> table.extend({"x": torch.tensor([1, 300])}, cast="unsafe"); len(table)
+            2
         """
-        data, n = self.spec.coerce_batch(steps, self.device)
+        if not isinstance(steps, Mapping) and not hasattr(steps, "keys"):  # TensorDict ok
+            raise InvalidTypeError(
+                f"steps must be a mapping of field name -> [N, *shape] values, got "
+                f"{type(steps).__name__}; e.g. table.extend({{{_field_hint(self.spec)}}})"
+            )
+        if timeout is not None:
+            _check_timeout(timeout)
+        data, n = self.spec.coerce_batch(steps, self.device, cast=cast)
         if n == 0:
             return
         stream_t = _int_column("streams", streams, n, self.device, 0)
@@ -365,6 +451,7 @@ class Table:
         end: bool | int = False,
         priority: float | None = None,
         timeout: float | None = None,
+        cast: str = "checked",
     ) -> None:
         """Write one step (no batch dimension). See :meth:`extend` for the arguments.
 
@@ -373,7 +460,14 @@ class Table:
             >>> table.insert({"x": [1.0, 2.0]}); len(table)
             1
         """
-        data = self.spec.coerce_step(step, self.device)
+        if not isinstance(step, Mapping) and not hasattr(step, "keys"):
+            raise InvalidTypeError(
+                f"step must be a mapping of field name -> value, got {type(step).__name__}; "
+                f"e.g. table.insert({{{_field_hint(self.spec)}}})"
+            )
+        if timeout is not None:
+            _check_timeout(timeout)
+        data = self.spec.coerce_step(step, self.device, cast=cast)
         stream_t = _int_column("stream", stream, 1, self.device, 0)
         if int(stream_t[0]) < 0:
             raise InvalidArgumentError(f"stream must be >= 0, got {int(stream_t[0])}")
@@ -483,14 +577,14 @@ class Table:
     def _check_priorities(self, priorities: Any, n: int) -> torch.Tensor | None:
         if priorities is None:
             return None
-        p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device).detach()
+        p = _float_column("priorities", priorities, self.device)
         if p.dim() == 0:
             p = p.expand(n)
         if p.shape != (n,):
             raise InvalidArgumentError(
                 f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
             )
-        _check_priority_values(p)
+        _check_priority_values(p, self._priority_limit)
         return p
 
     def _write(
@@ -662,7 +756,10 @@ class Table:
             A :class:`Sample`.
 
         Raises:
-            InvalidArgumentError: If ``batch_size`` is not a positive int.
+            InvalidArgumentError: If ``batch_size`` is not a positive int, or ``beta`` or
+                ``timeout`` is out of range.
+            InsufficientMemoryError: If the batch would not fit in free memory (checked
+                only for batches over 1 GiB).
             RateLimiterTimeout: If the limiter did not let the sample through in time.
             WouldBlockForeverError: If the table cannot be sampled and no other thread
                 could change that (e.g. a single thread sampling an empty table).
@@ -678,6 +775,15 @@ class Table:
             isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1
         ):
             raise InvalidArgumentError(f"beta must be a number in [0, 1], got {beta!r}")
+        if timeout is not None:
+            _check_timeout(timeout)
+        if b * self._item_nbytes > _SAMPLE_CHECK_BYTES:
+            check_memory(
+                b * self._item_nbytes,
+                self.device,
+                f"sample(batch_size={b}) of {self._item_nbytes} bytes per item",
+                "sample fewer items per call",
+            )
         with self._cond:
             self._note_thread()
             lim = self.rate_limiter
@@ -798,18 +904,28 @@ class Table:
             How many keys named a live item (the others were overwritten or removed).
 
         Raises:
-            InvalidArgumentError: If shapes differ or a priority is not finite and > 0.
+            InvalidArgumentError: If shapes differ, a key is not a whole number, or a
+                priority is not finite and > 0 or exceeds what the sampler can sum
+                without overflow (``Prioritized.priority_bound``). Nothing is written.
+            InvalidTypeError: If keys or priorities are not numbers (``None``, strings).
+
+        Example:
+            >>> t = Table(Spec({"x": ()}), 4); t.extend({"x": torch.zeros(2)})
+            >>> t.update_priorities(torch.tensor([0, 7]), torch.tensor([2.0, 3.0]))
+            1
         """
+        _check_keys(keys)
+        _check_numbers("priorities", priorities)
         if self._np_item_key is not None:
             return self._update_priorities_numpy(keys, priorities)
-        k = torch.as_tensor(keys, dtype=torch.int64, device=self.device).reshape(-1)
+        k = torch.as_tensor(keys, device=self.device).to(torch.int64).reshape(-1)
         p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device).reshape(-1)
         if k.shape != p.shape:
             raise InvalidArgumentError(
                 f"keys and priorities must have the same length, got {k.numel()} keys and "
                 f"{p.numel()} priorities"
             )
-        _check_priority_values(p)
+        _check_priority_values(p, self._priority_limit)
         with self._cond:
             slots = k.clamp(min=0) % self.capacity
             live = (k >= 0) & (self._item_key.index_select(0, slots) == k)
@@ -837,13 +953,16 @@ class Table:
         with self._cond:
             if self._kernels is not None:
                 # One pass: check every priority, keep and write the live ones.
-                slots, live_p, hi, bad = self._kernels.live_updates(k, p, item_key, priority)
+                slots, live_p, hi, bad = self._kernels.live_updates(
+                    k, p, item_key, priority, self._priority_limit
+                )
                 if bad >= 0:
-                    _check_priority_values(torch.from_numpy(p))  # raises, naming the value
+                    # raises, naming the value
+                    _check_priority_values(torch.from_numpy(p), self._priority_limit)
             else:
                 lo, hi = p.min(), p.max()
-                if not (lo > 0 and hi < np.inf):  # NaN fails both comparisons
-                    _check_priority_values(torch.from_numpy(p))
+                if not (lo > 0 and hi <= self._priority_limit and hi < np.inf):  # NaN fails
+                    _check_priority_values(torch.from_numpy(p), self._priority_limit)
                 slots = k % self.capacity
                 live = (item_key[slots] == k) & (k >= 0)
                 live_p = p
@@ -1431,7 +1550,7 @@ def _preset_capacity(size: int, sequence_length: int) -> int:
     return size + sequence_length - 1
 
 
-def _check_priority_values(p: torch.Tensor) -> None:
+def _check_priority_values(p: torch.Tensor, limit: float = math.inf) -> None:
     bad = ~torch.isfinite(p) | (p <= 0)
     if bool(bad.any()):
         first = float(p[bad][0])
@@ -1439,6 +1558,92 @@ def _check_priority_values(p: torch.Tensor) -> None:
             f"priorities must be finite and > 0, got {first} at index "
             f"{int(torch.nonzero(bad)[0, 0])}; clamp TD errors with e.g. abs(td) + 1e-6"
         )
+    if limit < math.inf:
+        high = p > limit
+        if bool(high.any()):
+            raise InvalidArgumentError(
+                f"priorities must be at most {limit:.6g}, got {float(p[high][0]):g} at index "
+                f"{int(torch.nonzero(high)[0, 0])}: the sampler's sum of (priority + eps) ** "
+                "alpha over the table would overflow float64; scale priorities down or clip "
+                "TD errors"
+            )
+
+
+def _field_hint(spec: Spec) -> str:
+    return ", ".join(f"{k!r}: ..." for k in list(spec)[:3]) + (", ..." if len(spec) > 3 else "")
+
+
+def _check_timeout(timeout: Any) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float | np.integer | np.floating):
+        raise InvalidTypeError(
+            f"timeout must be None or a number >= 0 (seconds), got {timeout!r} "
+            f"({type(timeout).__name__})"
+        )
+    if not timeout >= 0:  # NaN fails too
+        raise InvalidArgumentError(
+            f"timeout must be None or a number >= 0 (seconds), got {timeout}"
+        )
+
+
+def _kind_error(name: str, value: Any, expected: str) -> InvalidTypeError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return InvalidTypeError(f"{name} must be {expected}, got {shown} ({type(value).__name__})")
+
+
+def _check_numbers(name: str, value: Any) -> None:
+    """Raise unless ``value`` holds real numbers (a tensor, an array, numbers or lists of them)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.dtype.is_complex:
+            raise _kind_error(name, value, "real numbers")
+        return
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return
+    try:
+        kind = np.asarray(value).dtype.kind
+    except (TypeError, ValueError):
+        kind = "O"
+    if kind not in "iuf":
+        raise _kind_error(name, value, "real numbers")
+
+
+def _check_keys(keys: Any) -> None:
+    """Raise unless ``keys`` are whole numbers (ints, or floats with integral values)."""
+    if isinstance(keys, torch.Tensor):
+        dt = keys.dtype
+        if dt == torch.bool or dt.is_complex:
+            raise _kind_error("keys", keys, "integer item keys (Sample.keys)")
+        if not dt.is_floating_point:
+            return
+        k = keys.detach()
+        bad = ~torch.isfinite(k) | (k != k.trunc())
+        if bool(bad.any()):
+            raise InvalidArgumentError(
+                f"keys must be whole numbers (item keys from Sample.keys), got "
+                f"{float(k[bad].reshape(-1)[0])}"
+            )
+        return
+    try:
+        arr = np.asarray(keys)
+    except (TypeError, ValueError):
+        raise _kind_error("keys", keys, "integer item keys (Sample.keys)") from None
+    if arr.dtype.kind in "iu":
+        return
+    if arr.dtype.kind != "f":
+        raise _kind_error("keys", keys, "integer item keys (Sample.keys)")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(arr) | (arr != np.trunc(arr))
+    if bad.any():
+        raise InvalidArgumentError(
+            f"keys must be whole numbers (item keys from Sample.keys), got {arr[bad].flat[0]}"
+        )
+
+
+def _float_column(name: str, value: Any, device: torch.device) -> torch.Tensor:
+    _check_numbers(name, value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device, torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64, device=device)
 
 
 def _as_numpy(value: Any, dtype: type[np.generic]) -> np.ndarray[Any, Any]:
@@ -1466,8 +1671,11 @@ def _as_numpy(value: Any, dtype: type[np.generic]) -> np.ndarray[Any, Any]:
 def _int_column(name: str, value: Any, n: int, device: torch.device, default: int) -> torch.Tensor:
     if value is None:
         return torch.full((n,), default, dtype=torch.int64, device=device)
-    t = torch.as_tensor(value, device=device)
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
+    try:
+        t = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise _kind_error(name, value, f"an int or {n} ints") from None
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
         raise InvalidArgumentError(f"{name} must be integers, got dtype {dtype_name(t.dtype)}")
     t = t.to(torch.int64)
     if t.dim() == 0:
@@ -1484,7 +1692,14 @@ def _end_column(value: Any, n: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.int64, device=device)
     if value is True:
         return torch.full((n,), END_TERMINATED, dtype=torch.int64, device=device)
-    t = torch.as_tensor(value, device=device)
+    try:
+        t = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise _kind_error(
+            "ends", value, "bools or end codes 0 (none), 1 (terminated), 2 (truncated)"
+        ) from None
+    if t.dtype.is_complex:
+        raise _kind_error("ends", value, "bools or end codes 0, 1, 2")
     if t.dtype.is_floating_point and bool(((t != 0) & (t != 1)).any()):
         raise InvalidArgumentError("ends given as floats must be 0.0 or 1.0")
     t = t.to(torch.int64).reshape(-1) if t.dim() else t.to(torch.int64).expand(n)
