@@ -527,10 +527,10 @@ def test_inspect_plot_to_an_unknown_format_fails_before_reading(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("matplotlib")
-    import replaydb.cli as cli
+    import replaydb.cli._inspect as inspect_command
 
     read: list[str] = []
-    monkeypatch.setattr(cli, "describe", lambda p: read.append(p))
+    monkeypatch.setattr(inspect_command, "describe", lambda p: read.append(p))
     code, err = _main(capsys, "inspect", str(_table_file(tmp_path)), "--plot", "x.xyz")
     assert code == 2
     assert "--plot 'x.xyz': matplotlib cannot write .xyz files" in err and ".png" in err
@@ -559,12 +559,12 @@ def test_unwritable_out_fails_before_collecting(
 def test_inspect_turns_any_loader_crash_into_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import replaydb.cli as cli
+    import replaydb.cli._inspect as inspect_command
 
     def crash(path: Any) -> Any:
         raise TypeError("unhashable type: 'list'\nsecond line")
 
-    monkeypatch.setattr(cli, "describe", crash)
+    monkeypatch.setattr(inspect_command, "describe", crash)
     code, err = _main(capsys, "inspect", str(tmp_path))
     assert code == 2
     assert err == (

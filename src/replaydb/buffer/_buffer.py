@@ -1,0 +1,540 @@
+"""The :class:`ReplayBuffer` class: Velora's buffer API over a replaydb table.
+
+Construction (and the :meth:`ReplayBuffer.prioritized` preset), the live storage
+views, ``add``/``add_multi``, ``sample``, ``update_priorities``, Velora's
+``metadata``/``config``/``state_dict`` and ``warm``. The input conversions it binds
+as methods are in ``_inputs``; ``save``/``load`` delegate to ``_files``. The data
+layout and the file format are described in :mod:`replaydb.buffer`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from replaydb.buffer import _files, _inputs
+from replaydb.buffer._inputs import _positive_int, _Staging, check_device
+from replaydb.buffer._records import _KEYS, BatchExperience, BufferConfig
+from replaydb.errors import InvalidArgumentError, NotEnoughDataError
+from replaydb.rate_limiters import MinSize
+from replaydb.samplers import Prioritized
+from replaydb.spec import Field, Spec
+from replaydb.table import Table
+
+__all__ = ["ReplayBuffer"]
+
+
+class ReplayBuffer:
+    """Velora's off-policy replay buffer, backed by a replaydb table.
+
+    Thread-safe: any number of threads may ``add``, ``add_multi`` and ``sample``
+    at once (each thread stages its own rows; storage is written under the
+    table's lock).
+
+    Args:
+        capacity: Transitions kept; the oldest is overwritten first.
+        state_dim: Size of an observation.
+        action_dim: Size of an action.
+        hidden_dim: Size of the acting network's hidden state (0 allowed).
+        device: Where the tensors live (default CPU); also accepted by position.
+        table: A table with :meth:`transition_spec` and this capacity to use
+            instead of a new uniform one (a sampler, a rate limiter, ...).
+
+    Raises:
+        InvalidArgumentError: If a size is not a positive int, the device cannot be
+            used here, or ``table`` does not fit.
+
+    Example:
+        >>> buffer = ReplayBuffer(100, state_dim=4, action_dim=1, hidden_dim=2)
+        >>> buffer.add(torch.zeros(4), 1.0, 1.0, torch.zeros(4), False)
+        >>> len(buffer), tuple(buffer.states.shape)
+        (1, (100, 4))
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        state_dim: int,
+        action_dim: int,
+        hidden_dim: int,
+        device: torch.device | str | None = None,
+        *,
+        table: Table | None = None,
+    ) -> None:
+        self.capacity = _positive_int("capacity", capacity, 1)
+        self.state_dim = _positive_int("state_dim", state_dim, 1)
+        self.action_dim = _positive_int("action_dim", action_dim, 1)
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim, 0)
+        spec = self.transition_spec(self.state_dim, self.action_dim, self.hidden_dim)
+        if table is None:
+            self.device = check_device(device)
+            table = Table(spec, self.capacity, device=self.device, name="replay_buffer")
+        else:
+            if not isinstance(table, Table):
+                raise InvalidArgumentError(
+                    f"table must be a replaydb Table, got {type(table).__name__}"
+                )
+            if table.spec != spec or table.capacity != self.capacity or table.sequence_length != 1:
+                raise InvalidArgumentError(
+                    "table must be a single-step table with ReplayBuffer.transition_spec"
+                    f"({self.state_dim}, {self.action_dim}, {self.hidden_dim}) and capacity "
+                    f"{self.capacity}; got capacity {table.capacity}, sequence_length "
+                    f"{table.sequence_length}, fields {list(table.spec)}"
+                )
+            if device is not None and check_device(device) != table.device:
+                raise InvalidArgumentError(
+                    f"device {str(device)!r} differs from the table's device {str(table.device)!r}"
+                )
+            self.device = table.device
+        self.table = table
+        self._fields = table.storage.fields  # live [capacity, dim] column views
+        self._fast = self.device.type == "cpu"
+        self._width = 2 * self.state_dim + self.action_dim + self.hidden_dim + 2
+        self._tls = _Staging()
+        self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
+        self._hidden_zeros_t = torch.zeros(self.hidden_dim)
+        self._shapes = (
+            torch.Size([self.state_dim]),
+            torch.Size([self.action_dim]),
+            torch.Size([self.hidden_dim]),
+        )
+        self._shapes_2d = tuple(torch.Size([1, *sh]) for sh in self._shapes)
+        self._weighted = not table.sampler.deterministic and hasattr(table.sampler, "beta")
+
+    @classmethod
+    def prioritized(
+        cls,
+        capacity: int,
+        state_dim: int,
+        action_dim: int,
+        hidden_dim: int,
+        *,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        eps: float = 1e-6,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> ReplayBuffer:
+        """A buffer with prioritized replay (Schaul et al. 2015, arXiv 1511.05952).
+
+        ``sample`` returns ``weights`` (``(B, 1)``) and ``keys`` besides Velora's
+        fields; feed ``abs(td_error) + eps`` back through :meth:`update_priorities`.
+        New transitions get the highest priority seen so far. :meth:`save` keeps
+        the priorities, ``alpha``, ``beta``, ``eps`` and the generator.
+
+        Args:
+            capacity: Transitions kept.
+            state_dim: Size of an observation.
+            action_dim: Size of an action.
+            hidden_dim: Size of the hidden state (0 allowed).
+            alpha: Priority exponent in [0, 1].
+            beta: Importance-weight exponent in [0, 1] (``sample(beta=...)`` overrides).
+            eps: Added to every priority, >= 0.
+            seed: Seed of the sampler's generator.
+            device: Where the tensors live.
+
+        Returns:
+            The buffer.
+
+        Example:
+            >>> buf = ReplayBuffer.prioritized(100, 4, 1, 0, seed=0)
+            >>> s, z = torch.zeros(8, 4), torch.zeros(8)
+            >>> buf.add_multi(s, z, z + 1, s, z)
+            >>> batch = buf.sample(4); buf.update_priorities(batch.keys, torch.rand(4) + 0.1)
+            4
+        """
+        c = _positive_int("capacity", capacity, 1)
+        spec = cls.transition_spec(
+            _positive_int("state_dim", state_dim, 1),
+            _positive_int("action_dim", action_dim, 1),
+            _positive_int("hidden_dim", hidden_dim, 0),
+        )
+        sampler = Prioritized(alpha=alpha, beta=beta, eps=eps, seed=seed)
+        dev = check_device(device)
+        table = Table(spec, c, sampler=sampler, device=dev, name="replay_buffer")
+        return cls(c, state_dim, action_dim, hidden_dim, table=table)
+
+    @staticmethod
+    def transition_spec(state_dim: int, action_dim: int, hidden_dim: int) -> Spec:
+        """The spec of a Velora transition.
+
+        Example:
+            >>> list(ReplayBuffer.transition_spec(4, 1, 2))
+            ['states', 'actions', 'next_states', 'hiddens', 'rewards', 'dones']
+        """
+        return Spec(
+            {
+                "states": Field((state_dim,)),
+                "actions": Field((action_dim,)),
+                "next_states": Field((state_dim,)),
+                "hiddens": Field((hidden_dim,)),
+                "rewards": Field((1,)),
+                "dones": Field((1,)),
+            }
+        )
+
+    # ----------------------------------------------------------------- state
+    @property
+    def size(self) -> int:
+        """Transitions stored."""
+        return self.table.num_steps
+
+    @property
+    def position(self) -> int:
+        """Row the next transition is written to."""
+        return self.table.total_steps_written % self.capacity
+
+    @property
+    def states(self) -> torch.Tensor:
+        """Live ``[capacity, state_dim]`` view of the stored states (row ``i`` is slot ``i``)."""
+        return self._fields["states"]
+
+    @property
+    def actions(self) -> torch.Tensor:
+        """Live ``[capacity, action_dim]`` view of the stored actions."""
+        return self._fields["actions"]
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        """Live ``[capacity, 1]`` view of the stored rewards."""
+        return self._fields["rewards"]
+
+    @property
+    def next_states(self) -> torch.Tensor:
+        """Live ``[capacity, state_dim]`` view of the stored next states."""
+        return self._fields["next_states"]
+
+    @property
+    def dones(self) -> torch.Tensor:
+        """Live ``[capacity, 1]`` view of the stored done flags (1.0 or 0.0)."""
+        return self._fields["dones"]
+
+    @property
+    def hiddens(self) -> torch.Tensor:
+        """Live ``[capacity, hidden_dim]`` view of the stored hidden states."""
+        return self._fields["hiddens"]
+
+    def __len__(self) -> int:
+        return self.table.num_steps
+
+    def __repr__(self) -> str:
+        return (
+            f"ReplayBuffer(capacity={self.capacity}, state_dim={self.state_dim}, "
+            f"action_dim={self.action_dim}, hidden_dim={self.hidden_dim}, size={self.size}, "
+            f"device={self.device})"
+        )
+
+    # ----------------------------------------------------------------- writes
+    def add(
+        self,
+        state: Any,
+        action: Any,
+        reward: Any,
+        next_state: Any,
+        done: Any,
+        hidden: Any = None,
+    ) -> None:
+        """Add one transition.
+
+        Args:
+            state: Observation, shape ``(state_dim,)`` or ``(1, state_dim)``.
+            action: Action, ``action_dim`` values (a single value fills every slot).
+            reward: One number.
+            next_state: Observation after the action, like ``state``.
+            done: Whether the episode ended (bool or number).
+            hidden: Hidden state, ``hidden_dim`` values; omitted means zeros.
+
+        Raises:
+            ValueError: Naming the argument, the expected and the received shape or
+                type (``None``, sparse and ``meta`` tensors included); the buffer is
+                left unchanged.
+
+        Example:
+            >>> buf = ReplayBuffer(10, 2, 1, 0)
+            >>> buf.add(torch.ones(2), 0, 1.5, torch.ones(2), True); buf.rewards[0].tolist()
+            [1.5]
+        """
+        if self._fast:
+            row = self._stage_add(state, action, reward, next_state, done, hidden)
+            if row is not None:
+                self.table.extend_unchecked({torch.float32: row}, 1)
+                return
+        values = {
+            "states": self._row("state", state, self.state_dim, broadcast=False),
+            "actions": self._row("action", action, self.action_dim, broadcast=True),
+            "rewards": self._row("reward", reward, 1, broadcast=False),
+            "next_states": self._row("next_state", next_state, self.state_dim, broadcast=False),
+            "dones": self._row("done", done, 1, broadcast=False),
+            "hiddens": self._hidden_zeros
+            if hidden is None
+            else self._row("hidden", hidden, self.hidden_dim, broadcast=True),
+        }
+        self.table.extend_unchecked(values, 1)
+
+    # The fast path's staging row and the checked conversions are in _inputs.py.
+    _stage_add = _inputs._stage_add
+    _row = _inputs._row
+
+    def add_multi(
+        self,
+        states: Any,
+        actions: Any,
+        rewards: Any,
+        next_states: Any,
+        dones: Any,
+        hiddens: Any = None,
+    ) -> None:
+        """Add a batch of N transitions (tensors, arrays or lists).
+
+        ``rewards``, ``dones`` and (when ``action_dim == 1``) ``actions`` may be 1-D.
+        Bools and ints are cast to float32. If N exceeds the capacity, exactly the
+        newest ``capacity`` rows are kept. N = 0 does nothing.
+
+        Raises:
+            ValueError: Naming the argument and the shapes; nothing is written.
+
+        Example:
+            >>> buf = ReplayBuffer(10, 2, 1, 0)
+            >>> buf.add_multi(torch.ones(3, 2), torch.zeros(3), torch.ones(3), torch.ones(3, 2),
+            ...               torch.tensor([False, False, True]))
+            >>> len(buf), buf.dones[:3, 0].tolist()
+            (3, [0.0, 0.0, 1.0])
+        """
+        cols = [
+            self._column("states", states, self.state_dim),
+            self._column("actions", actions, self.action_dim),
+            self._column("rewards", rewards, 1),
+            self._column("next_states", next_states, self.state_dim),
+            self._column("dones", dones, 1),
+        ]
+        n = cols[0].shape[0]
+        if hiddens is None:
+            cols.append(torch.zeros(n, self.hidden_dim))
+        else:
+            cols.append(self._column("hiddens", hiddens, self.hidden_dim))
+        for name, t in zip(_KEYS, cols, strict=True):
+            if t.shape[0] != n:
+                raise InvalidArgumentError(
+                    f"{name} has {t.shape[0]} rows but states has {n}; "
+                    "every argument of add_multi needs the same number of rows"
+                )
+        if n == 0:
+            return
+        if self._fast:
+            # Pack the columns in spec order into one contiguous block of this
+            # thread's: one row-block copy into storage instead of six strided ones.
+            tls = self._tls
+            staged = tls.block
+            if staged is None or staged[1].shape[0] != n:
+                t = torch.empty(n, self._width)
+                staged = tls.block = (t, t.numpy())
+            s, a, r, s2, d, h = cols
+            torch.cat((s, a, s2, h, r, d), 1, out=staged[0])
+            self.table.extend_unchecked({torch.float32: staged[1]}, n)
+        else:
+            self.table.extend(
+                {name: t.to(self.device) for name, t in zip(_KEYS, cols, strict=True)}
+            )
+
+    _column = _inputs._column
+
+    # ------------------------------------------------------------------ reads
+    def sample(self, batch_size: int, *, beta: float | None = None) -> BatchExperience:
+        """Sample ``batch_size`` transitions uniformly, with replacement.
+
+        A :meth:`prioritized` buffer samples by priority instead and also fills
+        ``weights`` (``(B, 1)``) and ``keys`` (``beta`` overrides its exponent). The
+        draw has the table's semantics (:meth:`Table.sample`): ``times_sampled``
+        counts, ``max_times_sampled`` removals and the rate limiter all apply.
+
+        Returns:
+            A :class:`BatchExperience` on the buffer's device.
+
+        Raises:
+            ValueError: ``"Buffer does not contain enough experiences. Available: n,
+                Requested: b"`` when fewer than ``batch_size`` are stored.
+
+        Example:
+            >>> buf = ReplayBuffer(10, 2, 1, 0)
+            >>> buf.add_multi(torch.ones(4, 2), torch.zeros(4), torch.ones(4), torch.ones(4, 2),
+            ...               torch.zeros(4))
+            >>> buf.sample(3).rewards.shape
+            torch.Size([3, 1])
+        """
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int | np.integer)
+            or (batch_size < 1)
+        ):
+            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        n = self.table.num_steps
+        if n < batch_size:
+            raise NotEnoughDataError(
+                f"Buffer does not contain enough experiences. Available: {n}, "
+                f"Requested: {batch_size}"
+            )
+        if self._weighted:
+            s = self.table.sample(int(batch_size), beta=beta)
+            return BatchExperience(**s.data, weights=s.weights.unsqueeze(1), keys=s.keys)
+        return BatchExperience(**self.table.sample_data(int(batch_size)))
+
+    def update_priorities(self, keys: Any, priorities: Any) -> int:
+        """Set priorities of sampled transitions (see :meth:`Table.update_priorities`).
+
+        ``priorities`` may be ``(B,)`` or ``(B, 1)`` like the batch's fields.
+
+        Example:
+            >>> buf = ReplayBuffer.prioritized(10, 2, 1, 0, seed=0)
+            >>> buf.add_multi(torch.ones(4, 2), torch.zeros(4), torch.ones(4), torch.ones(4, 2),
+            ...               torch.zeros(4))
+            >>> b = buf.sample(2); buf.update_priorities(b.keys, b.rewards.abs() + 0.1)
+            2
+        """
+        return self.table.update_priorities(keys, priorities)
+
+    # ------------------------------------------------------------- persistence
+    def metadata(self) -> dict[str, Any]:
+        """Velora's metadata: capacity, dims, position, size and device, in that order.
+
+        Example:
+            >>> ReplayBuffer(10, 2, 1, 0).metadata()["position"]
+            0
+        """
+        return {
+            "capacity": self.capacity,
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+            "hidden_dim": self.hidden_dim,
+            "position": self.position,
+            "size": self.size,
+            "device": str(self.device),
+        }
+
+    def config(self) -> BufferConfig:
+        """Velora's buffer config: ``type="ReplayBuffer"``, the capacity and the three dims.
+
+        Returns:
+            A :class:`BufferConfig`, accepted by Velora's ``RLAgentConfig(buffer=...)``
+            and equal to Velora's own ``BufferConfig`` with the same values.
+
+        Example:
+            >>> ReplayBuffer(10, 3, 2, 1).config()["type"]
+            'ReplayBuffer'
+        """
+        return BufferConfig(
+            type="ReplayBuffer",
+            capacity=self.capacity,
+            state_dim=self.state_dim,
+            action_dim=self.action_dim,
+            hidden_dim=self.hidden_dim,
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Dense copies of the six tensors at full capacity (rows past ``size`` are zeros).
+
+        Each is contiguous and owns its memory, so ``safetensors.torch.save_file``
+        (what Velora's ``agent.save(..., buffer=True)`` calls) accepts the dict. The
+        copies are taken under the table's lock: one consistent snapshot.
+
+        Example:
+            >>> ReplayBuffer(10, 3, 2, 1).state_dict()["states"].is_contiguous()
+            True
+        """
+        dense = torch.contiguous_format
+        with self.table.locked():
+            return {k: self._fields[k].clone(memory_format=dense) for k in _KEYS}
+
+    def _keeps_table_state(self) -> bool:
+        """Whether a save needs the table file (anything beyond Velora's plain buffer)."""
+        cfg = self.table.config()
+        return not (
+            cfg["sampler"].get("type") == "Uniform"
+            and cfg["max_times_sampled"] is None
+            and cfg["rate_limiter"] == MinSize(1).config()  # Table's default limiter
+        )
+
+    def save(self, dirpath: str | os.PathLike[str], prefix: str = "buffer_") -> None:
+        """Write ``<prefix>metadata.json`` and ``<prefix>state.safetensors`` into ``dirpath``.
+
+        A buffer with more than Velora's plain uniform table (a :meth:`prioritized`
+        one, ``max_times_sampled``, a rate limiter) also writes
+        ``<prefix>table-<sha>.safetensors`` with its priorities, sampler generator
+        and counters, named in the JSON; Velora reads the other two files as usual.
+
+        Crash-safe: a kill at any instant leaves the old or the new buffer loadable
+        (see the module docstring for the protocol). Stale temporary files of killed
+        saves are removed.
+
+        Raises:
+            InvalidArgumentError: If ``dirpath`` is a file or ``prefix`` has a path
+                separator.
+            OSError: If the directory cannot be created or written (nothing is replaced).
+
+        Example:
+            >>> import tempfile
+            >>> buf = ReplayBuffer(10, 2, 1, 0); buf.save(tempfile.mkdtemp())
+        """
+        _files.save(self, dirpath, prefix)
+
+    @classmethod
+    def load(
+        cls,
+        state_path: str | os.PathLike[str],
+        metadata: Mapping[str, Any],
+        *,
+        device: torch.device | str | None = None,
+    ) -> ReplayBuffer:
+        """Restore a buffer from Velora-format files.
+
+        Args:
+            state_path: The ``.safetensors`` file (the suffix may be omitted).
+            metadata: The parsed ``<prefix>metadata.json``.
+            device: Override the stored device (``null`` in the file means CPU).
+
+        Returns:
+            A new buffer with the same contents, position and size, and, where the
+            save wrote a table file, the same sampler, priorities and counters.
+
+        Raises:
+            CheckpointError: If a file is missing, truncated, corrupt, or does not
+                match the metadata, or the metadata is malformed (wrong JSON types, an
+                unknown device).
+
+        Example:
+            >>> import json, pathlib, tempfile
+            >>> d = pathlib.Path(tempfile.mkdtemp()); ReplayBuffer(10, 2, 1, 0).save(d)
+            >>> meta = json.loads((d / "buffer_metadata.json").read_text())
+            >>> len(ReplayBuffer.load(d / "buffer_state.safetensors", meta))
+            0
+        """
+        return _files.load(cls, state_path, metadata, device=device)
+
+    def warm(self, agent: Any, n_samples: int, num_envs: int = 8, **kwargs: Any) -> None:
+        """Fill the buffer with ``n_samples`` transitions from Gymnasium vector envs.
+
+        Velora's contract: ``num_envs`` cannot be smaller than 2 (the generic
+        :func:`replaydb.collect.warm` also accepts 1). See
+        :func:`replaydb.collect.warm` for the other arguments (``env=``, ``seed=``,
+        ``progress=``) and what is stored. Needs ``pip install 'replaydb[gym]'``.
+
+        Raises:
+            InvalidArgumentError: If ``num_envs`` is not an int >= 2.
+
+        Example:
+            >>> buf = ReplayBuffer(100, 4, 1, 0)
+            >>> buf.warm("random", 10, 2, env="CartPole-v1", seed=0, progress=False)
+            >>> len(buf)
+            10
+        """
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 2:
+            raise InvalidArgumentError(
+                f"'num_envs={num_envs!r}' cannot be smaller than 2 (Velora's warm contract); "
+                "use replaydb.collect.warm for a single environment"
+            )
+        from replaydb.collect import warm
+
+        warm(self, agent, n_samples, num_envs=num_envs, **kwargs)

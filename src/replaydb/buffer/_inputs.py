@@ -1,0 +1,249 @@
+"""Checking and converting what callers pass to a :class:`ReplayBuffer`.
+
+Sizes (``_positive_int``) and devices (:func:`check_device`) for the constructors;
+for ``add``, the fast path that stages a transition in this thread's row
+(``_Staging``, ``_stage_add``) and the checked conversion with exact errors
+(``_row``); for ``add_multi``, the conversion of each column (``_column``). The
+three take the buffer as ``self``: ``ReplayBuffer`` binds them as its methods.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from replaydb.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from replaydb.buffer._buffer import ReplayBuffer
+
+
+def _positive_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a :class:`torch.device` that can hold tensors here, or one clear error.
+
+    Args:
+        device: ``None`` (CPU), a string such as ``"cuda:0"``, or a ``torch.device``.
+
+    Returns:
+        The device.
+
+    Raises:
+        InvalidArgumentError: If the device is malformed, not built into this torch,
+            absent on this machine, or ``meta``.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, str | torch.device):
+        raise InvalidArgumentError(
+            f"device must be a string such as 'cpu' or 'cuda:0' or a torch.device, got "
+            f"{type(device).__name__} {device!r}"
+        )
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InvalidArgumentError(
+            f"device {device!r} is not a device torch knows; use 'cpu', 'cuda', 'cuda:<n>' or 'mps'"
+        ) from exc
+    if dev.type == "meta":
+        raise InvalidArgumentError(
+            "device 'meta' holds no data, so a buffer cannot live there; use 'cpu' or 'cuda'"
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(
+                f"device {str(dev)!r} was asked for but this torch has no usable CUDA GPU "
+                "(CPU-only build or no driver); use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidArgumentError(
+                f"device {str(dev)!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+        return dev
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InvalidArgumentError(
+                f"device {str(dev)!r} was asked for but Apple's MPS backend is not available "
+                "on this machine; use device='cpu'"
+            )
+        return dev
+    if dev.type != "cpu":
+        try:
+            torch.empty(1, device=dev)
+        except Exception as exc:  # each backend raises its own type
+            raise InvalidArgumentError(
+                f"device {str(dev)!r} cannot hold tensors on this machine ({type(exc).__name__}); "
+                "use device='cpu'"
+            ) from exc
+    return dev
+
+
+class _Staging(threading.local):
+    """Per-thread staging arrays, so concurrent ``add`` calls never share a row."""
+
+    row: tuple[np.ndarray[Any, Any], torch.Tensor] | None = None  # the row, its head as torch
+    block: tuple[torch.Tensor, np.ndarray[Any, Any]] | None = None  # a block, as numpy
+
+
+def _stage_add(
+    self: ReplayBuffer,
+    state: Any,
+    action: Any,
+    reward: Any,
+    next_state: Any,
+    done: Any,
+    hidden: Any,
+) -> np.ndarray[Any, Any] | None:
+    """This thread's staging row holding the transition; ``None`` if it needs the checked path.
+
+    The common Velora call (1-D CPU float tensors, numbers for reward and done) is
+    one ``torch.cat`` into the staging row, which storage then copies in one
+    assignment. Anything else (lists, arrays, a ``(1, dim)`` state, a tensor that
+    requires grad or lives on a GPU, a wrong size, ``None``) returns ``None`` and
+    :meth:`_row` produces the conversion or the exact error.
+    """
+    tensor = torch.Tensor
+    if not (
+        isinstance(state, tensor) and isinstance(next_state, tensor) and isinstance(action, tensor)
+    ) or (reward is None or done is None):
+        return None
+    if hidden is None:
+        hidden = self._hidden_zeros_t
+    elif not isinstance(hidden, tensor):
+        return None
+    shapes = self._shapes
+    if action.shape != shapes[1]:
+        if action.dim() == 0:
+            action = action.expand(self.action_dim)  # one value fills every slot
+        elif action.shape == self._shapes_2d[1]:  # Velora's agents pass (1, dim)
+            action = action[0]
+        else:
+            return None
+    if hidden.shape != shapes[2]:
+        if hidden.shape != self._shapes_2d[2]:
+            return None
+        hidden = hidden[0]
+    if state.shape != shapes[0]:
+        if state.shape != self._shapes_2d[0]:
+            return None
+        state = state[0]
+    if next_state.shape != shapes[0]:
+        if next_state.shape != self._shapes_2d[0]:
+            return None
+        next_state = next_state[0]
+    if isinstance(reward, tensor):  # a 0-d tensor from a NumpyToTorch env
+        if reward.numel() != 1 or reward.dim() > 2:
+            return None
+        reward = reward.item()
+    if isinstance(done, tensor):
+        if done.numel() != 1 or done.dim() > 2:
+            return None
+        done = done.item()
+    staged = self._tls.row
+    if staged is None:
+        arr = np.zeros(self._width, np.float32)
+        staged = self._tls.row = (arr, torch.from_numpy(arr[:-2]))
+    row, head = staged
+    try:
+        torch.cat((state, action, next_state, hidden), out=head)
+        row[-2] = reward
+        row[-1] = done
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return row
+
+
+def _row(self: ReplayBuffer, name: str, value: Any, dim: int, *, broadcast: bool) -> Any:
+    """Return ``value`` as something numpy can assign into a ``(dim,)`` row."""
+    if value is None:
+        raise InvalidArgumentError(
+            f"{name} must be "
+            + ("a number" if dim == 1 and name in ("reward", "done") else "a tensor or array")
+            + ", got None"
+        )
+    if isinstance(value, torch.Tensor):
+        _check_tensor(name, value)
+        if value.requires_grad:
+            value = value.detach()
+        if value.dtype is not torch.float32 or not value.is_cpu:
+            value = value.to("cpu", torch.float32)
+        shape = value.shape
+        if (len(shape) == 1 and shape[0] == dim) or shape == (1, dim):
+            return value.numpy()  # numpy drops the leading 1 when assigning
+        n, shape = value.numel(), tuple(shape)
+        out: Any = value.numpy()
+    elif isinstance(value, bool | int | float | np.number | np.bool_):
+        if dim != 1 and not broadcast:
+            raise InvalidArgumentError(
+                f"{name}: expected shape ({dim},) or (1, {dim}), got a single number {value!r}"
+            )
+        return float(value)
+    else:
+        try:
+            out = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(
+                f"{name}: expected a tensor, array or number, got {type(value).__name__}"
+            ) from exc
+        n, shape = out.size, out.shape
+    if n == dim and (len(shape) <= 1 or shape == (1, dim)):
+        return out.reshape(dim) if len(shape) != 1 else out
+    if n == 1 and (broadcast or dim == 1) and len(shape) <= 2:
+        return out.reshape(())
+    expected = f"({dim},) or (1, {dim})" + (" or a single value" if broadcast else "")
+    raise InvalidArgumentError(
+        f"{name}: expected shape {expected}, got {shape}; "
+        f"this buffer was built with {name.removesuffix('s')}_dim={dim}"
+        if name in ("state", "next_state", "action", "hidden")
+        else f"{name}: expected shape {expected}, got {shape}"
+    )
+
+
+def _column(self: ReplayBuffer, name: str, value: Any, dim: int) -> torch.Tensor:
+    """``value`` as a float32 ``(N, dim)`` tensor (on CPU for the fast path)."""
+    if isinstance(value, torch.Tensor):
+        _check_tensor(name, value)
+        t = value.detach() if value.requires_grad else value
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(
+                f"{name}: expected a tensor or array, got {type(value).__name__}"
+            ) from exc
+    if t.dim() == 1 and dim == 1:
+        t = t.unsqueeze(1)
+    if t.dim() != 2 or t.shape[1] != dim:
+        raise InvalidArgumentError(
+            f"{name}: expected shape (N, {dim}), got {tuple(t.shape)}"
+            + (" (1-D is accepted when the feature size is 1)" if t.dim() == 1 else "")
+        )
+    if t.dtype is not torch.float32 or (self._fast and not t.is_cpu):
+        t = t.to("cpu" if self._fast else t.device, torch.float32)
+    return t
+
+
+def _check_tensor(name: str, value: torch.Tensor) -> None:
+    if value.layout is not torch.strided:
+        raise InvalidArgumentError(
+            f"{name}: sparse tensors are not supported (layout {value.layout}); "
+            f"pass {name}.to_dense()"
+        )
+    if value.is_meta:
+        raise InvalidArgumentError(
+            f"{name}: a tensor on the 'meta' device holds no data; pass a real tensor"
+        )
