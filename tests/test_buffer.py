@@ -14,7 +14,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from replaydb import BatchExperience, CheckpointError, ReplayBuffer
+from replaydb import BatchExperience, ReplayBuffer
+from replaydb.errors import CheckpointError
 
 KEYS = ("states", "actions", "rewards", "next_states", "dones", "hiddens")
 

@@ -974,7 +974,7 @@ def test_a_raised_capacity_is_rejected_before_allocating(
 ) -> None:
     import replaydb.storage
 
-    sampler = replaydb.Prioritized(seed=1) if prioritized else Uniform(seed=1)
+    sampler = replaydb.samplers.Prioritized(seed=1) if prioritized else Uniform(seed=1)
     table = Table(Spec({"x": (64,)}), 16, sampler=sampler)
     table.extend({"x": torch.ones(10, 64)})
     config, state = table.snapshot()

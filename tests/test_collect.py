@@ -15,14 +15,7 @@ import torch
 
 gym = pytest.importorskip("gymnasium")
 
-from replaydb import (  # noqa: E402
-    InvalidArgumentError,
-    ReplayBuffer,
-    Spec,
-    SpecMismatchError,
-    Table,
-    Uniform,
-)
+from replaydb import ReplayBuffer, Spec, Table  # noqa: E402
 from replaydb.checkpoint import list_checkpoints, read_checkpoint  # noqa: E402
 from replaydb.collect import (  # noqa: E402
     LAYOUT,
@@ -34,6 +27,8 @@ from replaydb.collect import (  # noqa: E402
     step_spec,
     warm,
 )
+from replaydb.errors import InvalidArgumentError, SpecMismatchError  # noqa: E402
+from replaydb.samplers import Uniform  # noqa: E402
 
 ENV = "CartPole-v1"
 X_LIMIT, THETA_LIMIT = 2.4, 12 * 2 * np.pi / 360

@@ -2,51 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
+
 import replaydb
 
 EXPECTED = [
     "BatchExperience",
-    "CheckpointError",
     "Client",
-    "ClosedError",
     "Collector",
     "Dataset",
     "Field",
-    "Fifo",
-    "InvalidArgumentError",
-    "Lifo",
-    "MaxHeap",
-    "MinHeap",
-    "MinSize",
-    "MissingDependencyError",
     "NStepTargets",
-    "NotEnoughDataError",
-    "Prioritized",
-    "Queue",
-    "RateLimiter",
-    "RateLimiterTimeout",
     "ReplayBuffer",
     "ReplayBufferManager",
-    "ReplayError",
     "Sample",
     "SampleInfo",
-    "SampleToInsertRatio",
-    "Sampler",
     "Server",
     "Spec",
-    "SpecMismatchError",
-    "Stack",
     "StepObserver",
-    "Storage",
-    "SumTree",
     "Table",
     "TableInfo",
-    "Uniform",
-    "WouldBlockForeverError",
     "__version__",
+    "errors",
     "load_table",
     "nstep_returns",
     "populate",
+    "rate_limiters",
+    "samplers",
     "save_table",
     "warm",
 ]
@@ -57,11 +41,40 @@ def test_all_is_pinned_and_sorted() -> None:
     assert replaydb.__all__ == sorted(replaydb.__all__)
 
 
-def test_every_public_name_resolves_and_is_documented() -> None:
+def test_every_public_name_resolves_and_has_an_example() -> None:
     for name in replaydb.__all__:
         obj = getattr(replaydb, name)
         if name != "__version__":
             assert obj.__doc__, f"{name} has no docstring"
+            assert "Example" in obj.__doc__, f"{name}'s docstring has no Example: section"
+
+
+def test_family_members_have_examples() -> None:
+    for module in (replaydb.errors, replaydb.rate_limiters, replaydb.samplers):
+        for name in module.__all__:
+            doc = getattr(module, name).__doc__ or ""
+            assert doc, f"{module.__name__}.{name} has no docstring"
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("Uniform", "samplers"),
+        ("MinSize", "rate_limiters"),
+        ("CheckpointError", "errors"),
+        ("SumTree", "sum_tree"),
+        ("Storage", "storage"),
+    ],
+)
+def test_moved_names_still_resolve_with_a_deprecation_warning(name: str, module: str) -> None:
+    with pytest.warns(DeprecationWarning, match=rf"replaydb\.{module}\.{name}"):
+        obj = getattr(replaydb, name)
+    assert obj is getattr(importlib.import_module(f"replaydb.{module}"), name)
+
+
+def test_unknown_names_are_attribute_errors() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        replaydb.Nope  # noqa: B018
 
 
 def test_import_has_no_optional_dependencies() -> None:

@@ -10,21 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from replaydb import (
+from replaydb import Spec, Table, load_table, save_table
+from replaydb.errors import InvalidArgumentError, RateLimiterTimeout, WouldBlockForeverError
+from replaydb.rate_limiters import (
     MinSize,
     Queue,
     RateLimiter,
-    RateLimiterTimeout,
     SampleToInsertRatio,
-    Spec,
     Stack,
-    Table,
-    WouldBlockForeverError,
-    load_table,
-    save_table,
+    rate_limiter_from_config,
 )
-from replaydb.errors import InvalidArgumentError
-from replaydb.rate_limiters import rate_limiter_from_config
 
 SPEC = Spec({"x": ()})
 

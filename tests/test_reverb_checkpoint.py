@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 pytest.importorskip("google.protobuf")
 pytest.importorskip("cramjam")
 
-from replaydb import CheckpointError, InvalidArgumentError, SpecMismatchError
 from replaydb._reverb_checkpoint import (
     ReverbCheckpoint,
     ReverbItem,
@@ -42,6 +41,7 @@ from replaydb._reverb_format import decode_structure, messages
 from replaydb._tfrecord import masked_crc32c, read_records
 from replaydb.checkpoint import read_checkpoint
 from replaydb.cli import main
+from replaydb.errors import CheckpointError, InvalidArgumentError, SpecMismatchError
 from replaydb.manager import ReplayBufferManager
 from replaydb.spec import Spec
 
@@ -305,7 +305,8 @@ def test_masked_crc32c_known_values() -> None:
 def test_missing_extras_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from replaydb import MissingDependencyError, _reverb_format
+    from replaydb import _reverb_format
+    from replaydb.errors import MissingDependencyError
 
     monkeypatch.setattr(_reverb_format, "_CRAMJAM", [])
     monkeypatch.setitem(sys.modules, "cramjam", None)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from replaydb import Queue, Spec, Table, load_table, save_table
+from replaydb import Spec, Table, load_table, save_table
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
+from replaydb.rate_limiters import Queue
 from replaydb.samplers import (
     Fifo,
     Lifo,

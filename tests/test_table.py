@@ -13,17 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from replaydb import (
+from replaydb import Table, load_table, save_table
+from replaydb.errors import (
     InvalidArgumentError,
-    MinSize,
     RateLimiterTimeout,
     SpecMismatchError,
-    Table,
-    Uniform,
     WouldBlockForeverError,
-    load_table,
-    save_table,
 )
+from replaydb.rate_limiters import MinSize
+from replaydb.samplers import Uniform
 from replaydb.spec import Spec
 
 SPEC = Spec({"obs": ((2,), "float32"), "step": ((), "int64")})
@@ -337,7 +335,7 @@ def test_len_is_min_of_written_and_capacity(n: int, cap: int) -> None:
 
 
 def test_single_insert_records_stream_and_end_on_every_path() -> None:
-    from replaydb import Prioritized
+    from replaydb.samplers import Prioritized
 
     for sampler in (Uniform(seed=0), Prioritized(seed=0)):
         table = Table(SPEC, 3, sampler=sampler)

@@ -13,77 +13,88 @@ Example:
     torch.Size([4, 1])
 """
 
+import importlib
+import warnings
+from typing import Any
+
+from replaydb import errors, rate_limiters, samplers
 from replaydb.buffer import BatchExperience, ReplayBuffer
 from replaydb.checkpoint import load_table, save_table
 from replaydb.collect import Collector, populate, warm
 from replaydb.dataset import Dataset, SampleInfo
-from replaydb.errors import (
-    CheckpointError,
-    ClosedError,
-    InvalidArgumentError,
-    MissingDependencyError,
-    NotEnoughDataError,
-    RateLimiterTimeout,
-    ReplayError,
-    SpecMismatchError,
-    WouldBlockForeverError,
-)
 from replaydb.manager import ReplayBufferManager
 from replaydb.nstep import NStepTargets, nstep_returns
 from replaydb.observer import StepObserver
-from replaydb.rate_limiters import MinSize, Queue, RateLimiter, SampleToInsertRatio, Stack
-from replaydb.samplers import Fifo, Lifo, MaxHeap, MinHeap, Prioritized, Sampler, Uniform
 from replaydb.server import Client, Server
 from replaydb.spec import Field, Spec
-from replaydb.storage import Storage
-from replaydb.sum_tree import SumTree
 from replaydb.table import Sample, Table, TableInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchExperience",
-    "CheckpointError",
     "Client",
-    "ClosedError",
     "Collector",
     "Dataset",
     "Field",
-    "Fifo",
-    "InvalidArgumentError",
-    "Lifo",
-    "MaxHeap",
-    "MinHeap",
-    "MinSize",
-    "MissingDependencyError",
     "NStepTargets",
-    "NotEnoughDataError",
-    "Prioritized",
-    "Queue",
-    "RateLimiter",
-    "RateLimiterTimeout",
     "ReplayBuffer",
     "ReplayBufferManager",
-    "ReplayError",
     "Sample",
     "SampleInfo",
-    "SampleToInsertRatio",
-    "Sampler",
     "Server",
     "Spec",
-    "SpecMismatchError",
-    "Stack",
     "StepObserver",
-    "Storage",
-    "SumTree",
     "Table",
     "TableInfo",
-    "Uniform",
-    "WouldBlockForeverError",
     "__version__",
+    "errors",
     "load_table",
     "nstep_returns",
     "populate",
+    "rate_limiters",
+    "samplers",
     "save_table",
     "warm",
 ]
+
+# Names that were top-level in 0.1 and now live in their family's module, as in
+# Reverb (``reverb.selectors``, ``reverb.rate_limiters``). They still resolve, with a
+# DeprecationWarning, until the next release.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "CheckpointError",
+            "ClosedError",
+            "InvalidArgumentError",
+            "MissingDependencyError",
+            "NotEnoughDataError",
+            "RateLimiterTimeout",
+            "ReplayError",
+            "SpecMismatchError",
+            "WouldBlockForeverError",
+        ),
+        "errors",
+    ),
+    **dict.fromkeys(
+        ("MinSize", "Queue", "RateLimiter", "SampleToInsertRatio", "Stack"), "rate_limiters"
+    ),
+    **dict.fromkeys(
+        ("Fifo", "Lifo", "MaxHeap", "MinHeap", "Prioritized", "Sampler", "Uniform"), "samplers"
+    ),
+    "Storage": "storage",
+    "SumTree": "sum_tree",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'replaydb' has no attribute {name!r}")
+    warnings.warn(
+        f"replaydb.{name} moved to replaydb.{module}.{name}; the old name goes away in the "
+        f"next release (write `from replaydb.{module} import {name}`)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(f"replaydb.{module}"), name)

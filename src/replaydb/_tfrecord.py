@@ -107,7 +107,7 @@ def masked_crc32c(data: bytes) -> int:
 
     Example:
         >>> hex(masked_crc32c(b"123456789"))
-        '0x4fa0c71a'
+        '0xc78ab0e5'
     """
     return _mask(int(_crc32c(data)))
 

@@ -249,9 +249,9 @@ class Collector:
     Example:
         >>> table = Table(step_spec("CartPole-v1"), 100, sequence_length=2)
         >>> with Collector(table, "random", env="CartPole-v1", seed=0) as c:
-        ...     c.collect(50, progress=False)
-        >>> table.num_steps
-        50
+        ...     stats = c.collect(50, progress=False)
+        >>> stats.rows, table.num_steps
+        (50, 50)
     """
 
     def __init__(

@@ -60,6 +60,12 @@ class SampleInfo(NamedTuple):
         table_size: int64 items the table held when the item was drawn.
         priority: float64 priority of the item when drawn.
         times_sampled: int64 times the item has been sampled, this time included.
+
+    Example:
+        >>> ds = Dataset(client, batch_size=4)
+        >>> _, info = next(ds); info.key.shape, info.probability.dtype
+        (torch.Size([4, 2]), torch.float64)
+        >>> ds.close()
     """
 
     key: torch.Tensor

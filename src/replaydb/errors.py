@@ -19,6 +19,15 @@ against other replay libraries::
 
 Messages name the argument or field, the value received, what was expected and
 how to fix it.
+
+Example:
+    >>> from replaydb import Table
+    >>> from replaydb.errors import InvalidArgumentError
+    >>> try:
+    ...     Table({"x": ((), "float32")}, capacity=0)
+    ... except InvalidArgumentError as exc:
+    ...     print(type(exc).__name__, isinstance(exc, ValueError))
+    InvalidArgumentError True
 """
 
 from __future__ import annotations

@@ -45,6 +45,11 @@ class NStepTargets:
         bootstrap_index: ``[B]`` int64 position in the window of the step whose
             observation to bootstrap from.
         steps: ``[B]`` int64 number of rewards summed.
+
+    Example:
+        >>> t = nstep_returns(torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.long), 0.9)
+        >>> t.steps.tolist(), [round(x, 2) for x in t.discounts.tolist()]
+        ([2, 2], [0.81, 0.81])
     """
 
     returns: torch.Tensor

@@ -13,6 +13,12 @@ The presets set the four numbers: :class:`MinSize`, :class:`SampleToInsertRatio`
 :class:`Queue`, :class:`Stack`. A blocked call waits on the table's condition
 variable; the table raises instead of waiting when no other thread could ever
 unblock it. Counters are part of every checkpoint.
+
+Example:
+    >>> from replaydb import Table
+    >>> from replaydb.rate_limiters import SampleToInsertRatio
+    >>> limiter = SampleToInsertRatio(4.0, min_size_to_sample=100, error_buffer=50.0)
+    >>> table = Table({"x": ((), "float32")}, 1000, rate_limiter=limiter)
 """
 
 from __future__ import annotations

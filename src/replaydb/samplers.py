@@ -25,6 +25,13 @@ Optional fast paths a CPU table uses where a sampler has them:
 ``on_insert_contiguous(start, n)`` (:class:`Uniform`) and
 ``update_numpy(slots, priorities)`` (:class:`Prioritized`), which take plain ints or
 numpy arrays instead of tensors (each tensor conversion costs about a microsecond).
+
+Example:
+    >>> from replaydb import Table
+    >>> from replaydb.samplers import Prioritized
+    >>> table = Table({"x": ((), "float32")}, 100, sampler=Prioritized(alpha=0.6, seed=0))
+    >>> table.extend({"x": torch.zeros(8)}); table.sample(4).weights.shape
+    torch.Size([4])
 """
 
 from __future__ import annotations

@@ -79,6 +79,11 @@ class Sample:
         mask: ``[B, T]`` bool, ``False`` at padding past an episode end, or ``None``.
         ends: ``[B, T]`` int64 end codes of the window's steps (``0`` none, ``1``
             terminated, ``2`` truncated after the step), for sequence tables; else ``None``.
+
+    Example:
+        >>> table = Table(Spec({"x": ()}), 10); table.extend({"x": torch.arange(4.0)})
+        >>> s = table.sample(3); s["x"].shape, s.keys.shape, s.weights.shape
+        (torch.Size([3]), torch.Size([3]), torch.Size([3]))
     """
 
     data: dict[str, torch.Tensor]
