@@ -121,7 +121,10 @@ class RayClient:
             InvalidArgumentError: If no service of that name runs on the cluster.
 
         Example:
-            >>> client = RayClient.connect("replaydb", address="10.0.0.5:6379")
+            >>> server.register("replaydb-docs")  # in the process hosting the tables
+            >>> client = RayClient.connect("replaydb-docs")  # any driver on the cluster
+            >>> client.tables()
+            ['table']
         """
         ray = _ray()
         if not ray.is_initialized():
@@ -539,8 +542,8 @@ class RayClient:
         """Counters summed over the table's shards (after this client's writes land).
 
         Example:
-            >>> client.info().size
-            8
+            >>> info = client.info(); 0 < info.size <= info.capacity
+            True
         """
         t = _pick(self._meta, table)
         self._flush_table(t.name)

@@ -62,7 +62,7 @@ _TOP_KEYS = {
 
 
 def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``replaydb serve`` config (``.json`` or ``.toml``) and build its table templates.
+    r"""Read a ``replaydb serve`` config (``.json`` or ``.toml``) and build its table templates.
 
     Args:
         path: The config file.
@@ -74,6 +74,9 @@ def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         InvalidArgumentError: Naming the first bad or unknown key.
 
     Example:
+        >>> _ = Path("serve.toml").write_text(
+        ...     'shards = 2\n[tables.replay]\ncapacity = 100\nspec = {obs = [4]}\n'
+        ... )
         >>> load_serve_config("serve.toml")["shards"]
         2
     """

@@ -273,9 +273,12 @@ class RayServer:
             CheckpointError: If there is no complete Ray checkpoint at ``path``.
 
         Example:
-            >>> server = RayServer.from_checkpoint("ckpts", num_shards=4)
-            >>> server.client().info().size
-            1000
+            >>> first = RayServer(Table(Spec({"x": (2,)}), 100), checkpoint_dir="ckpts")
+            >>> c = first.client(); c.extend({"x": torch.ones(10, 2)}); c.flush()
+            >>> _ = first.checkpoint(); first.close()
+            >>> again = RayServer.from_checkpoint("ckpts", num_shards=2)
+            >>> again.client().info().size, again.close()
+            (10, None)
         """
         ckpt, saved = _read_manifest(path)
         k = (
@@ -348,8 +351,9 @@ class RayServer:
             InvalidArgumentError: If the server has no checkpoint directory.
 
         Example:
-            >>> RayServer(table, checkpoint_dir="ckpts").checkpoint()
-            '/abs/ckpts/ckpt-01795315632457654477'
+            >>> saving = RayServer(table, checkpoint_dir="ckpts"); saving.checkpoint()
+            '.../ckpts/ckpt-...'
+            >>> saving.close()
         """
         self._check_open()
         with self._lock:
