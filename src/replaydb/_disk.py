@@ -367,7 +367,7 @@ def _check_state(table: Table, tensors: Mapping[str, torch.Tensor], where: str) 
                 f"{where}: tensor {name!r} is {dtype_name(got.dtype)}{list(got.shape)}, "
                 f"expected {dtype_name(exp.dtype)}{list(want)}"
             )
-    for name, low in (("storage.meta.key", 0), ("items.key", -1)):
+    for name, low in (("storage.meta.key", -1), ("items.key", -1)):
         t = tensors[name]
         if t.numel() and (int(t.min()) < low or int(t.max()) >= max(total, 1)):
             raise CheckpointError(
@@ -388,6 +388,6 @@ def _drop_rows(table: Table, rows: torch.Tensor) -> int:
         bad = dirty[windows].any(dim=1)
         dropped = int(bad.sum())
         if dropped:
-            table._remove_slots(keys[bad] % table.capacity)  # noqa: SLF001 (private helper)
+            table._remove_slots(keys[bad] % table.capacity)  # the table's own private helper module
     storage.key[rows] = -1
     return dropped
