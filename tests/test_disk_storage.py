@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from replaydb import Spec, Table, storage
 from replaydb._disk import JOURNAL, STATE, check_device
@@ -22,6 +24,7 @@ from replaydb.errors import (
     DeviceError,
     InsufficientMemoryError,
     InvalidArgumentError,
+    InvalidTypeError,
 )
 from replaydb.samplers import Prioritized, Uniform
 from replaydb.storage import Storage
@@ -223,6 +226,19 @@ def test_path_must_be_a_directory_on_the_cpu(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [f]
 
 
+def test_path_must_be_a_path(tmp_path: Path) -> None:
+    for bad in (3, "", b"dir"):
+        with pytest.raises(InvalidTypeError, match="path must be a directory name"):
+            Table(SPEC, 8, path=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+def test_a_gpu_device_with_a_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match=r"memory-mapped files on the CPU"):
+        Table(SPEC, 8, device="cuda", path=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_checkpoint_needs_a_disk_backed_table() -> None:
     with pytest.raises(InvalidArgumentError, match="checkpoint\\(\\) is for disk-backed tables"):
         Table(SPEC, 8).checkpoint()
@@ -277,6 +293,54 @@ def test_the_velora_fast_path_records_its_writes(tmp_path: Path) -> None:
     assert s.files.intent == 3
     s.append({"x": torch.ones(2, 2)})
     assert s.files.intent == 5
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("extend"), st.integers(1, 12)),
+            st.tuples(st.just("checkpoint"), st.just(0)),
+            st.tuples(st.just("sample"), st.integers(1, 4)),
+        ),
+        max_size=12,
+    )
+)
+def test_reopen_gives_the_last_commit_minus_overwritten_rows(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]
+) -> None:
+    """Against a reference: the committed snapshot of an in-memory twin."""
+    cap = 8
+    d = tmp_path_factory.mktemp("ref")
+    disk = Table(SPEC, cap, sampler=Uniform(seed=3), path=d)
+    twin = Table(SPEC, cap, sampler=Uniform(seed=3))
+    committed = twin.snapshot()[1]
+    for op, n in ops:
+        if op == "extend":
+            start = twin.total_steps_written
+            disk.extend(_steps(start, n))
+            twin.extend(_steps(start, n))
+        elif op == "checkpoint":
+            disk.checkpoint()
+            committed = twin.snapshot()[1]
+        elif len(twin):
+            assert torch.equal(disk.sample(n).keys, twin.sample(n).keys)
+    final = twin.total_steps_written
+    del disk  # killed: nothing after the last checkpoint is committed
+    c = int(committed["storage.total"][0])
+    dirty = {k % cap for k in range(c, final)}
+    items = committed["items.key"]
+    expected = sorted(k for k in items[items >= 0].tolist() if k % cap not in dirty)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        back = Table.open(d)
+    assert back.total_steps_written == c
+    assert sorted(back.item_priorities()[0].tolist()) == expected
+    if not dirty:
+        _same_state(committed, back.state_dict())
+    if expected:
+        s = back.sample(16)
+        assert torch.equal(s["obs"][:, 0], s.keys.float())
 
 
 _CHILD = textwrap.dedent(

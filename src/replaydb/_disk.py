@@ -53,7 +53,7 @@ from replaydb.checkpoint import (
     remove_stale_temporaries,
     tensor_checksum,
 )
-from replaydb.errors import CheckpointError, DeviceError, InvalidArgumentError
+from replaydb.errors import CheckpointError, DeviceError, InvalidArgumentError, InvalidTypeError
 from replaydb.spec import Spec, dtype_name
 
 if TYPE_CHECKING:
@@ -188,17 +188,22 @@ def prepare(
     path: str | os.PathLike[str],
     device: torch.device,
     spec: Spec,
-    capacity: int,
+    capacity: Any,
     sequence_length: int,
 ) -> Disk:
     """Check ``path`` before the storage maps anything: device, and the stored layout.
 
     Raises:
+        InvalidTypeError: If ``path`` is not a string or path.
         DeviceError: For a device other than the CPU.
         InvalidArgumentError: If the directory holds a table of another spec,
             capacity or sequence length.
         CheckpointError: If its state file is corrupt.
     """
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise InvalidTypeError(
+            f"path must be a directory name (a non-empty string or os.PathLike), got {path!r}"
+        )
     check_device(device, path)
     root = Path(path)
     if root.exists() and not root.is_dir():
@@ -220,7 +225,7 @@ def prepare(
         config = meta["config"]
         given = {
             "spec": spec.to_json(),
-            "capacity": capacity,
+            "capacity": int(capacity) if isinstance(capacity, int | np.integer) else capacity,
             "sequence_length": sequence_length,
         }
         for key, value in given.items():

@@ -240,7 +240,7 @@ class Table:
             )
         device = resolve_device(device)
         disk = None
-        if path is not None and isinstance(capacity, int) and not isinstance(capacity, bool):
+        if path is not None:
             disk = _disk.prepare(path, device, spec, capacity, sequence_length)
         if (
             isinstance(capacity, int | np.integer)
