@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from replaydb import checkpoint
 from replaydb.checkpoint import (
-    FORMAT_VERSION,
     TABLE_FORMAT,
     atomic_write_files,
     read_table_file,
@@ -247,15 +247,21 @@ class Disk:
     ) -> None:
         self.root = root
         self._stored = stored
+        self._generation = 0
         #: Items dropped on reopen because their rows were overwritten after the commit.
         self.dropped_items = 0
 
-    def attach(self, table: Table) -> None:
-        """Restore the committed state into ``table`` (just built), or commit it if new."""
+    def attach(self, table: Table) -> torch.Tensor | None:
+        """Restore the committed state into ``table`` (just built), or commit it if new.
+
+        Returns:
+            The item slots whose windows touch rows overwritten after the commit
+            (the table removes them, then calls :meth:`recovered`), or ``None``.
+        """
         stored, self._stored = self._stored, None
         if stored is None:
             self.commit(table)
-            return
+            return None
         meta, tensors = stored
         where = repr(str(self.root / STATE))
         config = meta["config"]
@@ -282,18 +288,26 @@ class Disk:
             dirty = torch.arange(total, total + span) % table.capacity
         else:
             dirty = None
-        if dirty is not None:
-            self.dropped_items = _drop_rows(table, dirty)
-            if self.dropped_items:
-                warnings.warn(
-                    f"disk-backed table at {str(self.root)!r}: {self.dropped_items} item(s) "
-                    "were dropped because their rows were overwritten after the last "
-                    "checkpoint (the process stopped before committing)",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-            files.journal[0] = meta["extra"]["disk"]["generation"]
-            self.commit(table)
+        if dirty is None:
+            return None
+        self._generation = int(meta["extra"]["disk"]["generation"])
+        return _stale_slots(table, dirty)
+
+    def recovered(self, table: Table, dropped: int) -> None:
+        """After the table removed the stale items: warn, and commit the result."""
+        self.dropped_items = dropped
+        if dropped:
+            warnings.warn(
+                f"disk-backed table at {str(self.root)!r}: {dropped} item(s) were dropped "
+                "because their rows were overwritten after the last checkpoint (the "
+                "process stopped before committing)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        files = table.storage.files
+        assert files is not None
+        files.journal[0] = self._generation
+        self.commit(table)
 
     def commit(self, table: Table) -> int:
         """msync the data, then atomically replace the state file; return the cursor."""
@@ -309,7 +323,9 @@ class Disk:
             config = table.config()
             meta = {
                 "format": TABLE_FORMAT,
-                "format_version": FORMAT_VERSION,
+                # The table-file version read_table_file expects (defined with the format;
+                # read by name so this module follows wherever it is defined).
+                "format_version": int(getattr(checkpoint, "FORMAT_VERSION")),  # noqa: B009
                 "config": config,
                 "checksum": tensor_checksum(state, config),
                 "extra": {
@@ -381,18 +397,15 @@ def _check_state(table: Table, tensors: Mapping[str, torch.Tensor], where: str) 
             )
 
 
-def _drop_rows(table: Table, rows: torch.Tensor) -> int:
-    """Drop every item whose window touches ``rows`` and mark the rows empty."""
+def _stale_slots(table: Table, rows: torch.Tensor) -> torch.Tensor:
+    """Mark ``rows`` empty; return the slots of the items whose windows touch them."""
     storage = table.storage
     dirty = torch.zeros(table.capacity, dtype=torch.bool)
     dirty[rows] = True
     keys, _ = table.item_priorities()
-    dropped = 0
+    stale = torch.empty(0, dtype=torch.int64)
     if keys.numel():
         windows = storage.window_rows(keys, table.sequence_length)
-        bad = dirty[windows].any(dim=1)
-        dropped = int(bad.sum())
-        if dropped:
-            table._remove_slots(keys[bad] % table.capacity)  # the table's own private helper module
+        stale = keys[dirty[windows].any(dim=1)] % table.capacity
     storage.key[rows] = -1
-    return dropped
+    return stale

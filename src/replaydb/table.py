@@ -156,6 +156,8 @@ class Table:
     Every argument is checked before anything is allocated, and the table's size
     (storage plus bookkeeping) is checked against the device's free memory first:
     see :func:`~replaydb.storage.check_memory` (``REPLAYDB_MEMORY_CHECK=0`` skips it).
+    A disk-backed table checks only its bookkeeping against RAM, and its data
+    against free disk space.
 
     Raises:
         InvalidArgumentError: For a bad capacity, sequence length or max_times_sampled.
@@ -163,7 +165,9 @@ class Table:
             ``RuntimeError``).
         InvalidTypeError: For a spec, sampler, rate limiter, name or device of the
             wrong kind (e.g. ``sampler="uniform"``).
-        InsufficientMemoryError: If the table would not fit in free memory.
+        InsufficientMemoryError: If the table would not fit in free memory (or,
+            with ``path``, on the disk).
+        CheckpointError: If ``path`` holds a corrupt table.
 
     Example:
         >>> table = Table(Spec({"obs": (4,), "reward": ()}), capacity=1000)
@@ -253,7 +257,8 @@ class Table:
                 device,
                 f"table {name!r} (capacity={int(capacity)} rows of {spec.step_nbytes} bytes "
                 "plus bookkeeping)",
-                "use a smaller capacity or smaller fields (e.g. uint8 frames); " + NO_DISK_STORAGE,
+                "use a smaller capacity or smaller fields (e.g. uint8 frames)"
+                + ("; " + NO_DISK_STORAGE if path is None else ""),
             )
         self.name = name
         self.pad = pad
@@ -287,8 +292,9 @@ class Table:
         self._alloc_items()
         #: The directory of a disk-backed table (``None`` in memory).
         self._disk = disk
-        if disk is not None:
-            disk.attach(self)
+        if disk is not None and (stale := disk.attach(self)) is not None:
+            self._remove_slots(stale)
+            disk.recovered(self, int(stale.numel()))
 
     def _alloc_items(self) -> None:
         cap, dev = self.capacity, self.device
