@@ -489,7 +489,7 @@ def test_memory_preflight_names_size_free_memory_and_alternatives(
     assert "table 'atari'" in msg and "capacity=10000" in msg
     total = (need + 10_000 * 64) / 2**20  # storage plus the table's bookkeeping
     assert f"needs {total:.2f} MiB on cpu" in msg and "10.00 MiB is available" in msg
-    assert "smaller capacity" in msg and "disk-backed storage" in msg and "not yet available" in msg
+    assert "smaller capacity" in msg and "disk-backed storage" in msg and "path=DIR" in msg
     assert MEMORY_CHECK_ENV in msg
     with pytest.raises(InsufficientMemoryError, match="a storage of 10000 rows"):
         Storage(spec, 10_000)

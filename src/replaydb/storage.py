@@ -30,11 +30,19 @@ bytes + 40)``) before allocating and raises
 :class:`~replaydb.errors.InsufficientMemoryError` when that exceeds the device's
 free memory (:func:`available_memory`: psutil or ``/proc/meminfo`` for RAM,
 ``torch.cuda.mem_get_info`` for a GPU). ``REPLAYDB_MEMORY_CHECK=0`` skips the check.
+
+Disk-backed storage
+-------------------
+With ``path=DIR`` each dtype block lives in a memory-mapped file under ``DIR``
+(:mod:`replaydb._disk`): the same tensors, so writes and samples run the same
+code, but the data is checked against the free disk space (:func:`check_disk`)
+instead of RAM, and only the five bookkeeping columns take RAM.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb import _kernels
+from replaydb import _disk, _kernels
 from replaydb.errors import (
     DeviceError,
     InsufficientMemoryError,
@@ -56,13 +64,17 @@ __all__ = [
     "AppendResult",
     "Storage",
     "available_memory",
+    "check_disk",
     "check_memory",
     "resolve_device",
 ]
 
 #: Set this environment variable to ``0`` to skip the memory preflight.
 MEMORY_CHECK_ENV = "REPLAYDB_MEMORY_CHECK"
-NO_DISK_STORAGE = "a disk-backed storage for tables larger than memory is not yet available"
+NO_DISK_STORAGE = (
+    "or keep the fields on disk: a disk-backed storage, Table(..., path=DIR), holds "
+    "tables larger than memory in memory-mapped files"
+)
 
 _MAX_STREAMS = 1 << 20
 END_NONE, END_TERMINATED, END_TRUNCATED = 0, 1, 2
@@ -200,6 +212,41 @@ def _size(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
+def check_disk(nbytes: int, path: str | os.PathLike[str], what: str) -> None:
+    """The disk preflight of a disk-backed storage: raise if ``nbytes`` more will not fit.
+
+    Checks the free space (``shutil.disk_usage``) of the file system holding
+    ``path`` (or its nearest existing parent). Skipped like :func:`check_memory`.
+
+    Args:
+        nbytes: Bytes the data files still need (their full size minus what exists).
+        path: The storage's directory.
+        what: What is allocated, for the message.
+
+    Raises:
+        InsufficientMemoryError: Naming the size, the free space and the ways out.
+
+    Example:
+        >>> check_disk(1024, "/tmp", "a test")
+    """
+    if os.environ.get(MEMORY_CHECK_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    where = os.path.abspath(path)
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    if nbytes <= free:
+        return
+    raise InsufficientMemoryError(
+        f"{what} needs {_size(nbytes)} more on the disk holding {str(path)!r}, but only "
+        f"{_size(free)} is free there; use a smaller capacity or smaller fields, or another "
+        f"directory. To allocate anyway, set the environment variable {MEMORY_CHECK_ENV}=0"
+    )
+
+
 def check_memory(nbytes: int, device: torch.device, what: str, fix: str) -> None:
     """The memory preflight: raise if ``nbytes`` will not fit in ``device``'s free memory.
 
@@ -238,14 +285,18 @@ class Storage:
         capacity: Number of rows (steps).
         device: Where the tensors live (default CPU).
         links: Whether to track episode links (needed for windows longer than one).
+        path: A directory to keep the data in, as memory-mapped files (CPU only);
+            ``None`` keeps it in memory.
 
     Before allocating, the storage computes its size (:meth:`required_nbytes`) and
-    checks it against the device's free memory (:func:`check_memory`).
+    checks it against the device's free memory (:func:`check_memory`); with
+    ``path``, the data is checked against the free disk space (:func:`check_disk`).
 
     Raises:
         InvalidArgumentError: If ``capacity`` is not a positive int.
         DeviceError: If ``device`` is not usable here.
-        InsufficientMemoryError: If the storage would not fit in free memory.
+        InsufficientMemoryError: If the storage would not fit in free memory (or disk).
+        CheckpointError: If ``path`` holds data files of another size.
 
     Example:
         >>> s = Storage(Spec({"x": (2,)}), capacity=4)
@@ -260,6 +311,7 @@ class Storage:
         device: torch.device | str | None = None,
         *,
         links: bool = False,
+        path: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer):
             raise InvalidArgumentError(
@@ -274,8 +326,15 @@ class Storage:
                 f"{spec.step_nbytes} bytes exceed what one tensor can address (2**63 bytes); "
                 "use a smaller capacity"
             )
+        if path is not None:
+            _disk.check_device(self.device, path)
+            check_disk(
+                _disk.missing_nbytes(path, spec, int(capacity)),
+                path,
+                f"a disk-backed storage of {int(capacity)} rows of {spec.step_nbytes} bytes",
+            )
         check_memory(
-            self.required_nbytes(spec, int(capacity)),
+            self.required_nbytes(spec, int(capacity), on_disk=path is not None),
             self.device,
             f"a storage of {int(capacity)} rows of {spec.step_nbytes} bytes",
             f"use a smaller capacity or smaller fields; {NO_DISK_STORAGE}",
@@ -293,9 +352,15 @@ class Storage:
             start = widths.get(field.dtype, 0)
             widths[field.dtype] = start + field.numel
             self._where[name] = (field.dtype, start, start + field.numel)
-        self.groups: dict[torch.dtype, torch.Tensor] = {
-            dt: torch.zeros((cap, w), dtype=dt, device=self.device) for dt, w in widths.items()
-        }
+        #: The memory-mapped files of a disk-backed storage (``None`` in memory).
+        self.files = _disk.DataFiles(path, widths, cap) if path is not None else None
+        self.groups: dict[torch.dtype, torch.Tensor] = (
+            self.files.groups
+            if self.files is not None
+            else {
+                dt: torch.zeros((cap, w), dtype=dt, device=self.device) for dt, w in widths.items()
+            }
+        )
         self.fields: dict[str, torch.Tensor] = {
             name: self.groups[dt][:, a:b].view(cap, *spec[name].shape)
             for name, (dt, a, b) in self._where.items()
@@ -345,14 +410,17 @@ class Storage:
 
     # ------------------------------------------------------------------ sizes
     @staticmethod
-    def required_nbytes(spec: Spec, capacity: int) -> int:
+    def required_nbytes(spec: Spec, capacity: int, *, on_disk: bool = False) -> int:
         """Bytes a storage of ``capacity`` rows of ``spec`` allocates (its :attr:`nbytes`).
+
+        With ``on_disk``, the bytes it allocates in RAM when its data is on disk
+        (the five bookkeeping columns).
 
         Example:
             >>> Storage.required_nbytes(Spec({"x": ((84, 84), "uint8")}), 1000)
             7096000
         """
-        return capacity * (spec.step_nbytes + 5 * 8)
+        return capacity * ((0 if on_disk else spec.step_nbytes) + 5 * 8)
 
     @property
     def num_rows(self) -> int:
@@ -425,6 +493,8 @@ class Storage:
             self.total += skip
             n = self.capacity
         start = self.total
+        if self.files is not None:
+            self.files.will_write(start + n)
         row0 = start % self.capacity
         keys = torch.arange(start, start + n, dtype=torch.int64, device=dev)
         evicted = self._evicted(row0, n)
@@ -474,6 +544,8 @@ class Storage:
             )
         rows = k % self.capacity
         evicted = rows[self.key.index_select(0, rows) >= 0]
+        if self.files is not None:
+            self.files.will_write(int(k[-1]) + 1)
         for name, value in data.items():
             self.fields[name].index_copy_(0, rows, value)
         self.key.index_copy_(0, rows, k)
@@ -494,6 +566,8 @@ class Storage:
         assert not self.links
         targets = self._np_targets
         row0 = self.total % self.capacity
+        if self.files is not None:
+            self.files.will_write(self.total + n)
         if n == 1:
             for name, value in values.items():
                 targets[name][row0] = value
@@ -786,9 +860,14 @@ class Storage:
     # ------------------------------------------------------------- lifecycle
     def reset(self) -> None:
         """Forget every step (the tensors stay allocated)."""
-        self.total = 0
+        if self.files is not None:
+            self.files.will_reset()
         for g in self.groups.values():
             g.zero_()
+        self._reset_rows()
+
+    def _reset_rows(self) -> None:
+        self.total = 0
         for col in (self.key, self.prev, self.next):
             col.fill_(-1)
         self.stream.zero_()
@@ -808,12 +887,21 @@ class Storage:
         return out
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore :meth:`state_dict` output (checked by the caller for shapes)."""
+        """Restore :meth:`state_dict` output (checked by the caller for shapes).
+
+        Without the ``group.*`` tensors only the bookkeeping is restored and the
+        data is left as it is (how a disk-backed storage reopens its files).
+        """
         total = int(state["total"][0])
         n = min(total, self.capacity)
-        self.reset()
+        with_data = any(k.startswith("group.") for k in state)
+        if with_data:
+            self.reset()
+        else:
+            self._reset_rows()
         for dt, g in self.groups.items():
-            g[:n].copy_(state[f"group.{dtype_name(dt)}"])
+            if with_data:
+                g[:n].copy_(state[f"group.{dtype_name(dt)}"])
         for name in ("key", "prev", "next", "stream", "end"):
             getattr(self, name)[:n].copy_(state[f"meta.{name}"])
         self._last_key = state["streams.last_key"].to(self.device).clone()

@@ -28,6 +28,7 @@ at once instead of hanging.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -37,8 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb import _kernels
+from replaydb import _disk, _kernels
 from replaydb.errors import (
+    CheckpointError,
     InvalidArgumentError,
     InvalidTypeError,
     RateLimiterTimeout,
@@ -151,10 +153,16 @@ class Table:
         name: The table's name in a server.
         pad: Also serve windows that run past an episode's end, padded, with a
             mask (sequence tables only).
+        path: Keep the fields in memory-mapped files under this directory (a
+            disk-backed table, CPU only; see :meth:`checkpoint`). A directory that
+            already holds a table is reopened (same spec, capacity and sequence
+            length) without copying its data.
 
     Every argument is checked before anything is allocated, and the table's size
     (storage plus bookkeeping) is checked against the device's free memory first:
     see :func:`~replaydb.storage.check_memory` (``REPLAYDB_MEMORY_CHECK=0`` skips it).
+    A disk-backed table checks only its bookkeeping against RAM, and its data
+    against free disk space.
 
     Raises:
         InvalidArgumentError: For a bad capacity, sequence length or max_times_sampled.
@@ -162,7 +170,9 @@ class Table:
             ``RuntimeError``).
         InvalidTypeError: For a spec, sampler, rate limiter, name or device of the
             wrong kind (e.g. ``sampler="uniform"``).
-        InsufficientMemoryError: If the table would not fit in free memory.
+        InsufficientMemoryError: If the table would not fit in free memory (or,
+            with ``path``, on the disk).
+        CheckpointError: If ``path`` holds a corrupt table.
 
     Example:
         >>> table = Table(Spec({"obs": (4,), "reward": ()}), capacity=1000)
@@ -183,6 +193,7 @@ class Table:
         device: torch.device | str | None = None,
         name: str = "table",
         pad: bool = False,
+        path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(spec, Spec):
             if not isinstance(spec, Mapping):
@@ -237,23 +248,28 @@ class Table:
                 "or no item could ever be complete"
             )
         device = resolve_device(device)
+        disk = None
+        if path is not None:
+            disk = _disk.prepare(path, device, spec, capacity, sequence_length)
         if (
             isinstance(capacity, int | np.integer)
             and not isinstance(capacity, bool)
             and capacity > 0
         ):
             check_memory(
-                Storage.required_nbytes(spec, int(capacity)) + _ROW_OVERHEAD * int(capacity),
+                Storage.required_nbytes(spec, int(capacity), on_disk=path is not None)
+                + _ROW_OVERHEAD * int(capacity),
                 device,
                 f"table {name!r} (capacity={int(capacity)} rows of {spec.step_nbytes} bytes "
                 "plus bookkeeping)",
-                "use a smaller capacity or smaller fields (e.g. uint8 frames); " + NO_DISK_STORAGE,
+                "use a smaller capacity or smaller fields (e.g. uint8 frames)"
+                + ("; " + NO_DISK_STORAGE if path is None else ""),
             )
         self.name = name
         self.pad = pad
         self.sequence_length = sequence_length
         self.max_times_sampled = max_times_sampled
-        self.storage = Storage(spec, capacity, device, links=sequence_length > 1)
+        self.storage = Storage(spec, capacity, device, links=sequence_length > 1, path=path)
         self.spec = spec
         self.capacity = self.storage.capacity
         self.device = self.storage.device
@@ -279,6 +295,11 @@ class Table:
         self._waiting = 0  # threads blocked in _wait: notify only when there are some
         self._threads: set[int] = set()
         self._alloc_items()
+        #: The directory of a disk-backed table (``None`` in memory).
+        self._disk = disk
+        if disk is not None and (stale := disk.attach(self)) is not None:
+            self._remove_slots(stale)
+            disk.recovered(self, int(stale.numel()))
 
     def _alloc_items(self) -> None:
         cap, dev = self.capacity, self.device
@@ -1519,6 +1540,89 @@ class Table:
             )
         _check_priority_values(p)
         return p
+
+    # ------------------------------------------------ disk-backed tables (issue 14)
+    @property
+    def path(self) -> str | None:
+        """The directory of a disk-backed table, ``None`` for an in-memory one.
+
+        Example:
+            >>> Table(Spec({"x": ()}), 4).path is None
+            True
+        """
+        return str(self._disk.root) if self._disk is not None else None
+
+    def checkpoint(self) -> int:
+        """Make the table's directory a durable, crash-consistent copy of the table now.
+
+        Flushes the memory-mapped data files (msync), then atomically replaces the
+        directory's ``state.safetensors`` (item records, sampler and rate limiter
+        state, links, the cursor). Reopening the directory gives the state of the
+        last call, minus the items whose rows were overwritten since (see
+        :mod:`replaydb._disk`). Costs one write of the bookkeeping (about 100
+        bytes per row), never a copy of the data.
+
+        Returns:
+            The cursor committed (:attr:`total_steps_written`).
+
+        Raises:
+            InvalidArgumentError: If the table is not disk-backed.
+            OSError: If the disk is full or read-only (the previous state stays).
+
+        Example:
+            >>> import tempfile
+            >>> t = Table(Spec({"x": ()}), 4, path=tempfile.mkdtemp())
+            >>> t.extend({"x": torch.ones(3)}); t.checkpoint()
+            3
+        """
+        if self._disk is None:
+            raise InvalidArgumentError(
+                "checkpoint() is for disk-backed tables (Table(..., path=DIR)); save an "
+                "in-memory table with replaydb.checkpoint.save_table"
+            )
+        return self._disk.commit(self)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Table:
+        """Reopen the disk-backed table in ``path`` with its stored configuration.
+
+        The data files are mapped, not read: reopening costs a read of the
+        bookkeeping, whatever the size of the data.
+
+        Args:
+            path: A directory written by ``Table(..., path=path)``.
+
+        Returns:
+            The table, as of its last :meth:`checkpoint`.
+
+        Raises:
+            CheckpointError: If ``path`` holds no table, or its files are corrupt.
+
+        Example:
+            >>> import tempfile
+            >>> d = tempfile.mkdtemp(); Table(Spec({"x": ()}), 4, path=d).checkpoint()
+            0
+            >>> Table.open(d).capacity
+            4
+        """
+        config = _disk.stored_config(path)
+        try:
+            spec = Spec.from_json(config["spec"])
+            sampler = sampler_from_config(config["sampler"])
+            rate_limiter = rate_limiter_from_config(config["rate_limiter"])
+        except Exception as exc:  # a constructor rejected a value of the config
+            raise CheckpointError(f"{str(path)!r}: the table config is invalid ({exc})") from exc
+        return cls(
+            spec,
+            int(config["capacity"]),
+            sampler=sampler,
+            rate_limiter=rate_limiter,
+            sequence_length=int(config["sequence_length"]),
+            max_times_sampled=config.get("max_times_sampled"),
+            name=str(config.get("name", "table")),
+            pad=bool(config.get("pad", False)),
+            path=path,
+        )
 
 
 @dataclass(frozen=True)
