@@ -178,6 +178,9 @@ class Table:
         device: torch.device | str | None = None,
         name: str = "table",
         pad: bool = False,
+        stride: int = 1,
+        final_step: bool = False,
+        frame_stack: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(spec, Spec):
             if not isinstance(spec, Mapping):
@@ -231,6 +234,9 @@ class Table:
                 f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
                 "or no item could ever be complete"
             )
+        stack = _check_sequence_options(
+            spec, sequence_length, stride, final_step, frame_stack, max_times_sampled, sampler
+        )
         device = resolve_device(device)
         if (
             isinstance(capacity, int | np.integer)
@@ -248,7 +254,15 @@ class Table:
         self.pad = pad
         self.sequence_length = sequence_length
         self.max_times_sampled = max_times_sampled
-        self.storage = Storage(spec, capacity, device, links=sequence_length > 1)
+        #: Windows start only at episode steps 0, stride, 2 * stride, ...
+        self.stride = stride
+        #: The row carrying an episode's end code holds its final observation, no
+        #: transition: padded windows never start there.
+        self.final_step = final_step
+        #: ``name -> (k, pad)``: fields sampled as the last ``k`` frames of each step.
+        self.frame_stack = stack
+        links = sequence_length > 1 or bool(stack)
+        self.storage = Storage(spec, capacity, device, links=links)
         self.spec = spec
         self.capacity = self.storage.capacity
         self.device = self.storage.device
@@ -257,7 +271,8 @@ class Table:
         #: The largest priority the sampler takes without overflowing (e.g. its sum tree).
         self._priority_limit = float(getattr(self.sampler, "priority_bound", math.inf))
         #: Bytes one sampled item takes, for the memory check of huge samples.
-        self._item_nbytes = spec.step_nbytes * sequence_length + 64
+        extra = sum((k - 1) * spec[f].numel * spec[f].dtype.itemsize for f, (k, _) in stack.items())
+        self._item_nbytes = (spec.step_nbytes + extra) * sequence_length + 64
         # Samplers with a contiguous-insert fast path (replace semantics on active slots).
         self._fast_insert = getattr(self.sampler, "on_insert_contiguous", None)
         # Samplers that take priority updates as numpy arrays (the CPU path).
@@ -474,7 +489,7 @@ class Table:
         end_t = _end_column(end, 1, self.device)
         if (
             priority is None
-            and self.sequence_length == 1
+            and not self.storage.links
             and self.storage._np is not None
             and not self.consuming
             and self.rate_limiter.max_diff == math.inf
@@ -520,7 +535,7 @@ class Table:
                 lim.inserts += 1
                 self._notify()
             return
-        if storage._np is None or self.sequence_length != 1 or self.consuming:
+        if storage._np is None or storage.links or self.consuming:
             data = {
                 k: torch.as_tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))
                 for k, v in values.items()
@@ -633,7 +648,7 @@ class Table:
             pri = priorities[-m:] if priorities is not None else None
             if self.sequence_length > 1:
                 assert res.positions is not None
-                done = res.positions >= self.sequence_length - 1
+                done = self._starts_ok(res.positions - (self.sequence_length - 1))
                 starts = self.storage.walk(keys[done], self.sequence_length - 1)
                 ok = starts >= 0
                 self._add_items(starts[ok], pri[done][ok] if pri is not None else None)
@@ -648,13 +663,22 @@ class Table:
         if self.sequence_length == 1:
             return min(n, self.capacity)
         pos = self.storage.preview_positions(streams, ends)
-        done = pos >= self.sequence_length - 1
+        done = self._starts_ok(pos - (self.sequence_length - 1))
         if self.pad:
-            # An ending step also completes the padded windows of its last T - 1 starts.
+            # An ending step also completes the padded windows of its last T - 1 starts
+            # (less the start at the final step itself, with final_step).
             ending = pos[ends != END_NONE]
-            pad_n = int(torch.clamp(ending, max=self.sequence_length - 2).sum()) + ending.numel()
+            j = torch.arange(int(self.final_step), self.sequence_length - 1, device=pos.device)
+            pad_n = int(self._starts_ok(ending.unsqueeze(1) - j).sum())
             return min(int(done.sum()) + pad_n, self.capacity)
         return min(int(done.sum()), self.capacity)
+
+    def _starts_ok(self, start_positions: torch.Tensor) -> torch.Tensor:
+        """Which episode positions may start a window: ``>= 0`` and a multiple of the stride."""
+        ok = start_positions >= 0
+        if self.stride > 1:
+            ok &= start_positions % self.stride == 0
+        return ok
 
     def _has_space(self, n: int) -> bool:
         """Whether ``n`` steps can be written without overwriting an unconsumed item."""
@@ -697,11 +721,16 @@ class Table:
         starts: list[torch.Tensor] = []
         pris: list[torch.Tensor] = []
         for j in range(self.sequence_length - 1):
-            ok = (pos >= j) & self.storage.is_live(cur)
-            starts.append(cur[ok])
-            if pri is not None:
-                pris.append(pri[ok])
+            # With final_step, the ending row holds the final observation and no
+            # transition: no window starts there (j = 0).
+            if j >= int(self.final_step):
+                ok = self._starts_ok(pos - j) & self.storage.is_live(cur)
+                starts.append(cur[ok])
+                if pri is not None:
+                    pris.append(pri[ok])
             cur = self.storage.walk(cur, 1)
+        if not starts:
+            return
         self._add_items(torch.cat(starts), torch.cat(pris) if pri is not None else None)
 
     def _add_items(self, keys: torch.Tensor, priorities: torch.Tensor | None) -> None:
@@ -811,7 +840,7 @@ class Table:
                 rows, ends = self.storage.windows(keys, self.sequence_length)
                 if self.pad:
                     mask = self.storage.window_mask(rows)
-            data = self.storage.gather(rows)
+            data = self._gather(rows)
             size = self._size
             lim.on_sample(b)
             if self.max_times_sampled is not None:
@@ -837,6 +866,51 @@ class Table:
             mask=mask,
             ends=ends,
         )
+
+    def _gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every field at ``rows``; ``frame_stack`` fields as their last ``k`` frames.
+
+        A stacked field comes back as ``[*rows.shape, k, *shape]``: for each row, the
+        rows of its ``k - 1`` predecessors in the same episode (``prev`` links,
+        walked by a compiled kernel on CPU and by ``k - 1`` batched gathers
+        elsewhere), oldest first. A predecessor that does not exist (the episode
+        started later) or is no longer live (overwritten) stops the walk: earlier
+        frames repeat the oldest one reached (``"first"``) or are zeros (``"zeros"``).
+        """
+        if not self.frame_stack:
+            return self.storage.gather(rows)
+        st = self.storage
+        k_max = max(k for k, _ in self.frame_stack.values())
+        flat = rows.reshape(-1)
+        if self._kernels is not None:
+            r, v = self._kernels.stack_rows(flat.numpy(), k_max, st.key.numpy(), st.prev.numpy())
+            stack_rows, valid = torch.from_numpy(r), torch.from_numpy(v)
+        else:
+            stack_rows, valid = _stack_rows_torch(flat, k_max, st.key, st.prev)
+        out: dict[str, torch.Tensor] = {}
+        lead = tuple(rows.shape)
+        cpu = st._np is not None
+        for name, column in st.fields.items():
+            stack = self.frame_stack.get(name)
+            shape = self.spec[name].shape
+            if stack is None:
+                idx, k = flat, 0
+            else:
+                k, pad = stack
+                idx = stack_rows[:, k_max - k :].reshape(-1)
+            if cpu:
+                got = torch.from_numpy(column.numpy().take(idx.numpy(), axis=0))
+            else:
+                got = column.index_select(0, idx)
+            if stack is None:
+                out[name] = got.view(*lead, *shape)
+                continue
+            got = got.view(*lead, k, *shape)
+            if pad == "zeros":
+                keep = valid[:, k_max - k :].reshape(*lead, k, *([1] * len(shape)))
+                got = got.masked_fill(~keep, 0)
+            out[name] = got
+        return out
 
     def _take_items(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Count one more draw of each slot; return their keys, times sampled and priorities.
@@ -1099,6 +1173,9 @@ class Table:
             "sequence_length": self.sequence_length,
             "max_times_sampled": self.max_times_sampled,
             "pad": self.pad,
+            "stride": self.stride,
+            "final_step": self.final_step,
+            "frame_stack": {k: [n, pad] for k, (n, pad) in self.frame_stack.items()},
             "spec": self.spec.to_json(),
             "sampler": self.sampler.config(),
             "rate_limiter": self.rate_limiter.config(),
@@ -1109,7 +1186,11 @@ class Table:
     def from_config(
         cls, config: Mapping[str, Any], device: torch.device | str | None = None
     ) -> Table:
-        """Build an empty table from :meth:`config` output (``device`` overrides)."""
+        """Build an empty table from :meth:`config` output (``device`` overrides).
+
+        Configs written before ``stride``, ``final_step`` and ``frame_stack``
+        existed load with their defaults (1, ``False``, none).
+        """
         return cls(
             Spec.from_json(config["spec"]),
             int(config["capacity"]),
@@ -1120,6 +1201,9 @@ class Table:
             device=device if device is not None else config.get("device", "cpu"),
             name=str(config.get("name", "table")),
             pad=bool(config.get("pad", False)),
+            stride=config.get("stride", 1),
+            final_step=config.get("final_step", False),
+            frame_stack=config.get("frame_stack") or None,
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -1275,6 +1359,7 @@ class Table:
         sampler = self.sampler
         if (
             self.sequence_length != 1
+            or self.frame_stack
             or not isinstance(sampler, Uniform)
             or self._np_item_key is None
             or isinstance(batch_size, bool)
@@ -1535,6 +1620,90 @@ class LiveSteps:
     priorities: torch.Tensor
     inserts: int
     samples: int
+
+
+#: How a frame stack pads where an episode has fewer than ``k`` earlier frames.
+FRAME_PADS = ("first", "zeros")
+
+
+def _check_sequence_options(
+    spec: Spec,
+    sequence_length: int,
+    stride: Any,
+    final_step: Any,
+    frame_stack: Any,
+    max_times_sampled: int | None,
+    sampler: Sampler | None,
+) -> dict[str, tuple[int, str]]:
+    """Check ``stride``, ``final_step`` and ``frame_stack``; return the frame stack as
+    ``name -> (k, pad)``."""
+    if isinstance(stride, bool) or not isinstance(stride, int | np.integer) or stride < 1:
+        raise InvalidArgumentError(
+            f"stride must be an int >= 1 (windows start every stride steps of an episode), "
+            f"got {stride!r}"
+        )
+    if stride > 1 and sequence_length == 1:
+        raise InvalidArgumentError(
+            f"stride={stride} needs sequence_length > 1 (it spaces the windows of a "
+            "sequence table); drop stride or set sequence_length"
+        )
+    if not isinstance(final_step, bool):
+        raise InvalidArgumentError(f"final_step must be a bool, got {final_step!r}")
+    if frame_stack is None:
+        return {}
+    if not isinstance(frame_stack, Mapping):
+        raise InvalidTypeError(
+            f"frame_stack must be a mapping of field name -> k or (k, pad), got "
+            f"{frame_stack!r} ({type(frame_stack).__name__}); e.g. frame_stack={{'obs': 4}}"
+        )
+    out: dict[str, tuple[int, str]] = {}
+    for name, value in frame_stack.items():
+        if name not in spec:
+            raise InvalidArgumentError(
+                f"frame_stack names field {name!r}, which the spec does not have; "
+                f"fields are {list(spec)}"
+            )
+        if isinstance(value, tuple | list):
+            if len(value) != 2:
+                raise InvalidArgumentError(
+                    f"frame_stack[{name!r}] must be k or (k, pad), got {value!r}"
+                )
+            k, pad = value
+        else:
+            k, pad = value, "first"
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidArgumentError(
+                f"frame_stack[{name!r}]: k must be an int >= 1 (frames per step), got {k!r}"
+            )
+        if pad not in FRAME_PADS:
+            raise InvalidArgumentError(
+                f"frame_stack[{name!r}]: pad must be one of {FRAME_PADS}, got {pad!r}"
+            )
+        out[str(name)] = (int(k), str(pad))
+    if out and sampler is not None and sampler.deterministic and max_times_sampled is not None:
+        raise InvalidArgumentError(
+            "frame_stack needs a ring that overwrites oldest first (it follows episode "
+            "links), but a selector with max_times_sampled writes into free rows; use a "
+            "sampling table (e.g. Uniform) or drop frame_stack"
+        )
+    return out
+
+
+def _stack_rows_torch(
+    rows: torch.Tensor, k: int, key: torch.Tensor, prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel ``stack_rows`` in torch: ``[N, k]`` rows of each row's last ``k``
+    frames (oldest first) and whether each is a real frame of the episode."""
+    cap = key.numel()
+    cols, valid = [rows], [torch.ones_like(rows, dtype=torch.bool)]
+    cur, ok = rows, valid[0]
+    for _ in range(k - 1):
+        p = prev.index_select(0, cur)
+        ok = ok & (p >= 0) & (key.index_select(0, p.clamp(min=0) % cap) == p)
+        cur = torch.where(ok, p % cap, cur)
+        cols.append(cur)
+        valid.append(ok)
+    return torch.stack(cols[::-1], dim=1), torch.stack(valid[::-1], dim=1)
 
 
 def _preset_capacity(size: int, sequence_length: int) -> int:
