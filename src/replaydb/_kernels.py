@@ -20,6 +20,7 @@ nodes (``tree[lo : 2 * lo]``) and descend ``levels`` levels.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -282,7 +283,7 @@ def use(enabled: bool) -> None:
 # ------------------------------------------------------------------------------------
 
 
-def _window_kernels(jit: Any) -> dict[str, Any]:
+def _window_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
     """Compile the link-walking kernels with ``jit`` (numba's ``njit`` wrapper)."""
 
     @jit
