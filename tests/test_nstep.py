@@ -240,3 +240,28 @@ def test_final_step_window_of_two() -> None:
 def test_final_step_must_be_a_bool() -> None:
     with pytest.raises(InvalidArgumentError, match="final_step must be a bool"):
         nstep_returns(torch.ones(2, 3), torch.zeros(2, 3), 0.5, final_step=1)  # type: ignore[arg-type]
+
+
+def test_collector_final_steps_start_no_padded_window() -> None:
+    pytest.importorskip("gymnasium")
+    from replaydb.collect import STEP_LAST, step_spec, warm
+
+    share = {}
+    for final_step in (False, True):
+        table = Table(
+            step_spec("CartPole-v1"), 3000, sequence_length=4, pad=True, final_step=final_step
+        )
+        warm(table, "random", 3000, num_envs=4, env="CartPole-v1", seed=3, progress=False)
+        s = table.sample(4000)
+        first_is_final = s["step_type"][:, 0] == STEP_LAST
+        share[final_step] = float(first_is_final.double().mean())
+        if final_step:
+            assert s.ends is not None
+            assert s.mask is not None
+            t = nstep_returns(s["reward"], s.ends, 0.99, mask=s.mask, final_step=True)
+            assert bool((t.steps >= 1).all())
+            # A window that reaches a terminated final step does not bootstrap.
+            done = (s.ends == 1).any(dim=1)
+            assert bool((t.discounts[done] == 0).all())
+    assert share[True] == 0.0
+    assert share[False] > 0.01  # what issue 14 measured (about 4%)
