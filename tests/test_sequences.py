@@ -235,6 +235,8 @@ def write_linked(
             end = rng.choice([1, 2]) if t[s] + 1 >= length[s] else 0
             for name, v in (("key", key), ("stream", s), ("episode", episode[s]), ("t", t[s])):
                 rows[name].append(v)
+            if "frame" in table.spec:  # a frame per step: its key + 1, and negated
+                rows.setdefault("frame", []).append([key + 1, -(key + 1)])  # type: ignore[arg-type]
             written[key] = (s, episode[s], t[s], end)
             p = last.pop(s, -1)
             if p >= 0 and p >= after - cap:
@@ -285,9 +287,7 @@ def test_stride_and_final_step_against_a_reference(
     final_step: bool,
 ) -> None:
     capacity = max(capacity, T)
-    table = Table(
-        SPEC, capacity, sequence_length=T, pad=pad, stride=stride, final_step=final_step
-    )
+    table = Table(SPEC, capacity, sequence_length=T, pad=pad, stride=stride, final_step=final_step)
     written, pos, succ = write_linked(
         table, random.Random(seed), num_streams, steps, max_episode, batch
     )
@@ -341,9 +341,7 @@ def test_stride_validation_and_config_round_trip(tmp_path: Path) -> None:
     t.extend({"x": torch.arange(9.0)}, ends=torch.tensor([0] * 8 + [1]))
     loaded = load_table(save_table(t, tmp_path / "strided"))
     assert loaded.stride == 2 and loaded.final_step
-    assert sorted(loaded.item_priorities()[0].tolist()) == sorted(
-        t.item_priorities()[0].tolist()
-    )
+    assert sorted(loaded.item_priorities()[0].tolist()) == sorted(t.item_priorities()[0].tolist())
 
 
 def test_limiter_counts_strided_and_final_step_items_exactly() -> None:

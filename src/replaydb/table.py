@@ -536,12 +536,13 @@ class Table:
                 self._notify()
             return
         if storage._np is None or storage.links or self.consuming:
+            # torch.tensor copies: a broadcast view is read-only.
             data = {
-                k: torch.as_tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))
+                k: torch.tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))
                 for k, v in values.items()
             }
             self.extend(
-                data, streams=stream, ends=torch.as_tensor(np.broadcast_to(np.asarray(end), (n,)))
+                data, streams=stream, ends=torch.tensor(np.broadcast_to(np.asarray(end), (n,)))
             )
             return
         if n > self.capacity:
