@@ -17,11 +17,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sequences import SPEC, write_linked
 
 from replaydb import Spec, Table, _kernels, load_table, save_table
 from replaydb.errors import InvalidArgumentError, InvalidTypeError
 from replaydb.samplers import Fifo
+from test_sequences import SPEC, write_linked
 
 FRAME_SPEC = Spec({**{k: (f.shape, f.dtype) for k, f in SPEC.items()}, "frame": ((2,), "int64")})
 
