@@ -261,6 +261,7 @@ class Table:
         self.final_step = final_step
         #: ``name -> (k, pad)``: fields sampled as the last ``k`` frames of each step.
         self.frame_stack = stack
+        self._stack_k = max((k for k, _ in stack.values()), default=1)
         links = sequence_length > 1 or bool(stack)
         self.storage = Storage(spec, capacity, device, links=links)
         self.spec = spec
@@ -881,31 +882,42 @@ class Table:
         if not self.frame_stack:
             return self.storage.gather(rows)
         st = self.storage
-        k_max = max(k for k, _ in self.frame_stack.values())
-        flat = rows.reshape(-1)
-        if self._kernels is not None:
-            r, v = self._kernels.stack_rows(flat.numpy(), k_max, st.key.numpy(), st.prev.numpy())
-            stack_rows, valid = torch.from_numpy(r), torch.from_numpy(v)
-        else:
-            stack_rows, valid = _stack_rows_torch(flat, k_max, st.key, st.prev)
-        out: dict[str, torch.Tensor] = {}
+        k_max = self._stack_k
         lead = tuple(rows.shape)
-        cpu = st._np is not None
+        out: dict[str, torch.Tensor] = {}
+        if st._np is not None and self._kernels is not None:
+            # CPU: numpy views and one compiled walk (each torch call costs a microsecond).
+            links = st._np_links
+            assert links is not None
+            flat_np = rows.numpy().reshape(-1)
+            rows_np, valid_np = self._kernels.stack_rows(flat_np, k_max, links[0], links[1])
+            for name, column in st._np.items():
+                stack = self.frame_stack.get(name)
+                shape = self.spec[name].shape
+                if stack is None:
+                    out[name] = torch.from_numpy(
+                        column.take(flat_np, axis=0).reshape(*lead, *shape)
+                    )
+                    continue
+                k, pad = stack
+                idx = rows_np if k == k_max else rows_np[:, k_max - k :]
+                got = column.take(idx.reshape(-1), axis=0).reshape(*lead, k, *shape)
+                if pad == "zeros":
+                    keep = valid_np if k == k_max else valid_np[:, k_max - k :]
+                    if not keep.all():
+                        got[~keep.reshape(*lead, k)] = 0
+                out[name] = torch.from_numpy(got)
+            return out
+        flat = rows.reshape(-1)
+        stack_rows, valid = _stack_rows_torch(flat, k_max, st.key, st.prev)
         for name, column in st.fields.items():
             stack = self.frame_stack.get(name)
             shape = self.spec[name].shape
             if stack is None:
-                idx, k = flat, 0
-            else:
-                k, pad = stack
-                idx = stack_rows[:, k_max - k :].reshape(-1)
-            if cpu:
-                got = torch.from_numpy(column.numpy().take(idx.numpy(), axis=0))
-            else:
-                got = column.index_select(0, idx)
-            if stack is None:
-                out[name] = got.view(*lead, *shape)
+                out[name] = column.index_select(0, flat).view(*lead, *shape)
                 continue
+            k, pad = stack
+            got = column.index_select(0, stack_rows[:, k_max - k :].reshape(-1))
             got = got.view(*lead, k, *shape)
             if pad == "zeros":
                 keep = valid[:, k_max - k :].reshape(*lead, k, *([1] * len(shape)))
