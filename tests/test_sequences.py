@@ -355,3 +355,25 @@ def test_limiter_counts_strided_and_final_step_items_exactly() -> None:
     table.extend({"x": torch.arange(8.0)}, streams=streams, ends=ends)
     assert table.rate_limiter.inserts == len(table) == 3
     assert sorted(table.item_priorities()[0].tolist()) == [0, 1, 4]
+
+
+def test_recurrent_state_at_the_window_start_for_burn_in() -> None:
+    # R2D2: each step stores the actor's recurrent state; a window's first step holds
+    # the state to start its unroll from. The state is a function of (stream, t) here.
+    H, T, burn_in, envs = 3, 6, 2, 4
+    table = Table(
+        Spec({"t": ((), "int64"), "hidden": (H,)}), 200, sequence_length=T, stride=T - burn_in
+    )
+    for t in range(30):
+        streams = torch.arange(envs)
+        hidden = torch.stack([streams * 100.0 + t, -streams * 1.0, torch.full((envs,), t)], 1)
+        table.extend({"t": torch.full((envs,), t), "hidden": hidden}, streams=streams)
+    s = table.sample(200)
+    start_t = s["t"][:, 0]
+    assert bool((start_t % (T - burn_in) == 0).all())
+    h0 = s["hidden"][:, 0]
+    assert torch.equal(h0[:, 2], start_t.float())
+    stream = -h0[:, 1]
+    assert torch.equal(h0[:, 0], stream * 100 + start_t)
+    # every step of the window carries its own state (burn-in refreshes from h0)
+    assert torch.equal(s["hidden"][:, :, 2], s["t"].float())

@@ -17,7 +17,11 @@ until the oldest item has been consumed.
 
 With ``pad=True`` a sequence table also serves the last ``sequence_length - 1``
 starts of every finished episode (and episodes shorter than a window), padded by
-repeating the last step, with :attr:`Sample.mask` ``False`` at the padding.
+repeating the last step, with :attr:`Sample.mask` ``False`` at the padding; with
+``final_step=True`` (the collectors' steps layout) no padded window starts at the
+episode's final-step row. With ``stride=S`` only windows that start at episode
+steps ``0, S, 2S, ...`` are items. With ``frame_stack`` a field is sampled as the
+last ``k`` frames of each step, gathered through the episode links.
 
 All verbs take the table's lock; blocked inserts and samples wait on its
 condition variable until the rate limiter lets them through. A call that no other
@@ -66,7 +70,9 @@ class Sample:
     """A batch of items and everything a learner needs to weigh and re-prioritize them.
 
     ``sample["obs"]`` reads a field. Fields are ``[B, *shape]`` when the table's
-    ``sequence_length`` is 1, else ``[B, T, *shape]``.
+    ``sequence_length`` is 1, else ``[B, T, *shape]``; a field in the table's
+    ``frame_stack`` has a ``k`` dimension after those (``[B, k, *shape]`` or
+    ``[B, T, k, *shape]``).
 
     Attributes:
         data: ``name -> tensor`` for every field of the spec.
@@ -146,6 +152,27 @@ class Table:
         name: The table's name in a server.
         pad: Also serve windows that run past an episode's end, padded, with a
             mask (sequence tables only).
+        stride: Only windows that start at episode step ``0, stride, 2 * stride,
+            ...`` are items (Reverb's and Acme's *period*; sequence tables only).
+            Positions count from the first step of an episode that the ring still
+            linked when the step was written.
+        final_step: The row that carries an episode's end code is a *final step*
+            (its last observation, with no action or reward after it), as the
+            collectors' steps layout and TF-Agents' LAST steps write it: padded
+            windows never start there. Default ``False``: the end code follows the
+            step's action, and the padded window of that step is a real (terminal)
+            transition. See :func:`~replaydb.nstep.nstep_returns` ``final_step``.
+        frame_stack: ``name -> k`` or ``name -> (k, pad)``: sample each of these
+            fields as the last ``k`` frames of each step, ``[B, k, *shape]``
+            (``[B, T, k, *shape]`` for sequences), oldest first, following the
+            episode links. Each frame is stored once. Where an episode has fewer
+            than ``k - 1`` earlier steps, or they were overwritten, ``pad`` fills
+            in: ``"first"`` (default) repeats the oldest frame available, ``"zeros"``
+            uses zeros. A stack never crosses an episode or a stream. It is a
+            constructor argument, not a ``sample`` keyword, because single-step
+            tables keep episode links only when asked (they cost every write), and
+            so that every verb and front end that samples (``sample_data``,
+            datasets, the Velora buffer) returns the same stacks.
 
     Every argument is checked before anything is allocated, and the table's size
     (storage plus bookkeeping) is checked against the device's free memory first:
@@ -164,6 +191,10 @@ class Table:
         >>> table.extend({"obs": torch.zeros(8, 4), "reward": torch.ones(8)})
         >>> table.sample(4)["obs"].shape
         torch.Size([4, 4])
+        >>> frames = Table(Spec({"obs": ((84, 84), "uint8")}), 100, frame_stack={"obs": 4})
+        >>> frames.extend({"obs": torch.zeros(10, 84, 84, dtype=torch.uint8)})
+        >>> frames.sample(2)["obs"].shape
+        torch.Size([2, 4, 84, 84])
     """
 
     def __init__(
