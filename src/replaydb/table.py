@@ -941,19 +941,19 @@ class Table:
             return out
         flat = rows.reshape(-1)
         stack_rows, valid = _stack_rows_torch(flat, k_max, st.key, st.prev)
-        for name, column in st.fields.items():
+        for name, tensor in st.fields.items():
             stack = self.frame_stack.get(name)
             shape = self.spec[name].shape
             if stack is None:
-                out[name] = column.index_select(0, flat).view(*lead, *shape)
+                out[name] = tensor.index_select(0, flat).view(*lead, *shape)
                 continue
             k, pad = stack
-            got = column.index_select(0, stack_rows[:, k_max - k :].reshape(-1))
-            got = got.view(*lead, k, *shape)
+            picked = tensor.index_select(0, stack_rows[:, k_max - k :].reshape(-1))
+            picked = picked.view(*lead, k, *shape)
             if pad == "zeros":
                 keep = valid[:, k_max - k :].reshape(*lead, k, *([1] * len(shape)))
-                got = got.masked_fill(~keep, 0)
-            out[name] = got
+                picked = picked.masked_fill(~keep, 0)
+            out[name] = picked
         return out
 
     def _take_items(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
