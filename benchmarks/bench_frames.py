@@ -61,7 +61,11 @@ def build(frames: int, envs: int) -> Table:
             ends[i * envs : (i + 1) * envs] = done
             left[done] = rng.integers(200, 2000, int(done.sum()))
         table.extend(
-            {"obs": obs, "action": torch.zeros(chunk, dtype=torch.int64), "reward": torch.zeros(chunk)},
+            {
+                "obs": obs,
+                "action": torch.zeros(chunk, dtype=torch.int64),
+                "reward": torch.zeros(chunk),
+            },
             streams=torch.from_numpy(streams),
             ends=torch.from_numpy(ends),
         )
@@ -86,11 +90,19 @@ def main() -> None:
     def raw_gather() -> object:
         return raw[idx_pool[next(it) % 4096]]
 
+    rows_pool = torch.from_numpy(rng.integers(0, frames, (4096, BATCH)))
+
+    def stack_gather() -> object:
+        # The table's gather alone (link walk + every field), without the sampler
+        # and item bookkeeping: where the rest of sample()'s time goes.
+        return table._gather(rows_pool[next(it) % 4096])
+
     out = table.sample(BATCH)["obs"]
     assert out.shape == (BATCH, STACK, SIDE, SIDE)
     t = race(
         {
             "replaydb sample(32), stack 4": lambda: table.sample(BATCH),
+            "  of which: stacked gather": stack_gather,
             "numpy frames[idx], idx [32, 4]": raw_gather,
         },
         reps,
