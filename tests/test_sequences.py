@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -328,6 +329,8 @@ def test_stride_validation_and_config_round_trip(tmp_path: Path) -> None:
         Table(Spec({"x": ()}), 10, stride=2)
     with pytest.raises(InvalidArgumentError, match="final_step must be a bool"):
         Table(Spec({"x": ()}), 10, sequence_length=2, final_step=1)  # type: ignore[arg-type]
+    numpy_stride = Table(Spec({"x": ()}), 10, sequence_length=3, stride=np.int64(2))
+    assert type(numpy_stride.config()["stride"]) is int  # JSON-serializable
     t = Table(Spec({"x": ()}), 10, sequence_length=3, stride=2, pad=True, final_step=True)
     config = t.config()
     assert (config["stride"], config["final_step"]) == (2, True)

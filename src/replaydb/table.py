@@ -286,7 +286,7 @@ class Table:
         self.sequence_length = sequence_length
         self.max_times_sampled = max_times_sampled
         #: Windows start only at episode steps 0, stride, 2 * stride, ...
-        self.stride = stride
+        self.stride = int(stride)
         #: The row carrying an episode's end code holds its final observation, no
         #: transition: padded windows never start there.
         self.final_step = final_step
@@ -1667,7 +1667,7 @@ class LiveSteps:
 
 
 #: How a frame stack pads where an episode has fewer than ``k`` earlier frames.
-FRAME_PADS = ("first", "zeros")
+_FRAME_PADS = ("first", "zeros")
 
 
 def _check_sequence_options(
@@ -1719,9 +1719,9 @@ def _check_sequence_options(
             raise InvalidArgumentError(
                 f"frame_stack[{name!r}]: k must be an int >= 1 (frames per step), got {k!r}"
             )
-        if pad not in FRAME_PADS:
+        if pad not in _FRAME_PADS:
             raise InvalidArgumentError(
-                f"frame_stack[{name!r}]: pad must be one of {FRAME_PADS}, got {pad!r}"
+                f"frame_stack[{name!r}]: pad must be one of {_FRAME_PADS}, got {pad!r}"
             )
         out[str(name)] = (int(k), str(pad))
     if out and sampler is not None and sampler.deterministic and max_times_sampled is not None:
