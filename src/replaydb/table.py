@@ -695,22 +695,37 @@ class Table:
         """How many items a write of these steps will add (what the limiter admits)."""
         if self.sequence_length == 1:
             return min(n, self.capacity)
-        pos = self.storage.preview_positions(streams, ends)
-        done = self._starts_ok(pos - (self.sequence_length - 1))
+        st = self.storage
+        pos = st.preview_positions(streams, ends)
+        # The preview continues a stream's episode even where this very write
+        # overwrites the episode's last step (the write then starts a new episode
+        # at position 0). Without a stride that only overcounts; with one the phase
+        # changes, so count every start of those streams' steps (an upper bound).
+        rephased = None
+        if self.stride > 1 and st.total + n > self.capacity:
+            last = st._last_key.index_select(0, streams)
+            rephased = st.is_live(last) & (last < st.total + n - self.capacity)
+        done = self._starts_ok(pos - (self.sequence_length - 1), rephased)
         if self.pad:
             # An ending step also completes the padded windows of its last T - 1 starts
             # (less the start at the final step itself, with final_step).
-            ending = pos[ends != END_NONE]
+            ended = ends != END_NONE
+            ending = pos[ended]
             j = torch.arange(int(self.final_step), self.sequence_length - 1, device=pos.device)
-            pad_n = int(self._starts_ok(ending.unsqueeze(1) - j).sum())
+            loose = rephased[ended].unsqueeze(1) if rephased is not None else None
+            pad_n = int(self._starts_ok(ending.unsqueeze(1) - j, loose).sum())
             return min(int(done.sum()) + pad_n, self.capacity)
         return min(int(done.sum()), self.capacity)
 
-    def _starts_ok(self, start_positions: torch.Tensor) -> torch.Tensor:
-        """Which episode positions may start a window: ``>= 0`` and a multiple of the stride."""
+    def _starts_ok(
+        self, start_positions: torch.Tensor, any_phase: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Which episode positions may start a window: ``>= 0`` and a multiple of the
+        stride (any position where ``any_phase`` is true)."""
         ok = start_positions >= 0
         if self.stride > 1:
-            ok &= start_positions % self.stride == 0
+            on_stride = start_positions % self.stride == 0
+            ok &= on_stride if any_phase is None else on_stride | any_phase
         return ok
 
     def _has_space(self, n: int) -> bool:
