@@ -408,3 +408,25 @@ def test_sigkill_at_random_moments_leaves_a_consistent_table(tmp_path: Path) -> 
         totals.append(t.total_steps_written)
         del t
     assert totals == sorted(totals) and totals[-1] > 0
+
+
+def test_open_keeps_stride_final_step_and_frame_stack(tmp_path: Path) -> None:
+    spec = Spec({"obs": ((2,), "float32")})
+    table = Table(
+        spec,
+        50,
+        sequence_length=2,
+        stride=2,
+        final_step=True,
+        frame_stack={"obs": 3},
+        path=tmp_path / "t",
+    )
+    table.extend({"obs": torch.arange(20.0).reshape(10, 2)})
+    table.checkpoint()
+    again = Table.open(tmp_path / "t")
+    assert (again.stride, again.final_step, again.frame_stack) == (
+        table.stride,
+        table.final_step,
+        table.frame_stack,
+    )
+    assert len(again) == len(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -201,3 +202,181 @@ def test_pad_needs_sequences() -> None:
         Table(Spec({"x": ()}), 10, sequence_length=2, pad=1)  # type: ignore[arg-type]
     t = Table(Spec({"x": ()}), 10, sequence_length=2, pad=True)
     assert Table.from_config(t.config()).pad is True
+
+
+# ------------------------------------------------------- stride and final steps
+
+
+def write_linked(
+    table: Table, rng: random.Random, num_streams: int, steps: int, max_episode: int, batch: int
+) -> tuple[dict[int, tuple[int, int, int, int]], dict[int, int], dict[int, int]]:
+    """Write interleaved episodes; also model the ring's episode links.
+
+    Returns ``written`` (key -> (stream, episode, t, end)), ``pos`` (key -> the
+    step's position in its episode as the ring sees it: a step whose predecessor
+    was overwritten by the time it is written starts a new episode) and ``succ``
+    (key -> the next step of its episode).
+    """
+    cap = table.capacity
+    written: dict[int, tuple[int, int, int, int]] = {}
+    pos: dict[int, int] = {}
+    succ: dict[int, int] = {}
+    last: dict[int, int] = {}  # stream -> key of its open episode's last step
+    episode = [s * 10_000 for s in range(num_streams)]
+    t = [0] * num_streams
+    length = [rng.randint(1, max_episode) for _ in range(num_streams)]
+    key = 0
+    while key < steps:
+        n = min(rng.randint(1, batch), steps - key, cap)
+        rows: dict[str, list[int]] = {"key": [], "stream": [], "episode": [], "t": []}
+        streams, ends = [], []
+        after = key + n  # links are made once the whole batch is written
+        for _ in range(n):
+            s = rng.randrange(num_streams)
+            end = rng.choice([1, 2]) if t[s] + 1 >= length[s] else 0
+            for name, v in (("key", key), ("stream", s), ("episode", episode[s]), ("t", t[s])):
+                rows[name].append(v)
+            if "frame" in table.spec:  # a frame per step: its key + 1, and negated
+                rows.setdefault("frame", []).append([key + 1, -(key + 1)])  # type: ignore[arg-type]
+            written[key] = (s, episode[s], t[s], end)
+            p = last.pop(s, -1)
+            if p >= 0 and p >= after - cap:
+                pos[key], succ[p] = pos[p] + 1, key
+            else:
+                pos[key] = 0
+            if end:
+                episode[s] += 1
+                t[s] = 0
+                length[s] = rng.randint(1, max_episode)
+            else:
+                last[s] = key
+                t[s] += 1
+            streams.append(s)
+            ends.append(end)
+            key += 1
+        st_t, end_t = torch.tensor(streams), torch.tensor(ends)
+        before = table.rate_limiter.inserts
+        preview = table._items_completed(n, st_t, end_t)
+        table.extend({k: torch.tensor(v) for k, v in rows.items()}, streams=st_t, ends=end_t)
+        assert preview >= table.rate_limiter.inserts - before
+    return written, pos, succ
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10**6),
+    num_streams=st.integers(1, 3),
+    T=st.integers(2, 5),
+    stride=st.integers(1, 4),
+    capacity=st.integers(5, 40),
+    steps=st.integers(1, 120),
+    max_episode=st.integers(1, 14),
+    batch=st.integers(1, 9),
+    pad=st.booleans(),
+    final_step=st.booleans(),
+)
+def test_stride_and_final_step_against_a_reference(
+    seed: int,
+    num_streams: int,
+    T: int,  # noqa: N803
+    stride: int,
+    capacity: int,
+    steps: int,
+    max_episode: int,
+    batch: int,
+    pad: bool,
+    final_step: bool,
+) -> None:
+    capacity = max(capacity, T)
+    table = Table(SPEC, capacity, sequence_length=T, pad=pad, stride=stride, final_step=final_step)
+    written, pos, succ = write_linked(
+        table, random.Random(seed), num_streams, steps, max_episode, batch
+    )
+    total = table.storage.total
+    expected = []
+    for k in written:
+        if k < total - capacity or pos[k] % stride:
+            continue
+        run = [k]
+        while len(run) < T and run[-1] in succ:
+            run.append(succ[run[-1]])
+        ended = written[run[-1]][3] != 0
+        starts_at_final = final_step and written[k][3] != 0
+        if len(run) == T or (pad and ended and not starts_at_final):
+            expected.append(k)
+    assert sorted(table.item_priorities()[0].tolist()) == sorted(expected)
+    assert check_windows(table, written, pad) == len(expected)
+    if expected:
+        s = table.sample(50)
+        assert all(pos[int(k)] % stride == 0 for k in s.keys)
+
+
+def test_stride_spaces_windows_per_stream() -> None:
+    # Two streams interleaved, episodes of 7 steps: windows of 3 start at 0, 2, 4.
+    table = Table(Spec({"t": ((), "int64")}), 100, sequence_length=3, stride=2)
+    t = torch.arange(7).repeat_interleave(2)
+    ends = torch.where(t == 6, 1, 0)
+    table.extend({"t": t}, streams=torch.tensor([0, 1] * 7), ends=ends)
+    assert len(table) == 6
+    assert sorted(set(table.sample(100)["t"][:, 0].tolist())) == [0, 2, 4]
+
+
+def test_stride_validation_and_config_round_trip(tmp_path: Path) -> None:
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(InvalidArgumentError, match="stride must be an int >= 1"):
+            Table(Spec({"x": ()}), 10, sequence_length=2, stride=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="stride=2 needs sequence_length > 1"):
+        Table(Spec({"x": ()}), 10, stride=2)
+    with pytest.raises(InvalidArgumentError, match="final_step must be a bool"):
+        Table(Spec({"x": ()}), 10, sequence_length=2, final_step=1)  # type: ignore[arg-type]
+    numpy_stride = Table(Spec({"x": ()}), 10, sequence_length=3, stride=np.int64(2))
+    assert type(numpy_stride.config()["stride"]) is int  # JSON-serializable
+    t = Table(Spec({"x": ()}), 10, sequence_length=3, stride=2, pad=True, final_step=True)
+    config = t.config()
+    assert (config["stride"], config["final_step"]) == (2, True)
+    again = Table.from_config(config)
+    assert (again.stride, again.final_step) == (2, True)
+    # Configs written before the keys existed load as stride 1, no final steps.
+    old = {k: v for k, v in config.items() if k not in ("stride", "final_step", "frame_stack")}
+    legacy = Table.from_config(old)
+    assert (legacy.stride, legacy.final_step, legacy.frame_stack) == (1, False, {})
+    # Through a checkpoint file, with items.
+    t.extend({"x": torch.arange(9.0)}, ends=torch.tensor([0] * 8 + [1]))
+    loaded = load_table(save_table(t, tmp_path / "strided"))
+    assert loaded.stride == 2 and loaded.final_step
+    assert sorted(loaded.item_priorities()[0].tolist()) == sorted(t.item_priorities()[0].tolist())
+
+
+def test_limiter_counts_strided_and_final_step_items_exactly() -> None:
+    table = Table(Spec({"x": ()}), 100, sequence_length=3, pad=True, stride=2, final_step=True)
+    streams = torch.tensor([0, 1, 0, 1, 0, 0, 1, 0])
+    ends = torch.tensor([0, 0, 0, 2, 0, 0, 0, 1])
+    # stream 0: 5 steps, the last a final step: full windows at 0, 2 (not 1); the
+    # padded start 3 is off the stride and the final step 4 starts none. stream 1:
+    # 2 steps ended (padded window at 0; 1 is the final step), then 1 open step.
+    assert table._items_completed(8, streams, ends) == 3
+    table.extend({"x": torch.arange(8.0)}, streams=streams, ends=ends)
+    assert table.rate_limiter.inserts == len(table) == 3
+    assert sorted(table.item_priorities()[0].tolist()) == [0, 1, 4]
+
+
+def test_recurrent_state_at_the_window_start_for_burn_in() -> None:
+    # R2D2: each step stores the actor's recurrent state; a window's first step holds
+    # the state to start its unroll from. The state is a function of (stream, t) here.
+    H, T, burn_in, envs = 3, 6, 2, 4
+    table = Table(
+        Spec({"t": ((), "int64"), "hidden": (H,)}), 200, sequence_length=T, stride=T - burn_in
+    )
+    for t in range(30):
+        streams = torch.arange(envs)
+        hidden = torch.stack([streams * 100.0 + t, -streams * 1.0, torch.full((envs,), t)], 1)
+        table.extend({"t": torch.full((envs,), t), "hidden": hidden}, streams=streams)
+    s = table.sample(200)
+    start_t = s["t"][:, 0]
+    assert bool((start_t % (T - burn_in) == 0).all())
+    h0 = s["hidden"][:, 0]
+    assert torch.equal(h0[:, 2], start_t.float())
+    stream = -h0[:, 1]
+    assert torch.equal(h0[:, 0], stream * 100 + start_t)
+    # every step of the window carries its own state (burn-in refreshes from h0)
+    assert torch.equal(s["hidden"][:, :, 2], s["t"].float())

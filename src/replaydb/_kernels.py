@@ -20,6 +20,7 @@ nodes (``tree[lo : 2 * lo]``) and descend ``levels`` levels.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -247,6 +248,7 @@ def _compile() -> SimpleNamespace | None:
         take_items=take_items,
         windows=windows,
         live_updates=live_updates,
+        **_window_kernels(jit),
     )
 
 
@@ -273,3 +275,41 @@ def use(enabled: bool) -> None:
             numba is installed.
     """
     _STATE["enabled"] = bool(enabled)
+
+
+# ------------------------------------------------------------------------------------
+# Window and link walking kernels (owned by the sequence/frame-stack code in table.py).
+# Kept apart from the sum-tree kernels above; `_compile` adds them to its namespace.
+# ------------------------------------------------------------------------------------
+
+
+def _window_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
+    """Compile the link-walking kernels with ``jit`` (numba's ``njit`` wrapper)."""
+
+    @jit
+    def stack_rows(rows: Any, k: int, key: Any, prev: Any) -> Any:
+        # For each row, the rows of its last k frames, oldest first: follow ``prev``
+        # links k - 1 times. Where a link is broken (episode start, or the earlier
+        # step was overwritten) the walk stops; earlier positions repeat the oldest
+        # frame reached and are marked invalid.
+        cap = key.shape[0]
+        n = rows.shape[0]
+        out = np.empty((n, k), np.int64)
+        valid = np.empty((n, k), np.bool_)
+        for b in range(n):
+            r = rows[b]
+            out[b, k - 1] = r
+            valid[b, k - 1] = True
+            ok = True
+            for j in range(k - 2, -1, -1):
+                if ok:
+                    p = prev[r]
+                    if p >= 0 and key[p % cap] == p:
+                        r = p % cap
+                    else:
+                        ok = False
+                out[b, j] = r
+                valid[b, j] = ok
+        return out, valid
+
+    return {"stack_rows": stack_rows}

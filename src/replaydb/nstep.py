@@ -21,6 +21,22 @@ with ``m`` the number of rewards summed:
 
 Padded windows (``Table(pad=True)``) are handled through their mask: padding is
 past the episode's end, which the end codes already mark.
+
+Final steps
+-----------
+The collectors' *steps* layout (see :mod:`replaydb.collect`; TF-Agents' LAST step)
+writes one more row after an episode's last transition: the *final step*, holding
+the real final observation ``o_L`` with action 0 and reward 0, and carrying the
+episode's end code. There the end code does not follow the step's action; it says
+"this row is the episode's last observation". With ``final_step=True``:
+
+* no end code in the window: ``m = n``, bootstrap from ``o_n`` with ``gamma^n``;
+* the first final step is at position ``k`` (``0 <= k <= n``, the last position
+  included): ``m = k`` rewards; terminated: ``discount = 0``; truncated: bootstrap
+  from the stored final observation ``o_k`` with ``gamma^k``.
+
+A window that *starts* at a final step holds no transition (``steps == 0``);
+``Table(..., pad=True, final_step=True)`` never serves one.
 """
 
 from __future__ import annotations
@@ -79,6 +95,7 @@ def nstep_returns(
     gamma: float,
     *,
     mask: torch.Tensor | None = None,
+    final_step: bool = False,
 ) -> NStepTargets:
     """N-step returns of windows of ``n + 1`` steps (see the module docstring).
 
@@ -90,6 +107,9 @@ def nstep_returns(
         mask: Optional ``[B, n + 1]`` bool mask of valid steps (``Sample.mask``);
             a window whose valid part ends without an end code is treated as
             truncated there.
+        final_step: The end code marks a final-step row (the collectors' steps
+            layout, ``Table(final_step=True)``) rather than the end after a
+            transition; see the module docstring.
 
     Returns:
         An :class:`NStepTargets`.
@@ -116,6 +136,8 @@ def nstep_returns(
         )
     if not isinstance(gamma, int | float) or isinstance(gamma, bool) or not 0 <= gamma <= 1:
         raise InvalidArgumentError(f"gamma must be a number in [0, 1], got {gamma!r}")
+    if not isinstance(final_step, bool):
+        raise InvalidArgumentError(f"final_step must be a bool, got {final_step!r}")
     b, width = r.shape
     n = width - 1
     dev = r.device
@@ -129,14 +151,20 @@ def nstep_returns(
         m = mask.to(dev, torch.bool)
         last_valid = m & ~torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], dim=1)
         e = torch.where(last_valid & (e == 0) & ~m[:, -1:].expand_as(m), torch.full_like(e, 2), e)
-    first = e[:, :n]
+    # Where an end code counts: after a transition, only among the first n steps;
+    # a final step, at any position (one at position n ends the last reward's episode).
+    first = e if final_step else e[:, :n]
     is_end = first != 0
     any_end = is_end.any(dim=1)
     k = torch.where(any_end, is_end.to(torch.int8).argmax(dim=1), torch.full((b,), n, device=dev))
-    code = torch.where(any_end, first.gather(1, k.clamp(max=n - 1).unsqueeze(1)).squeeze(1), 0)
+    at = k.clamp(max=first.shape[1] - 1).unsqueeze(1)
+    code = torch.where(any_end, first.gather(1, at).squeeze(1), 0)
     terminated = code == 1
-    steps = torch.where(terminated, k + 1, k)
-    steps = torch.where(any_end, steps, torch.full_like(steps, n))
+    if final_step:
+        steps = k
+    else:
+        steps = torch.where(terminated, k + 1, k)
+        steps = torch.where(any_end, steps, torch.full_like(steps, n))
     pos = torch.arange(n, device=dev)
     take = pos.unsqueeze(0) < steps.unsqueeze(1)
     powers = torch.pow(torch.full((n,), float(gamma), dtype=torch.float64, device=dev), pos)

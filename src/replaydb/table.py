@@ -17,7 +17,11 @@ until the oldest item has been consumed.
 
 With ``pad=True`` a sequence table also serves the last ``sequence_length - 1``
 starts of every finished episode (and episodes shorter than a window), padded by
-repeating the last step, with :attr:`Sample.mask` ``False`` at the padding.
+repeating the last step, with :attr:`Sample.mask` ``False`` at the padding; with
+``final_step=True`` (the collectors' steps layout) no padded window starts at the
+episode's final-step row. With ``stride=S`` only windows that start at episode
+steps ``0, S, 2S, ...`` are items. With ``frame_stack`` a field is sampled as the
+last ``k`` frames of each step, gathered through the episode links.
 
 All verbs take the table's lock; blocked inserts and samples wait on its
 condition variable until the rate limiter lets them through. A call that no other
@@ -68,7 +72,9 @@ class Sample:
     """A batch of items and everything a learner needs to weigh and re-prioritize them.
 
     ``sample["obs"]`` reads a field. Fields are ``[B, *shape]`` when the table's
-    ``sequence_length`` is 1, else ``[B, T, *shape]``.
+    ``sequence_length`` is 1, else ``[B, T, *shape]``; a field in the table's
+    ``frame_stack`` has a ``k`` dimension after those (``[B, k, *shape]`` or
+    ``[B, T, k, *shape]``).
 
     Attributes:
         data: ``name -> tensor`` for every field of the spec.
@@ -157,6 +163,27 @@ class Table:
             disk-backed table, CPU only; see :meth:`checkpoint`). A directory that
             already holds a table is reopened (same spec, capacity and sequence
             length) without copying its data.
+        stride: Only windows that start at episode step ``0, stride, 2 * stride,
+            ...`` are items (Reverb's and Acme's *period*; sequence tables only).
+            Positions count from the first step of an episode that the ring still
+            linked when the step was written.
+        final_step: The row that carries an episode's end code is a *final step*
+            (its last observation, with no action or reward after it), as the
+            collectors' steps layout and TF-Agents' LAST steps write it: padded
+            windows never start there. Default ``False``: the end code follows the
+            step's action, and the padded window of that step is a real (terminal)
+            transition. See :func:`~replaydb.nstep.nstep_returns` ``final_step``.
+        frame_stack: ``name -> k`` or ``name -> (k, pad)``: sample each of these
+            fields as the last ``k`` frames of each step, ``[B, k, *shape]``
+            (``[B, T, k, *shape]`` for sequences), oldest first, following the
+            episode links. Each frame is stored once. Where an episode has fewer
+            than ``k - 1`` earlier steps, or they were overwritten, ``pad`` fills
+            in: ``"first"`` (default) repeats the oldest frame available, ``"zeros"``
+            uses zeros. A stack never crosses an episode or a stream. It is a
+            constructor argument, not a ``sample`` keyword, because single-step
+            tables keep episode links only when asked (they cost every write), and
+            so that every verb and front end that samples (``sample_data``,
+            datasets, the Velora buffer) returns the same stacks.
 
     Every argument is checked before anything is allocated, and the table's size
     (storage plus bookkeeping) is checked against the device's free memory first:
@@ -179,6 +206,10 @@ class Table:
         >>> table.extend({"obs": torch.zeros(8, 4), "reward": torch.ones(8)})
         >>> table.sample(4)["obs"].shape
         torch.Size([4, 4])
+        >>> frames = Table(Spec({"obs": ((84, 84), "uint8")}), 100, frame_stack={"obs": 4})
+        >>> frames.extend({"obs": torch.zeros(10, 84, 84, dtype=torch.uint8)})
+        >>> frames.sample(2)["obs"].shape
+        torch.Size([2, 4, 84, 84])
     """
 
     def __init__(
@@ -194,6 +225,9 @@ class Table:
         name: str = "table",
         pad: bool = False,
         path: str | os.PathLike[str] | None = None,
+        stride: int = 1,
+        final_step: bool = False,
+        frame_stack: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(spec, Spec):
             if not isinstance(spec, Mapping):
@@ -247,6 +281,9 @@ class Table:
                 f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
                 "or no item could ever be complete"
             )
+        stack = _check_sequence_options(
+            spec, sequence_length, stride, final_step, frame_stack, max_times_sampled, sampler
+        )
         device = resolve_device(device)
         disk = None
         if path is not None:
@@ -269,7 +306,16 @@ class Table:
         self.pad = pad
         self.sequence_length = sequence_length
         self.max_times_sampled = max_times_sampled
-        self.storage = Storage(spec, capacity, device, links=sequence_length > 1, path=path)
+        #: Windows start only at episode steps 0, stride, 2 * stride, ...
+        self.stride = int(stride)
+        #: The row carrying an episode's end code holds its final observation, no
+        #: transition: padded windows never start there.
+        self.final_step = final_step
+        #: ``name -> (k, pad)``: fields sampled as the last ``k`` frames of each step.
+        self.frame_stack = stack
+        self._stack_k = max((k for k, _ in stack.values()), default=1)
+        links = sequence_length > 1 or bool(stack)
+        self.storage = Storage(spec, capacity, device, links=links, path=path)
         self.spec = spec
         self.capacity = self.storage.capacity
         self.device = self.storage.device
@@ -278,7 +324,8 @@ class Table:
         #: The largest priority the sampler takes without overflowing (e.g. its sum tree).
         self._priority_limit = float(getattr(self.sampler, "priority_bound", math.inf))
         #: Bytes one sampled item takes, for the memory check of huge samples.
-        self._item_nbytes = spec.step_nbytes * sequence_length + 64
+        extra = sum((k - 1) * spec[f].numel * spec[f].dtype.itemsize for f, (k, _) in stack.items())
+        self._item_nbytes = (spec.step_nbytes + extra) * sequence_length + 64
         # Samplers with a contiguous-insert fast path (replace semantics on active slots).
         self._fast_insert = getattr(self.sampler, "on_insert_contiguous", None)
         # Samplers that take priority updates as numpy arrays (the CPU path).
@@ -500,7 +547,7 @@ class Table:
         end_t = _end_column(end, 1, self.device)
         if (
             priority is None
-            and self.sequence_length == 1
+            and not self.storage.links
             and self.storage._np is not None
             and not self.consuming
             and self.rate_limiter.max_diff == math.inf
@@ -546,13 +593,14 @@ class Table:
                 lim.inserts += 1
                 self._notify()
             return
-        if storage._np is None or self.sequence_length != 1 or self.consuming:
+        if storage._np is None or storage.links or self.consuming:
+            # torch.tensor copies: a broadcast view is read-only.
             data = {
-                k: torch.as_tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))
+                k: torch.tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))
                 for k, v in values.items()
             }
             self.extend(
-                data, streams=stream, ends=torch.as_tensor(np.broadcast_to(np.asarray(end), (n,)))
+                data, streams=stream, ends=torch.tensor(np.broadcast_to(np.asarray(end), (n,)))
             )
             return
         if n > self.capacity:
@@ -659,7 +707,7 @@ class Table:
             pri = priorities[-m:] if priorities is not None else None
             if self.sequence_length > 1:
                 assert res.positions is not None
-                done = res.positions >= self.sequence_length - 1
+                done = self._starts_ok(res.positions - (self.sequence_length - 1))
                 starts = self.storage.walk(keys[done], self.sequence_length - 1)
                 ok = starts >= 0
                 self._add_items(starts[ok], pri[done][ok] if pri is not None else None)
@@ -673,14 +721,38 @@ class Table:
         """How many items a write of these steps will add (what the limiter admits)."""
         if self.sequence_length == 1:
             return min(n, self.capacity)
-        pos = self.storage.preview_positions(streams, ends)
-        done = pos >= self.sequence_length - 1
+        st = self.storage
+        pos = st.preview_positions(streams, ends)
+        # The preview continues a stream's episode even where this very write
+        # overwrites the episode's last step (the write then starts a new episode
+        # at position 0). Without a stride that only overcounts; with one the phase
+        # changes, so count every start of those streams' steps (an upper bound).
+        rephased = None
+        if self.stride > 1 and st.total + n > self.capacity:
+            last = st._last_key.index_select(0, streams)
+            rephased = st.is_live(last) & (last < st.total + n - self.capacity)
+        done = self._starts_ok(pos - (self.sequence_length - 1), rephased)
         if self.pad:
-            # An ending step also completes the padded windows of its last T - 1 starts.
-            ending = pos[ends != END_NONE]
-            pad_n = int(torch.clamp(ending, max=self.sequence_length - 2).sum()) + ending.numel()
+            # An ending step also completes the padded windows of its last T - 1 starts
+            # (less the start at the final step itself, with final_step).
+            ended = ends != END_NONE
+            ending = pos[ended]
+            j = torch.arange(int(self.final_step), self.sequence_length - 1, device=pos.device)
+            loose = rephased[ended].unsqueeze(1) if rephased is not None else None
+            pad_n = int(self._starts_ok(ending.unsqueeze(1) - j, loose).sum())
             return min(int(done.sum()) + pad_n, self.capacity)
         return min(int(done.sum()), self.capacity)
+
+    def _starts_ok(
+        self, start_positions: torch.Tensor, any_phase: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Which episode positions may start a window: ``>= 0`` and a multiple of the
+        stride (any position where ``any_phase`` is true)."""
+        ok = start_positions >= 0
+        if self.stride > 1:
+            on_stride = start_positions % self.stride == 0
+            ok &= on_stride if any_phase is None else on_stride | any_phase
+        return ok
 
     def _has_space(self, n: int) -> bool:
         """Whether ``n`` steps can be written without overwriting an unconsumed item."""
@@ -723,11 +795,16 @@ class Table:
         starts: list[torch.Tensor] = []
         pris: list[torch.Tensor] = []
         for j in range(self.sequence_length - 1):
-            ok = (pos >= j) & self.storage.is_live(cur)
-            starts.append(cur[ok])
-            if pri is not None:
-                pris.append(pri[ok])
+            # With final_step, the ending row holds the final observation and no
+            # transition: no window starts there (j = 0).
+            if j >= int(self.final_step):
+                ok = self._starts_ok(pos - j) & self.storage.is_live(cur)
+                starts.append(cur[ok])
+                if pri is not None:
+                    pris.append(pri[ok])
             cur = self.storage.walk(cur, 1)
+        if not starts:
+            return
         self._add_items(torch.cat(starts), torch.cat(pris) if pri is not None else None)
 
     def _add_items(self, keys: torch.Tensor, priorities: torch.Tensor | None) -> None:
@@ -837,7 +914,7 @@ class Table:
                 rows, ends = self.storage.windows(keys, self.sequence_length)
                 if self.pad:
                     mask = self.storage.window_mask(rows)
-            data = self.storage.gather(rows)
+            data = self._gather(rows)
             size = self._size
             lim.on_sample(b)
             if self.max_times_sampled is not None:
@@ -863,6 +940,62 @@ class Table:
             mask=mask,
             ends=ends,
         )
+
+    def _gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every field at ``rows``; ``frame_stack`` fields as their last ``k`` frames.
+
+        A stacked field comes back as ``[*rows.shape, k, *shape]``: for each row, the
+        rows of its ``k - 1`` predecessors in the same episode (``prev`` links,
+        walked by a compiled kernel on CPU and by ``k - 1`` batched gathers
+        elsewhere), oldest first. A predecessor that does not exist (the episode
+        started later) or is no longer live (overwritten) stops the walk: earlier
+        frames repeat the oldest one reached (``"first"``) or are zeros (``"zeros"``).
+        """
+        if not self.frame_stack:
+            return self.storage.gather(rows)
+        st = self.storage
+        k_max = self._stack_k
+        lead = tuple(rows.shape)
+        out: dict[str, torch.Tensor] = {}
+        if st._np is not None and self._kernels is not None:
+            # CPU: numpy views and one compiled walk (each torch call costs a microsecond).
+            links = st._np_links
+            assert links is not None
+            flat_np = rows.numpy().reshape(-1)
+            rows_np, valid_np = self._kernels.stack_rows(flat_np, k_max, links[0], links[1])
+            for name, column in st._np.items():
+                stack = self.frame_stack.get(name)
+                shape = self.spec[name].shape
+                if stack is None:
+                    out[name] = torch.from_numpy(
+                        column.take(flat_np, axis=0).reshape(*lead, *shape)
+                    )
+                    continue
+                k, pad = stack
+                idx = rows_np if k == k_max else rows_np[:, k_max - k :]
+                got = column.take(idx.reshape(-1), axis=0).reshape(*lead, k, *shape)
+                if pad == "zeros":
+                    keep = valid_np if k == k_max else valid_np[:, k_max - k :]
+                    if not keep.all():
+                        got[~keep.reshape(*lead, k)] = 0
+                out[name] = torch.from_numpy(got)
+            return out
+        flat = rows.reshape(-1)
+        stack_rows, valid = _stack_rows_torch(flat, k_max, st.key, st.prev)
+        for name, tensor in st.fields.items():
+            stack = self.frame_stack.get(name)
+            shape = self.spec[name].shape
+            if stack is None:
+                out[name] = tensor.index_select(0, flat).view(*lead, *shape)
+                continue
+            k, pad = stack
+            picked = tensor.index_select(0, stack_rows[:, k_max - k :].reshape(-1))
+            picked = picked.view(*lead, k, *shape)
+            if pad == "zeros":
+                keep = valid[:, k_max - k :].reshape(*lead, k, *([1] * len(shape)))
+                picked = picked.masked_fill(~keep, 0)
+            out[name] = picked
+        return out
 
     def _take_items(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Count one more draw of each slot; return their keys, times sampled and priorities.
@@ -1125,6 +1258,9 @@ class Table:
             "sequence_length": self.sequence_length,
             "max_times_sampled": self.max_times_sampled,
             "pad": self.pad,
+            "stride": self.stride,
+            "final_step": self.final_step,
+            "frame_stack": {k: [n, pad] for k, (n, pad) in self.frame_stack.items()},
             "spec": self.spec.to_json(),
             "sampler": self.sampler.config(),
             "rate_limiter": self.rate_limiter.config(),
@@ -1135,7 +1271,11 @@ class Table:
     def from_config(
         cls, config: Mapping[str, Any], device: torch.device | str | None = None
     ) -> Table:
-        """Build an empty table from :meth:`config` output (``device`` overrides)."""
+        """Build an empty table from :meth:`config` output (``device`` overrides).
+
+        Configs written before ``stride``, ``final_step`` and ``frame_stack``
+        existed load with their defaults (1, ``False``, none).
+        """
         return cls(
             Spec.from_json(config["spec"]),
             int(config["capacity"]),
@@ -1146,6 +1286,9 @@ class Table:
             device=device if device is not None else config.get("device", "cpu"),
             name=str(config.get("name", "table")),
             pad=bool(config.get("pad", False)),
+            stride=config.get("stride", 1),
+            final_step=config.get("final_step", False),
+            frame_stack=config.get("frame_stack") or None,
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -1301,6 +1444,7 @@ class Table:
         sampler = self.sampler
         if (
             self.sequence_length != 1
+            or self.frame_stack
             or not isinstance(sampler, Uniform)
             or self._np_item_key is None
             or isinstance(batch_size, bool)
@@ -1622,6 +1766,9 @@ class Table:
             name=str(config.get("name", "table")),
             pad=bool(config.get("pad", False)),
             path=path,
+            stride=config.get("stride", 1),
+            final_step=config.get("final_step", False),
+            frame_stack=config.get("frame_stack") or None,
         )
 
 
@@ -1644,6 +1791,90 @@ class LiveSteps:
     priorities: torch.Tensor
     inserts: int
     samples: int
+
+
+#: How a frame stack pads where an episode has fewer than ``k`` earlier frames.
+_FRAME_PADS = ("first", "zeros")
+
+
+def _check_sequence_options(
+    spec: Spec,
+    sequence_length: int,
+    stride: Any,
+    final_step: Any,
+    frame_stack: Any,
+    max_times_sampled: int | None,
+    sampler: Sampler | None,
+) -> dict[str, tuple[int, str]]:
+    """Check ``stride``, ``final_step`` and ``frame_stack``; return the frame stack as
+    ``name -> (k, pad)``."""
+    if isinstance(stride, bool) or not isinstance(stride, int | np.integer) or stride < 1:
+        raise InvalidArgumentError(
+            f"stride must be an int >= 1 (windows start every stride steps of an episode), "
+            f"got {stride!r}"
+        )
+    if stride > 1 and sequence_length == 1:
+        raise InvalidArgumentError(
+            f"stride={stride} needs sequence_length > 1 (it spaces the windows of a "
+            "sequence table); drop stride or set sequence_length"
+        )
+    if not isinstance(final_step, bool):
+        raise InvalidArgumentError(f"final_step must be a bool, got {final_step!r}")
+    if frame_stack is None:
+        return {}
+    if not isinstance(frame_stack, Mapping):
+        raise InvalidTypeError(
+            f"frame_stack must be a mapping of field name -> k or (k, pad), got "
+            f"{frame_stack!r} ({type(frame_stack).__name__}); e.g. frame_stack={{'obs': 4}}"
+        )
+    out: dict[str, tuple[int, str]] = {}
+    for name, value in frame_stack.items():
+        if name not in spec:
+            raise InvalidArgumentError(
+                f"frame_stack names field {name!r}, which the spec does not have; "
+                f"fields are {list(spec)}"
+            )
+        if isinstance(value, tuple | list):
+            if len(value) != 2:
+                raise InvalidArgumentError(
+                    f"frame_stack[{name!r}] must be k or (k, pad), got {value!r}"
+                )
+            k, pad = value
+        else:
+            k, pad = value, "first"
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidArgumentError(
+                f"frame_stack[{name!r}]: k must be an int >= 1 (frames per step), got {k!r}"
+            )
+        if pad not in _FRAME_PADS:
+            raise InvalidArgumentError(
+                f"frame_stack[{name!r}]: pad must be one of {_FRAME_PADS}, got {pad!r}"
+            )
+        out[str(name)] = (int(k), str(pad))
+    if out and sampler is not None and sampler.deterministic and max_times_sampled is not None:
+        raise InvalidArgumentError(
+            "frame_stack needs a ring that overwrites oldest first (it follows episode "
+            "links), but a selector with max_times_sampled writes into free rows; use a "
+            "sampling table (e.g. Uniform) or drop frame_stack"
+        )
+    return out
+
+
+def _stack_rows_torch(
+    rows: torch.Tensor, k: int, key: torch.Tensor, prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel ``stack_rows`` in torch: ``[N, k]`` rows of each row's last ``k``
+    frames (oldest first) and whether each is a real frame of the episode."""
+    cap = key.numel()
+    cols, valid = [rows], [torch.ones_like(rows, dtype=torch.bool)]
+    cur, ok = rows, valid[0]
+    for _ in range(k - 1):
+        p = prev.index_select(0, cur)
+        ok = ok & (p >= 0) & (key.index_select(0, p.clamp(min=0) % cap) == p)
+        cur = torch.where(ok, p % cap, cur)
+        cols.append(cur)
+        valid.append(ok)
+    return torch.stack(cols[::-1], dim=1), torch.stack(valid[::-1], dim=1)
 
 
 def _preset_capacity(size: int, sequence_length: int) -> int:
