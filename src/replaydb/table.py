@@ -1089,7 +1089,6 @@ class Table:
             ends=ends,
         )
 
-
     def remove(self, keys: Any) -> int:
         """Remove items by key, as if they had been overwritten; stale keys are ignored.
 
@@ -1116,6 +1115,7 @@ class Table:
                 self._remove_slots(slots[live])
                 self._notify()
             return n
+
 
 def _preset_capacity(size: int, sequence_length: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:

@@ -34,6 +34,7 @@ from replaydb.reverb import (
     replay_sample,
     selectors,
     server,
+    structured_writer,
     tables,
     tf_client,
     trajectory_dataset,
@@ -44,6 +45,7 @@ from replaydb.reverb.errors import DeadlineExceededError, ReverbError
 from replaydb.reverb.platform.default import checkpointers as _default_checkpointers
 from replaydb.reverb.replay_sample import ReplaySample, SampleInfo
 from replaydb.reverb.server import Server
+from replaydb.reverb.structured_writer import PatternDataset
 from replaydb.reverb.tables import Table
 from replaydb.reverb.tf_client import TFClient
 from replaydb.reverb.trajectory_dataset import TrajectoryDataset
@@ -51,6 +53,7 @@ from replaydb.reverb.trajectory_writer import TrajectoryColumn, TrajectoryWriter
 
 __all__ = [
     "Client",
+    "PatternDataset",
     "DeadlineExceededError",
     "ReplaySample",
     "ReverbError",
@@ -69,10 +72,13 @@ __all__ = [
     "platform",
     "rate_limiters",
     "selectors",
+    "structured",
+    "structured_writer",
     "uninstall",
 ]
 
 item_selectors = selectors
+structured = structured_writer
 reverb_types = tables
 
 #: ``reverb`` module names and the modules they resolve to after :func:`install`.
@@ -88,6 +94,7 @@ _ALIASES: dict[str, types.ModuleType] = {
     "reverb.replay_sample": replay_sample,
     "reverb.reverb_types": tables,
     "reverb.server": server,
+    "reverb.structured_writer": structured_writer,
     "reverb.tf_client": tf_client,
     "reverb.trajectory_dataset": trajectory_dataset,
     "reverb.trajectory_writer": trajectory_writer,

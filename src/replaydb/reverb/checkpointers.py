@@ -59,7 +59,7 @@ class CheckpointerBase:
 
         def fill(tmp: Path) -> dict[str, Any]:
             for i, (name, table) in enumerate(tables.items()):
-                snap, items = table.live_items()
+                _, items = table.live_items()
                 from replaydb.checkpoint import save_table
 
                 save_table(table.core, tmp / f"table-{i}.safetensors")
@@ -141,7 +141,7 @@ def _save_items(items: dict[int, Item], path: Path) -> None:
     meta: list[dict[str, Any]] = []
     for g, (key, refs) in enumerate(groups.items()):
         tensors[f"g{g}.refs"] = torch.tensor(refs, dtype=torch.int64)
-        for c, (_, squeeze, _, dtype) in enumerate(key):
+        for c, (_, _squeeze, _, dtype) in enumerate(key):
             steps = [a for r in refs for a in items[r][c][0]]
             arr = np.stack(steps)
             if arr.dtype == object or arr.dtype.kind in "USV":
@@ -167,7 +167,7 @@ def _load_items(path: Path) -> dict[int, Item]:
     for g, group in enumerate(meta):
         refs = tensors[f"g{g}.refs"].tolist()
         cols = []
-        for c, (t, _) in enumerate(group["columns"]):
+        for c, (t, _squeeze) in enumerate(group["columns"]):
             arr = tensors[f"g{g}.c{c}"].numpy()
             cols.append(arr.reshape(len(refs), t, *arr.shape[1:]))
         for i, ref in enumerate(refs):

@@ -34,7 +34,7 @@ class Writer:
     """
 
     def __init__(self, client: Client, max_sequence_length: int) -> None:
-        import tensorflow as tf
+        import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
         self._nest = tf.nest
         self._client = client
@@ -171,7 +171,7 @@ class Client:
         get_signature_timeout_secs: float | None = None,
         validate_items: bool = True,
     ) -> TrajectoryWriter:
-        """A :class:`~replaydb.reverb.TrajectoryWriter` whose history holds ``num_keep_alive_refs`` steps."""
+        """A :class:`~replaydb.reverb.TrajectoryWriter` keeping ``num_keep_alive_refs`` steps."""
         server = self.server
         return TrajectoryWriter(
             self.push,
@@ -254,6 +254,6 @@ class Client:
 def _unflatten(signature: Any, flat: list[Any]) -> Any:
     if signature is None:
         return flat
-    import tensorflow as tf
+    import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
     return tf.nest.pack_sequence_as(signature, flat)

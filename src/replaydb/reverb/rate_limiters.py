@@ -75,7 +75,7 @@ class MinSize(RateLimiter):
 
 
 class SampleToInsertRatio(RateLimiter):
-    """Keep ``samples / inserts`` near ``samples_per_insert`` once ``min_size_to_sample`` is reached.
+    """Keep ``samples / inserts`` near ``samples_per_insert`` once the table is big enough.
 
     Args:
         samples_per_insert: The target ratio, > 0.

@@ -29,14 +29,14 @@ class SampleInfo(NamedTuple):
     @classmethod
     def tf_dtypes(cls) -> SampleInfo:
         """TensorFlow dtypes of the fields: uint64, float64, int64, float64, int32."""
-        import tensorflow as tf
+        import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
         return cls(tf.uint64, tf.float64, tf.int64, tf.float64, tf.int32)
 
     @classmethod
     def tf_shapes(cls) -> SampleInfo:
         """TensorFlow shapes of the fields (scalars)."""
-        import tensorflow as tf
+        import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
         return cls(*[tf.TensorShape([]) for _ in range(5)])
 

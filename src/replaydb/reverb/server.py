@@ -26,12 +26,19 @@ __all__ = ["Server", "Table", "resolve"]
 
 _REGISTRY: dict[int, Server] = {}
 _REGISTRY_LOCK = threading.Lock()
+#: Ports ever chosen for ``port=None``: never handed out twice in one process, so a
+#: client (or a dataset) of a stopped server cannot reach a later one by accident.
+_USED: set[int] = set()
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _USED and port not in _REGISTRY:
+            _USED.add(port)
+            return port
 
 
 def resolve(address: str) -> Server:
@@ -113,8 +120,6 @@ class Server:
                         f"table {t.name!r} is already served by another Server; make a new Table"
                     )
             chosen = port or _free_port()
-            while chosen in _REGISTRY and not port:
-                chosen = _free_port()
             if chosen in _REGISTRY:
                 raise InvalidArgumentError(
                     f"port {chosen} is already used by another replaydb.reverb Server in this "

@@ -382,10 +382,15 @@ class Table:
             DeadlineExceededError: If no item could be drawn within ``timeout``.
         """
         core = self._core
-        if not (len(core) > 0 and core.rate_limiter.can_sample(num_samples, len(core))):
+        lim = core.rate_limiter
+        if not (len(core) > 0 and lim.can_sample(1, len(core))):
             self._flush_pending()
+        # As many as may go now: the limiter's room, and the items a consuming table holds.
+        n = min(int(num_samples), max(1, int(lim.diff - lim.min_diff)))
+        if core.max_times_sampled is not None:
+            n = min(n, max(1, len(core)))
         try:
-            s = core.sample(num_samples, timeout=0)
+            s = core.sample(n, timeout=0)
         except (RateLimiterTimeout, WouldBlockForeverError):
             try:
                 s = core.sample(1, timeout=timeout)

@@ -68,9 +68,7 @@ class TFClient:
             SampleInfo(*out[:5]), tf.nest.pack_sequence_as(data_dtypes, list(out[5:]))
         )
 
-    def insert(
-        self, data: list[Any], tables: Any, priorities: Any, name: str | None = None
-    ) -> Any:
+    def insert(self, data: list[Any], tables: Any, priorities: Any, name: str | None = None) -> Any:
         """Insert ``data`` (a list of tensors, one step) into ``tables[i]`` with ``priorities[i]``.
 
         Raises:

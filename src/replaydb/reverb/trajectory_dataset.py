@@ -2,9 +2,12 @@
 
 Built on ``tf.data.Dataset.from_generator``: a generator draws up to
 ``max_in_flight_samples_per_worker`` items per call (as many as the rate limiter
-lets through now, at least one, blocking for the first), stacks each column with
-one ``np.stack`` and yields the batch, which ``unbatch`` splits into single
-samples. Items whose shapes vary (``None`` in ``shapes``) are yielded one by one.
+lets through now, at least one), stacks each column with one ``np.stack`` and
+yields the batch, which ``unbatch`` splits into single samples. Items whose shapes
+vary (``None`` in ``shapes``) are yielded as batches of one. While the rate limiter
+blocks, the generator yields an empty batch every 0.2 s instead of blocking inside
+TensorFlow's ``py_func`` for ever, so an iterator that is dropped (or a server that
+is stopped) never leaves a thread stuck.
 Iteration ends at the first rate-limiter timeout (``rate_limiter_timeout_ms >= 0``)
 or once the server is stopped. The dataset can be built inside a traced function
 (``Dataset.interleave``), as TF-Agents does.
@@ -35,8 +38,9 @@ __all__ = ["TrajectoryDataset"]
 _INFO_DTYPES = (tf.uint64, tf.float64, tf.int64, tf.float64, tf.int32)
 _INFO_KEYS = ("key", "probability", "table_size", "priority", "times_sampled")
 _state = {"exiting": False}
-#: Longest single wait, so blocked generators notice a stopped server or exit.
-_SLICE_S = 0.5
+#: Longest single wait inside the generator: a blocked dataset yields an empty batch
+#: this often, so TensorFlow can tear down an iterator that nobody reads any more.
+_SLICE_S = 0.2
 
 
 def _at_exit() -> None:
@@ -46,14 +50,15 @@ def _at_exit() -> None:
 atexit.register(_at_exit)
 
 
-def _check(name: str, arr: Any, dtype: Any, shape: tf.TensorShape, batched: bool) -> Any:
+def _check(name: str, arr: Any, dtype: Any, shape: tf.TensorShape) -> Any:
+    """``arr`` (a batch) checked against the dataset's dtype and per-item shape."""
     a = np.asarray(arr)
     if a.dtype != dtype.as_numpy_dtype:
         raise InvalidArgumentError(
             f"column {name} of the sampled items has dtype {a.dtype}, but the dataset was "
             f"built with {dtype.name}; pass the dtypes the items were written with"
         )
-    inner = tuple(a.shape[1:]) if batched else tuple(a.shape)
+    inner = tuple(a.shape[1:])
     if not shape.is_compatible_with(inner):
         raise InvalidArgumentError(
             f"column {name} of the sampled items has shape {inner}, but the dataset was built "
@@ -106,13 +111,25 @@ class TrajectoryDataset(dataset_ops.DatasetSource):  # type: ignore[misc]
         try:
             flat_shapes = [tf.TensorShape(s) for s in tf_nest.flatten_up_to(dtypes, shapes)]
         except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(
-                f"shapes must have the structure of dtypes: {exc}"
-            ) from exc
+            raise InvalidArgumentError(f"shapes must have the structure of dtypes: {exc}") from exc
         batched = all(s.is_fully_defined() for s in flat_shapes)
         chunk = int(max_in_flight_samples_per_worker) if batched else 1
         timeout = None if rate_limiter_timeout_ms < 0 else rate_limiter_timeout_ms / 1000
         address, name = str(server_address), str(table)
+
+        empty = (
+            tuple(np.zeros(0, d.as_numpy_dtype) for d in _INFO_DTYPES),
+            tuple(
+                np.zeros((0, *[x or 0 for x in s.as_list()]), d.as_numpy_dtype)
+                for s, d in zip(flat_shapes, flat_dtypes, strict=True)
+            ),
+        )
+
+        def batch(info: dict[str, Any], cols: list[Any]) -> Any:
+            return tuple(info[k] for k in _INFO_KEYS), tuple(
+                _check(str(i), c, d, s)
+                for i, (c, d, s) in enumerate(zip(cols, flat_dtypes, flat_shapes, strict=True))
+            )
 
         def generate() -> Iterator[Any]:
             emitted = 0
@@ -121,37 +138,26 @@ class TrajectoryDataset(dataset_ops.DatasetSource):  # type: ignore[misc]
                 drawn = _draw(address, name, want, timeout)
                 if drawn is None:
                     return
-                info, items = drawn
-                cols = stack_columns(items)
-                emitted += len(items)
-                info_t = tuple(info[k] for k in _INFO_KEYS)
-                if batched:
-                    data = tuple(
-                        _check(str(i), c, d, s, True)
-                        for i, (c, d, s) in enumerate(zip(cols, flat_dtypes, flat_shapes))
-                    )
-                    yield info_t, data
+                if drawn is _WAITING:
+                    yield empty
                     continue
-                for j in range(len(items)):
-                    yield (
-                        tuple(v[j] for v in info_t),
-                        tuple(
-                            _check(str(i), c[j], d, s, False)
-                            for i, (c, d, s) in enumerate(zip(cols, flat_dtypes, flat_shapes))
-                        ),
-                    )
+                info, items = drawn
+                emitted += len(items)
+                if batched:
+                    yield batch(info, stack_columns(items))
+                    continue
+                for j, item in enumerate(items):
+                    one = {k: v[j : j + 1] for k, v in info.items()}
+                    yield batch(one, stack_columns([item]))
 
-        lead = [None] if batched else []
         signature = (
-            tuple(tf.TensorSpec(lead, d) for d in _INFO_DTYPES),
+            tuple(tf.TensorSpec([None], d) for d in _INFO_DTYPES),
             tuple(
-                tf.TensorSpec(lead + s.as_list() if s.rank is not None else None, d)
-                for s, d in zip(flat_shapes, flat_dtypes)
+                tf.TensorSpec([None, *s.as_list()] if s.rank is not None else None, d)
+                for s, d in zip(flat_shapes, flat_dtypes, strict=True)
             ),
         )
-        ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        if batched:
-            ds = ds.unbatch()
+        ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
 
         def pack(info: Any, data: Any) -> ReplaySample:
             return ReplaySample(SampleInfo(*info), tf.nest.pack_sequence_as(dtypes, list(data)))
@@ -203,10 +209,15 @@ class TrajectoryDataset(dataset_ops.DatasetSource):  # type: ignore[misc]
         )
 
 
-def _draw(
-    address: str, table: str, n: int, timeout: float | None
-) -> tuple[dict[str, Any], list[Any]] | None:
-    """Up to ``n`` items, or None when the dataset should end (timeout, stop, exit)."""
+_WAITING: Any = object()
+
+
+def _draw(address: str, table: str, n: int, timeout: float | None) -> Any:
+    """Up to ``n`` items; ``_WAITING`` after one wait slice; None to end the dataset.
+
+    The dataset ends at the rate limiter's timeout, when the server stops, and
+    when the interpreter exits.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     while not _state["exiting"]:
         try:
@@ -219,4 +230,6 @@ def _draw(
         except DeadlineExceededError:
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+            if deadline is None:
+                return _WAITING
     return None

@@ -97,7 +97,8 @@ class TrajectoryColumn:
     @property
     def dtype(self) -> np.dtype[Any]:
         """The steps' dtype."""
-        return self.steps[0].dtype
+        out: np.dtype[Any] = np.dtype(self.steps[0].dtype)
+        return out
 
     def numpy(self) -> np.ndarray[Any, Any]:
         """The column's data as one array."""
@@ -225,7 +226,8 @@ class TrajectoryWriter:
 
     Example:
         >>> # writer = client.trajectory_writer(num_keep_alive_refs=2)
-        >>> # writer.append({"obs": obs}); writer.create_item("t", 1.0, {"obs": writer.history["obs"][-1:]})
+        >>> # writer.append({"obs": obs})
+        >>> # writer.create_item("t", 1.0, {"obs": writer.history["obs"][-1:]})
     """
 
     def __init__(
@@ -235,7 +237,7 @@ class TrajectoryWriter:
         register: Callable[[TrajectoryWriter], None] | None = None,
         unregister: Callable[[TrajectoryWriter], None] | None = None,
     ) -> None:
-        import tensorflow as tf
+        import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
         self._nest = tf.nest
         self._push = push
