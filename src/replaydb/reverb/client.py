@@ -229,6 +229,10 @@ class Client:
             if not emit_timesteps:
                 yield ReplaySample(si, _unflatten(signature, data))
                 continue
+            if all(squeeze for _, squeeze in items[0]):
+                # One step inserted whole (TFClient.insert): a list of one sample.
+                yield [ReplaySample(si, _unflatten(signature, data))]
+                continue
             lengths = {len(steps) for steps, squeeze in items[0] if not squeeze}
             if len(lengths) != 1 or any(squeeze for _, squeeze in items[0]):
                 raise InvalidArgumentError(

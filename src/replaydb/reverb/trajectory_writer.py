@@ -196,7 +196,7 @@ class StepBuffer:
             idx = range(*val.indices(n))
         else:
             raise InvalidArgumentError(f"history index must be an int or a slice, got {val!r}")
-        if len(idx) and min(idx[0], idx[-1]) < self.offset:
+        if len(idx) and min(idx[0], idx[-1]) < max(self.offset, n - self.keep):
             raise InvalidArgumentError(
                 f"step {min(idx[0], idx[-1])} of this episode is no longer held: the writer "
                 f"keeps the last {self.keep} steps (num_keep_alive_refs); raise it"
