@@ -11,6 +11,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import replaydb.reverb  # noqa: E402
+import replaydb.reverb
 
 replaydb.reverb.install(replace_existing=os.environ.get("REPLAYDB_REVERB_REPLACE") == "1")

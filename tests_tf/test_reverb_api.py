@@ -77,10 +77,12 @@ def test_table_views_are_live() -> None:
     table = uniform_table(min_size=2)
     server = reverb.Server([table])
     try:
-        assert table.info.current_size == 0 and not table.can_sample(1)
+        assert table.info.current_size == 0
+        assert not table.can_sample(1)
         write_steps(server.localhost_client(), "t", 3)
         assert table.info.current_size == 2
-        assert table.can_sample(1) and table.can_insert(5)
+        assert table.can_sample(1)
+        assert table.can_insert(5)
         info = server.localhost_client().server_info()["t"]
         assert (info.max_size, info.current_size) == (100, 2)
         assert not info.sampler_options.is_deterministic
@@ -101,8 +103,10 @@ def test_queue_and_stack_presets() -> None:
         assert not queue.can_insert(1)
         got_q = [int(next(client.sample("q", 1))[0].data[0]) for _ in range(3)]
         got_s = [int(next(client.sample("s", 1))[0].data[0]) for _ in range(3)]
-        assert got_q == [0, 1, 2] and got_s == [2, 1, 0]
-        assert queue.info.current_size == 0 and queue.can_insert(3)
+        assert got_q == [0, 1, 2]
+        assert got_s == [2, 1, 0]
+        assert queue.info.current_size == 0
+        assert queue.can_insert(3)
     finally:
         server.stop()
 
@@ -218,9 +222,10 @@ def test_trajectory_writer_history_and_items() -> None:
         assert writer.episode_steps == 2
         history = writer.history
         assert tf.nest.flatten(history)[0] is history.obs  # opaque to tf.nest
-        assert history.obs[-1].shape == (2,) and history.obs[:].shape == (2, 2)
+        assert history.obs[-1].shape == (2,)
+        assert history.obs[:].shape == (2, 2)
         writer.create_item("t", 1.0, Step(history.obs[-2:], history.action[-1], ()))
-        with pytest.raises(InvalidArgumentError, match="columns of writer.history"):
+        with pytest.raises(InvalidArgumentError, match=r"columns of writer\.history"):
             writer.create_item("t", 1.0, {"x": np.zeros(2)})
         with pytest.raises(InvalidArgumentError, match="structure"):
             writer.append({"a": 1, "b": 2, "c": 3})
@@ -300,7 +305,8 @@ def test_trajectory_dataset_elements_and_interleave() -> None:
         ds = _dataset(server.port)
         assert isinstance(ds, tf.data.Dataset)
         sample = next(iter(ds))
-        assert sample.info.key.dtype == tf.uint64 and sample.info.times_sampled.dtype == tf.int32
+        assert sample.info.key.dtype == tf.uint64
+        assert sample.info.times_sampled.dtype == tf.int32
         assert sample.info.table_size.numpy() == 5
         obs = sample.data.obs.numpy()
         assert obs[1, 0] == obs[0, 0] + 1
@@ -401,7 +407,8 @@ def test_default_checkpointer_restores_newest_or_starts_empty(tmp_path: Path) ->
     first = client.checkpoint()
     write_steps(client, "t", 3)
     second = client.checkpoint()
-    assert first != second and not Path(first).exists()  # only the newest is kept
+    assert first != second
+    assert not Path(first).exists()
     server.stop()
 
     server, table = serve()

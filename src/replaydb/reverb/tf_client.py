@@ -58,7 +58,16 @@ class TFClient:
                     f"{len(flat)}"
                 )
             info_out = [info[k][0] for k in SampleInfo._fields]
-            return info_out + [np.asarray(c[0]) for c in cols]
+            data = []
+            for c, (steps, squeeze) in zip(cols, items[0], strict=True):
+                if not squeeze and len(steps) != 1:
+                    raise InvalidArgumentError(
+                        f"TFClient.sample returns one step, but an item of table {table!r} "
+                        f"spans {len(steps)}; sample it with TrajectoryDataset"
+                    )
+                # Like Reverb's op: a one-step item comes back without its time axis.
+                data.append(np.asarray(c[0] if squeeze else c[0][0]))
+            return info_out + data
 
         with tf.name_scope(name or f"{self._name}_sample"):
             out = tf.py_function(run, [], _INFO_DTYPES + flat)
@@ -83,6 +92,10 @@ class TFClient:
             raise InvalidArgumentError("priorities and tables must have the same shape")
         address = self._address
         n_data = len(data)
+        names = tf.get_static_value(tables)
+        if names is not None:
+            for t in names.tolist():
+                _check_signature(address, t.decode(), data)
 
         def run(*args: Any) -> list[Any]:
             values, names, prios = args[:n_data], args[n_data], args[n_data + 1]
@@ -107,3 +120,27 @@ class TFClient:
 
         with tf.name_scope(name or f"{self._name}_update_priorities"):
             return tf.py_function(run, [keys, priorities], [])
+
+
+def _check_signature(address: str, table: str, data: list[Any]) -> None:
+    """Raise ``tf.errors.InvalidArgumentError`` if ``data`` does not fit the table's signature."""
+    signature = resolve(address).table(table).signature
+    if signature is None:
+        return
+    specs = tf.nest.flatten(signature)
+    if len(specs) != len(data):
+        raise tf.errors.InvalidArgumentError(
+            None,
+            None,
+            f"table {table!r} has a signature of {len(specs)} tensors but {len(data)} were "
+            "inserted; insert tf.nest.flatten of a value with the signature's structure",
+        )
+    for i, (spec, value) in enumerate(zip(specs, data, strict=True)):
+        value = tf.convert_to_tensor(value)
+        if value.dtype != spec.dtype or not spec.shape.is_compatible_with(value.shape):
+            raise tf.errors.InvalidArgumentError(
+                None,
+                None,
+                f"tensor {i} inserted into table {table!r} is {value.dtype.name}{value.shape}, "
+                f"but the signature says {spec.dtype.name}{spec.shape}",
+            )
