@@ -43,5 +43,6 @@ def test_tf_agents_module_passes(module: str) -> None:
     out = proc.stdout + proc.stderr
     ran = re.search(r"Ran (\d+) tests?", out)
     assert proc.returncode == 0, out[-6000:]
-    assert ran is not None and int(ran.group(1)) > 0, out[-3000:]
+    assert ran is not None, out[-3000:]
+    assert int(ran.group(1)) > 0, out[-3000:]
     assert re.search(r"^OK\b", out, re.M), out[-3000:]
