@@ -40,9 +40,14 @@ def to_numpy(value: Any) -> np.ndarray[Any, Any]:
     Raises:
         InvalidArgumentError: For a leaf numpy cannot hold (e.g. a torch meta tensor).
     """
+    kind = type(value)
+    if kind is np.ndarray:
+        return value.copy()
+    if isinstance(value, np.generic):
+        return value  # type: ignore[return-value]  # immutable: np.stack takes it as is
     if isinstance(value, np.ndarray):
         return value.copy()
-    if isinstance(value, int | float | bool | np.generic):
+    if isinstance(value, int | float | bool):
         return np.asarray(value)
     numpy = getattr(value, "numpy", None)
     if callable(numpy):
@@ -132,6 +137,17 @@ class ColumnHistory:
         return self._buf.select(self._path, val)
 
     def __getitem__(self, val: int | slice) -> TrajectoryColumn:
+        buf = self._buf
+        if (
+            type(val) is slice
+            and val.step is None
+            and val.stop is None
+            and isinstance(val.start, int)
+            and -min(buf.keep, buf.episode_steps - buf.offset) <= val.start < 0
+        ):
+            # The hot path: the last k steps (observers slice h[-k:] every step).
+            if not buf.sparse:
+                return TrajectoryColumn(tuple(buf.columns[self._path][val.start :]))
         steps = self._steps(val)
         if any(s is None for s in steps):
             raise InvalidArgumentError(
@@ -164,6 +180,7 @@ class StepBuffer:
         self.columns: list[list[np.ndarray[Any, Any] | None]] = []
         self.offset = 0  # episode index of columns[*][0]
         self.episode_steps = 0
+        self.sparse = False  # whether some step missed a column (None)
 
     def append(self, leaves: Sequence[np.ndarray[Any, Any] | None]) -> None:
         """Add one step: one array (or None where missing) per column."""
@@ -176,6 +193,8 @@ class StepBuffer:
             )
         for col, leaf in zip(self.columns, leaves, strict=True):
             col.append(leaf)
+        if not self.sparse and any(leaf is None for leaf in leaves):
+            self.sparse = True
         self.episode_steps += 1
         held = self.episode_steps - self.offset
         if held > 2 * self.keep + 16:
@@ -211,6 +230,7 @@ class StepBuffer:
         self.columns = []
         self.offset = 0
         self.episode_steps = 0
+        self.sparse = False
 
 
 class TrajectoryWriter:
