@@ -203,24 +203,132 @@ def _decode_signature(text: str | None) -> Any:
 
 
 # --------------------------------------------------------- dm-reverb format
-def load_reverb_format(root: Path, tables: dict[str, Table]) -> Path | None:
-    """Restore a checkpoint written by dm-reverb 0.14 under ``root``, if there is one.
+def _reader() -> Any:
+    """``replaydb._reverb_checkpoint`` (the TF-free reader of dm-reverb checkpoints), or None."""
+    try:
+        import importlib
 
-    Integration hook: needs ``replaydb._reverb_checkpoint.read_reverb_checkpoint``
-    (a TF-free reader of Reverb's tfrecord checkpoints). Without it, a root that
-    holds a dm-reverb checkpoint raises :class:`CheckpointError` instead of
-    silently starting empty.
+        return importlib.import_module("replaydb._reverb_checkpoint")
+    except ImportError:
+        return None
+
+
+def load_reverb_format(root: Path, tables: dict[str, Table]) -> Path | None:
+    """Restore the newest checkpoint written by dm-reverb 0.14 under ``root``, if any.
+
+    Uses ``replaydb._reverb_checkpoint.read_reverb_checkpoint`` (the TF-free reader;
+    interface: ``latest_reverb_checkpoint(root)``, ``read_reverb_checkpoint(path)``
+    giving tables with settings, rate-limiter counters and items with priority and
+    per-column arrays). Settings, priorities, the signature and the rate limiter's
+    insert and sample counts are restored; item keys are new and ``times_sampled``
+    starts at 0. Without the reader, a root that holds a dm-reverb checkpoint raises
+    instead of silently starting empty.
 
     Returns:
         The checkpoint directory restored, or None if ``root`` holds none.
+
+    Raises:
+        CheckpointError: If the reader is missing, the checkpoint is damaged, or it
+            holds a table the server does not serve.
     """
     if not root.is_dir():
         return None
-    found = sorted(d for d in root.iterdir() if d.is_dir() and (d / "DONE").is_file())
-    if not found:
+    reader = _reader()
+    if reader is None:
+        found = sorted(d for d in root.iterdir() if d.is_dir() and (d / "DONE").is_file())
+        if not found:
+            return None
+        raise CheckpointError(
+            f"{str(found[-1])!r} is a checkpoint written by dm-reverb; restoring it needs "
+            "replaydb's Reverb checkpoint reader (replaydb._reverb_checkpoint), which this "
+            "build does not include; convert it with `replaydb import-reverb` where available"
+        )
+    latest = reader.latest_reverb_checkpoint(root)
+    if latest is None:
         return None
-    raise CheckpointError(
-        f"{str(found[-1])!r} is a checkpoint written by dm-reverb; restoring it needs "
-        "replaydb's Reverb checkpoint reader (replaydb._reverb_checkpoint), which this "
-        "build does not include yet; convert it with `replaydb import-reverb` when available"
+    ckpt = reader.read_reverb_checkpoint(latest)
+    missing = sorted(t.name for t in ckpt.tables if t.name not in tables)
+    if missing:
+        raise CheckpointError(
+            f"dm-reverb checkpoint {str(latest)!r} holds table(s) {missing} that the server "
+            f"does not serve ({sorted(tables)}); create the Server with those tables"
+        )
+    for rt in ckpt.tables:
+        _restore_reverb_table(tables[rt.name], rt)
+    return Path(latest)
+
+
+def _selector_settings(dist: Any) -> dict[str, Any]:
+    kinds = {"fifo": "Fifo", "lifo": "Lifo", "uniform": "Uniform", "prioritized": "Prioritized"}
+    if dist.kind == "heap":
+        return {"type": "MinHeap" if dist.min_heap else "MaxHeap"}
+    out: dict[str, Any] = {"type": kinds[dist.kind]}
+    if dist.kind == "prioritized":
+        out["priority_exponent"] = float(dist.priority_exponent or 0.0)
+    return out
+
+
+def _restore_reverb_table(table: Table, rt: Any) -> None:
+    """Replace ``table`` with the dm-reverb table ``rt`` (settings, counters, items)."""
+    from replaydb.reverb import rate_limiters as rl
+    from replaydb.reverb.tables import _selector_from_json
+
+    lim = rt.rate_limiter
+    settings = {
+        "name": rt.name,
+        "sampler": _selector_settings(rt.sampler),
+        "remover": _selector_settings(rt.remover),
+        "max_size": int(rt.max_size),
+        "max_times_sampled": int(rt.max_times_sampled),
+        "rate_limiter": [
+            float(lim.samples_per_insert),
+            int(lim.min_size_to_sample),
+            float(lim.min_diff),
+            float(lim.max_diff),
+        ],
+    }
+    staging = Table(
+        rt.name,
+        _selector_from_json(settings["sampler"]),
+        _selector_from_json(settings["remover"]),
+        int(rt.max_size),
+        # No limiter while staging: the items are in the checkpoint already.
+        rl.RateLimiter(1.0, 1, -float("inf"), float("inf")),
+        max_times_sampled=0,
     )
+    items: list[Item] = []
+    for item in rt.items:
+        squeeze = item.squeeze or (False,) * len(item.columns)
+        items.append(
+            tuple(
+                ((col,), True) if sq else (tuple(col), False)
+                for col, sq in zip(item.columns, squeeze, strict=True)
+            )
+        )
+    staging.insert_items(items, [float(i.priority) for i in rt.items])
+    core = staging.core
+    restored = Table(
+        rt.name,
+        _selector_from_json(settings["sampler"]),
+        _selector_from_json(settings["remover"]),
+        int(rt.max_size),
+        rl.RateLimiter(*settings["rate_limiter"]),
+        max_times_sampled=int(rt.max_times_sampled),
+    ).core
+    restored.load_state_dict(core.state_dict())
+    restored.rate_limiter.inserts = int(lim.insert_count)
+    restored.rate_limiter.samples = int(lim.sample_count)
+    _, store = staging.live_items()
+    signature = None
+    if rt.signature_bytes:
+        from tensorflow.core.protobuf import (  # type: ignore[import-untyped, unused-ignore]
+            struct_pb2,
+        )
+        from tensorflow.python.saved_model import (  # type: ignore[import-untyped, unused-ignore]
+            nested_structure_coder,
+        )
+
+        signature = nested_structure_coder.decode_proto(
+            struct_pb2.StructuredValue.FromString(rt.signature_bytes)
+        )
+    table.restore(settings, restored, store, signature)

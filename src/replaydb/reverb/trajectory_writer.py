@@ -144,10 +144,10 @@ class ColumnHistory:
             and val.stop is None
             and isinstance(val.start, int)
             and -min(buf.keep, buf.episode_steps - buf.offset) <= val.start < 0
+            and not buf.sparse
         ):
             # The hot path: the last k steps (observers slice h[-k:] every step).
-            if not buf.sparse:
-                return TrajectoryColumn(tuple(buf.columns[self._path][val.start :]))
+            return TrajectoryColumn(tuple(buf.columns[self._path][val.start :]))
         steps = self._steps(val)
         if any(s is None for s in steps):
             raise InvalidArgumentError(
