@@ -10,3 +10,7 @@ ruff format --check src tests examples benchmarks
 echo "== mypy";  mypy
 echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"
 echo "== docs";  NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+# The TensorFlow half (replaydb.reverb, TF-Agents' own Reverb tests) in its own env, .venv-tf.
+if [ "${REPLAYDB_SKIP_TF:-0}" != "1" ]; then
+  echo "== tf";  bash scripts/test_tf.sh
+fi

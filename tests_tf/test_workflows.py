@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,11 @@ def test_tf_agents_dqn_example_smoke() -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "replaydb.reverb: 300 iterations" in proc.stdout
     assert "average return" in proc.stdout
+
+
+def test_reverb_docs_page_runs() -> None:
+    page = ROOT / "docs" / "reverb.md"
+    blocks = re.findall(r"^```py\n(.*?)^```", page.read_text(), re.S | re.M)
+    assert len(blocks) >= 2
+    proc = run(["-c", "\n".join(blocks)])
+    assert proc.returncode == 0, proc.stderr[-4000:]

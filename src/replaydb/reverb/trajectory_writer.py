@@ -42,7 +42,8 @@ def to_numpy(value: Any) -> np.ndarray[Any, Any]:
     """
     kind = type(value)
     if kind is np.ndarray:
-        return value.copy()
+        out: np.ndarray[Any, Any] = value.copy()
+        return out
     if isinstance(value, np.generic):
         return value  # type: ignore[return-value]  # immutable: np.stack takes it as is
     if isinstance(value, np.ndarray):
@@ -147,7 +148,8 @@ class ColumnHistory:
             and not buf.sparse
         ):
             # The hot path: the last k steps (observers slice h[-k:] every step).
-            return TrajectoryColumn(tuple(buf.columns[self._path][val.start :]))
+            steps: Any = buf.columns[self._path][val.start :]  # no None: not sparse
+            return TrajectoryColumn(tuple(steps))
         steps = self._steps(val)
         if any(s is None for s in steps):
             raise InvalidArgumentError(
