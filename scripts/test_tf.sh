@@ -11,8 +11,7 @@ if [ ! -x .venv-tf/bin/python ]; then
   "$PY" -c 'import sys; assert (3, 9) <= sys.version_info[:2] <= (3, 11), "TF-Agents 0.19 needs Python 3.9-3.11; set PYTHON_TF"'
   "$PY" -m venv .venv-tf
 fi
-# shellcheck disable=SC1091
-source .venv-tf/bin/activate
+python() { .venv-tf/bin/python "$@"; }
 if ! python -c "import tf_agents, torch" >/dev/null 2>&1; then
   echo "== building .venv-tf (TensorFlow, TF-Agents, torch 2.13.0 CPU)"
   python -m pip install -q --upgrade pip
