@@ -12,8 +12,12 @@ if python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   export REPLAYDB_REQUIRE_VELORA=1
 fi
 echo "== ruff"
-ruff check src tests examples benchmarks
-ruff format --check src tests examples benchmarks
+ruff check src tests tests_tf examples benchmarks
+ruff format --check src tests tests_tf examples benchmarks
 echo "== mypy";  mypy
 echo "== pytest"; python -m pytest -q -p no:cacheprovider "$@"
 echo "== docs";  NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+# The TensorFlow half (replaydb.reverb, TF-Agents' own Reverb tests) in its own env, .venv-tf.
+if [ "${REPLAYDB_SKIP_TF:-0}" != "1" ]; then
+  echo "== tf";  bash scripts/test_tf.sh
+fi

@@ -239,12 +239,18 @@ def test_windows_never_cross_episode_boundaries(tmp_path: Path) -> None:
                     np.float32(1),
                 )
             )
-        assert manager.num_frames() == sum(max(0, n - 2) for n in lengths)
+        # Each episode of n steps plus its boundary step gives n + 1 - 2 windows of 3
+        # (the terminal transition's window ends at the boundary, as in TF-Agents).
+        assert manager.num_frames() == sum(max(0, n - 1) for n in lengths)
         batch, _ = next(iter(replay_buffer.as_dataset(200)))
         ep, t = batch.observation["ep"], batch.observation["t"]
-        assert (ep >= 0).all()
-        assert (ep == ep[:, :1]).all()
-        assert torch.equal(t, t[:, :1] + torch.arange(3))
+        real = ep >= 0
+        # Only the last step of a window may be a boundary step; the others share an episode.
+        assert real[:, :2].all()
+        assert (ep[:, :2] == ep[:, :1]).all()
+        assert torch.equal(t[:, :2], t[:, :1] + torch.arange(2))
+        assert ((ep[:, 2] == ep[:, 0]) & (t[:, 2] == t[:, 0] + 2) | ~real[:, 2]).all()
+        assert (~real[:, 2]).any()
 
 
 @pytest.mark.parametrize("write_batch", [1000, 1])
@@ -889,11 +895,11 @@ def test_observer_windows_match_a_reference_model(
                         np.float32(0 if last else 1),
                     )
                 )
-            expected += [
-                tuple(ids[i : i + sequence_length]) for i in range(length - sequence_length + 1)
-            ]
             if ending == "last+boundary":
+                # The boundary step belongs to its episode (ReverbAddTrajectoryObserver's
+                # rule): the terminal transition's window ends at it.
                 bid = (float(env), float(ep) + 0.5, 0.0)
+                ids.append(bid)
                 steps.append(
                     Trajectory(
                         np.int32(LAST),
@@ -905,8 +911,9 @@ def test_observer_windows_match_a_reference_model(
                         np.float32(1),
                     )
                 )
-                if sequence_length == 1:
-                    expected.append((bid,))
+            expected += [
+                tuple(ids[i : i + sequence_length]) for i in range(len(ids) - sequence_length + 1)
+            ]
         plans.append(steps)
     root = tmp_path_factory.mktemp("prop")
     with ReplayBufferManager(spec, 500, root / "c", sequence_length=sequence_length) as manager:
@@ -925,9 +932,7 @@ def test_observer_windows_match_a_reference_model(
         assert manager.num_frames() == len(expected)
         table = manager._server.table() if manager._server is not None else None
         assert table is not None
-        keys = table._item_key[table._item_key >= 0]
-        rows = table.storage.window_rows(keys, sequence_length)
-        obs = table.storage.gather(rows)["observation"].reshape(-1, sequence_length, 3)
+        obs = table.items()["observation"].reshape(-1, sequence_length, 3)
         got = sorted(tuple(tuple(float(x) for x in step) for step in w) for w in obs.tolist())
         assert got == sorted(expected)
 
@@ -1013,3 +1018,132 @@ def test_step_observer_on_a_plain_server_client() -> None:
     assert "StepObserver" in repr(observer)
     with pytest.raises(InvalidArgumentError, match="write_batch must be an int >= 1"):
         StepObserver(client, nest, new_stream=lambda: 0, write_batch=0)
+
+
+# ------------------------------------------------ terminal transitions (issue 13)
+def _boundary(obs: float) -> Trajectory:
+    return Trajectory(
+        np.int32(LAST),
+        np.array([obs, obs], np.float32),
+        np.int64(0),
+        (),
+        np.int32(FIRST),
+        np.float32(0),
+        np.float32(1),
+    )
+
+
+@pytest.mark.parametrize("discount", [0.0, 1.0])
+def test_terminal_transition_window_is_stored(tmp_path: Path, discount: float) -> None:
+    # FIRST, MID, MID(next_step_type=LAST), boundary: ReverbAddTrajectoryObserver
+    # stores (0, 1), (1, 2) and (2, 3); the episode's end code follows the discount.
+    steps = episode_steps(0, 3)
+    steps[-1] = steps[-1]._replace(discount=np.float32(discount))
+    with new_manager(tmp_path, sequence_length=2) as manager:
+        _, observer = manager.create_replay_buffer()
+        for step in [*steps, _boundary(9.0)]:
+            observer(step)
+        assert manager.num_frames() == 3
+        table = manager._server.table() if manager._server is not None else None
+        assert table is not None
+        items = table.items()
+        t = items["observation"][:, :, 1]
+        assert t.tolist() == [[0.0, 1.0], [1.0, 2.0], [2.0, 9.0]]
+        assert items["next_step_type"][2].tolist() == [LAST, FIRST]
+        assert items.ends is not None
+        assert items.ends[2].tolist() == [0, 1 if discount == 0 else 2]
+
+
+def test_terminal_transition_window_from_a_vector_env(tmp_path: Path) -> None:
+    def batch(steps: list[Trajectory]) -> Trajectory:
+        return Trajectory(
+            *[np.stack([np.asarray(v) for v in vals]) for vals in zip(*steps, strict=True)]
+        )
+
+    with new_manager(tmp_path, sequence_length=2) as manager:
+        _, observer = manager.create_replay_buffer()
+        a, b = episode_steps(0, 3), episode_steps(1, 3)
+        for sa, sb in zip([*a, _boundary(9.0)], [*b, _boundary(8.0)], strict=True):
+            policy_info = ()
+            fields = batch([sa._replace(policy_info=0), sb._replace(policy_info=0)])
+            observer(fields._replace(policy_info=policy_info))
+        assert manager.num_frames() == 6
+
+
+def test_first_step_after_last_ends_the_episode_without_boundary(tmp_path: Path) -> None:
+    with new_manager(tmp_path, sequence_length=2) as manager:
+        _, observer = manager.create_replay_buffer()
+        for step in episode_steps(0, 3) + episode_steps(1, 3):
+            observer(step)
+        assert manager.num_frames() == 4  # no window crosses the FIRST step
+
+
+def test_populate_output_loads_with_a_trajectory_spec(tmp_path: Path) -> None:
+    from replaydb.collect import populate
+
+    populate(
+        "CartPole-v1",
+        out=tmp_path,
+        buffer_name="starter",
+        capacity=300,
+        steps_per_run=60,
+        num_runs=1,
+        num_envs=2,
+        seed=0,
+    )
+    manager = ReplayBufferManager(CARTPOLE_SPEC, 300, tmp_path / "starter", sequence_length=2)
+    with manager:
+        replay_buffer, _ = manager.load_replay_buffer()
+        assert manager.num_frames() > 0
+        batch, _ = next(iter(replay_buffer.as_dataset(256, num_steps=2)))
+        last = batch.next_step_type[:, 0] == LAST
+        assert last.any()
+        # A transition into LAST is followed by the boundary step (step_type LAST).
+        assert (batch.step_type[:, 1][last] == LAST).all()
+        assert (batch.next_step_type[:, 1][last] == FIRST).all()
+        # Discount is 0 only on terminated transitions (CartPole never truncates in 60 steps).
+        assert ((batch.discount[:, 0] == 0) == last).all()
+        assert (batch.discount[:, 1][last] == 1).all()
+
+
+def test_update_priorities_takes_reverbs_signature(tmp_path: Path) -> None:
+    with new_manager(tmp_path) as manager:
+        replay_buffer, observer = manager.create_replay_buffer()
+        for step in [*episode_steps(0, 4), _boundary(9.0)]:
+            observer(step)
+        observer.flush()
+        client = replay_buffer.py_client
+        key = int(client.sample(1).keys[0])
+        assert client.update_priorities("replay_buffer", {key: 2.5}) == 1
+        assert client.update_priorities({key: 3.0}) == 1
+        assert client.update_priorities([key], [4.0]) == 1
+        with pytest.raises(InvalidArgumentError, match="no table 'other'"):
+            client.update_priorities("other", {key: 1.0})
+        with pytest.raises(InvalidArgumentError, match="key: priority"):
+            client.update_priorities("replay_buffer", [1.0])
+        with pytest.raises(InvalidArgumentError, match="needs priorities"):
+            client.update_priorities([key])
+
+
+def test_meta_device_tensors_raise_a_replaydb_error(tmp_path: Path) -> None:
+    with new_manager(tmp_path) as manager:
+        _, observer = manager.create_replay_buffer()
+        step = episode_steps(0, 1)[0]._replace(observation=torch.zeros(2, device="meta"))
+        with pytest.raises(InvalidArgumentError, match="meta device"):
+            observer(step)
+        assert observer.staged == 0
+
+
+def test_observer_public_lifecycle(tmp_path: Path) -> None:
+    with new_manager(tmp_path) as manager:
+        _, observer = manager.create_replay_buffer()
+        observer(episode_steps(0, 2)[0])
+        observer.try_flush()
+        assert observer.staged == 0
+        observer(episode_steps(0, 2)[1])
+        observer.discard()
+        assert observer.staged == 0
+        observer.close()
+        assert observer.closed
+        with pytest.raises(ClosedError):
+            observer(episode_steps(0, 2)[0])

@@ -22,11 +22,18 @@ items, as Reverb does.
 
 Episode boundaries
 ------------------
-For trajectory-shaped steps (a ``next_step_type`` field), an episode ends after a
-step whose ``next_step_type`` or ``step_type`` is LAST (2), and a step whose
+For trajectory-shaped steps (a ``next_step_type`` field), the rule is TF-Agents'
+``ReverbAddTrajectoryObserver``'s: an episode ends after its boundary step
+(``step_type`` LAST), so the terminal transition is stored too (for FIRST, MID,
+MID(next_step_type=LAST), boundary: windows (0, 1), (1, 2), (2, 3)); a step whose
 ``step_type`` is FIRST (0) always starts a new episode. Otherwise the episode ends
 after a step whose ``terminated``/``truncated``/``done`` field is true, or when the
 observer is called with ``done=True``.
+
+Starter buffers of ``replaydb populate`` (the *steps* layout of
+:mod:`replaydb.collect`) load with a TF-Agents ``Trajectory`` spec too: the missing
+``next_step_type`` and ``discount`` are derived from ``step_type``, ``terminated``
+and ``truncated`` (see :meth:`ReplayBufferManager.load_replay_buffer`).
 
 Checkpoints
 -----------
@@ -45,7 +52,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -60,10 +67,11 @@ from replaydb.errors import (
 )
 from replaydb.nest import Nest
 from replaydb.observer import StepObserver
-from replaydb.rate_limiters import RateLimiter
-from replaydb.samplers import Sampler
+from replaydb.rate_limiters import RateLimiter, rate_limiter_from_config
+from replaydb.samplers import Sampler, sampler_from_config
 from replaydb.server import Server
 from replaydb.spec import Spec
+from replaydb.storage import END_NONE
 from replaydb.table import Sample, Table, TableInfo
 
 __all__ = ["ManagedReplayBuffer", "ReplayBufferManager", "StepObserver"]
@@ -81,10 +89,63 @@ def _int_arg(name: str, value: Any, minimum: int) -> int:
 
 
 # ====================================================================== client
+class TableClient(Protocol):
+    """The client verbs the manager uses (a local :class:`~replaydb.server.Client` or Ray's)."""
+
+    def extend(
+        self,
+        steps: Mapping[str, Any],
+        *,
+        streams: Any = None,
+        ends: Any = None,
+        priorities: Any = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> None:
+        """Write a batch of steps."""
+
+    def insert(
+        self,
+        step: Mapping[str, Any],
+        *,
+        stream: int = 0,
+        end: bool | int = False,
+        priority: float | None = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> None:
+        """Write one step."""
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        beta: float | None = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> Sample:
+        """Draw a batch of items."""
+
+    def update_priorities(self, keys: Any, priorities: Any, *, table: str | None = None) -> int:
+        """Re-prioritize items."""
+
+    def info(self, *, table: str | None = None) -> TableInfo:
+        """A snapshot of a table."""
+
+    def reset(self, *, table: str | None = None) -> None:
+        """Empty a table."""
+
+    def checkpoint(self) -> str:
+        """Write a checkpoint."""
+
+    def tables(self) -> list[str]:
+        """Names of the tables."""
+
+
 class _ManagedClient:
     """A client whose reads and checkpoints first flush the manager's observers."""
 
-    def __init__(self, manager: ReplayBufferManager, client: Any) -> None:
+    def __init__(self, manager: ReplayBufferManager, client: TableClient) -> None:
         self._manager = manager
         self._client = client
 
@@ -101,14 +162,47 @@ class _ManagedClient:
 
     def sample(self, batch_size: int, **kwargs: Any) -> Sample:
         self._manager._flush_observers(wait=False)
-        return self._client.sample(batch_size, **kwargs)  # type: ignore[no-any-return]
+        return self._client.sample(batch_size, **kwargs)
 
-    def update_priorities(self, keys: Any, priorities: Any, **kwargs: Any) -> int:
+    def update_priorities(self, keys: Any, priorities: Any = None, **kwargs: Any) -> int:
+        """Re-prioritize items: ``(keys, priorities)``, or Reverb's ``(table, {key: priority})``.
+
+        Returns:
+            How many keys named a live item.
+
+        Raises:
+            InvalidArgumentError: For an unknown table name, or a Reverb-style call
+                whose second argument is not a ``{key: priority}`` mapping.
+
+        Example:
+            >>> replay_buffer.py_client.update_priorities("replay_buffer", {3: 0.5})
+            1
+        """
+        if isinstance(keys, str):
+            if keys not in self._client.tables():
+                raise InvalidArgumentError(
+                    f"update_priorities: no table {keys!r}; this buffer's table is {TABLE_NAME!r}"
+                )
+            if not isinstance(priorities, Mapping):
+                raise InvalidArgumentError(
+                    "update_priorities(table, updates) takes Reverb's {key: priority} mapping "
+                    f"as updates, got {type(priorities).__name__}; or call "
+                    "update_priorities(keys, priorities)"
+                )
+            kwargs["table"] = keys
+            keys, priorities = list(priorities.keys()), list(priorities.values())
+        elif isinstance(keys, Mapping) and priorities is None:
+            keys, priorities = list(keys.keys()), list(keys.values())
+        elif priorities is None:
+            raise InvalidArgumentError(
+                "update_priorities needs priorities: (keys, priorities), ({key: priority}) "
+                "or Reverb's (table, {key: priority})"
+            )
         return int(self._client.update_priorities(keys, priorities, **kwargs))
 
     def info(self, **kwargs: Any) -> TableInfo:
         self._manager._flush_observers(wait=False)
-        return self._client.info(**kwargs)  # type: ignore[no-any-return]
+        return self._client.info(**kwargs)
 
     def reset(self, **kwargs: Any) -> None:
         self._manager._discard_observers()
@@ -269,7 +363,7 @@ class ReplayBufferManager:
         self._backend = backend
         self._backend_options = backend_options
         self._server: Server | None = None
-        self._client: Any = None
+        self._client: TableClient | None = None
         self._buffer: ManagedReplayBuffer | None = None
         self._observers: list[StepObserver] = []
         self._datasets: list[Dataset] = []
@@ -289,7 +383,7 @@ class ReplayBufferManager:
         if self._closed:
             raise ClosedError("this ReplayBufferManager is closed; create a new one")
 
-    def _require_client(self) -> Any:
+    def _require_client(self) -> TableClient:
         self._check_open()
         if self._client is None:
             raise InvalidArgumentError(
@@ -313,11 +407,11 @@ class ReplayBufferManager:
             if wait:
                 obs.flush()
             else:
-                obs._try_flush(older_than=older_than)
+                obs.try_flush(older_than=older_than)
 
     def _discard_observers(self) -> None:
         for obs in self._observers:
-            obs._discard()
+            obs.discard()
 
     def _extra(self) -> dict[str, Any]:
         assert self._nest is not None
@@ -451,6 +545,10 @@ class ReplayBufferManager:
                 f"{str(latest)!r} holds tables {sorted(tables)} and none is named "
                 f"{TABLE_NAME!r}; the manager needs exactly one table"
             )
+        if self._nest is not None and self._nest.spec.diff(table.spec):
+            converted = _trajectory_from_steps(table, self._nest.spec)
+            if converted is not None:
+                table, manifest = converted, {}
         stored = self._stored_nest(manifest, table.spec, latest)
         if self._nest is not None:
             lines = self._nest.spec.diff(table.spec)
@@ -577,7 +675,7 @@ class ReplayBufferManager:
         """A snapshot of the table's counters (after flushing the observers)."""
         client = self._require_client()
         self._flush_observers(wait=False)
-        return client.info(table=TABLE_NAME)  # type: ignore[no-any-return]
+        return client.info(table=TABLE_NAME)
 
     # ------------------------------------------------------------- lifecycle
     def checkpoint(self) -> str:
@@ -608,11 +706,11 @@ class ReplayBufferManager:
             return
         try:
             for obs in self._observers:
-                obs._try_flush(wait_lock=True)
+                obs.try_flush(wait_lock=True)
         finally:
             self._closed = True
             for obs in self._observers:
-                obs._closed = True
+                obs.close()
             for ds in self._datasets:
                 ds.close()
             if self._server is not None:
@@ -630,3 +728,69 @@ class ReplayBufferManager:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _trajectory_from_steps(table: Table, spec: Spec) -> Table | None:
+    """A copy of a ``populate`` (*steps* layout) table in a TF-Agents ``Trajectory`` spec.
+
+    Row ``t`` of the steps layout holds ``o_t, a_t, r_t`` and the ``terminated``/
+    ``truncated`` flags of ``env.step(a_t)``; an episode's extra final row has
+    ``step_type`` LAST. As a ``Trajectory``: ``next_step_type`` is FIRST on that
+    final (boundary) row, LAST on the row whose flags are set, MID elsewhere;
+    ``discount`` is 0 on a terminated transition, else 1. Every other field of
+    ``spec`` is copied by name (dtypes cast). Rows are rewritten in key order with
+    their streams and end codes, so the windows are the same; priorities and
+    counters start afresh.
+
+    Returns:
+        The new table, or None when the table is not in the steps layout or ``spec``
+        asks for a field that is neither stored nor derivable.
+    """
+    src = table.spec
+    if not {"terminated", "truncated", "step_type"} <= set(src) or not {
+        "next_step_type",
+        "discount",
+    } <= set(spec):
+        return None
+    missing = [n for n in spec if n not in src and n not in ("next_step_type", "discount")]
+    if missing:
+        return None
+    storage = table.storage
+    n = storage.num_rows
+    order = torch.argsort(storage.key[:n])
+    cols = {name: t[:n].index_select(0, order) for name, t in storage.fields.items()}
+    step_type = cols["step_type"].to(torch.int64)
+    flags = cols["terminated"].to(torch.bool) | cols["truncated"].to(torch.bool)
+    boundary = step_type == 2
+    next_step_type = torch.where(
+        boundary,
+        torch.zeros_like(step_type),
+        torch.where(flags, torch.full_like(step_type, 2), torch.ones_like(step_type)),
+    )
+    discount = (~(cols["terminated"].to(torch.bool) & ~boundary)).to(torch.float32)
+    data: dict[str, torch.Tensor] = {}
+    for name, field in spec.items():
+        if name == "next_step_type":
+            value = next_step_type
+        elif name == "discount":
+            value = discount
+        else:
+            value = cols[name]
+            if tuple(value.shape[1:]) != field.shape:
+                return None
+        data[name] = value.to(field.dtype)
+    out = Table(
+        spec,
+        table.capacity,
+        sampler=sampler_from_config(table.sampler.config()),
+        rate_limiter=rate_limiter_from_config(table.rate_limiter.config()),
+        sequence_length=table.sequence_length,
+        max_times_sampled=table.max_times_sampled,
+        device=table.device,
+        name=table.name,
+    )
+    if n:
+        streams = storage.stream[:n].index_select(0, order)
+        ends = storage.end[:n].index_select(0, order)
+        out.extend(data, streams=streams, ends=torch.where(ends < 0, END_NONE, ends))
+    return out

@@ -10,11 +10,16 @@ check and a dozen small tensor ops per step; staging makes that once per batch.
 
 Episode boundaries
 ------------------
-For trajectory-shaped steps (a scalar ``next_step_type`` field), an episode ends after
-a step whose ``next_step_type`` is LAST (2; ``discount != 0`` marks it truncated) or
-whose ``step_type`` is LAST (a TF-Agents boundary step), and a step whose
-``step_type`` is FIRST (0) starts a new episode even when the previous one never
-ended. Otherwise ``terminated`` / ``truncated`` / ``done`` fields end episodes, or
+For trajectory-shaped steps (a scalar ``next_step_type`` field) the rule is
+TF-Agents' ``ReverbAddTrajectoryObserver``'s: an episode ends after its *boundary*
+step (``step_type`` LAST), so the transition into the last time step
+(``next_step_type`` LAST) and the boundary step after it form the terminal window.
+For FIRST, MID, MID(next_step_type=LAST), boundary, windows of two are (0, 1),
+(1, 2) and (2, 3). The end code is terminated when that last transition had
+``discount == 0``, else truncated. A step whose ``step_type`` is FIRST (0) starts a
+new episode even when the previous one never ended; without a ``step_type``
+field, the episode ends after the ``next_step_type`` LAST step. Otherwise
+``terminated`` / ``truncated`` / ``done`` fields end episodes, or
 ``observer(step, done=True)``. Each environment writes its own *stream*; a stream
 whose episode was cut after its steps left the stage continues on a fresh stream id.
 """
@@ -24,9 +29,9 @@ from __future__ import annotations
 import operator
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,7 +45,24 @@ from replaydb.errors import (
 from replaydb.nest import Nest
 from replaydb.spec import dtype_name
 
-__all__ = ["FIRST", "LAST", "MID", "StepObserver"]
+__all__ = ["FIRST", "LAST", "MID", "StepObserver", "StepSink"]
+
+
+class StepSink(Protocol):
+    """Where an observer writes: a client's ``extend`` (local or Ray)."""
+
+    def extend(
+        self,
+        steps: Mapping[str, Any],
+        *,
+        streams: Any = None,
+        ends: Any = None,
+        priorities: Any = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> None:
+        """Write a batch of steps (see :meth:`replaydb.table.Table.extend`)."""
+
 
 FIRST, MID, LAST = 0, 1, 2
 _END_TERMINATED, _END_TRUNCATED = 1, 2
@@ -174,7 +196,7 @@ class StepObserver:
 
     def __init__(
         self,
-        client: Any,
+        client: StepSink,
         nest: Nest,
         *,
         new_stream: Callable[[], int],
@@ -218,6 +240,9 @@ class StepObserver:
         self._phys: list[int] = []
         self._open: list[bool] = []
         self._last_row: list[int] = []
+        # Per environment: the end code of a transition into LAST whose boundary step
+        # has not come yet (0: none).
+        self._pending_end: list[int] = []
         idx = {n: i for i, n in enumerate(self._names) if not spec[n].shape}
         self._i_step_type = idx.get("step_type", -1)
         self._i_next = idx.get("next_step_type", -1)
@@ -286,6 +311,11 @@ class StepObserver:
         for i, v in enumerate(values):
             name = self._names[i]
             if isinstance(v, torch.Tensor):
+                if v.device.type == "meta":
+                    raise InvalidArgumentError(
+                        f"field {name!r}: got a tensor on the meta device, which holds no "
+                        "data; pass a real (CPU or GPU) tensor or a numpy array"
+                    )
                 v = v.detach().cpu()
                 if v.dtype == torch.bfloat16:
                     v = v.float()
@@ -455,6 +485,7 @@ class StepObserver:
             self._phys.append(self._new_stream())
             self._open.append(False)
             self._last_row.append(-1)
+            self._pending_end.append(0)
 
     def _stage_one(self, values: list[Any], done_codes: Any) -> None:
         if self._staged >= self._w:
@@ -489,16 +520,23 @@ class StepObserver:
             self._since = time.monotonic()
         end = 0
         if self._trajectory:
+            boundary = False
             if self._i_step_type >= 0:
                 st = values[self._i_step_type]
                 if st == FIRST and self._open[0]:
                     self._cut(0)
                 elif st == LAST:
-                    end = _END_TRUNCATED
-            if values[self._i_next] == LAST:
-                end = _END_TERMINATED
+                    boundary = True
+                    end = self._pending_end[0] or _END_TRUNCATED
+                    self._pending_end[0] = 0
+            if values[self._i_next] == LAST and not boundary:
+                code = _END_TERMINATED
                 if self._i_discount >= 0 and values[self._i_discount] != 0:
-                    end = _END_TRUNCATED
+                    code = _END_TRUNCATED
+                if self._i_step_type >= 0:
+                    self._pending_end[0] = code  # the boundary step ends the episode
+                else:
+                    end = code
         else:
             for i, code in zip(self._i_done, self._done_codes, strict=True):
                 if values[i] and not end:
@@ -517,25 +555,32 @@ class StepObserver:
         """End env's open episode before a FIRST step."""
         row = self._last_row[env]
         if row >= 0:
-            self._ends[row] = _END_TRUNCATED
+            self._ends[row] = self._pending_end[env] or _END_TRUNCATED
         else:
             self._phys[env] = self._new_stream()
         self._open[env] = False
+        self._pending_end[env] = 0
 
     def _ends_many(self, values: list[Any], n: int, done_codes: Any) -> np.ndarray[Any, Any]:
         ends = np.zeros(n, dtype=np.int64)
         if self._trajectory:
+            last = np.asarray(values[self._i_next]).astype(np.int64) == LAST
+            code = np.full(n, _END_TERMINATED, dtype=np.int64)
+            if self._i_discount >= 0:
+                code[np.asarray(values[self._i_discount]) != 0] = _END_TRUNCATED
             if self._i_step_type >= 0:
                 st = np.asarray(values[self._i_step_type]).astype(np.int64)
                 for env in np.nonzero(st == FIRST)[0].tolist():
                     if self._open[env]:
                         self._cut(env)
-                ends[st == LAST] = _END_TRUNCATED
-            last = np.asarray(values[self._i_next]).astype(np.int64) == LAST
-            code = np.full(n, _END_TERMINATED, dtype=np.int64)
-            if self._i_discount >= 0:
-                code[np.asarray(values[self._i_discount]) != 0] = _END_TRUNCATED
-            ends = np.where(last, code, ends)
+                boundary = st == LAST
+                for env in np.nonzero(boundary)[0].tolist():
+                    ends[env] = self._pending_end[env] or _END_TRUNCATED
+                    self._pending_end[env] = 0
+                for env in np.nonzero(last & ~boundary)[0].tolist():
+                    self._pending_end[env] = int(code[env])
+            else:
+                ends = np.where(last, code, ends)
         else:
             for i, c in zip(self._i_done, self._done_codes, strict=True):
                 hit = np.asarray(values[i]).astype(bool) & (ends == 0)
@@ -641,7 +686,7 @@ class StepObserver:
         with self._lock:
             self._flush_locked(timeout)
 
-    def _try_flush(self, wait_lock: bool = False, older_than: float = 0.0) -> None:
+    def try_flush(self, wait_lock: bool = False, older_than: float = 0.0) -> None:
         """Flush without waiting for a blocking rate limiter (nor a busy observer).
 
         With ``older_than``, flush only when the oldest staged step has waited that long.
@@ -659,10 +704,21 @@ class StepObserver:
         finally:
             self._lock.release()
 
-    def _discard(self) -> None:
+    def discard(self) -> None:
+        """Drop the staged steps and end every open episode (the table was emptied)."""
         with self._lock:
             self._clear_stage()
             self._open = [False] * len(self._open)
+            self._pending_end = [0] * len(self._pending_end)
+
+    def close(self) -> None:
+        """Refuse further steps (staged steps are not written: flush first). Idempotent."""
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     @property
     def staged(self) -> int:

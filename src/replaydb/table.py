@@ -1771,6 +1771,81 @@ class Table:
             frame_stack=config.get("frame_stack") or None,
         )
 
+    # ------------------------------------------- verbs for front ends (replaydb.reverb)
+    def items(self) -> Sample:
+        """Every live item, oldest key first, read without counting as a draw.
+
+        Nothing changes: times sampled, the rate limiter and the sampler are left
+        as they are. Front ends use it to list what a table holds (for exports,
+        inspection and side stores keyed by a field).
+
+        Returns:
+            A :class:`Sample` of all ``len(self)`` items; ``probabilities`` are
+            ``1 / len(self)`` and ``weights`` ones (this is not a draw).
+
+        Example:
+            >>> table = Table(Spec({"x": ()}), 4); table.extend({"x": torch.arange(6.0)})
+            >>> table.items()["x"].tolist()
+            [2.0, 3.0, 4.0, 5.0]
+        """
+        with self._cond:
+            live = torch.nonzero(self._item_key >= 0).squeeze(1)
+            keys = self._item_key.index_select(0, live)
+            order = torch.argsort(keys)
+            live, keys = live[order], keys[order]
+            times = self._times.index_select(0, live)
+            priorities = self._priority.index_select(0, live)
+            mask = ends = None
+            if self.sequence_length == 1:
+                rows = live
+            else:
+                rows, ends = self.storage.windows(keys, self.sequence_length)
+                if self.pad:
+                    mask = self.storage.window_mask(rows)
+            data = self.storage.gather(rows)
+            size = self._size
+        n = int(keys.numel())
+        return Sample(
+            data=data,
+            keys=keys,
+            probabilities=torch.full(
+                (n,), 1.0 / max(n, 1), dtype=torch.float64, device=self.device
+            ),
+            weights=torch.ones(n, dtype=torch.float32, device=self.device),
+            priorities=priorities,
+            times_sampled=times,
+            table_size=size,
+            mask=mask,
+            ends=ends,
+        )
+
+    def remove(self, keys: Any) -> int:
+        """Remove items by key, as if they had been overwritten; stale keys are ignored.
+
+        The rate limiter's counters are not changed (a removal is neither an insert
+        nor a sample).
+
+        Args:
+            keys: ``[K]`` item keys (from :attr:`Sample.keys` or :meth:`items`).
+
+        Returns:
+            How many keys named a live item.
+
+        Example:
+            >>> table = Table(Spec({"x": ()}), 4); table.extend({"x": torch.arange(3.0)})
+            >>> table.remove([0, 7]), len(table)
+            (1, 2)
+        """
+        k = torch.as_tensor(np.asarray(keys, dtype=np.int64).reshape(-1), device=self.device)
+        with self._cond:
+            slots = k.clamp(min=0) % self.capacity
+            live = (k >= 0) & (self._item_key.index_select(0, slots) == k)
+            n = int(live.sum())
+            if n:
+                self._remove_slots(slots[live])
+                self._notify()
+            return n
+
 
 @dataclass(frozen=True)
 class LiveSteps:

@@ -1,0 +1,159 @@
+"""TF-Agents' Reverb pipeline on replaydb.reverb vs real dm-reverb, same code, one run.
+
+Measures, per backend, in its own process (the two cannot share one):
+
+* ``observer``: ``ReverbAddTrajectoryObserver`` steps/s (sequence_length=2, CartPole-shaped
+  numpy ``Trajectory`` steps, episodes of 200 steps with a boundary step), flush included;
+* ``dataset``: ``ReverbReplayBuffer.as_dataset(64, num_steps=2)`` items/s over a full
+  table, after a warm-up.
+
+    python benchmarks/bench_reverb.py                      # ours + real, ratios
+    python benchmarks/bench_reverb.py --real-python /work/tfenv/bin/python
+
+The default interpreter runs replaydb.reverb (it must not have dm-reverb, or pass
+``--replace``); ``--real-python`` names one with dm-reverb (skipped when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TABLE = "bench"
+
+
+def measure(backend: str, steps: int, batches: int, replace: bool) -> dict[str, float]:
+    """Run both measurements on ``backend`` ('ours' or 'real') in this process."""
+    if backend == "ours":
+        import replaydb.reverb
+
+        replaydb.reverb.install(replace_existing=replace)
+    import numpy as np
+    import reverb
+    import tensorflow as tf
+    from tf_agents.replay_buffers import reverb_replay_buffer, reverb_utils
+    from tf_agents.specs import tensor_spec
+    from tf_agents.trajectories import trajectory
+
+    spec = trajectory.Trajectory(
+        step_type=tensor_spec.TensorSpec((), tf.int32),
+        observation=tensor_spec.TensorSpec((4,), tf.float32),
+        action=tensor_spec.TensorSpec((), tf.int64),
+        policy_info=(),
+        next_step_type=tensor_spec.TensorSpec((), tf.int32),
+        reward=tensor_spec.TensorSpec((), tf.float32),
+        discount=tensor_spec.TensorSpec((), tf.float32),
+    )
+    rng = np.random.default_rng(0)
+    episode = 200
+    data = []
+    for i in range(steps):
+        t = i % (episode + 1)
+        if t == episode:  # the boundary step
+            step_type, next_step_type = 2, 0
+        else:
+            step_type = 0 if t == 0 else 1
+            next_step_type = 2 if t == episode - 1 else 1
+        data.append(
+            trajectory.Trajectory(
+                step_type=np.int32(step_type),
+                observation=rng.standard_normal(4).astype(np.float32),
+                action=np.int64(rng.integers(2)),
+                policy_info=(),
+                next_step_type=np.int32(next_step_type),
+                reward=np.float32(1.0),
+                discount=np.float32(0.0 if next_step_type == 2 else 1.0),
+            )
+        )
+    table = reverb.Table(
+        TABLE,
+        max_size=steps,
+        sampler=reverb.selectors.Uniform(),
+        remover=reverb.selectors.Fifo(),
+        rate_limiter=reverb.rate_limiters.MinSize(1),
+    )
+    server = reverb.Server([table])
+    replay = reverb_replay_buffer.ReverbReplayBuffer(
+        spec, TABLE, sequence_length=2, local_server=server
+    )
+    observer = reverb_utils.ReverbAddTrajectoryObserver(replay.py_client, TABLE, 2)
+    start = time.perf_counter()
+    for step in data:
+        observer(step)
+    observer.flush()
+    frames = replay.num_frames()  # waits for the writes to land
+    observer_s = time.perf_counter() - start
+
+    dataset = replay.as_dataset(64, num_steps=2)
+    it = iter(dataset)
+    for _ in range(20):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    dataset_s = time.perf_counter() - start
+    server.stop()
+    return {
+        "observer_steps_per_s": steps / observer_s,
+        "dataset_items_per_s": batches * 64 / dataset_s,
+        "frames": float(frames),
+    }
+
+
+def run_child(python: str, backend: str, args: argparse.Namespace) -> dict[str, float] | None:
+    cmd = [
+        python,
+        __file__,
+        "--child",
+        backend,
+        "--steps",
+        str(args.steps),
+        "--batches",
+        str(args.batches),
+    ]
+    if args.replace:
+        cmd.append("--replace")
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        print(f"{backend} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    out: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=50_000, help="observer steps")
+    p.add_argument("--batches", type=int, default=300, help="dataset batches of 64")
+    p.add_argument("--real-python", default=os.environ.get("REPLAYDB_REAL_REVERB_PYTHON"))
+    p.add_argument("--replace", action="store_true", help="shadow a dm-reverb in this env")
+    p.add_argument("--child", choices=["ours", "real"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args.child, args.steps, args.batches, args.replace)))
+        return
+    real_python = args.real_python or (
+        "/work/tfenv/bin/python" if Path("/work/tfenv/bin/python").exists() else None
+    )
+    results: dict[str, Any] = {"ours": run_child(sys.executable, "ours", args)}
+    results["real"] = run_child(real_python, "real", args) if real_python else None
+    print(f"{'metric':<24}{'replaydb.reverb':>18}{'dm-reverb':>14}{'ratio':>8}")
+    for key in ("observer_steps_per_s", "dataset_items_per_s"):
+        ours = results["ours"][key] if results["ours"] else float("nan")
+        real = results["real"][key] if results["real"] else float("nan")
+        print(f"{key:<24}{ours:>18,.0f}{real:>14,.0f}{ours / real:>7.1f}x")
+
+
+if __name__ == "__main__":
+    main()
