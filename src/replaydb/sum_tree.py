@@ -356,9 +356,9 @@ class SumTree:
         if not indices.size:
             return
         # numpy's power (vectorized) is several times faster than a compiled loop of pow.
-        leaf = values.reshape(-1).astype(np.float64, copy=True)
-        if offset:
-            leaf += offset
+        flat = values.reshape(-1)
+        # One call for the float64 copy and the offset (both exact as two calls).
+        leaf = np.add(flat, offset, dtype=np.float64) if offset else flat.astype(np.float64)
         if power != 1.0:
             np.power(leaf, power, out=leaf)
         self._update_numpy(indices.reshape(-1), leaf)
