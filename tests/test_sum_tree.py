@@ -322,3 +322,11 @@ def test_checkpoint_written_by_0x_loads_and_samples_the_same() -> None:
     s = table.sample(32)
     assert s.keys.tolist() == want["keys"]
     np.testing.assert_allclose(s.probabilities.numpy(), want["probabilities"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_find_accepts_strided_values(path: str) -> None:
+    tree = make(20, path)
+    tree.update(torch.arange(20), torch.ones(20, dtype=torch.float64))
+    v = torch.arange(40, dtype=torch.float64)[::2] * 0.5 + 0.25  # every other element
+    assert tree.find(v).tolist() == list(range(20))

@@ -178,8 +178,8 @@ class SumTree:
             [0, 0, 2, 2]
         """
         if self._np is not None:
-            v = prefix_values.detach().to(torch.float64).cpu().numpy().reshape(-1)
-            return torch.from_numpy(self._find_numpy(v, scale=False)[0])
+            v = np.ascontiguousarray(prefix_values.detach().to(torch.float64).cpu().numpy())
+            return torch.from_numpy(self._find_numpy(v.reshape(-1), scale=False)[0])
         return self._find_torch(prefix_values.to(self.device, self.dtype))[0]
 
     def sample(
