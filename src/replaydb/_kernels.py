@@ -12,11 +12,11 @@ tensors. Compiled code is cached on disk next to this file (or in numba's user
 cache directory where that is read-only), so only the first process pays the
 compile (about a second per kernel).
 
-The sum tree layout is the one of :mod:`replaydb.sum_tree`: an implicit 8-ary
-tree stored level by level from the root (``tree[0]``), level ``l`` at ``off[l]``
-with ``sizes[l]`` values, the children of node ``i`` of level ``l`` at
-``off[l + 1] + 8 * i + [0, 8)``, the leaves the last level (``levels`` below the
-root).
+The sum tree layout is the one of :mod:`replaydb.sum_tree`: an implicit tree of
+``K = TREE_ARITY`` children per node, stored level by level from the root
+(``tree[0]``), level ``l`` at ``off[l]`` with ``sizes[l]`` values, the children
+of node ``i`` of level ``l`` at ``off[l + 1] + K * i + [0, K)``, the leaves the
+last level (``levels`` below the root).
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["get", "use"]
+__all__ = ["TREE_ARITY", "get", "use"]
+
+#: Children per sum-tree node (4 or 8), a compile-time constant of the kernels;
+#: SumTree uses the same on every path. 8 float64 sums fill one 64-byte cache line;
+#: 4 measured no faster at a million leaves (more levels, shorter scans).
+TREE_ARITY = 8
+_SHIFT = TREE_ARITY.bit_length() - 1
 
 
 def _compile() -> SimpleNamespace | None:
@@ -43,6 +49,16 @@ def _compile() -> SimpleNamespace | None:
             return numba.njit(nogil=True, cache=True)(fn)
         except RuntimeError:  # no writable cache location: compile in every process
             return numba.njit(nogil=True, cache=False)(fn)
+
+    @jit
+    def child_sum(tree: Any, c: int) -> Any:
+        # A node's sum from its children at tree[c : c + TREE_ARITY]: pairs, then
+        # pairs of pairs (the order of SumTree's numpy and torch paths).
+        if TREE_ARITY == 8:
+            return ((tree[c] + tree[c + 1]) + (tree[c + 2] + tree[c + 3])) + (
+                (tree[c + 4] + tree[c + 5]) + (tree[c + 6] + tree[c + 7])
+            )
+        return (tree[c] + tree[c + 1]) + (tree[c + 2] + tree[c + 3])
 
     @jit
     def tree_find(tree: Any, v: Any, off: Any, levels: int, scale: bool) -> Any:
@@ -66,23 +82,23 @@ def _compile() -> SimpleNamespace | None:
             # Touch each draw's node first: short independent loads, so many cache
             # misses are in flight at once (the search below has long chains).
             for b in range(n):
-                touched += tree[base + node[b] * 8]
+                touched += tree[base + node[b] * TREE_ARITY]
             for b in range(n):
-                c = base + node[b] * 8
+                c = base + node[b] * TREE_ARITY
                 xb = x[b]
                 run = 0.0
                 before = 0.0
                 past = 0
-                for j in range(7):
+                for j in range(TREE_ARITY - 1):
                     cj = tree[c + j]
                     run += cj
                     below = run <= xb
                     past += below
                     before = run if below else before
                 if tree[c + past] == 0:
-                    past += tree[c + 7] + run <= xb
+                    past += tree[c + TREE_ARITY - 1] + run <= xb
                     last_nz = 0
-                    for j in range(8):
+                    for j in range(TREE_ARITY):
                         if tree[c + j] > 0:
                             last_nz = j
                     past = min(past, last_nz)
@@ -90,7 +106,7 @@ def _compile() -> SimpleNamespace | None:
                     for j in range(past):
                         before += tree[c + j]
                 x[b] = xb - before
-                node[b] = node[b] * 8 + past
+                node[b] = node[b] * TREE_ARITY + past
         if touched < 0:  # never (sums are >= 0); keeps the touching loads
             total = touched
         leaf0 = off[levels]
@@ -110,23 +126,17 @@ def _compile() -> SimpleNamespace | None:
         for level in range(levels - 1, -1, -1):  # each parent level, from the leaves up
             up = off[level]
             lo = off[level + 1]
-            parents = sizes[level + 1] >> 3
+            parents = sizes[level + 1] >> _SHIFT
             for j in range(m):
-                node[j] >>= 3
+                node[j] >>= _SHIFT
             if parents <= m:
                 # A level no larger than the batch: recompute all of it, once each.
                 for i in range(parents):
-                    c = lo + 8 * i
-                    tree[up + i] = ((tree[c] + tree[c + 1]) + (tree[c + 2] + tree[c + 3])) + (
-                        (tree[c + 4] + tree[c + 5]) + (tree[c + 6] + tree[c + 7])
-                    )
+                    tree[up + i] = child_sum(tree, lo + TREE_ARITY * i)
             else:
                 for j in range(m):
                     i = node[j]
-                    c = lo + 8 * i
-                    tree[up + i] = ((tree[c] + tree[c + 1]) + (tree[c + 2] + tree[c + 3])) + (
-                        (tree[c + 4] + tree[c + 5]) + (tree[c + 6] + tree[c + 7])
-                    )
+                    tree[up + i] = child_sum(tree, lo + TREE_ARITY * i)
 
     @jit
     def importance(leaf: Any, total: float) -> Any:

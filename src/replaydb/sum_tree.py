@@ -47,7 +47,7 @@ from replaydb.errors import InvalidArgumentError
 
 __all__ = ["SumTree"]
 
-_K = 8  # children per node: 8 float64 sums fill one 64-byte cache line
+_K = _kernels.TREE_ARITY  # children per node
 _TOP_BITS = 8  # the binary layout of state_dict keeps levels of >= 2**8 nodes (as 0.x)
 
 
