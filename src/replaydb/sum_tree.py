@@ -263,7 +263,7 @@ class SumTree:
             run = np.cumsum(c, axis=1)  # running sums, added left to right
             past = (run <= x[:, None]).sum(axis=1)
             # Never a zero child: rounding may carry x past the last non-zero one.
-            last_nz = (_K - 1) - np.argmax(c[:, ::-1] > 0, axis=1)
+            last_nz = (lanes * (c > 0)).max(axis=1)
             pick = np.minimum(past, last_nz)
             x -= np.where(pick > 0, run[rows, np.maximum(pick - 1, 0)], 0.0)
             node = node * _K + pick
@@ -287,7 +287,7 @@ class SumTree:
                 cols.append(cols[-1] + c[:, j])
             run = torch.stack(cols, dim=1)
             past = (run <= x.unsqueeze(1)).sum(dim=1)
-            last_nz = (_K - 1) - torch.argmax((c.flip(1) > 0).to(torch.int8), dim=1)
+            last_nz = (lanes * (c > 0)).amax(dim=1)
             pick = torch.minimum(past, last_nz)
             before = run.gather(1, (pick - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
             x = x - torch.where(pick > 0, before, torch.zeros_like(before))
