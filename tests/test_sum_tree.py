@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from replaydb import _kernels
 from replaydb.errors import InvalidArgumentError
 from replaydb.sum_tree import SumTree
 
@@ -132,14 +136,17 @@ def test_rounding_past_total_returns_last_nonzero_leaf() -> None:
         t.update(torch.tensor([5, 7000]), torch.tensor([1.0, 2.0], dtype=torch.float64))
         got = t.find(torch.tensor([3.0, 1e9, 2.999999999], dtype=torch.float64)).tolist()
         assert got == [7000, 7000, 7000]
-    # Force the guarded descent: a value past a subtree's sum below the top level.
-    tree = make(10_000, "numpy")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_search_never_enters_a_zero_child_when_sums_overshoot(path: str) -> None:
+    # Rounding can leave a value past every non-zero child of a node. Simulate it:
+    # shrink leaf 5 behind its parents' backs, so every sum above it is too large.
+    tree = make(10_000, path)
     tree.update(torch.tensor([5, 7000]), torch.tensor([1.0, 2.0], dtype=torch.float64))
-    start = (1 << tree.top) + (5 >> (tree.depth - tree.top))  # the top node above leaf 5
-    node = tree._descend_guarded(
-        torch.tensor([start]).numpy(), torch.tensor([1e9], dtype=torch.float64).numpy()
-    )
-    assert node.tolist() == [5]
+    tree.leaves[5] = 0.5
+    # 0.9 < the stale sum 1.0 above leaf 5, but past the leaf itself: leaf 5, never 6.
+    assert tree.find(torch.tensor([0.9, 0.4], dtype=torch.float64)).tolist() == [5, 5]
 
 
 def test_sample_is_proportional_and_skips_zeros() -> None:
@@ -214,3 +221,112 @@ def test_on_cuda_matches_cpu() -> None:
     assert idx.device.type == "cuda"
     assert vals_s.device.type == "cuda"
     assert total.device.type == "cuda"
+
+
+def _pair_sums_hold(tree: SumTree) -> bool:
+    """Every stored node equals the pairwise sum of its 8 children (nothing drifted)."""
+    fresh = SumTree(tree.capacity, dtype=tree.dtype)
+    fresh.leaves.copy_(tree.leaves.cpu())
+    fresh._rebuild()
+    return torch.equal(fresh.tree, tree.tree.cpu())
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 7, 8, 9, 63, 64, 65, 511, 512, 513, 4097, 70_001])
+@pytest.mark.parametrize("path", PATHS)
+def test_eight_way_layout_against_searchsorted(capacity: int, path: str) -> None:
+    g = torch.Generator().manual_seed(capacity)
+    tree = make(capacity, path)
+    vals = torch.zeros(capacity, dtype=torch.float64)
+    for _ in range(4):
+        m = 3 * capacity // 2 + 1  # more updates than leaves: many duplicates per batch
+        idx = torch.randint(0, capacity, (m,), generator=g)
+        new = torch.rand(m, dtype=torch.float64, generator=g)
+        new[torch.rand(m, generator=g) < 0.3] = 0.0
+        tree.update(idx, new)
+        order = torch.arange(m)
+        last = torch.zeros(capacity, dtype=torch.int64).scatter_reduce(
+            0, idx, order, reduce="amax", include_self=False
+        )
+        touched = torch.zeros(capacity, dtype=torch.bool)
+        touched[idx] = True
+        vals[touched] = new[last[touched]]  # last write of each index wins
+        assert torch.equal(tree.leaves, vals)
+        assert _pair_sums_hold(tree)
+        assert math.isclose(tree.total, float(vals.sum()), rel_tol=1e-12, abs_tol=1e-300)
+    if float(vals.sum()) == 0:
+        vals[capacity - 1] = 1.0
+        tree.update(torch.tensor([capacity - 1]), torch.tensor([1.0], dtype=torch.float64))
+    cs = torch.cumsum(vals, 0)
+    v = torch.rand(3000, dtype=torch.float64, generator=g) * float(cs[-1])
+    v = torch.cat([v, cs[vals > 0][:20] - vals[vals > 0][:20], torch.tensor([0.0, 1e300])])
+    got = tree.find(v)
+    assert bool((vals[got] > 0).all())  # never a zero leaf, padding included
+    want = torch.searchsorted(cs, v, right=True).clamp(max=int(torch.nonzero(vals).max()))
+    # Boundaries (exact running sums) may land on either neighbour through rounding.
+    lo = cs[got] - vals[got]
+    near = torch.isclose(v, lo, rtol=1e-9) | torch.isclose(v, cs[got], rtol=1e-9)
+    assert bool(((got == want) | near).all())
+
+
+def test_float32_paths_agree_bit_for_bit() -> None:
+    g = torch.Generator().manual_seed(3)
+    trees = []
+    for enabled in (True, False):
+        _kernels.use(enabled)
+        trees.append(SumTree(3000, dtype=torch.float32))
+    _kernels.use(True)
+    idx = torch.randint(0, 3000, (5000,), generator=g)
+    val = torch.rand(5000, generator=g)
+    for t in trees:
+        t.update(idx, val)
+    assert torch.equal(trees[0].tree, trees[1].tree)
+    u = torch.rand(777, dtype=torch.float64, generator=g).numpy()
+    for a, b in zip(trees[0].sample_numpy(u), trees[1].sample_numpy(u), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("capacity", [1, 5, 256, 300, 3000])
+def test_state_dict_keeps_the_binary_layout_of_0x(capacity: int) -> None:
+    g = torch.Generator().manual_seed(4)
+    tree = SumTree(capacity)
+    tree.update(torch.arange(capacity), torch.rand(capacity, dtype=torch.float64, generator=g))
+    saved = tree.state_dict()["tree"]
+    depth = max(0, (capacity - 1).bit_length())
+    p, top = 1 << depth, min(depth, 8)
+    want = [0.0] * (2 * p)
+    want[p : p + capacity] = tree.leaves.tolist()
+    for i in range(p - 1, (1 << top) - 1, -1):  # levels of >= 256 nodes, as 0.x kept
+        want[i] = want[2 * i] + want[2 * i + 1]
+    assert saved.tolist() == want
+    again = SumTree(capacity)
+    again.load_state_dict({"tree": saved})
+    assert torch.equal(again.tree, tree.tree)
+
+
+def test_checkpoint_written_by_0x_loads_and_samples_the_same() -> None:
+    # Written by replaydb main before the 8-way layout (binary sum tree in the file):
+    # a Prioritized table of capacity 300 holding 250 items with updated priorities,
+    # then loaded there and sampled 32 items.
+    from replaydb.checkpoint import load_table, read_table_file
+
+    data = Path(__file__).parent / "data"
+    want = json.loads((data / "prioritized_table_0x.json").read_text())
+    _, tensors = read_table_file(data / "prioritized_table_0x.safetensors")
+    table = load_table(data / "prioritized_table_0x.safetensors")
+    tree = table.sampler.tree
+    depth = (300 - 1).bit_length()
+    assert torch.equal(tree.leaves, tensors["sampler.tree"][1 << depth :][:300])
+    assert _pair_sums_hold(tree)
+    assert torch.equal(table.state_dict()["sampler.tree"], tensors["sampler.tree"])
+    assert math.isclose(tree.total, want["total"], rel_tol=1e-12)
+    s = table.sample(32)
+    assert s.keys.tolist() == want["keys"]
+    np.testing.assert_allclose(s.probabilities.numpy(), want["probabilities"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_find_accepts_strided_values(path: str) -> None:
+    tree = make(20, path)
+    tree.update(torch.arange(20), torch.ones(20, dtype=torch.float64))
+    v = torch.arange(40, dtype=torch.float64)[::2] * 0.5 + 0.25  # every other element
+    assert tree.find(v).tolist() == list(range(20))

@@ -12,9 +12,11 @@ tensors. Compiled code is cached on disk next to this file (or in numba's user
 cache directory where that is read-only), so only the first process pays the
 compile (about a second per kernel).
 
-The sum tree layout is the one of :mod:`replaydb.sum_tree`: binary-heap order,
-leaves at ``tree[p : p + capacity]``, searches start at a top level of ``lo``
-nodes (``tree[lo : 2 * lo]``) and descend ``levels`` levels.
+The sum tree layout is the one of :mod:`replaydb.sum_tree`: an implicit tree of
+``K = TREE_ARITY`` children per node, stored level by level from the root
+(``tree[0]``), level ``l`` at ``off[l]`` with ``sizes[l]`` values, the children
+of node ``i`` of level ``l`` at ``off[l + 1] + K * i + [0, K)``, the leaves the
+last level (``levels`` below the root).
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["get", "use"]
+__all__ = ["TREE_ARITY", "get", "use"]
+
+#: Children per sum-tree node (4 or 8), a compile-time constant of the kernels;
+#: SumTree uses the same on every path. 8 float64 sums fill one 64-byte cache line;
+#: 4 measured no faster at a million leaves (more levels, shorter scans).
+TREE_ARITY = 8
+_SHIFT = TREE_ARITY.bit_length() - 1
 
 
 def _compile() -> SimpleNamespace | None:
@@ -44,67 +52,107 @@ def _compile() -> SimpleNamespace | None:
             return numba.njit(nogil=True, cache=False)(fn)
 
     @jit
-    def tree_find(tree: Any, v: Any, lo: int, levels: int, p: int, scale: bool) -> Any:
-        top = tree[lo : 2 * lo]
-        cs = np.cumsum(top)
-        total = cs[-1]
-        last = np.searchsorted(cs, total, side="left")
+    def child_sum(tree: Any, c: int) -> Any:
+        # A node's sum from its children at tree[c : c + TREE_ARITY]: pairs, then
+        # pairs of pairs (the order of SumTree's numpy and torch paths).
+        if TREE_ARITY == 8:
+            return ((tree[c] + tree[c + 1]) + (tree[c + 2] + tree[c + 3])) + (
+                (tree[c + 4] + tree[c + 5]) + (tree[c + 6] + tree[c + 7])
+            )
+        return (tree[c] + tree[c + 1]) + (tree[c + 2] + tree[c + 3])
+
+    @jit
+    def tree_find(tree: Any, v: Any, off: Any, levels: int, scale: bool) -> Any:
+        total = tree[0]
         n = v.shape[0]
         x = np.empty(n, np.float64)
         node = np.zeros(n, np.int64)
         for b in range(n):
             x[b] = v[b] * total if scale else v[b]
-        # searchsorted(cs, x, side="right") for the whole batch, one halving step
-        # at a time. Every step is arithmetic on a comparison converted to float:
-        # LLVM turns an integer select into a branch here, and a branch that is
-        # mispredicted half the time costs more than the search itself.
-        h = lo >> 1
-        while h > 0:
+        # Level by level over the whole batch: the loads of one level are
+        # independent, so the CPU overlaps their cache misses. At a node, the 8
+        # children are one cache line: count the running sums (added left to right)
+        # of the first 7 at or below x and take the last of those off x, with no
+        # load or branch depending on a comparison, so nodes of different draws
+        # overlap. The pick is a zero child only when rounding carried x past the
+        # node's last non-zero child (or x < 0): then take the last non-zero child
+        # below the count. SumTree._descend_numpy computes the same.
+        touched = 0.0
+        for level in range(levels):
+            base = off[level + 1]
+            # Touch each draw's node first: short independent loads, so many cache
+            # misses are in flight at once (the search below has long chains).
             for b in range(n):
-                i = node[b]
-                node[b] = i + int(h * np.float64(cs[i + h - 1] <= x[b]))
-            h >>= 1
-        for b in range(n):
-            i = node[b]
-            i = min(i + int(np.float64(cs[i] <= x[b])), last)
-            x[b] -= cs[i] - top[i]
-            node[b] = i + lo
-        # Then level by level over the whole batch: the loads of one level are
-        # independent, so the CPU overlaps their cache misses.
-        for _ in range(levels):
+                touched += tree[base + node[b] * TREE_ARITY]
             for b in range(n):
-                child = node[b] << 1
-                left = tree[child]
-                go = (x[b] >= left) & (tree[child + 1] > 0)
-                x[b] -= left * go
-                node[b] = child + go
+                c = base + node[b] * TREE_ARITY
+                xb = x[b]
+                run = 0.0
+                before = 0.0
+                past = 0
+                for j in range(TREE_ARITY - 1):
+                    cj = tree[c + j]
+                    run += cj
+                    below = run <= xb
+                    past += below
+                    before = run if below else before
+                if tree[c + past] == 0:
+                    past += tree[c + TREE_ARITY - 1] + run <= xb
+                    last_nz = 0
+                    for j in range(TREE_ARITY):
+                        if tree[c + j] > 0:
+                            last_nz = j
+                    past = min(past, last_nz)
+                    before = 0.0
+                    for j in range(past):
+                        before += tree[c + j]
+                x[b] = xb - before
+                node[b] = node[b] * TREE_ARITY + past
+        if touched < 0:  # never (sums are >= 0); keeps the touching loads
+            total = touched
+        leaf0 = off[levels]
         leaves = np.empty(n, tree.dtype)
         for b in range(n):
-            leaves[b] = tree[node[b]]
-        return node - p, leaves, total
+            leaves[b] = tree[leaf0 + node[b]]
+        return node, leaves, total
 
     @jit
-    def tree_update(tree: Any, idx: Any, val: Any, levels: int, p: int) -> None:
-        node = idx + p
-        for j in range(idx.shape[0]):
-            tree[node[j]] = val[j]  # in order: the last write of an index wins
-        for _ in range(levels):  # level by level, as in ``tree_find``
-            for j in range(idx.shape[0]):
-                node[j] >>= 1
-                tree[node[j]] = tree[2 * node[j]] + tree[2 * node[j] + 1]
+    def tree_update(tree: Any, idx: Any, val: Any, off: Any, sizes: Any, levels: int) -> None:
+        m = idx.shape[0]
+        leaf0 = off[levels]
+        node = np.empty(m, np.int64)
+        for j in range(m):
+            node[j] = idx[j]
+            tree[leaf0 + idx[j]] = val[j]  # in order: the last write of an index wins
+        for level in range(levels - 1, -1, -1):  # each parent level, from the leaves up
+            up = off[level]
+            lo = off[level + 1]
+            parents = sizes[level + 1] >> _SHIFT
+            for j in range(m):
+                node[j] >>= _SHIFT
+            if parents <= m:
+                # A level no larger than the batch: recompute all of it, once each.
+                for i in range(parents):
+                    tree[up + i] = child_sum(tree, lo + TREE_ARITY * i)
+            else:
+                for j in range(m):
+                    i = node[j]
+                    tree[up + i] = child_sum(tree, lo + TREE_ARITY * i)
 
     @jit
-    def importance(leaf: Any, total: float, beta: float) -> Any:
-        # Probabilities leaf / total and importance weights (P(i) / min_j P(j)) ** -beta,
-        # as Prioritized's numpy path computes them.
+    def importance(leaf: Any, total: float) -> Any:
+        # Probabilities leaf / total and ratios leaf / min(leaf) (as leaf * (1 / min)),
+        # as Prioritized's numpy path computes them; the caller raises the ratios to
+        # -beta with numpy's vectorized power (several times faster than a loop of pow).
         n = leaf.shape[0]
-        prob = leaf / total
-        weights = np.ones(n, np.float32)
-        if beta != 0.0 and n:
+        prob = np.empty(n, np.float64)
+        ratio = np.empty(n, np.float64)
+        if n:
             inv = 1.0 / leaf.min()
             for b in range(n):
-                weights[b] = (leaf[b] * inv) ** -beta
-        return prob, weights
+                prob[b] = leaf[b] / total
+                ratio[b] = leaf[b] * inv
+        return prob, ratio
 
     @jit
     def take_items(slots: Any, item_key: Any, times: Any, priority: Any) -> Any:

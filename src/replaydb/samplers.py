@@ -467,15 +467,14 @@ class Prioritized:
             torch.rand(n, dtype=torch.float64, generator=self.generator, out=self._u)
             idx, lv, total = self.tree.sample_numpy(self._u_np)
             if self._kernels is not None:
-                prob, w = self._kernels.importance(lv, total, b)
-                return Selection(torch.from_numpy(idx), torch.from_numpy(prob), torch.from_numpy(w))
+                prob, ratio = self._kernels.importance(lv, total)
+            else:
+                prob, ratio = lv / total, lv * (1.0 / lv.min())
             if b == 0.0:
                 w = np.ones(n, dtype=np.float32)
             else:
-                w = np.power(lv * (1.0 / lv.min()), -b).astype(np.float32)
-            return Selection(
-                torch.from_numpy(idx), torch.from_numpy(lv / total), torch.from_numpy(w)
-            )
+                w = np.power(ratio, -b, out=ratio).astype(np.float32)
+            return Selection(torch.from_numpy(idx), torch.from_numpy(prob), torch.from_numpy(w))
         slots, leaf, total_t = self.tree.sample(n, self.generator)
         prob = leaf / total_t
         if b == 0.0:

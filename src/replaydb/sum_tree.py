@@ -2,24 +2,33 @@
 
 Layout
 ------
-The tree is one flat tensor of ``2 * P`` float64 values in binary-heap order, where
-``P`` is the capacity rounded up to a power of two: the leaves are
-``tree[P : P + capacity]`` and node ``i`` holds ``tree[2i] + tree[2i + 1]``.
+The tree is one flat tensor of float64 values (by default) holding an implicit
+8-ary tree, level by level from the root: level ``l`` starts at ``offsets[l]``,
+and the 8 children of node ``i`` of level ``l`` are the 8 consecutive values
+``offsets[l + 1] + 8 * i + [0, 8)``. Every level starts at a multiple of 8 and
+torch aligns its storage to 64 bytes, so the children of a node share one cache
+line: a million leaves need 7 levels below the root instead of 20 binary ones,
+and a search or an update touches a third as many cache lines. The leaves (the
+values themselves, exact) are the last level, ``tree[offsets[-1]:][:capacity]``.
 
-Only the levels from the leaves up to a *top level* of at most 256 nodes are
-kept. A search starts with one ``cumsum`` + ``searchsorted`` over the top level
-(which replaces the eight binary levels above it), then walks down the remaining
-levels with one vectorized step per level for the whole batch. An update writes
-the leaves and recomputes each touched parent from its two children, level by
-level, so sums never drift. Every operation is a handful of array operations per
-level for the whole batch; there are no per-item Python loops.
+Every node holds the sum of its 8 children, always computed in the same order
+(``((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7))``) from the children, so
+sums never drift and the whole tree is a function of the leaves alone. A search
+walks down from the root, one level at a time for the whole batch: at each node
+it takes the first child whose running sum (added left to right) exceeds the
+value, never a child whose sum is zero. An update writes the leaves (the last
+value of a repeated index wins) and recomputes every touched parent from its
+children, level by level.
 
-On CPU the same algorithm runs through numpy views of the torch storage (numpy's
-per-call overhead is several times lower than torch's for batches of a few hundred),
-or, where numba is installed, as two small compiled loops over the same arrays
+On CPU the same algorithm runs through numpy views of the torch storage, or, where
+numba is installed, as two small compiled loops over the same arrays
 (:mod:`replaydb._kernels`; set ``REPLAYDB_NUMBA=0`` to turn that off); all CPU
-paths give bit-identical results. On other devices it runs in torch with no host
-synchronisation in :meth:`SumTree.find`.
+paths, and the torch path on CPU, give bit-identical results. On other devices it
+runs in torch with no host synchronisation in :meth:`SumTree.find`.
+
+:meth:`SumTree.state_dict` keeps the binary-heap layout of replaydb 0.x checkpoints
+(``2 * P`` values, ``P`` the capacity rounded up to a power of two, leaves at
+``[P, P + capacity)``); loading reads its leaves and recomputes every sum.
 
 The sum tree of prioritized replay: Schaul et al. 2015, arXiv 1511.05952, appendix B.2.1.
 """
@@ -38,7 +47,32 @@ from replaydb.errors import InvalidArgumentError
 
 __all__ = ["SumTree"]
 
-_TOP_BITS = 8  # the top level holds at most 2**8 nodes
+_K = _kernels.TREE_ARITY  # children per node
+_TOP_BITS = 8  # the binary layout of state_dict keeps levels of >= 2**8 nodes (as 0.x)
+
+
+def _level_sizes(capacity: int) -> list[int]:
+    """Values stored per level, root first (every level below the root a multiple of 8)."""
+    sizes = [capacity]
+    while sizes[-1] > 1:
+        sizes[-1] = -(-sizes[-1] // _K) * _K
+        sizes.append(sizes[-1] // _K)
+    sizes.reverse()
+    return sizes
+
+
+def _pair_sum_np(c: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Sum each row of ``[m, 8]`` children in the tree's order: pairs, then pairs of pairs."""
+    while c.shape[1] > 1:
+        c = c[:, 0::2] + c[:, 1::2]
+    out: np.ndarray[Any, Any] = c[:, 0]
+    return out
+
+
+def _pair_sum_torch(c: torch.Tensor) -> torch.Tensor:
+    while c.shape[1] > 1:
+        c = c[:, 0::2] + c[:, 1::2]
+    return c[:, 0]
 
 
 class SumTree:
@@ -74,10 +108,15 @@ class SumTree:
         self.capacity = int(capacity)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
-        self.depth = max(0, (self.capacity - 1).bit_length())  # leaves at level `depth`
-        self.top = min(self.depth, _TOP_BITS)  # shallowest level kept
-        self._p = 1 << self.depth
-        self.tree = torch.zeros(2 * self._p, dtype=dtype, device=self.device)
+        sizes = _level_sizes(self.capacity)
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + max(s, _K))
+        self.levels = len(sizes) - 1  # levels below the root
+        self._sizes = np.asarray(sizes, dtype=np.int64)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._leaf0 = offsets[-1]
+        self.tree = torch.zeros(offsets[-1] + max(sizes[-1], _K), dtype=dtype, device=self.device)
         self._np: np.ndarray[Any, Any] | None = None
         self._kernels: SimpleNamespace | None = None
         if self.device.type == "cpu" and dtype != torch.bfloat16:
@@ -102,24 +141,20 @@ class SumTree:
     @property
     def leaves(self) -> torch.Tensor:
         """The ``[capacity]`` leaf values (a view; write through :meth:`update`)."""
-        return self.tree[self._p : self._p + self.capacity]
-
-    def _top_level(self) -> torch.Tensor:
-        lo = 1 << self.top
-        return self.tree[lo : 2 * lo]
+        return self.tree[self._leaf0 : self._leaf0 + self.capacity]
 
     def total_tensor(self) -> torch.Tensor:
         """The sum of all leaves as a 0-d tensor on the tree's device (no host sync)."""
-        return self._top_level().sum()
+        return self.tree[0].clone()
 
     @property
     def total(self) -> float:
         """The sum of all leaves (the root)."""
-        return float(self.total_tensor())
+        return float(self.tree[0])
 
     def get(self, indices: torch.Tensor) -> torch.Tensor:
         """Return the leaf values at ``indices``."""
-        return self.tree.index_select(0, indices.to(self.device) + self._p)
+        return self.tree.index_select(0, indices.to(self.device) + self._leaf0)
 
     def find(self, prefix_values: torch.Tensor) -> torch.Tensor:
         """For each value ``v``, the first leaf ``i`` with ``sum(leaves[:i+1]) > v``.
@@ -143,8 +178,8 @@ class SumTree:
             [0, 0, 2, 2]
         """
         if self._np is not None:
-            v = prefix_values.detach().to(torch.float64).cpu().numpy()
-            return torch.from_numpy(self._find_numpy(v))
+            v = np.ascontiguousarray(prefix_values.detach().to(torch.float64).cpu().numpy())
+            return torch.from_numpy(self._find_numpy(v.reshape(-1), scale=False)[0])
         return self._find_torch(prefix_values.to(self.device, self.dtype))[0]
 
     def sample(
@@ -193,91 +228,71 @@ class SumTree:
             )
         if u.dtype != np.float64 or not u.flags.c_contiguous:
             u = np.ascontiguousarray(u, dtype=np.float64)
-        return self._find_numpy_scaled(u)
+        return self._find_numpy(u, scale=True)
 
-    def _find_numpy(self, v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        return self._find_numpy_scaled(v, scale=False)[0]
-
-    def _find_numpy_scaled(
-        self, v: np.ndarray[Any, Any], scale: bool = True
+    def _find_numpy(
+        self, v: np.ndarray[Any, Any], scale: bool
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
         """Search ``v`` (times the total when ``scale``); return leaves, their values, the total."""
         tree = self._np
         assert tree is not None
-        lo = 1 << self.top
         if self._kernels is not None:
-            idx, vals, tot = self._kernels.tree_find(
-                tree, v, lo, self.depth - self.top, self._p, scale
-            )
-            if not tot > 0:
-                raise InvalidArgumentError(
-                    "cannot search an empty SumTree (every leaf is zero); update some leaves first"
-                )
-            return idx, vals, float(tot)
-        cs = np.cumsum(tree[lo : 2 * lo])
-        total = float(cs[-1])
+            idx, vals, tot = self._kernels.tree_find(tree, v, self._offsets, self.levels, scale)
+            total = float(tot)
+        else:
+            total = float(tree[0])
+            if total > 0:
+                idx = self._descend_numpy(v * total if scale else v)
+                vals = tree.take(idx + self._leaf0)
         if not total > 0:
             raise InvalidArgumentError(
                 "cannot search an empty SumTree (every leaf is zero); update some leaves first"
             )
-        if scale:
-            v = v * total
-        last = np.searchsorted(cs, cs[-1], side="left")
-        i = np.minimum(np.searchsorted(cs, v, side="right"), last)
-        v = v - (cs.take(i) - tree.take(i + lo))
-        v0 = v.copy()
-        node = start = i + lo
-        for _ in range(self.depth - self.top):
-            child = node << 1
-            left = tree.take(child)
-            go = v >= left
-            np.subtract(v, left, out=v, where=go)
-            node = child + go
-        leaf: np.ndarray[Any, Any] = node - self._p
-        if self.depth > self.top:
-            hit = tree.take(node)
-            if not hit.all():
-                # Rounding sent a search a few ulps past a subtree's sum into an
-                # all-zero right half: redo those few with a guard against that.
-                bad = np.flatnonzero(hit == 0)
-                leaf[bad] = self._descend_guarded(start.take(bad), v0.take(bad))
-        return leaf, tree.take(leaf + self._p), total
+        return idx, vals, total
 
-    def _descend_guarded(
-        self, node: np.ndarray[Any, Any], v: np.ndarray[Any, Any]
-    ) -> np.ndarray[Any, Any]:
+    def _descend_numpy(self, v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         tree = self._np
         assert tree is not None
-        for _ in range(self.depth - self.top):
-            child = node << 1
-            left = tree.take(child)
-            go = (v >= left) & (tree.take(child + 1) > 0)
-            v = v - left * go
-            node = child + go
-        out: np.ndarray[Any, Any] = node - self._p
-        return out
+        x = np.array(v, dtype=np.float64)  # a copy: updated in place below
+        node = np.zeros(x.shape[0], dtype=np.int64)
+        rows = np.arange(x.shape[0])
+        lanes = np.arange(_K)
+        for level in range(self.levels):
+            first = self._offsets[level + 1] + node * _K
+            c = tree[first[:, None] + lanes].astype(np.float64, copy=False)
+            run = np.cumsum(c, axis=1)  # running sums, added left to right
+            past = (run <= x[:, None]).sum(axis=1)
+            # Never a zero child: rounding may carry x past the last non-zero one.
+            last_nz = (lanes * (c > 0)).max(axis=1)
+            pick = np.minimum(past, last_nz)
+            x -= np.where(pick > 0, run[rows, np.maximum(pick - 1, 0)], 0.0)
+            node = node * _K + pick
+        return node
 
     def _find_torch(
         self, v: torch.Tensor, scale: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Search ``v`` (times the total when ``scale``); return leaves and the 0-d total."""
         tree = self.tree
-        lo = 1 << self.top
-        cs = torch.cumsum(tree[lo : 2 * lo], 0)
-        total = cs[-1]
-        if scale:
-            v = v * total
-        last = torch.searchsorted(cs, cs[-1:], right=False)
-        i = torch.minimum(torch.searchsorted(cs, v, right=True), last)
-        v = v - (cs.index_select(0, i) - tree.index_select(0, i + lo))
-        node = i + lo
-        for _ in range(self.depth - self.top):
-            node = node * 2
-            left = tree.index_select(0, node)
-            go = (v >= left) & (tree.index_select(0, node + 1) > 0)
-            v = v - left * go
-            node = node + go.to(torch.int64)
-        return node - self._p, total
+        total = tree[0].clone()
+        x = (v * total if scale else v).to(torch.float64)
+        node = torch.zeros(x.shape[0], dtype=torch.int64, device=self.device)
+        lanes = torch.arange(_K, device=self.device)
+        for level in range(self.levels):
+            first = int(self._offsets[level + 1]) + node * _K
+            c = tree[first.unsqueeze(1) + lanes].to(torch.float64)
+            # Running sums added left to right (as on CPU), not a parallel scan.
+            cols = [c[:, 0]]
+            for j in range(1, _K):
+                cols.append(cols[-1] + c[:, j])
+            run = torch.stack(cols, dim=1)
+            past = (run <= x.unsqueeze(1)).sum(dim=1)
+            last_nz = (lanes * (c > 0)).amax(dim=1)
+            pick = torch.minimum(past, last_nz)
+            before = run.gather(1, (pick - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+            x = x - torch.where(pick > 0, before, torch.zeros_like(before))
+            node = node * _K + pick
+        return node, total
 
     # ----------------------------------------------------------------- writes
     def update(self, indices: torch.Tensor, values: torch.Tensor, *, check: bool = True) -> None:
@@ -341,9 +356,9 @@ class SumTree:
         if not indices.size:
             return
         # numpy's power (vectorized) is several times faster than a compiled loop of pow.
-        leaf = values.reshape(-1).astype(np.float64, copy=True)
-        if offset:
-            leaf += offset
+        flat = values.reshape(-1)
+        # One call for the float64 copy and the offset (both exact as two calls).
+        leaf = np.add(flat, offset, dtype=np.float64) if offset else flat.astype(np.float64)
         if power != 1.0:
             np.power(leaf, power, out=leaf)
         self._update_numpy(indices.reshape(-1), leaf)
@@ -381,8 +396,9 @@ class SumTree:
                 tree,
                 np.ascontiguousarray(idx, dtype=np.int64),
                 np.ascontiguousarray(val, dtype=tree.dtype),
-                self.depth - self.top,
-                self._p,
+                self._offsets,
+                self._sizes,
+                self.levels,
             )
             return
         if idx.size > 1:
@@ -391,12 +407,13 @@ class SumTree:
             s = idx.take(order)
             last = np.searchsorted(s, s, side="right") - 1
             idx, val = s, val.take(order.take(last))
-        node = idx + self._p
-        tree[node] = val
-        for _ in range(self.depth - self.top):
-            both = tree.take(node & -2) + tree.take(node | 1)
-            node = node >> 1
-            tree[node] = both
+        tree[idx + self._leaf0] = val
+        lanes = np.arange(_K)
+        node = idx
+        for level in range(self.levels - 1, -1, -1):
+            node = node // _K  # repeated parents get the same sum twice: harmless
+            first = self._offsets[level + 1] + node * _K
+            tree[self._offsets[level] + node] = _pair_sum_np(tree[first[:, None] + lanes])
 
     def _update_torch(self, idx: torch.Tensor, val: torch.Tensor) -> None:
         tree = self.tree
@@ -404,32 +421,62 @@ class SumTree:
             s, order = torch.sort(idx, stable=True)
             last = torch.searchsorted(s, s, right=True) - 1
             idx, val = s, val.index_select(0, order.index_select(0, last))
-        node = idx + self._p
-        tree.index_put_((node,), val)
-        for _ in range(self.depth - self.top):
-            node = node >> 1
-            both = tree.index_select(0, node * 2) + tree.index_select(0, node * 2 + 1)
-            tree.index_put_((node,), both)
+        tree.index_put_((idx + self._leaf0,), val)
+        lanes = torch.arange(_K, device=self.device)
+        node = idx
+        for level in range(self.levels - 1, -1, -1):
+            node = torch.div(node, _K, rounding_mode="floor")
+            first = int(self._offsets[level + 1]) + node * _K
+            both = _pair_sum_torch(tree[first.unsqueeze(1) + lanes])
+            tree.index_put_((int(self._offsets[level]) + node,), both)
+
+    def _rebuild(self) -> None:
+        """Recompute every sum from the leaves (the order the updates use)."""
+        for level in range(self.levels - 1, -1, -1):
+            lo, n = int(self._offsets[level + 1]), int(self._sizes[level + 1])
+            up = int(self._offsets[level])
+            self.tree[up : up + n // _K] = _pair_sum_torch(self.tree[lo : lo + n].view(-1, _K))
 
     def reset(self) -> None:
         """Set every leaf to zero."""
         self.tree.zero_()
 
     # ------------------------------------------------------------------ state
+    def _binary_size(self) -> tuple[int, int]:
+        depth = max(0, (self.capacity - 1).bit_length())
+        return depth, 1 << depth
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole tree as a CPU tensor (sums included, so a reload is bit-exact)."""
-        return {"tree": self.tree.cpu().clone()}
+        """The tree as a CPU tensor in the binary-heap layout of replaydb 0.x checkpoints.
+
+        ``tree[P : P + capacity]`` are the leaves (``P`` the capacity rounded up to a
+        power of two) and node ``i`` holds ``tree[2i] + tree[2i + 1]`` for the levels
+        of at least 256 nodes, as 0.x wrote it; :meth:`load_state_dict` reads only
+        the leaves, so a reload is bit-exact.
+        """
+        depth, p = self._binary_size()
+        out = torch.zeros(2 * p, dtype=self.dtype)
+        out[p : p + self.capacity] = self.leaves.cpu()
+        for d in range(depth - 1, min(depth, _TOP_BITS) - 1, -1):
+            lo = 1 << d
+            out[lo : 2 * lo] = out[2 * lo : 4 * lo : 2] + out[2 * lo + 1 : 4 * lo : 2]
+        return {"tree": out}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore :meth:`state_dict` output of a tree of the same capacity.
+
+        Only the leaves are read; every sum is recomputed from them.
 
         Raises:
             InvalidArgumentError: If the saved tree has another shape.
         """
         t = state["tree"]
-        if tuple(t.shape) != tuple(self.tree.shape):
+        _, p = self._binary_size()
+        if tuple(t.shape) != (2 * p,):
             raise InvalidArgumentError(
-                f"state['tree'] has shape {tuple(t.shape)}, expected {tuple(self.tree.shape)}; "
+                f"state['tree'] has shape {tuple(t.shape)}, expected {(2 * p,)}; "
                 "it was saved from a SumTree of another capacity"
             )
-        self.tree.copy_(t)
+        self.tree.zero_()
+        self.leaves.copy_(t[p : p + self.capacity])
+        self._rebuild()
