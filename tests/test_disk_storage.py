@@ -356,13 +356,18 @@ _CHILD = textwrap.dedent(
         t = Table.open(d)
     else:
         t = Table(spec, 64, sequence_length=2, path=d)
-    print("ready", flush=True)
-    while True:
+    def write():
         n = rng.randint(1, 20)
         k = torch.arange(t.total_steps_written, t.total_steps_written + n)
         ends = (k % 13 == 12).long()
         t.extend({"k": k, "img": (k % 251).to(torch.uint8).view(n, 1, 1).expand(n, 8, 8),
                   "flag": k % 2 == 0}, ends=ends)
+    # One committed write before the kill window opens, however slow the machine is
+    # (first-use kernel compiles), so every attempt has something to keep.
+    write(); t.checkpoint()
+    print("ready", flush=True)
+    while True:
+        write()
         if rng.random() < 0.3:
             t.checkpoint()
     """
