@@ -20,7 +20,7 @@ if ! python -c "import tf_agents, torch" >/dev/null 2>&1; then
     "tensorflow-probability==0.23.*" "tf-keras==2.15.*"
   python -m pip install -q "torch==2.13.0" "numpy<2"
   python -m pip install -q "safetensors>=0.4" "tqdm>=4.60" "gymnasium>=1.0" \
-    "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100" "cramjam>=2.7" mock rlds
+    "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100" "cramjam>=2.7" mock rlds portpicker
 fi
 if python -c "import importlib.util as u, sys; sys.exit(u.find_spec('reverb') is None)"; then
   echo "dm-reverb is installed in .venv-tf; these tests need reverb -> replaydb.reverb" >&2

@@ -433,10 +433,12 @@ def test_checkpoint_table_missing_from_server_aborts(tmp_path: Path) -> None:
         reverb.Server([uniform_table("b")], checkpointer=lib.DefaultCheckpointer(path))
 
 
-def test_reverb_format_checkpoint_without_reader_fails_clearly(tmp_path: Path) -> None:
+def test_broken_reverb_format_checkpoint_fails_clearly(tmp_path: Path) -> None:
+    # A Reverb-style timestamped directory with DONE but no tables.tfrecord is refused
+    # (Reverb's loader would fail too); it never silently starts empty.
     stamp = tmp_path / "2024-01-01T00:00:00.000000000+00:00"
     stamp.mkdir()
     (stamp / "DONE").write_text("")
     lib = reverb.platform.checkpointers_lib
-    with pytest.raises(ReplayError, match="dm-reverb"):
+    with pytest.raises(ReplayError, match="Reverb checkpoint"):
         reverb.Server([uniform_table()], checkpointer=lib.DefaultCheckpointer(str(tmp_path)))
