@@ -20,16 +20,22 @@ import torch
 from replaydb.collect._spec import _VELORA_FIELDS
 from replaydb.errors import InvalidArgumentError
 from replaydb.spec import flatten_gym
+from replaydb.table import Table
 
 
 def _target_table(target: Any) -> tuple[Any, bool]:
-    from replaydb.buffer import ReplayBuffer
-    from replaydb.table import Table
+    """The target's table, and whether rows go in the Velora layout.
 
-    if isinstance(target, ReplayBuffer):
-        return target.table, True
+    A :class:`~replaydb.ReplayBuffer` is recognised by what it holds (a ``table``
+    attribute that is a :class:`~replaydb.Table` with the Velora fields) rather than
+    by its class, so this package never imports :mod:`replaydb.buffer` (whose
+    ``ReplayBuffer.warm`` calls :func:`~replaydb.collect.warm`).
+    """
     if isinstance(target, Table):
         return target, set(target.spec) == set(_VELORA_FIELDS)
+    table = getattr(target, "table", None)
+    if isinstance(table, Table) and set(table.spec) == set(_VELORA_FIELDS):
+        return table, True
     raise InvalidArgumentError(
         f"target must be a replaydb ReplayBuffer or Table, got {type(target).__name__}"
     )
