@@ -430,3 +430,45 @@ def test_warm_fills_tables_and_agents_on_any_device(device: torch.device) -> Non
     warm(buffer, agent, 200, num_envs=2, seed=0, progress=False)
     assert len(buffer) == 200
     assert int(buffer.table.storage.fields["hiddens"].min()) == 1
+
+
+COLLECT_SRC = Path(__file__).resolve().parents[1] / "src" / "replaydb" / "collect"
+
+
+def test_collect_never_imports_the_buffer_package() -> None:
+    # ReplayBuffer.warm imports replaydb.collect; the other direction would be a cycle.
+    import ast
+
+    found = []
+    for path in sorted(COLLECT_SRC.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            if isinstance(node, ast.ImportFrom) and node.module == "replaydb":
+                names = [f"replaydb.{a.name}" for a in node.names]
+            bad = [n for n in names if n.startswith("replaydb.buffer")]
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in bad]
+    assert found == []
+    assert len(list(COLLECT_SRC.glob("*.py"))) >= 7
+
+
+def test_collect_modules_stay_small() -> None:
+    sizes = {p.name: len(p.read_text().splitlines()) for p in COLLECT_SRC.glob("*.py")}
+    assert sizes and max(sizes.values()) <= 600, sizes
+
+
+def test_a_velora_buffer_still_takes_the_velora_layout() -> None:
+    buffer = ReplayBuffer(50, state_dim=4, action_dim=1, hidden_dim=0)
+    warm(buffer, "random", 20, num_envs=2, env=ENV, seed=0, progress=False)
+    assert len(buffer) == 20
+    done = buffer.table.storage.fields["dones"][:20]
+    assert done.dtype == torch.float32 and done.shape == (20, 1)
+    with pytest.raises(InvalidArgumentError, match="target must be a replaydb"):
+        warm(SimpleNamespace(table=None), "random", 5, env=ENV)
+    with pytest.raises(InvalidArgumentError, match="target must be a replaydb"):
+        warm(SimpleNamespace(table=Table(step_spec(ENV), 10)), "random", 5, env=ENV)

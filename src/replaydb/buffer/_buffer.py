@@ -19,6 +19,7 @@ import torch
 from replaydb.buffer import _files, _inputs
 from replaydb.buffer._inputs import _positive_int, _Staging, check_device
 from replaydb.buffer._records import _KEYS, BatchExperience, BufferConfig
+from replaydb.collect import warm as collect_warm
 from replaydb.errors import InvalidArgumentError, NotEnoughDataError
 from replaydb.rate_limiters import MinSize
 from replaydb.samplers import Prioritized
@@ -535,6 +536,4 @@ class ReplayBuffer:
                 f"'num_envs={num_envs!r}' cannot be smaller than 2 (Velora's warm contract); "
                 "use replaydb.collect.warm for a single environment"
             )
-        from replaydb.collect import warm
-
-        warm(self, agent, n_samples, num_envs=num_envs, **kwargs)
+        collect_warm(self, agent, n_samples, num_envs=num_envs, **kwargs)
