@@ -175,6 +175,10 @@ class _ManagedClient:
                 whose second argument is not a ``{key: priority}`` mapping.
 
         Example:
+            >>> replay_buffer, observer = manager.create_replay_buffer()
+            >>> for t in range(5):
+            ...     observer({"obs": np.zeros(3, np.float32), "done": False})
+            >>> observer.flush()
             >>> replay_buffer.py_client.update_priorities("replay_buffer", {3: 0.5})
             1
         """
@@ -266,8 +270,12 @@ class ManagedReplayBuffer:
             ClosedError: If the manager is closed.
 
         Example:
+            >>> replay_buffer, observer = manager.create_replay_buffer()
+            >>> for t in range(10):
+            ...     observer({"obs": np.zeros(3, np.float32), "done": t == 9})
             >>> ds = replay_buffer.as_dataset(64, num_steps=2, num_parallel_calls=3).prefetch(3)
-            >>> batch, info = next(iter(ds))
+            >>> batch, info = next(iter(ds)); batch["obs"].shape
+            torch.Size([64, 2, 3])
         """
         return self._manager._dataset(
             sample_batch_size,
@@ -523,7 +531,11 @@ class ReplayBufferManager:
                 checkpoint's.
 
         Example:
-            >>> replay_buffer, observer = manager.load_replay_buffer()
+            >>> first = ReplayBufferManager(manager.data_spec, 100, "saved", sequence_length=2)
+            >>> buffer, _ = first.create_replay_buffer(); _ = buffer.py_client.checkpoint()
+            >>> first.close()
+            >>> again = ReplayBufferManager(manager.data_spec, 100, "saved", sequence_length=2)
+            >>> replay_buffer, observer = again.load_replay_buffer(); again.close()
         """
         self._check_no_buffer("load_replay_buffer")
         latest = latest_checkpoint(self.checkpoint_dir)
@@ -652,7 +664,12 @@ class ReplayBufferManager:
                 not dividing ``sequence_length``.
 
         Example:
+            >>> replay_buffer, observer = manager.create_replay_buffer()
+            >>> observer({"obs": np.zeros(3, np.float32), "done": False})
+            >>> observer({"obs": np.ones(3, np.float32), "done": True})
             >>> batch, info = next(iter(manager.get_dataset(batch_size=64, num_steps=2)))
+            >>> batch["obs"][:, 1].sum().item()
+            192.0
         """
         ds = self._dataset(batch_size, num_steps, num_parallel_calls, timeout)
         return ds.prefetch(prefetch) if prefetch else ds
@@ -664,6 +681,7 @@ class ReplayBufferManager:
         ``L`` steps contributes ``L - sequence_length + 1`` items.
 
         Example:
+            >>> replay_buffer, observer = manager.create_replay_buffer()
             >>> manager.num_frames()
             0
         """

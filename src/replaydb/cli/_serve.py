@@ -60,7 +60,7 @@ def check_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         InvalidArgumentError: Naming the first setting of the wrong type.
 
     Example:
-        >>> import tempfile
+        >>> import json, tempfile
         >>> p = Path(tempfile.mkdtemp()) / "serve.json"
         >>> table = {"spec": {"obs": [4]}, "capacity": 10}
         >>> _ = p.write_text(json.dumps({"shards": 2, "tables": {"replay": table}}))

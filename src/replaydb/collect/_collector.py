@@ -73,6 +73,7 @@ class Collector:
         MissingDependencyError: If Gymnasium is not installed.
 
     Example:
+        >>> from replaydb.collect import step_spec
         >>> table = Table(step_spec("CartPole-v1"), 100, sequence_length=2)
         >>> with Collector(table, "random", env="CartPole-v1", seed=0) as c:
         ...     stats = c.collect(50, progress=False)
