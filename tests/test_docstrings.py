@@ -102,9 +102,6 @@ def test_docstring_example_runs(
             100,
             "manager-ckpts",
             sequence_length=2,
-            100,
-            "manager-ckpts",
-            sequence_length=2,
         )
         request.addfinalizer(manager.close)
         globs.update(manager=manager)
