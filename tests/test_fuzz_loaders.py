@@ -434,3 +434,90 @@ def test_velora_file_mutations(
             4 * 12,
         )
     assert _same_state({k: v.contiguous() for k, v in before.state_dict().items()}, state)
+
+
+# ------------------------------------------------------- Ray checkpoint directories
+# The driver reads a Ray checkpoint (manifest, saved configs, shard table files)
+# before any shard actor starts, so this loader is fuzzed without a Ray cluster: the
+# directory is written the way RayServer.checkpoint() lays it out.
+def _ray_loader(root: Path) -> Callable[[], Any]:
+    from replaydb.ray._checkpoint import _check_saved_config, _load_shard_file, _read_manifest
+
+    def load() -> dict[str, list[Table]]:
+        _, saved = _read_manifest(root)
+        out = {}
+        for name, entry in saved.items():
+            _check_saved_config(name, entry.config, entry.num_shards)
+            out[name] = [_load_shard_file(f) for f in entry.files]
+        return out
+
+    return load
+
+
+@pytest.fixture(scope="module")
+def ray_checkpoint_dir() -> Iterator[tuple[Path, list[dict[str, torch.Tensor]]]]:
+    pytest.importorskip("ray")
+    from replaydb.checkpoint import commit_checkpoint
+
+    shards = [_table(True, seed=1), _table(True, seed=2)]
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        entries = []
+        for i, shard in enumerate(shards):
+            save_table(shard, tmp / f"replay.shard{i}.safetensors")
+            entries.append(
+                {
+                    "file": f"replay.shard{i}.safetensors",
+                    "size": len(shard),
+                    "steps": shard.num_steps,
+                }
+            )
+        table = {"config": shards[0].config(), "num_shards": 2, "shards": entries}
+        table.update(size=sum(e["size"] for e in entries), steps=sum(e["steps"] for e in entries))
+        return {"backend": "ray", "server_id": "fuzz", "tables": {"replay": table}, "extra": {}}
+
+    with _workdir() as d:
+        path = commit_checkpoint(d / "root", fill)
+        yield path, [s.snapshot()[1] for s in shards]
+
+
+@FUZZ
+@given(data=st.data())
+def test_ray_checkpoint_directory_mutations(
+    ray_checkpoint_dir: tuple[Path, list[dict[str, torch.Tensor]]], data: st.DataObject
+) -> None:
+    path, states = ray_checkpoint_dir
+    assert [t.snapshot()[1]["storage.total"] for t in _ray_loader(path)()["replay"]] == [
+        s["storage.total"] for s in states
+    ]
+    victim = data.draw(
+        st.sampled_from(["manifest.json", "replay.shard0.safetensors", "replay.shard1.safetensors"])
+    )
+    good = (path / victim).read_bytes()
+    if victim == "manifest.json" and data.draw(st.booleans(), label="json-level"):
+        doc, text = data.draw(json_mutation(json.loads(good)))
+        if isinstance(doc, dict) and data.draw(st.booleans(), label="recompute checksum"):
+            with contextlib.suppress(Exception):
+                doc["checksum"] = _manifest_checksum(doc)
+                text = json.dumps(doc)
+        mutated = text.encode("utf-8", "surrogatepass")
+    elif victim == "manifest.json" and data.draw(st.booleans(), label="escape"):
+        doc = json.loads(good)
+        entry = doc["tables"]["replay"]["shards"][data.draw(st.sampled_from([0, 1]))]
+        entry["file"] = data.draw(
+            st.sampled_from(["../outside.safetensors", "sub/../../outside.safetensors", "ABS"])
+        )
+        mutated = json.dumps(doc).encode()
+    else:
+        mutated = data.draw(byte_mutation(good))
+
+    def same(result: Any) -> bool:
+        # Whatever loads is one of the shards written, bit for bit.
+        return all(any(_same_state(t.snapshot()[1], s) for s in states) for t in result["replay"])
+
+    with _workdir() as d:
+        copy_ = d / "root" / path.name
+        shutil.copytree(path, copy_)
+        outside = save_table(_table(False, seed=9), d / "root" / "outside.safetensors")
+        (copy_ / victim).write_bytes(mutated.replace(b"ABS", str(outside).encode()))
+        _expect_rejected_or_same(_ray_loader(copy_), same, 4 * CAPACITY)
