@@ -10,6 +10,8 @@ and selecting a deterministic selector's next items, and priority updates on CPU
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,6 +95,57 @@ def write(
                 add_padded(table, keys, res.positions, ends[-m:], pri)
         else:
             add_items(table, keys, pri)
+        _waiting.notify(table)
+
+
+def write_numpy(table: Table, values: Mapping[Any, Any], n: int, end: Any, stream: int) -> None:
+    """``Table.extend_unchecked`` for ``n`` single-step items through numpy views (CPU,
+    no links, not consuming): one ring write, then the records of its rows."""
+    storage = table.storage
+    fast = table._fast_insert
+    if n > table.capacity:
+        skip = n - table.capacity
+        values = {k: np.asarray(v)[skip:] if np.ndim(v) else v for k, v in values.items()}
+        end = np.asarray(end)[skip:] if np.ndim(end) else end
+        with table._cond:
+            storage.total += skip
+        n = table.capacity
+    item_key, priority, times = table._np_item_key, table._np_priority, table._np_times
+    assert item_key is not None
+    assert priority is not None
+    assert times is not None
+    with table._cond:
+        table._threads.add(threading.get_ident())
+        lim = table.rate_limiter
+        if not lim.can_insert(n, table._size):
+            _waiting.wait(table, lambda: lim.can_insert(n, table._size), None, "insert", n)
+        first_key = storage.total
+        row0 = storage.append_numpy(values, n, end, stream)
+        replaced = 0
+        done = 0
+        while done < n:  # at most two segments: the batch may wrap around the ring
+            a = (row0 + done) % table.capacity
+            m = min(n - done, table.capacity - a)
+            b = a + m
+            mask = item_key[a:b] >= 0
+            r = int(np.count_nonzero(mask))
+            replaced += r
+            item_key[a:b] = np.arange(first_key + done, first_key + done + m)
+            priority[a:b] = table._max_priority
+            times[a:b] = 0
+            if fast is not None:
+                # Replace semantics: an active slot stays active with a new item.
+                fast(a, m)
+            else:
+                if r:
+                    table.sampler.on_remove(torch.from_numpy(np.nonzero(mask)[0] + a))
+                slots = torch.arange(a, b)
+                table.sampler.on_insert(
+                    slots, torch.full((m,), table._max_priority, dtype=torch.float64)
+                )
+            done += m
+        table._size += n - replaced
+        lim.on_insert(n)
         _waiting.notify(table)
 
 

@@ -16,12 +16,78 @@ import numpy as np
 import torch
 
 from replaydb.errors import InvalidArgumentError, InvalidTypeError
+from replaydb.rate_limiters import RateLimiter
 from replaydb.samplers import Sampler
 from replaydb.spec import Spec, dtype_name
 from replaydb.storage import END_NONE, END_TERMINATED, END_TRUNCATED
 
 #: How a frame stack pads where an episode has fewer than ``k`` earlier frames.
 FRAME_PADS = ("first", "zeros")
+
+
+def check_table_args(
+    spec: Spec | Mapping[str, Any],
+    capacity: Any,
+    sampler: Any,
+    rate_limiter: Any,
+    sequence_length: Any,
+    max_times_sampled: Any,
+    name: Any,
+    pad: Any,
+) -> Spec:
+    """Check ``Table``'s constructor arguments but the sequence options; return the spec
+    as a :class:`~replaydb.spec.Spec`."""
+    if not isinstance(spec, Spec):
+        if not isinstance(spec, Mapping):
+            raise InvalidTypeError(
+                f"spec must be a Spec or a mapping of field name -> Field or shape, got "
+                f"{type(spec).__name__}; e.g. Spec({{'obs': (4,), 'reward': ()}})"
+            )
+        spec = Spec(spec)
+    if sampler is not None and not isinstance(sampler, Sampler):
+        raise InvalidTypeError(
+            f"sampler must be a sampler object such as replaydb.samplers.Uniform() or "
+            f"Prioritized(alpha=0.6), got {sampler!r} ({type(sampler).__name__})"
+        )
+    if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+        raise InvalidTypeError(
+            f"rate_limiter must be a rate limiter object such as "
+            f"replaydb.rate_limiters.MinSize(1) or SampleToInsertRatio(...), got "
+            f"{rate_limiter!r} ({type(rate_limiter).__name__})"
+        )
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"name must be a string, got {name!r}")
+    if not isinstance(pad, bool):
+        raise InvalidArgumentError(f"pad must be a bool, got {pad!r}")
+    if pad and sequence_length == 1:
+        raise InvalidArgumentError(
+            "pad=True needs sequence_length > 1 (single steps never run past an "
+            "episode end); drop pad or set sequence_length"
+        )
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, int)
+        or (sequence_length < 1)
+    ):
+        raise InvalidArgumentError(f"sequence_length must be an int >= 1, got {sequence_length!r}")
+    if max_times_sampled is not None and (
+        isinstance(max_times_sampled, bool)
+        or not isinstance(max_times_sampled, int)
+        or max_times_sampled < 1
+    ):
+        raise InvalidArgumentError(
+            f"max_times_sampled must be None or an int >= 1, got {max_times_sampled!r}"
+        )
+    if (
+        isinstance(capacity, int)
+        and not isinstance(capacity, bool)
+        and (0 < capacity < sequence_length)
+    ):
+        raise InvalidArgumentError(
+            f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
+            "or no item could ever be complete"
+        )
+    return spec
 
 
 def check_sequence_options(

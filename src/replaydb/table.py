@@ -47,6 +47,7 @@ from replaydb._table_checks import (
     check_numbers,
     check_priority_values,
     check_sequence_options,
+    check_table_args,
     check_timeout,
     end_column,
     field_hint,
@@ -237,58 +238,9 @@ class Table:
         final_step: bool = False,
         frame_stack: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(spec, Spec):
-            if not isinstance(spec, Mapping):
-                raise InvalidTypeError(
-                    f"spec must be a Spec or a mapping of field name -> Field or shape, got "
-                    f"{type(spec).__name__}; e.g. Spec({{'obs': (4,), 'reward': ()}})"
-                )
-            spec = Spec(spec)
-        if sampler is not None and not isinstance(sampler, Sampler):
-            raise InvalidTypeError(
-                f"sampler must be a sampler object such as replaydb.samplers.Uniform() or "
-                f"Prioritized(alpha=0.6), got {sampler!r} ({type(sampler).__name__})"
-            )
-        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
-            raise InvalidTypeError(
-                f"rate_limiter must be a rate limiter object such as "
-                f"replaydb.rate_limiters.MinSize(1) or SampleToInsertRatio(...), got "
-                f"{rate_limiter!r} ({type(rate_limiter).__name__})"
-            )
-        if not isinstance(name, str):
-            raise InvalidTypeError(f"name must be a string, got {name!r}")
-        if not isinstance(pad, bool):
-            raise InvalidArgumentError(f"pad must be a bool, got {pad!r}")
-        if pad and sequence_length == 1:
-            raise InvalidArgumentError(
-                "pad=True needs sequence_length > 1 (single steps never run past an "
-                "episode end); drop pad or set sequence_length"
-            )
-        if (
-            isinstance(sequence_length, bool)
-            or not isinstance(sequence_length, int)
-            or (sequence_length < 1)
-        ):
-            raise InvalidArgumentError(
-                f"sequence_length must be an int >= 1, got {sequence_length!r}"
-            )
-        if max_times_sampled is not None and (
-            isinstance(max_times_sampled, bool)
-            or not isinstance(max_times_sampled, int)
-            or max_times_sampled < 1
-        ):
-            raise InvalidArgumentError(
-                f"max_times_sampled must be None or an int >= 1, got {max_times_sampled!r}"
-            )
-        if (
-            isinstance(capacity, int)
-            and not isinstance(capacity, bool)
-            and (0 < capacity < sequence_length)
-        ):
-            raise InvalidArgumentError(
-                f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
-                "or no item could ever be complete"
-            )
+        spec = check_table_args(
+            spec, capacity, sampler, rate_limiter, sequence_length, max_times_sampled, name, pad
+        )
         stack = check_sequence_options(
             spec, sequence_length, stride, final_step, frame_stack, max_times_sampled, sampler
         )
@@ -613,50 +565,7 @@ class Table:
                 data, streams=stream, ends=torch.tensor(np.broadcast_to(np.asarray(end), (n,)))
             )
             return
-        if n > self.capacity:
-            skip = n - self.capacity
-            values = {k: np.asarray(v)[skip:] if np.ndim(v) else v for k, v in values.items()}
-            end = np.asarray(end)[skip:] if np.ndim(end) else end
-            with self._cond:
-                storage.total += skip
-            n = self.capacity
-        item_key, priority, times = self._np_item_key, self._np_priority, self._np_times
-        assert item_key is not None
-        assert priority is not None
-        assert times is not None
-        with self._cond:
-            self._threads.add(threading.get_ident())
-            lim = self.rate_limiter
-            if not lim.can_insert(n, self._size):
-                _waiting.wait(self, lambda: lim.can_insert(n, self._size), None, "insert", n)
-            first_key = storage.total
-            row0 = storage.append_numpy(values, n, end, stream)
-            replaced = 0
-            done = 0
-            while done < n:  # at most two segments: the batch may wrap around the ring
-                a = (row0 + done) % self.capacity
-                m = min(n - done, self.capacity - a)
-                b = a + m
-                mask = item_key[a:b] >= 0
-                r = int(np.count_nonzero(mask))
-                replaced += r
-                item_key[a:b] = np.arange(first_key + done, first_key + done + m)
-                priority[a:b] = self._max_priority
-                times[a:b] = 0
-                if fast is not None:
-                    # Replace semantics: an active slot stays active with a new item.
-                    fast(a, m)
-                else:
-                    if r:
-                        self.sampler.on_remove(torch.from_numpy(np.nonzero(mask)[0] + a))
-                    slots = torch.arange(a, b)
-                    self.sampler.on_insert(
-                        slots, torch.full((m,), self._max_priority, dtype=torch.float64)
-                    )
-                done += m
-            self._size += n - replaced
-            lim.on_insert(n)
-            _waiting.notify(self)
+        _items.write_numpy(self, values, n, end, stream)
 
     # ------------------------------------------------------------------ reads
     def sample(
