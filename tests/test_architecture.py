@@ -20,6 +20,7 @@ CORE = (
     "spec.py",
     "nest.py",
     "storage.py",
+    "_links.py",
     "sum_tree.py",
     "samplers.py",
     "rate_limiters.py",
