@@ -21,6 +21,7 @@ CORE = (
     "nest.py",
     "storage.py",
     "_links.py",
+    "_devices.py",
     "sum_tree.py",
     "samplers.py",
     "rate_limiters.py",
