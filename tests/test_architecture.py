@@ -20,10 +20,16 @@ CORE = (
     "spec.py",
     "nest.py",
     "storage.py",
+    "_links.py",
+    "_devices.py",
     "sum_tree.py",
     "samplers.py",
     "rate_limiters.py",
     "table.py",
+    "_items.py",
+    "_waiting.py",
+    "_frames.py",
+    "_table_checks.py",
 )
 # namedtuple API, public despite the underscore
 NAMEDTUPLE = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}

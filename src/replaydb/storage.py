@@ -50,12 +50,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb import _disk, _kernels
+from replaydb import _disk, _kernels, _links
+from replaydb._devices import resolve_device as resolve_device
+
+# The end codes are defined beside the links and re-exported here (their public home).
+from replaydb._links import END_NONE as END_NONE
+from replaydb._links import END_TERMINATED as END_TERMINATED
+from replaydb._links import END_TRUNCATED as END_TRUNCATED
+from replaydb._links import MAX_STREAMS
 from replaydb.errors import (
-    DeviceError,
     InsufficientMemoryError,
     InvalidArgumentError,
-    InvalidTypeError,
 )
 from replaydb.spec import Spec, dtype_name
 
@@ -75,9 +80,6 @@ NO_DISK_STORAGE = (
     "or keep the fields on disk: a disk-backed storage, Table(..., path=DIR), holds "
     "tables larger than memory in memory-mapped files"
 )
-
-_MAX_STREAMS = 1 << 20
-END_NONE, END_TERMINATED, END_TRUNCATED = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -108,68 +110,6 @@ def _ring_copy(dst: Any, row0: int, n: int, src: Any) -> None:
     dst[row0 : row0 + head] = src if scalar else src[:head]
     if head < n:
         dst[: n - head] = src if scalar else src[head:]
-
-
-def resolve_device(device: Any) -> torch.device:
-    """Parse and check a device argument: ``None`` (CPU), a string, an int or a ``torch.device``.
-
-    Args:
-        device: The device to resolve.
-
-    Returns:
-        The device, which can hold tensors in this process.
-
-    Raises:
-        InvalidTypeError: If ``device`` is not a string, int or ``torch.device``.
-        DeviceError: If the string is not a device, the device is ``meta``
-            (no data), or it is not available here (CUDA without a GPU, a GPU index
-            past the last one).
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, torch.device):
-        dev = device
-    elif isinstance(device, str | int) and not isinstance(device, bool):
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, ValueError) as exc:
-            raise DeviceError(
-                f"device {device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'"
-            ) from exc
-    else:
-        raise InvalidTypeError(
-            f"device must be None, a string, an int or a torch.device, got {device!r} "
-            f"({type(device).__name__})"
-        )
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "meta":
-        raise DeviceError(f"device {device!r}: the meta device holds no data; use 'cpu' or 'cuda'")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {device!r}: CUDA is not available in this process (torch "
-                f"{torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu'"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise DeviceError(
-                f"device {device!r}: this machine has {count} CUDA device(s), "
-                f"cuda:0..cuda:{count - 1}"
-            )
-        return dev
-    try:
-        torch.empty(0, device=dev)
-    except Exception as exc:  # any backend failure means "not usable here"
-        raise DeviceError(
-            f"device {device!r} cannot hold tensors in this process ({type(exc).__name__}); "
-            "use 'cpu' or 'cuda'"
-        ) from None
-    return dev
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -478,17 +418,17 @@ class Storage:
             lo, hi = torch.stack(torch.aminmax(streams)).tolist()
             if lo < 0:
                 raise InvalidArgumentError(
-                    f"stream ids must be in [0, {_MAX_STREAMS}), got {lo}; "
+                    f"stream ids must be in [0, {MAX_STREAMS}), got {lo}; "
                     "number your environments or actors from 0"
                 )
-            self._grow_streams(hi)
+            _links.grow_streams(self, hi)
         if keys is not None:
             return self._append_at(data, keys, streams, ends)
         if n > self.capacity:
             skip = n - self.capacity
             data = {k: v[skip:] for k, v in data.items()}
             if self.links:
-                self._advance_streams(streams[:skip], ends[:skip])
+                _links.advance_streams(self, streams[:skip], ends[:skip])
             streams, ends = streams[skip:], ends[skip:]
             self.total += skip
             n = self.capacity
@@ -510,7 +450,7 @@ class Storage:
         self.total += n
         positions = None
         if self.links:
-            positions = self._link(keys, streams, ends)
+            positions = _links.link(self, keys, streams, ends)
         return AppendResult(keys=keys, positions=positions, evicted_rows=evicted, first_key=start)
 
     def _append_at(
@@ -620,62 +560,6 @@ class Storage:
         rows = (torch.arange(n, device=self.device) + row0) % self.capacity
         return rows[self.key.index_select(0, rows) >= 0]
 
-    def _grow_streams(self, max_stream: int) -> None:
-        if max_stream >= _MAX_STREAMS:
-            raise InvalidArgumentError(
-                f"stream ids must be in [0, {_MAX_STREAMS}), got {max_stream}; "
-                "number your environments or actors from 0"
-            )
-        size = self._last_key.numel()
-        if max_stream < size:
-            return
-        new = max(max_stream + 1, 2 * size)
-        grow = new - size
-        self._last_key = torch.cat(
-            [self._last_key, torch.full((grow,), -1, dtype=torch.int64, device=self.device)]
-        )
-        self._ep_len = torch.cat(
-            [self._ep_len, torch.zeros(grow, dtype=torch.int64, device=self.device)]
-        )
-
-    def _advance_streams(self, streams: torch.Tensor, ends: torch.Tensor) -> None:
-        """Account for steps that were dropped before storage (N > capacity)."""
-        if streams.numel() == 0:
-            return
-        self._grow_streams(int(streams.max()))
-        # Every stream touched loses its link: the dropped steps are gone.
-        self._last_key[streams] = -1
-        self._ep_len[streams] = 0
-
-    def _positions(
-        self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        """Episode links of new steps (read-only): sorted order, predecessors, positions."""
-        n = keys.numel()
-        dev = self.device
-        order = torch.argsort(streams, stable=True)
-        ss, ks, es = streams[order], keys[order], ends[order] != END_NONE
-        first = torch.ones(n, dtype=torch.bool, device=dev)
-        first[1:] = ss[1:] != ss[:-1]
-        last = torch.ones(n, dtype=torch.bool, device=dev)
-        last[:-1] = first[1:]
-        prev = torch.empty(n, dtype=torch.int64, device=dev)
-        prev[1:] = torch.where(es[:-1], torch.full_like(ks[:-1], -1), ks[:-1])
-        # Steps of this batch are live once written; a carried predecessor is live
-        # unless an earlier write (or, in ``append``, this one) overwrote it.
-        carried = self._last_key.index_select(0, ss)
-        carried = torch.where(self.is_live(carried), carried, torch.full_like(carried, -1))
-        prev = torch.where(first, carried, prev)
-        new_ep = prev < 0
-        idx = torch.arange(n, device=dev)
-        carry_len = torch.where(
-            first & ~new_ep, self._ep_len.index_select(0, ss), torch.zeros_like(idx)
-        )
-        reset = torch.where(first | new_ep, idx, torch.full_like(idx, -1))
-        last_reset = torch.cummax(reset, dim=0).values
-        pos = idx - last_reset + carry_len.index_select(0, last_reset)
-        return order, ss, ks, es, last, prev, pos
-
     def preview_positions(self, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
         """Episode positions the next :meth:`append` of these steps would give (no write).
 
@@ -685,50 +569,18 @@ class Storage:
         n = streams.numel()
         if n == 0:
             return torch.empty(0, dtype=torch.int64, device=self.device)
-        self._grow_streams(int(streams.max()))
+        _links.grow_streams(self, int(streams.max()))
         keys = torch.arange(self.total, self.total + n, dtype=torch.int64, device=self.device)
-        order, *_, pos = self._positions(keys, streams, ends)
+        order, *_, pos = _links.positions(self, keys, streams, ends)
         out = torch.empty_like(pos)
         out[order] = pos
         return out
-
-    def _link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-        """Link each new step to its predecessor in the same stream; return positions."""
-        self._grow_streams(int(streams.max()))
-        if self._kernels is not None:
-            assert self._np_links is not None
-            np_key, np_prev, np_next = self._np_links
-            pos = self._kernels.link_steps(
-                keys.numpy(),
-                streams.numpy(),
-                ends.numpy(),
-                np_key,
-                np_prev,
-                np_next,
-                self._last_key.numpy(),
-                self._ep_len.numpy(),
-            )
-            return torch.from_numpy(pos)
-        order, ss, ks, es, last, prev, pos = self._positions(keys, streams, ends)
-        # index_copy_ rather than tensor-indexed assignment: same result (keys and
-        # streams within one call are distinct), a fraction of the per-call cost.
-        rows = ks % self.capacity
-        self.prev.index_copy_(0, rows, prev)
-        has = prev >= 0
-        if n_has := int(has.sum()):
-            src = ks if n_has == prev.numel() else ks[has]
-            dst = prev if n_has == prev.numel() else prev[has]
-            self.next.index_copy_(0, dst % self.capacity, src)
-        ls, ks_last, es_last, pos_last = ss[last], ks[last], es[last], pos[last]
-        self._last_key.index_copy_(0, ls, torch.where(es_last, torch.full_like(ls, -1), ks_last))
-        self._ep_len.index_copy_(0, ls, torch.where(es_last, torch.zeros_like(ls), pos_last + 1))
-        return torch.empty_like(pos).index_copy_(0, order, pos)
 
     def end_streams(self, streams: torch.Tensor) -> None:
         """Close the open episode of each stream (the next step starts a new one)."""
         if streams.numel() == 0:
             return
-        self._grow_streams(int(streams.max()))
+        _links.grow_streams(self, int(streams.max()))
         self._last_key[streams] = -1
         self._ep_len[streams] = 0
 
@@ -763,7 +615,7 @@ class Storage:
         if length == 1:
             return (start_keys % self.capacity).unsqueeze(1)
         if self._np_links is None:
-            return self._follow_links(start_keys, length)
+            return _links.follow_links(self, start_keys, length)
         key, prev, nxt = self._np_links
         cap = self.capacity
         s = start_keys.numpy()
@@ -776,7 +628,7 @@ class Storage:
         out = torch.from_numpy(rows)
         if not ok.all():
             bad = torch.from_numpy(np.flatnonzero(~ok))
-            out[bad] = self._follow_links(start_keys.index_select(0, bad), length)
+            out[bad] = _links.follow_links(self, start_keys.index_select(0, bad), length)
         return out
 
     def windows(self, start_keys: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -801,14 +653,8 @@ class Storage:
         return rows, self.end.index_select(0, rows.reshape(-1)).view(rows.shape)
 
     def _follow_links(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
-        cap = self.capacity
-        cols = [start_keys % cap]
-        cur = start_keys
-        for _ in range(length - 1):
-            nxt = self.next.index_select(0, cur % cap)
-            cur = torch.where(nxt >= 0, nxt, cur)
-            cols.append(cur % cap)
-        return torch.stack(cols, dim=1)
+        """Window rows by following ``next`` links (see ``_links.follow_links``)."""
+        return _links.follow_links(self, start_keys, length)
 
     def window_mask(self, rows: torch.Tensor) -> torch.Tensor:
         """Return the ``[B, length]`` bool mask of :meth:`window_rows` output.

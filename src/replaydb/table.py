@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,21 +41,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb import _disk, _kernels
+from replaydb import _disk, _frames, _items, _kernels, _waiting
+from replaydb._table_checks import (
+    check_keys,
+    check_numbers,
+    check_priority_values,
+    check_sequence_options,
+    check_table_args,
+    check_timeout,
+    end_column,
+    field_hint,
+    int_column,
+    preset_capacity,
+)
 from replaydb.errors import (
     CheckpointError,
     InvalidArgumentError,
     InvalidTypeError,
-    RateLimiterTimeout,
     WouldBlockForeverError,
 )
 from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack, rate_limiter_from_config
-from replaydb.samplers import Fifo, Lifo, Sampler, Selection, Uniform, sampler_from_config
-from replaydb.spec import Spec, dtype_name
+from replaydb.samplers import Fifo, Lifo, Sampler, Uniform, sampler_from_config
+from replaydb.spec import Spec
 from replaydb.storage import (
     END_NONE,
     END_TERMINATED,
-    END_TRUNCATED,
     NO_DISK_STORAGE,
     Storage,
     check_memory,
@@ -229,59 +238,10 @@ class Table:
         final_step: bool = False,
         frame_stack: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(spec, Spec):
-            if not isinstance(spec, Mapping):
-                raise InvalidTypeError(
-                    f"spec must be a Spec or a mapping of field name -> Field or shape, got "
-                    f"{type(spec).__name__}; e.g. Spec({{'obs': (4,), 'reward': ()}})"
-                )
-            spec = Spec(spec)
-        if sampler is not None and not isinstance(sampler, Sampler):
-            raise InvalidTypeError(
-                f"sampler must be a sampler object such as replaydb.samplers.Uniform() or "
-                f"Prioritized(alpha=0.6), got {sampler!r} ({type(sampler).__name__})"
-            )
-        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
-            raise InvalidTypeError(
-                f"rate_limiter must be a rate limiter object such as "
-                f"replaydb.rate_limiters.MinSize(1) or SampleToInsertRatio(...), got "
-                f"{rate_limiter!r} ({type(rate_limiter).__name__})"
-            )
-        if not isinstance(name, str):
-            raise InvalidTypeError(f"name must be a string, got {name!r}")
-        if not isinstance(pad, bool):
-            raise InvalidArgumentError(f"pad must be a bool, got {pad!r}")
-        if pad and sequence_length == 1:
-            raise InvalidArgumentError(
-                "pad=True needs sequence_length > 1 (single steps never run past an "
-                "episode end); drop pad or set sequence_length"
-            )
-        if (
-            isinstance(sequence_length, bool)
-            or not isinstance(sequence_length, int)
-            or (sequence_length < 1)
-        ):
-            raise InvalidArgumentError(
-                f"sequence_length must be an int >= 1, got {sequence_length!r}"
-            )
-        if max_times_sampled is not None and (
-            isinstance(max_times_sampled, bool)
-            or not isinstance(max_times_sampled, int)
-            or max_times_sampled < 1
-        ):
-            raise InvalidArgumentError(
-                f"max_times_sampled must be None or an int >= 1, got {max_times_sampled!r}"
-            )
-        if (
-            isinstance(capacity, int)
-            and not isinstance(capacity, bool)
-            and (0 < capacity < sequence_length)
-        ):
-            raise InvalidArgumentError(
-                f"capacity ({capacity}) must be at least sequence_length ({sequence_length}) "
-                "or no item could ever be complete"
-            )
-        stack = _check_sequence_options(
+        spec = check_table_args(
+            spec, capacity, sampler, rate_limiter, sequence_length, max_times_sampled, name, pad
+        )
+        stack = check_sequence_options(
             spec, sequence_length, stride, final_step, frame_stack, max_times_sampled, sampler
         )
         device = resolve_device(device)
@@ -345,7 +305,7 @@ class Table:
         #: The directory of a disk-backed table (``None`` in memory).
         self._disk = disk
         if disk is not None and (stale := disk.attach(self)) is not None:
-            self._remove_slots(stale)
+            _items.remove_slots(self, stale)
             disk.recovered(self, int(stale.numel()))
 
     def _alloc_items(self) -> None:
@@ -398,7 +358,7 @@ class Table:
         """
         return cls(
             spec,
-            _preset_capacity(size, sequence_length),
+            preset_capacity(size, sequence_length),
             sampler=Fifo(),
             rate_limiter=Queue(size),
             sequence_length=sequence_length,
@@ -428,7 +388,7 @@ class Table:
         """
         return cls(
             spec,
-            _preset_capacity(size, sequence_length),
+            preset_capacity(size, sequence_length),
             sampler=Lifo(),
             rate_limiter=Stack(size),
             sequence_length=sequence_length,
@@ -500,21 +460,21 @@ class Table:
         if not isinstance(steps, Mapping) and not hasattr(steps, "keys"):  # TensorDict ok
             raise InvalidTypeError(
                 f"steps must be a mapping of field name -> [N, *shape] values, got "
-                f"{type(steps).__name__}; e.g. table.extend({{{_field_hint(self.spec)}}})"
+                f"{type(steps).__name__}; e.g. table.extend({{{field_hint(self.spec)}}})"
             )
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         data, n = self.spec.coerce_batch(steps, self.device, cast=cast)
         if n == 0:
             return
-        stream_t = _int_column("streams", streams, n, self.device, 0)
+        stream_t = int_column("streams", streams, n, self.device, 0)
         if int(stream_t.min()) < 0:
             raise InvalidArgumentError(
                 f"streams must be >= 0, got {int(stream_t.min())}; number streams from 0"
             )
-        end_t = _end_column(ends, n, self.device)
-        pri_t = self._check_priorities(priorities, n)
-        self._write(data, n, stream_t, end_t, pri_t, timeout)
+        end_t = end_column(ends, n, self.device)
+        pri_t = _items.check_priorities(self, priorities, n)
+        _items.write(self, data, n, stream_t, end_t, pri_t, timeout)
 
     def insert(
         self,
@@ -536,15 +496,15 @@ class Table:
         if not isinstance(step, Mapping) and not hasattr(step, "keys"):
             raise InvalidTypeError(
                 f"step must be a mapping of field name -> value, got {type(step).__name__}; "
-                f"e.g. table.insert({{{_field_hint(self.spec)}}})"
+                f"e.g. table.insert({{{field_hint(self.spec)}}})"
             )
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         data = self.spec.coerce_step(step, self.device, cast=cast)
-        stream_t = _int_column("stream", stream, 1, self.device, 0)
+        stream_t = int_column("stream", stream, 1, self.device, 0)
         if int(stream_t[0]) < 0:
             raise InvalidArgumentError(f"stream must be >= 0, got {int(stream_t[0])}")
-        end_t = _end_column(end, 1, self.device)
+        end_t = end_column(end, 1, self.device)
         if (
             priority is None
             and not self.storage.links
@@ -556,7 +516,9 @@ class Table:
             row = {k: v.numpy()[0] for k, v in data.items()}
             self.extend_unchecked(row, 1, int(end_t[0]), int(stream_t[0]))
             return
-        self._write(data, 1, stream_t, end_t, self._check_priorities(priority, 1), timeout)
+        _items.write(
+            self, data, 1, stream_t, end_t, _items.check_priorities(self, priority, 1), timeout
+        )
 
     def extend_unchecked(
         self, values: Mapping[Any, Any], n: int, end: Any = 0, stream: int = 0
@@ -582,7 +544,7 @@ class Table:
                 self._threads.add(threading.get_ident())
                 lim = self.rate_limiter
                 if lim.max_diff != math.inf and not lim.can_insert(1, self._size):
-                    self._wait(lambda: lim.can_insert(1, self._size), None, "insert", 1)
+                    _waiting.wait(self, lambda: lim.can_insert(1, self._size), None, "insert", 1)
                 row = storage.append_numpy(values, 1, end, stream)
                 fresh = self._np_item_key[row] < 0
                 self._np_item_key[row] = storage.total - 1
@@ -591,7 +553,7 @@ class Table:
                 fast(row, 1)
                 self._size += int(fresh)
                 lim.inserts += 1
-                self._notify()
+                _waiting.notify(self)
             return
         if storage._np is None or storage.links or self.consuming:
             # torch.tensor copies: a broadcast view is read-only.
@@ -603,245 +565,7 @@ class Table:
                 data, streams=stream, ends=torch.tensor(np.broadcast_to(np.asarray(end), (n,)))
             )
             return
-        if n > self.capacity:
-            skip = n - self.capacity
-            values = {k: np.asarray(v)[skip:] if np.ndim(v) else v for k, v in values.items()}
-            end = np.asarray(end)[skip:] if np.ndim(end) else end
-            with self._cond:
-                storage.total += skip
-            n = self.capacity
-        item_key, priority, times = self._np_item_key, self._np_priority, self._np_times
-        assert item_key is not None
-        assert priority is not None
-        assert times is not None
-        with self._cond:
-            self._threads.add(threading.get_ident())
-            lim = self.rate_limiter
-            if not lim.can_insert(n, self._size):
-                self._wait(lambda: lim.can_insert(n, self._size), None, "insert", n)
-            first_key = storage.total
-            row0 = storage.append_numpy(values, n, end, stream)
-            replaced = 0
-            done = 0
-            while done < n:  # at most two segments: the batch may wrap around the ring
-                a = (row0 + done) % self.capacity
-                m = min(n - done, self.capacity - a)
-                b = a + m
-                mask = item_key[a:b] >= 0
-                r = int(np.count_nonzero(mask))
-                replaced += r
-                item_key[a:b] = np.arange(first_key + done, first_key + done + m)
-                priority[a:b] = self._max_priority
-                times[a:b] = 0
-                if fast is not None:
-                    # Replace semantics: an active slot stays active with a new item.
-                    fast(a, m)
-                else:
-                    if r:
-                        self.sampler.on_remove(torch.from_numpy(np.nonzero(mask)[0] + a))
-                    slots = torch.arange(a, b)
-                    self.sampler.on_insert(
-                        slots, torch.full((m,), self._max_priority, dtype=torch.float64)
-                    )
-                done += m
-            self._size += n - replaced
-            lim.on_insert(n)
-            self._notify()
-
-    def _check_priorities(self, priorities: Any, n: int) -> torch.Tensor | None:
-        if priorities is None:
-            return None
-        p = _float_column("priorities", priorities, self.device)
-        if p.dim() == 0:
-            p = p.expand(n)
-        if p.shape != (n,):
-            raise InvalidArgumentError(
-                f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
-            )
-        _check_priority_values(p, self._priority_limit)
-        return p
-
-    def _write(
-        self,
-        data: dict[str, torch.Tensor],
-        n: int,
-        streams: torch.Tensor,
-        ends: torch.Tensor,
-        priorities: torch.Tensor | None,
-        timeout: float | None,
-    ) -> None:
-        with self._cond:
-            self._note_thread()
-            lim = self.rate_limiter
-            items = min(n, self.capacity)
-            if self.sequence_length > 1 and (
-                lim.never_inserts(items) or not lim.can_insert(items, self._size)
-            ):
-                # Steps are an upper bound on the items they complete; count exactly
-                # only when that bound would block (admission is monotone in n).
-                items = self._items_completed(n, streams, ends)
-            if self.consuming and n > self.capacity:
-                raise InvalidArgumentError(
-                    f"cannot write {n} steps at once into table {self.name!r}, which holds "
-                    f"{self.capacity} and never overwrites unconsumed items; write at most "
-                    f"{self.capacity} per call"
-                )
-            if lim.never_inserts(items):
-                raise WouldBlockForeverError(
-                    f"insert of {items} item(s) into table {self.name!r} can never go: "
-                    f"{lim!r} admits at most {lim.max_diff - lim.min_diff:g} unsampled "
-                    "item(s) at a time; write fewer steps per call"
-                )
-
-            def ready() -> bool:
-                return lim.can_insert(items, self._size) and self._has_space(n)
-
-            if not ready():
-                self._wait(ready, timeout, "insert", items)
-            keys_at = self._free_keys(n) if self.consuming and self.sequence_length == 1 else None
-            res = self.storage.append(data, streams, ends, keys=keys_at)
-            if res.evicted_rows.numel():
-                self._remove_slots(res.evicted_rows)
-            keys = res.keys
-            m = keys.numel()
-            pri = priorities[-m:] if priorities is not None else None
-            if self.sequence_length > 1:
-                assert res.positions is not None
-                done = self._starts_ok(res.positions - (self.sequence_length - 1))
-                starts = self.storage.walk(keys[done], self.sequence_length - 1)
-                ok = starts >= 0
-                self._add_items(starts[ok], pri[done][ok] if pri is not None else None)
-                if self.pad:
-                    self._add_padded(keys, res.positions, ends[-m:], pri)
-            else:
-                self._add_items(keys, pri)
-            self._notify()
-
-    def _items_completed(self, n: int, streams: torch.Tensor, ends: torch.Tensor) -> int:
-        """How many items a write of these steps will add (what the limiter admits)."""
-        if self.sequence_length == 1:
-            return min(n, self.capacity)
-        st = self.storage
-        pos = st.preview_positions(streams, ends)
-        # The preview continues a stream's episode even where this very write
-        # overwrites the episode's last step (the write then starts a new episode
-        # at position 0). Without a stride that only overcounts; with one the phase
-        # changes, so count every start of those streams' steps (an upper bound).
-        rephased = None
-        if self.stride > 1 and st.total + n > self.capacity:
-            last = st._last_key.index_select(0, streams)
-            rephased = st.is_live(last) & (last < st.total + n - self.capacity)
-        done = self._starts_ok(pos - (self.sequence_length - 1), rephased)
-        if self.pad:
-            # An ending step also completes the padded windows of its last T - 1 starts
-            # (less the start at the final step itself, with final_step).
-            ended = ends != END_NONE
-            ending = pos[ended]
-            j = torch.arange(int(self.final_step), self.sequence_length - 1, device=pos.device)
-            loose = rephased[ended].unsqueeze(1) if rephased is not None else None
-            pad_n = int(self._starts_ok(ending.unsqueeze(1) - j, loose).sum())
-            return min(int(done.sum()) + pad_n, self.capacity)
-        return min(int(done.sum()), self.capacity)
-
-    def _starts_ok(
-        self, start_positions: torch.Tensor, any_phase: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Which episode positions may start a window: ``>= 0`` and a multiple of the
-        stride (any position where ``any_phase`` is true)."""
-        ok = start_positions >= 0
-        if self.stride > 1:
-            on_stride = start_positions % self.stride == 0
-            ok &= on_stride if any_phase is None else on_stride | any_phase
-        return ok
-
-    def _has_space(self, n: int) -> bool:
-        """Whether ``n`` steps can be written without overwriting an unconsumed item."""
-        if not self.consuming:
-            return True
-        if self.sequence_length == 1:
-            return self._size + n <= self.capacity
-        # The ring overwrites keys up to total + n - 1 - capacity; windows run
-        # forward from their first key, so every live item must start after that.
-        live = self._item_key[self._item_key >= 0]
-        return live.numel() == 0 or int(live.min()) > self.storage.total + n - 1 - self.capacity
-
-    def _free_keys(self, n: int) -> torch.Tensor | None:
-        """Keys for ``n`` steps in free rows, in ring order from the cursor (or None)."""
-        cap, total = self.capacity, self.storage.total
-        cursor = total % cap
-        if cursor + n <= cap:
-            span = self._item_key[cursor : cursor + n]
-        else:
-            span = torch.cat([self._item_key[cursor:], self._item_key[: cursor + n - cap]])
-        if not bool((span >= 0).any()):
-            return None  # the rows at the cursor are free: a plain ring write
-        free = (self._item_key < 0).roll(-cursor)
-        offsets = torch.nonzero(free).squeeze(1)[:n]
-        return offsets + total
-
-    def _add_padded(
-        self,
-        keys: torch.Tensor,
-        positions: torch.Tensor,
-        ends: torch.Tensor,
-        priorities: torch.Tensor | None,
-    ) -> None:
-        """Add the padded windows of every episode that ended in this write."""
-        ended = ends != END_NONE
-        if not bool(ended.any()):
-            return
-        cur, pos = keys[ended], positions[ended]
-        pri = priorities[ended] if priorities is not None else None
-        starts: list[torch.Tensor] = []
-        pris: list[torch.Tensor] = []
-        for j in range(self.sequence_length - 1):
-            # With final_step, the ending row holds the final observation and no
-            # transition: no window starts there (j = 0).
-            if j >= int(self.final_step):
-                ok = self._starts_ok(pos - j) & self.storage.is_live(cur)
-                starts.append(cur[ok])
-                if pri is not None:
-                    pris.append(pri[ok])
-            cur = self.storage.walk(cur, 1)
-        if not starts:
-            return
-        self._add_items(torch.cat(starts), torch.cat(pris) if pri is not None else None)
-
-    def _add_items(self, keys: torch.Tensor, priorities: torch.Tensor | None) -> None:
-        m = keys.numel()
-        if m == 0:
-            return
-        slots = keys % self.capacity
-        if priorities is None:
-            priorities = torch.full(
-                (m,), self._max_priority, dtype=torch.float64, device=self.device
-            )
-        else:
-            self._max_priority = max(self._max_priority, float(priorities.max()))
-        if self._np_item_key is not None:
-            # CPU: numpy stores into the packed record columns (torch's strided
-            # index_put costs several microseconds a call).
-            s, k = slots.numpy(), keys.numpy()
-            self._np_item_key[s] = k
-            self._np_priority[s] = priorities.numpy()  # type: ignore[index]
-            self._np_times[s] = 0  # type: ignore[index]
-        else:
-            self._item_key[slots] = keys
-            self._priority[slots] = priorities
-            self._times[slots] = 0
-        self._size += m
-        self.sampler.on_insert(slots, priorities)
-        self.rate_limiter.on_insert(m)
-
-    def _remove_slots(self, slots: torch.Tensor) -> None:
-        """Remove the items at ``slots`` (slots without an item are ignored)."""
-        active = slots[self._item_key.index_select(0, slots) >= 0]
-        if active.numel() == 0:
-            return
-        active = torch.unique(active)
-        self.sampler.on_remove(active)
-        self._item_key[active] = -1
-        self._size -= int(active.numel())
+        _items.write_numpy(self, values, n, end, stream)
 
     # ------------------------------------------------------------------ reads
     def sample(
@@ -879,7 +603,7 @@ class Table:
         ):
             raise InvalidArgumentError(f"beta must be a number in [0, 1], got {beta!r}")
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         if b * self._item_nbytes > _SAMPLE_CHECK_BYTES:
             check_memory(
                 b * self._item_nbytes,
@@ -888,7 +612,7 @@ class Table:
                 "sample fewer items per call",
             )
         with self._cond:
-            self._note_thread()
+            _waiting.note_thread(self)
             lim = self.rate_limiter
             if lim.never_samples(b) or (
                 self.consuming and b > self.capacity * (self.max_times_sampled or 1)
@@ -900,13 +624,17 @@ class Table:
                 )
 
             def ready() -> bool:
-                return self._size > 0 and lim.can_sample(b, self._size) and self._enough(b)
+                return self._size > 0 and lim.can_sample(b, self._size) and _waiting.enough(self, b)
 
             if not ready():
-                self._wait(ready, timeout, "sample", b)
-            sel = self._select_in_order(b) if self.sampler.deterministic else self._select(b, beta)
+                _waiting.wait(self, ready, timeout, "sample", b)
+            sel = (
+                _items.select_in_order(self, b)
+                if self.sampler.deterministic
+                else _items.select(self, b, beta)
+            )
             slots = sel.slots
-            keys, times, priorities = self._take_items(slots)
+            keys, times, priorities = _items.take_items(self, slots)
             mask = ends = None
             if self.sequence_length == 1:
                 rows = slots
@@ -914,14 +642,14 @@ class Table:
                 rows, ends = self.storage.windows(keys, self.sequence_length)
                 if self.pad:
                     mask = self.storage.window_mask(rows)
-            data = self._gather(rows)
+            data = _frames.gather(self, rows)
             size = self._size
             lim.on_sample(b)
             if self.max_times_sampled is not None:
                 spent = slots[times >= self.max_times_sampled]
                 if spent.numel():
-                    self._remove_slots(spent)
-            self._notify()
+                    _items.remove_slots(self, spent)
+            _waiting.notify(self)
         weights = sel.weights
         if weights is None:
             weights = (
@@ -940,117 +668,6 @@ class Table:
             mask=mask,
             ends=ends,
         )
-
-    def _gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every field at ``rows``; ``frame_stack`` fields as their last ``k`` frames.
-
-        A stacked field comes back as ``[*rows.shape, k, *shape]``: for each row, the
-        rows of its ``k - 1`` predecessors in the same episode (``prev`` links,
-        walked by a compiled kernel on CPU and by ``k - 1`` batched gathers
-        elsewhere), oldest first. A predecessor that does not exist (the episode
-        started later) or is no longer live (overwritten) stops the walk: earlier
-        frames repeat the oldest one reached (``"first"``) or are zeros (``"zeros"``).
-        """
-        if not self.frame_stack:
-            return self.storage.gather(rows)
-        st = self.storage
-        k_max = self._stack_k
-        lead = tuple(rows.shape)
-        out: dict[str, torch.Tensor] = {}
-        if st._np is not None and self._kernels is not None:
-            # CPU: numpy views and one compiled walk (each torch call costs a microsecond).
-            links = st._np_links
-            assert links is not None
-            flat_np = rows.numpy().reshape(-1)
-            rows_np, valid_np = self._kernels.stack_rows(flat_np, k_max, links[0], links[1])
-            for name, column in st._np.items():
-                stack = self.frame_stack.get(name)
-                shape = self.spec[name].shape
-                if stack is None:
-                    out[name] = torch.from_numpy(
-                        column.take(flat_np, axis=0).reshape(*lead, *shape)
-                    )
-                    continue
-                k, pad = stack
-                idx = rows_np if k == k_max else rows_np[:, k_max - k :]
-                got = column.take(idx.reshape(-1), axis=0).reshape(*lead, k, *shape)
-                if pad == "zeros":
-                    keep = valid_np if k == k_max else valid_np[:, k_max - k :]
-                    if not keep.all():
-                        got[~keep.reshape(*lead, k)] = 0
-                out[name] = torch.from_numpy(got)
-            return out
-        flat = rows.reshape(-1)
-        stack_rows, valid = _stack_rows_torch(flat, k_max, st.key, st.prev)
-        for name, tensor in st.fields.items():
-            stack = self.frame_stack.get(name)
-            shape = self.spec[name].shape
-            if stack is None:
-                out[name] = tensor.index_select(0, flat).view(*lead, *shape)
-                continue
-            k, pad = stack
-            picked = tensor.index_select(0, stack_rows[:, k_max - k :].reshape(-1))
-            picked = picked.view(*lead, k, *shape)
-            if pad == "zeros":
-                keep = valid[:, k_max - k :].reshape(*lead, k, *([1] * len(shape)))
-                picked = picked.masked_fill(~keep, 0)
-            out[name] = picked
-        return out
-
-    def _take_items(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Count one more draw of each slot; return their keys, times sampled and priorities.
-
-        A slot drawn twice counts twice, and both draws report the final count.
-        """
-        item_key = self._np_item_key
-        if item_key is None:
-            self._times.index_add_(0, slots, torch.ones_like(slots))
-            return (
-                self._item_key.index_select(0, slots),
-                self._times.index_select(0, slots),
-                self._priority.index_select(0, slots),
-            )
-        times, priority = self._np_times, self._np_priority
-        assert times is not None
-        assert priority is not None
-        s = slots.numpy()
-        if self._kernels is not None:
-            keys, t, p = self._kernels.take_items(s, item_key, times, priority)
-        else:
-            np.add.at(times, s, 1)
-            # Fancy indexing, not take: take copies a strided column whole first.
-            keys, t, p = item_key[s], times[s], priority[s]
-        return torch.from_numpy(keys), torch.from_numpy(t), torch.from_numpy(p)
-
-    def _enough(self, n: int) -> bool:
-        """Whether a selector table holds ``n`` more draws before items run out."""
-        if not self.sampler.deterministic or self.max_times_sampled is None or self._size >= n:
-            return True
-        live = self._item_key >= 0
-        left = (self.max_times_sampled - self._times[live]).sum()
-        return int(left) >= n
-
-    def _select_in_order(self, n: int) -> Selection:
-        """The next ``n`` draws of a deterministic selector, as sequential draws would be.
-
-        Each item in the selector's order is drawn as many times in a row as it may
-        still be sampled (``max_times_sampled`` minus its count; without a limit the
-        first item is drawn ``n`` times), exactly what ``n`` calls of ``sample(1)``
-        would return.
-        """
-        first = self.sampler.sample(min(n, self._size)).slots
-        if self.max_times_sampled is None:
-            slots = first[:1].expand(n).clone()
-        else:
-            left = self.max_times_sampled - self._times.index_select(0, first)
-            slots = torch.repeat_interleave(first, left)[:n]
-        prob = torch.ones(n, dtype=torch.float64, device=self.device)
-        return Selection(slots, prob)
-
-    def _select(self, n: int, beta: float | None) -> Selection:
-        if beta is None or not hasattr(self.sampler, "beta"):
-            return self.sampler.sample(n)
-        return self.sampler.sample(n, beta=beta)  # type: ignore[call-arg]
 
     def update_priorities(self, keys: Any, priorities: Any) -> int:
         """Set new priorities for sampled items; stale keys are ignored.
@@ -1073,10 +690,10 @@ class Table:
             >>> t.update_priorities(torch.tensor([0, 7]), torch.tensor([2.0, 3.0]))
             1
         """
-        _check_keys(keys)
-        _check_numbers("priorities", priorities)
+        check_keys(keys)
+        check_numbers("priorities", priorities)
         if self._np_item_key is not None:
-            return self._update_priorities_numpy(keys, priorities)
+            return _items.update_priorities_numpy(self, keys, priorities)
         k = torch.as_tensor(keys, device=self.device).to(torch.int64).reshape(-1)
         p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device).reshape(-1)
         if k.shape != p.shape:
@@ -1084,7 +701,7 @@ class Table:
                 f"keys and priorities must have the same length, got {k.numel()} keys and "
                 f"{p.numel()} priorities"
             )
-        _check_priority_values(p, self._priority_limit)
+        check_priority_values(p, self._priority_limit)
         with self._cond:
             slots = k.clamp(min=0) % self.capacity
             live = (k >= 0) & (self._item_key.index_select(0, slots) == k)
@@ -1095,126 +712,14 @@ class Table:
                 self.sampler.update(slots, p)
             return int(live.sum())
 
-    def _update_priorities_numpy(self, keys: Any, priorities: Any) -> int:
-        """:meth:`update_priorities` on CPU through numpy views (same checks and effects)."""
-        k = _as_numpy(keys, np.int64)
-        p = _as_numpy(priorities, np.float64)
-        if k.shape != p.shape:
-            raise InvalidArgumentError(
-                f"keys and priorities must have the same length, got {k.size} keys and "
-                f"{p.size} priorities"
-            )
-        if k.size == 0:
-            return 0
-        item_key, priority = self._np_item_key, self._np_priority
-        assert item_key is not None
-        assert priority is not None
-        with self._cond:
-            if self._kernels is not None:
-                # One pass: check every priority, keep and write the live ones.
-                slots, live_p, hi, bad = self._kernels.live_updates(
-                    k, p, item_key, priority, self._priority_limit
-                )
-                if bad >= 0:
-                    # raises, naming the value
-                    _check_priority_values(torch.from_numpy(p), self._priority_limit)
-            else:
-                lo, hi = p.min(), p.max()
-                if not (lo > 0 and hi <= self._priority_limit and hi < np.inf):  # NaN fails
-                    _check_priority_values(torch.from_numpy(p), self._priority_limit)
-                slots = k % self.capacity
-                live = (item_key[slots] == k) & (k >= 0)
-                live_p = p
-                if not live.all():
-                    slots, live_p = slots[live], p[live]
-                    hi = live_p.max() if live_p.size else hi
-                priority[slots] = live_p
-            if slots.size:
-                if hi > self._max_priority:
-                    self._max_priority = float(hi)
-                if self._update_numpy is not None:
-                    self._update_numpy(slots, live_p)
-                else:
-                    self.sampler.update(torch.from_numpy(slots), torch.from_numpy(live_p))
-            return int(slots.size)
+    # ----------------------------------------- internals tests and benchmarks probe
+    def _items_completed(self, n: int, streams: torch.Tensor, ends: torch.Tensor) -> int:
+        """How many items a write of these steps will add (see ``_items.items_completed``)."""
+        return _items.items_completed(self, n, streams, ends)
 
-    # ---------------------------------------------------------------- waiting
-    def _note_thread(self) -> None:
-        self._threads.add(threading.get_ident())
-
-    def _notify(self) -> None:
-        """Wake the waiting threads, if any (called with the lock held)."""
-        if self._waiting:
-            self._cond.notify_all()
-
-    def _wait(self, ready: Any, timeout: float | None, verb: str, n: int) -> None:
-        """Wait on the condition until ``ready()``; raise instead of waiting for ever.
-
-        Without a timeout, a wait that no other thread can end raises
-        :class:`WouldBlockForeverError` at once, and again if every other thread
-        that used the table exits while this one waits.
-        """
-        if timeout is not None and not timeout >= 0:
-            raise InvalidArgumentError(f"timeout must be None or a number >= 0, got {timeout!r}")
-        why = self._why_blocked(verb, n)
-        if timeout is None and not self._others_alive():
-            raise WouldBlockForeverError(self._forever_message(verb, why))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._waiting += 1
-        try:
-            while not ready():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise RateLimiterTimeout(
-                        f"{verb} on table {self.name!r} timed out after {timeout}s: "
-                        f"{self._why_blocked(verb, n)}"
-                    )
-                if remaining is None and not self._others_alive():
-                    raise WouldBlockForeverError(
-                        self._forever_message(verb, self._why_blocked(verb, n))
-                    )
-                self._cond.wait(min(remaining, 0.5) if remaining is not None else 0.5)
-        finally:
-            self._waiting -= 1
-
-    def _why_blocked(self, verb: str, n: int) -> str:
-        lim = self.rate_limiter
-        if verb == "insert":
-            if not self._has_space(n):
-                return (
-                    f"the table holds {self._size} unconsumed item(s) in {self.capacity} rows "
-                    "and never overwrites one; sample to consume items first"
-                )
-            return lim.why_insert_blocked(n, self._size)
-        if self._size > 0 and lim.can_sample(n, self._size) and not self._enough(n):
-            return (
-                f"the table's {self._size} item(s) can be sampled fewer than {n} more times "
-                f"(max_times_sampled={self.max_times_sampled})"
-            )
-        if self._size == 0 and lim.can_sample(n, max(n, 10**9)) and self.num_steps > 0:
-            return (
-                f"the table holds {self.num_steps} step(s) but no complete item yet "
-                f"(items are windows of {self.sequence_length} steps of one episode)"
-            )
-        return lim.why_sample_blocked(n, self._size)
-
-    def _forever_message(self, verb: str, why: str) -> str:
-        fix = (
-            "Insert more items first, or sample from another thread (or pass timeout=)."
-            if verb == "sample"
-            else "Sample items first, or insert from another thread (or pass timeout=)."
-        )
-        return (
-            f"{verb} on table {self.name!r} would block forever: {why}, and no other "
-            f"thread uses this table. {fix}"
-        )
-
-    def _others_alive(self) -> bool:
-        if self.shared:
-            return True
-        me = threading.get_ident()
-        alive = {t.ident for t in threading.enumerate()}
-        return bool((self._threads & alive) - {me})
+    def _gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every field at ``rows``, frame stacks included (see ``_frames.gather``)."""
+        return _frames.gather(self, rows)
 
     # -------------------------------------------------------------- lifecycle
     def info(self) -> TableInfo:
@@ -1248,7 +753,7 @@ class Table:
             self._times.zero_()
             self._size = 0
             self._max_priority = 1.0
-            self._notify()
+            _waiting.notify(self)
 
     def config(self) -> dict[str, Any]:
         """JSON-serializable description from which :meth:`from_config` rebuilds the table."""
@@ -1329,7 +834,7 @@ class Table:
             self.rate_limiter.load_state_dict(
                 {k[len("limiter.") :]: v for k, v in state.items() if k.startswith("limiter.")}
             )
-            self._notify()
+            _waiting.notify(self)
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """A consistent copy of the table: its :meth:`config` and :meth:`state_dict`.
@@ -1461,11 +966,11 @@ class Table:
                 data = self.storage.gather(slots)
                 lim.on_sample(b)
                 if self.max_times_sampled is not None:
-                    _, times, _ = self._take_items(slots)
+                    _, times, _ = _items.take_items(self, slots)
                     spent = slots[times >= self.max_times_sampled]
                     if spent.numel():
-                        self._remove_slots(spent)
-                self._notify()
+                        _items.remove_slots(self, spent)
+                _waiting.notify(self)
                 return data
         # Waiting or refusing: exactly what sample does.
         return self.sample(b, timeout=timeout).data
@@ -1519,8 +1024,8 @@ class Table:
             self.storage.seek(int(total) - n)
             if n:
                 res = self.storage.append(data)
-                self._add_items(res.keys, None)
-            self._notify()
+                _items.add_items(self, res.keys, None)
+            _waiting.notify(self)
 
     # ------------------------------------------------- verbs for front ends (Ray)
     def priority_total(self) -> float:
@@ -1655,7 +1160,7 @@ class Table:
             >>> Table.validate_ends(True, 2).tolist()
             [1, 1]
         """
-        return _end_column(ends, n, torch.device("cpu"))
+        return end_column(ends, n, torch.device("cpu"))
 
     @staticmethod
     def validate_priorities(priorities: Any, n: int) -> torch.Tensor:
@@ -1682,7 +1187,7 @@ class Table:
             raise InvalidArgumentError(
                 f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
             )
-        _check_priority_values(p)
+        check_priority_values(p)
         return p
 
     # ------------------------------------------------ disk-backed tables (issue 14)
@@ -1866,264 +1371,3 @@ class LiveSteps:
     priorities: torch.Tensor
     inserts: int
     samples: int
-
-
-#: How a frame stack pads where an episode has fewer than ``k`` earlier frames.
-_FRAME_PADS = ("first", "zeros")
-
-
-def _check_sequence_options(
-    spec: Spec,
-    sequence_length: int,
-    stride: Any,
-    final_step: Any,
-    frame_stack: Any,
-    max_times_sampled: int | None,
-    sampler: Sampler | None,
-) -> dict[str, tuple[int, str]]:
-    """Check ``stride``, ``final_step`` and ``frame_stack``; return the frame stack as
-    ``name -> (k, pad)``."""
-    if isinstance(stride, bool) or not isinstance(stride, int | np.integer) or stride < 1:
-        raise InvalidArgumentError(
-            f"stride must be an int >= 1 (windows start every stride steps of an episode), "
-            f"got {stride!r}"
-        )
-    if stride > 1 and sequence_length == 1:
-        raise InvalidArgumentError(
-            f"stride={stride} needs sequence_length > 1 (it spaces the windows of a "
-            "sequence table); drop stride or set sequence_length"
-        )
-    if not isinstance(final_step, bool):
-        raise InvalidArgumentError(f"final_step must be a bool, got {final_step!r}")
-    if frame_stack is None:
-        return {}
-    if not isinstance(frame_stack, Mapping):
-        raise InvalidTypeError(
-            f"frame_stack must be a mapping of field name -> k or (k, pad), got "
-            f"{frame_stack!r} ({type(frame_stack).__name__}); e.g. frame_stack={{'obs': 4}}"
-        )
-    out: dict[str, tuple[int, str]] = {}
-    for name, value in frame_stack.items():
-        if name not in spec:
-            raise InvalidArgumentError(
-                f"frame_stack names field {name!r}, which the spec does not have; "
-                f"fields are {list(spec)}"
-            )
-        if isinstance(value, tuple | list):
-            if len(value) != 2:
-                raise InvalidArgumentError(
-                    f"frame_stack[{name!r}] must be k or (k, pad), got {value!r}"
-                )
-            k, pad = value
-        else:
-            k, pad = value, "first"
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise InvalidArgumentError(
-                f"frame_stack[{name!r}]: k must be an int >= 1 (frames per step), got {k!r}"
-            )
-        if pad not in _FRAME_PADS:
-            raise InvalidArgumentError(
-                f"frame_stack[{name!r}]: pad must be one of {_FRAME_PADS}, got {pad!r}"
-            )
-        out[str(name)] = (int(k), str(pad))
-    if out and sampler is not None and sampler.deterministic and max_times_sampled is not None:
-        raise InvalidArgumentError(
-            "frame_stack needs a ring that overwrites oldest first (it follows episode "
-            "links), but a selector with max_times_sampled writes into free rows; use a "
-            "sampling table (e.g. Uniform) or drop frame_stack"
-        )
-    return out
-
-
-def _stack_rows_torch(
-    rows: torch.Tensor, k: int, key: torch.Tensor, prev: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel ``stack_rows`` in torch: ``[N, k]`` rows of each row's last ``k``
-    frames (oldest first) and whether each is a real frame of the episode."""
-    cap = key.numel()
-    cols, valid = [rows], [torch.ones_like(rows, dtype=torch.bool)]
-    cur, ok = rows, valid[0]
-    for _ in range(k - 1):
-        p = prev.index_select(0, cur)
-        ok = ok & (p >= 0) & (key.index_select(0, p.clamp(min=0) % cap) == p)
-        cur = torch.where(ok, p % cap, cur)
-        cols.append(cur)
-        valid.append(ok)
-    return torch.stack(cols[::-1], dim=1), torch.stack(valid[::-1], dim=1)
-
-
-def _preset_capacity(size: int, sequence_length: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise InvalidArgumentError(f"size must be an int >= 1, got {size!r}")
-    if (
-        isinstance(sequence_length, bool)
-        or not isinstance(sequence_length, int)
-        or (sequence_length < 1)
-    ):
-        raise InvalidArgumentError(f"sequence_length must be an int >= 1, got {sequence_length!r}")
-    # ``size`` overlapping windows of one stream need size + T - 1 steps.
-    return size + sequence_length - 1
-
-
-def _check_priority_values(p: torch.Tensor, limit: float = math.inf) -> None:
-    bad = ~torch.isfinite(p) | (p <= 0)
-    if bool(bad.any()):
-        first = float(p[bad][0])
-        raise InvalidArgumentError(
-            f"priorities must be finite and > 0, got {first} at index "
-            f"{int(torch.nonzero(bad)[0, 0])}; clamp TD errors with e.g. abs(td) + 1e-6"
-        )
-    if limit < math.inf:
-        high = p > limit
-        if bool(high.any()):
-            raise InvalidArgumentError(
-                f"priorities must be at most {limit:.6g}, got {float(p[high][0]):g} at index "
-                f"{int(torch.nonzero(high)[0, 0])}: the sampler's sum of (priority + eps) ** "
-                "alpha over the table would overflow float64; scale priorities down or clip "
-                "TD errors"
-            )
-
-
-def _field_hint(spec: Spec) -> str:
-    return ", ".join(f"{k!r}: ..." for k in list(spec)[:3]) + (", ..." if len(spec) > 3 else "")
-
-
-def _check_timeout(timeout: Any) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float | np.integer | np.floating):
-        raise InvalidTypeError(
-            f"timeout must be None or a number >= 0 (seconds), got {timeout!r} "
-            f"({type(timeout).__name__})"
-        )
-    if not timeout >= 0:  # NaN fails too
-        raise InvalidArgumentError(
-            f"timeout must be None or a number >= 0 (seconds), got {timeout}"
-        )
-
-
-def _kind_error(name: str, value: Any, expected: str) -> InvalidTypeError:
-    shown = repr(value)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return InvalidTypeError(f"{name} must be {expected}, got {shown} ({type(value).__name__})")
-
-
-def _check_numbers(name: str, value: Any) -> None:
-    """Raise unless ``value`` holds real numbers (a tensor, an array, numbers or lists of them)."""
-    if isinstance(value, torch.Tensor):
-        if value.dtype == torch.bool or value.dtype.is_complex:
-            raise _kind_error(name, value, "real numbers")
-        return
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return
-    try:
-        kind = np.asarray(value).dtype.kind
-    except (TypeError, ValueError):
-        kind = "O"
-    if kind not in "iuf":
-        raise _kind_error(name, value, "real numbers")
-
-
-def _check_keys(keys: Any) -> None:
-    """Raise unless ``keys`` are whole numbers (ints, or floats with integral values)."""
-    if isinstance(keys, torch.Tensor):
-        dt = keys.dtype
-        if dt == torch.bool or dt.is_complex:
-            raise _kind_error("keys", keys, "integer item keys (Sample.keys)")
-        if not dt.is_floating_point:
-            return
-        k = keys.detach()
-        bad = ~torch.isfinite(k) | (k != k.trunc())
-        if bool(bad.any()):
-            raise InvalidArgumentError(
-                f"keys must be whole numbers (item keys from Sample.keys), got "
-                f"{float(k[bad].reshape(-1)[0])}"
-            )
-        return
-    try:
-        arr = np.asarray(keys)
-    except (TypeError, ValueError):
-        raise _kind_error("keys", keys, "integer item keys (Sample.keys)") from None
-    if arr.dtype.kind in "iu":
-        return
-    if arr.dtype.kind != "f":
-        raise _kind_error("keys", keys, "integer item keys (Sample.keys)")
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(arr) | (arr != np.trunc(arr))
-    if bad.any():
-        raise InvalidArgumentError(
-            f"keys must be whole numbers (item keys from Sample.keys), got {arr[bad].flat[0]}"
-        )
-
-
-def _float_column(name: str, value: Any, device: torch.device) -> torch.Tensor:
-    _check_numbers(name, value)
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device, torch.float64)
-    return torch.as_tensor(value, dtype=torch.float64, device=device)
-
-
-def _as_numpy(value: Any, dtype: type[np.generic]) -> np.ndarray[Any, Any]:
-    """A flat numpy copy-free view of a CPU tensor or array, cast to ``dtype``."""
-    if (
-        isinstance(value, torch.Tensor)
-        and value.is_cpu
-        and not value.requires_grad
-        and value.dtype is not torch.bfloat16
-    ):
-        arr = value.numpy()
-        if arr.dtype == dtype and arr.ndim == 1 and arr.flags.c_contiguous:
-            return arr
-        return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.device.type != "cpu":
-            value = value.cpu()
-        arr = value.numpy() if value.dtype != torch.bfloat16 else value.float().numpy()
-    else:
-        arr = np.asarray(value)
-    return np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
-
-
-def _int_column(name: str, value: Any, n: int, device: torch.device, default: int) -> torch.Tensor:
-    if value is None:
-        return torch.full((n,), default, dtype=torch.int64, device=device)
-    try:
-        t = torch.as_tensor(value, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise _kind_error(name, value, f"an int or {n} ints") from None
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
-        raise InvalidArgumentError(f"{name} must be integers, got dtype {dtype_name(t.dtype)}")
-    t = t.to(torch.int64)
-    if t.dim() == 0:
-        return t.expand(n).clone()
-    if t.shape != (n,):
-        raise InvalidArgumentError(
-            f"{name} must be a scalar or have shape ({n},), got {tuple(t.shape)}"
-        )
-    return t
-
-
-def _end_column(value: Any, n: int, device: torch.device) -> torch.Tensor:
-    if value is None or value is False:
-        return torch.zeros(n, dtype=torch.int64, device=device)
-    if value is True:
-        return torch.full((n,), END_TERMINATED, dtype=torch.int64, device=device)
-    try:
-        t = torch.as_tensor(value, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise _kind_error(
-            "ends", value, "bools or end codes 0 (none), 1 (terminated), 2 (truncated)"
-        ) from None
-    if t.dtype.is_complex:
-        raise _kind_error("ends", value, "bools or end codes 0, 1, 2")
-    if t.dtype.is_floating_point and bool(((t != 0) & (t != 1)).any()):
-        raise InvalidArgumentError("ends given as floats must be 0.0 or 1.0")
-    t = t.to(torch.int64).reshape(-1) if t.dim() else t.to(torch.int64).expand(n)
-    if t.shape != (n,):
-        raise InvalidArgumentError(
-            f"ends must be a scalar or have shape ({n},), got {tuple(t.shape)}"
-        )
-    if bool(((t < END_NONE) | (t > END_TRUNCATED)).any()):
-        raise InvalidArgumentError(
-            "ends must be bools or codes 0 (not done), 1 (terminated), 2 (truncated)"
-        )
-    return t
