@@ -1347,8 +1347,8 @@ class Table:
             live = (k >= 0) & (self._item_key.index_select(0, slots) == k)
             n = int(live.sum())
             if n:
-                self._remove_slots(slots[live])
-                self._notify()
+                _items.remove_slots(self, slots[live])
+                _waiting.notify(self)
             return n
 
 
