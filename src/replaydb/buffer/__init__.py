@@ -27,6 +27,15 @@ one gather and a single ``add`` one ``torch.cat`` into a staging row:
 ``buffer.states`` and the other five attributes are live ``[capacity, dim]``
 column views of that tensor (not contiguous; ``state_dict()`` returns dense copies).
 
+Opt-in, for pixels: ``state_dim`` as a shape, ``state_dtype`` (e.g. ``torch.uint8``)
+and ``frame_stack=k``. Such a buffer (``velora_layout`` false) stores ``states`` and
+``next_states`` in that shape and dtype (the storage holds one group per dtype),
+writes through :meth:`Table.extend` (checked casts; ``done`` ends the episode, which
+frame stacks follow), and samples ``[B, *shape]`` or ``[B, k, *shape]``. Its files
+keep Velora's keys with the stored dtype and shape; the metadata writes
+``state_dim`` as a list and adds ``state_dtype`` and ``frame_stack``, so Velora
+fails on it instead of misreading it.
+
 Files are Velora's: ``<prefix>metadata.json`` and ``<prefix>state.safetensors`` (the
 six tensors at full capacity). replaydb adds a format version, a SHA-256 of the
 state file and the previous save's metadata to the JSON; Velora ignores extra keys,
