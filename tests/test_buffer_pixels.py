@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replaydb import ReplayBuffer
-from replaydb.errors import CheckpointError, InvalidArgumentError, SpecMismatchError
+from replaydb.buffer import StreamReplayBuffer
+from replaydb.errors import (
+    CheckpointError,
+    InvalidArgumentError,
+    NotEnoughDataError,
+    SpecMismatchError,
+)
 from replaydb.table import Table
 
 SHAPE = (6, 5)
@@ -293,3 +299,106 @@ def test_float_shaped_buffer_casts_ints_exactly() -> None:
     buf.add(torch.ones(2, 2, dtype=torch.int64), 0, 0.0, np.zeros((2, 2)), False)
     assert buf.states.dtype == torch.float32 and buf.states[0].tolist() == [[1.0, 1.0]] * 2
     assert buf.config()["state_dim"] == (2, 2)
+
+
+# ------------------------------------------------------------ StreamReplayBuffer
+def test_stream_buffer_next_states_come_from_the_next_step() -> None:
+    buf = StreamReplayBuffer(64, SHAPE, 1, 0, state_dtype=torch.uint8)
+    for i in range(10):
+        buf.add(frame(i), i, float(i), frame(i + 1), i == 9)
+    assert len(buf) == 10 and buf.table.num_steps == 11  # 10 steps + the final observation
+    batch = buf.sample(10)
+    assert batch.states.shape == (10, *SHAPE) and batch.states.dtype == torch.uint8
+    s = batch.states[:, 0, 0].long()
+    assert torch.equal(batch.next_states[:, 0, 0].long(), s + 1)
+    assert torch.equal(batch.rewards[:, 0], s.float())
+    assert torch.equal(batch.actions[:, 0], s.float())
+    assert torch.equal(batch.dones[:, 0], (s == 9).float())
+
+
+def test_stream_buffer_streams_and_truncation() -> None:
+    buf = StreamReplayBuffer(64, (1,), 1, 2, state_dtype=torch.int32)
+    # two interleaved streams; stream 1 is cut after 2 steps (no done) and restarts at 100
+    for i in range(3):
+        buf.add([i], 0, i, [i + 1], False, stream=0)
+        if i < 2:
+            buf.add([50 + i], 0, 50 + i, [51 + i], False, stream=1, hidden=[1.0, 2.0])
+    buf.add([100], 0, 100, [101], True, stream=1)
+    # stream 0: its last transition waits for the next add (2); stream 1: 2 + 1
+    assert len(buf) == 2 + 2 + 1
+    batch = buf.sample(5)
+    for s, n, r, d in zip(
+        batch.states[:, 0].tolist(),
+        batch.next_states[:, 0].tolist(),
+        batch.rewards[:, 0].tolist(),
+        batch.dones[:, 0].tolist(),
+        strict=True,
+    ):
+        assert n == s + 1 and r == s and d == (1.0 if s == 100 else 0.0)
+
+
+def test_stream_buffer_ring_wraps() -> None:
+    buf = StreamReplayBuffer(8, (1,), 1, 0, state_dtype=torch.int64)
+    for i in range(30):
+        buf.add([i], 0, i, [i + 1], i % 7 == 6)
+    batch = buf.sample(len(buf))
+    assert torch.equal(batch.next_states, batch.states + 1)
+    assert batch.states.min() >= 22
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((frame(0).float() + 0.5, 0, 0.0, frame(1), False), SpecMismatchError, "floats"),
+        ((frame(0), 0, 0.0, torch.full(SHAPE, 300), False), SpecMismatchError, "uint8"),
+        ((frame(0), 0, 0.0, frame(1)[:5], False), InvalidArgumentError, "next_state"),
+        ((frame(0), 0, None, frame(1), False), InvalidArgumentError, "reward"),
+        ((None, 0, 0.0, frame(1), False), InvalidArgumentError, "state"),
+    ],
+)
+def test_stream_buffer_rejects_and_writes_nothing(
+    args: tuple[object, ...], error: type[Exception], match: str
+) -> None:
+    buf = StreamReplayBuffer(16, SHAPE, 1, 0, state_dtype=torch.uint8)
+    buf.add(frame(7), 0, 0.0, frame(8), False)
+    with pytest.raises(error, match=match):
+        buf.add(*args)
+    assert buf.table.num_steps == 1
+    buf.add(frame(8), 0, 0.0, frame(9), True)  # the open episode continues untouched
+    assert len(buf) == 2 and buf.table.num_steps == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"capacity": 1}, "capacity must be an int >= 2"),
+        ({"state_dim": (0,)}, "state_dim"),
+        ({"state_dtype": torch.bool}, "state_dtype"),
+        ({"hidden_dim": -1}, "hidden_dim"),
+    ],
+)
+def test_stream_buffer_constructor_rejects(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"capacity": 8, "state_dim": 4, "action_dim": 1, "hidden_dim": 0}
+    args.update(kwargs)
+    with pytest.raises(InvalidArgumentError, match=match):
+        StreamReplayBuffer(**args)  # type: ignore[arg-type]
+
+
+def test_stream_buffer_sample_and_stream_errors() -> None:
+    buf = StreamReplayBuffer(8, 2, 1, 0)
+    with pytest.raises(InvalidArgumentError, match="stream must be an int >= 0"):
+        buf.add(torch.zeros(2), 0, 0.0, torch.ones(2), False, stream=-1)
+    buf.add(torch.zeros(2), 0, 0.0, torch.ones(2), False)
+    assert len(buf) == 0  # the transition's next_state is stored with the next add
+    with pytest.raises(NotEnoughDataError, match="Available: 0, Requested: 1"):
+        buf.sample(1)
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        buf.sample(0)
+
+
+def test_stream_buffer_halves_pixel_memory() -> None:
+    plain = ReplayBuffer(1000, (84, 84), 1, 0, state_dtype=torch.uint8)
+    stream = StreamReplayBuffer(1000, (84, 84), 1, 0, state_dtype=torch.uint8)
+    frames = 1000 * 84 * 84
+    assert plain.table.storage.nbytes >= 2 * frames
+    assert frames <= stream.table.storage.nbytes < 1.1 * frames

@@ -63,5 +63,6 @@ from replaydb.buffer._files import FORMAT_VERSION as FORMAT_VERSION
 from replaydb.buffer._files import VELORA_FORMAT as VELORA_FORMAT
 from replaydb.buffer._inputs import check_device as check_device
 from replaydb.buffer._records import BatchExperience, BufferConfig
+from replaydb.buffer._sequential import StreamReplayBuffer
 
-__all__ = ["BatchExperience", "BufferConfig", "ReplayBuffer"]
+__all__ = ["BatchExperience", "BufferConfig", "ReplayBuffer", "StreamReplayBuffer"]

@@ -13,7 +13,7 @@ binds them as its methods.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -247,7 +247,7 @@ def _stage_add(
     return row
 
 
-def _row(self: ReplayBuffer, name: str, value: Any, dim: int, *, broadcast: bool) -> Any:
+def _row(self: object, name: str, value: Any, dim: int, *, broadcast: bool) -> Any:
     """Return ``value`` as something numpy can assign into a ``(dim,)`` row."""
     if value is None:
         raise InvalidArgumentError(
@@ -329,7 +329,14 @@ def _check_tensor(name: str, value: torch.Tensor) -> None:
         )
 
 
-def _states(self: ReplayBuffer, name: str, value: Any, *, batched: bool = True) -> torch.Tensor:
+class _Shaped(Protocol):
+    """What :func:`_states` reads from its buffer."""
+
+    state_shape: tuple[int, ...]
+    state_dim: int | tuple[int, ...]
+
+
+def _states(self: _Shaped, name: str, value: Any, *, batched: bool = True) -> torch.Tensor:
     """``value`` as a ``[N, *state_shape]`` tensor in its own dtype (the table casts it).
 
     ``batched=False`` takes one observation, ``state_shape`` or ``(1, *state_shape)``.
