@@ -52,6 +52,11 @@ kill between the two renames leaves a new metadata file beside the old state fil
 which :meth:`ReplayBuffer.load` recognises by its SHA-256 and loads as the old
 buffer. Temporary files of killed saves are removed by the next save or load.
 
+:class:`StreamReplayBuffer` (``_sequential``) is the same ``add``/``sample`` for
+consecutive transitions of env streams, each observation stored once in a ``T = 2``
+sequence table (``next_states`` is the window's second step); it is not Velora's
+layout and writes no Velora files.
+
 The package's modules: ``_buffer`` (the :class:`ReplayBuffer` class), ``_records``
 (:class:`BatchExperience`, :class:`BufferConfig`), ``_inputs`` (argument checks and
 the conversion and per-thread staging of ``add``/``add_multi`` inputs) and
