@@ -402,3 +402,23 @@ def test_stream_buffer_halves_pixel_memory() -> None:
     frames = 1000 * 84 * 84
     assert plain.table.storage.nbytes >= 2 * frames
     assert frames <= stream.table.storage.nbytes < 1.1 * frames
+
+
+def test_stream_buffer_threads_keep_streams_consistent() -> None:
+    import threading
+
+    buf = StreamReplayBuffer(4096, (1,), 1, 0, state_dtype=torch.int64)
+
+    def run(env: int) -> None:
+        base = 1000 * env
+        for i in range(200):
+            buf.add([base + i], 0, base + i, [base + i + 1], i % 50 == 49, stream=env)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(buf) == 4 * 200 and buf.table.num_steps == 4 * (200 + 4)
+    batch = buf.sample(len(buf))
+    assert torch.equal(batch.next_states, batch.states + 1)

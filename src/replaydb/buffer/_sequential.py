@@ -9,6 +9,7 @@ written as a *final step* (``Table(..., final_step=True)``) carrying the end cod
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,8 @@ class StreamReplayBuffer:
     ``capacity`` counts stored observations (rows): a transition takes one row, and
     each episode's last observation one more. ``len`` counts sampleable transitions.
     Not Velora's storage layout: there are no ``[capacity, dim]`` views, no
-    ``state_dict`` and no Velora files.
+    ``state_dict`` and no Velora files. Thread-safe: ``add`` holds the buffer's lock
+    while it checks and writes a stream's steps.
 
     Args:
         capacity: Observations (rows) kept; the oldest is overwritten first.
@@ -107,6 +109,7 @@ class StreamReplayBuffer:
         )
         # Each stream's last next_state while its episode is open (None: closed).
         self._open: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.table)
@@ -176,23 +179,24 @@ class StreamReplayBuffer:
         step, _ = spec.coerce_batch(step, dev)  # checked casts, before anything is written
         nxt = spec.coerce_batch({**step, "states": nxt}, dev)[0]["states"]
         terminated = bool(step["dones"][0, 0] != 0)
-        rows: list[dict[str, torch.Tensor]] = []
-        ends: list[int] = []
-        last = self._open.get(stream)
-        if last is not None and not torch.equal(last, step["states"]):
-            rows.append(self._final(last))  # the previous episode was cut: truncated
-            ends.append(2)
-        rows.append(step)
-        ends.append(0)
-        if terminated:
-            rows.append(self._final(nxt))
-            ends.append(1)
-        batch = {k: torch.cat([r[k] for r in rows]) for k in step}
-        self.table.extend(batch, streams=stream, ends=torch.tensor(ends))
-        if terminated:
-            self._open.pop(stream, None)
-        else:
-            self._open[stream] = nxt
+        with self._lock:  # a stream's check and write are one step for other threads
+            rows: list[dict[str, torch.Tensor]] = []
+            ends: list[int] = []
+            last = self._open.get(stream)
+            if last is not None and not torch.equal(last, step["states"]):
+                rows.append(self._final(last))  # the previous episode was cut: truncated
+                ends.append(2)
+            rows.append(step)
+            ends.append(0)
+            if terminated:
+                rows.append(self._final(nxt))
+                ends.append(1)
+            batch = {k: torch.cat([r[k] for r in rows]) for k in step}
+            self.table.extend(batch, streams=stream, ends=torch.tensor(ends))
+            if terminated:
+                self._open.pop(stream, None)
+            else:
+                self._open[stream] = nxt
 
     def _final(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """The final-step row of an episode: its last observation, zeros elsewhere."""
