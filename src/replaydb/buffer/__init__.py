@@ -27,6 +27,15 @@ one gather and a single ``add`` one ``torch.cat`` into a staging row:
 ``buffer.states`` and the other five attributes are live ``[capacity, dim]``
 column views of that tensor (not contiguous; ``state_dict()`` returns dense copies).
 
+Opt-in, for pixels: ``state_dim`` as a shape, ``state_dtype`` (e.g. ``torch.uint8``)
+and ``frame_stack=k``. Such a buffer (``velora_layout`` false) stores ``states`` and
+``next_states`` in that shape and dtype (the storage holds one group per dtype),
+writes through :meth:`Table.extend` (checked casts; ``done`` ends the episode, which
+frame stacks follow), and samples ``[B, *shape]`` or ``[B, k, *shape]``. Its files
+keep Velora's keys with the stored dtype and shape; the metadata writes
+``state_dim`` as a list and adds ``state_dtype`` and ``frame_stack``, so Velora
+fails on it instead of misreading it.
+
 Files are Velora's: ``<prefix>metadata.json`` and ``<prefix>state.safetensors`` (the
 six tensors at full capacity). replaydb adds a format version, a SHA-256 of the
 state file and the previous save's metadata to the JSON; Velora ignores extra keys,
@@ -43,6 +52,11 @@ kill between the two renames leaves a new metadata file beside the old state fil
 which :meth:`ReplayBuffer.load` recognises by its SHA-256 and loads as the old
 buffer. Temporary files of killed saves are removed by the next save or load.
 
+:class:`StreamReplayBuffer` (``_sequential``) is the same ``add``/``sample`` for
+consecutive transitions of env streams, each observation stored once in a ``T = 2``
+sequence table (``next_states`` is the window's second step); it is not Velora's
+layout and writes no Velora files.
+
 The package's modules: ``_buffer`` (the :class:`ReplayBuffer` class), ``_records``
 (:class:`BatchExperience`, :class:`BufferConfig`), ``_inputs`` (argument checks and
 the conversion and per-thread staging of ``add``/``add_multi`` inputs) and
@@ -54,5 +68,6 @@ from replaydb.buffer._files import FORMAT_VERSION as FORMAT_VERSION
 from replaydb.buffer._files import VELORA_FORMAT as VELORA_FORMAT
 from replaydb.buffer._inputs import check_device as check_device
 from replaydb.buffer._records import BatchExperience, BufferConfig
+from replaydb.buffer._sequential import StreamReplayBuffer
 
-__all__ = ["BatchExperience", "BufferConfig", "ReplayBuffer"]
+__all__ = ["BatchExperience", "BufferConfig", "ReplayBuffer", "StreamReplayBuffer"]

@@ -9,15 +9,23 @@ layout and the file format are described in :mod:`replaydb.buffer`.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from replaydb.buffer import _files, _inputs
-from replaydb.buffer._inputs import _positive_int, _Staging, check_device
+from replaydb.buffer._inputs import (
+    _positive_int,
+    _Staging,
+    check_device,
+    check_frame_stack,
+    check_state_dtype,
+    state_shape,
+)
 from replaydb.buffer._records import _KEYS, BatchExperience, BufferConfig
 from replaydb.collect import warm as collect_warm
 from replaydb.errors import InvalidArgumentError, NotEnoughDataError
@@ -38,42 +46,84 @@ class ReplayBuffer:
 
     Args:
         capacity: Transitions kept; the oldest is overwritten first.
-        state_dim: Size of an observation.
+        state_dim: Size of an observation, or its shape as a tuple, e.g.
+            ``(84, 84)`` or ``(3, 64, 64)``.
         action_dim: Size of an action.
         hidden_dim: Size of the acting network's hidden state (0 allowed).
         device: Where the tensors live (default CPU); also accepted by position.
+        state_dtype: The dtype ``states`` and ``next_states`` are stored and
+            sampled in (default float32, Velora's). An integer dtype such as
+            ``torch.uint8`` stores pixels in a quarter of the memory; convert
+            after sampling (``batch.states.float() / 255``). Inputs are cast by
+            the table's checked rule: a cast that would change a value (a float
+            into ``uint8``, ``300`` into ``uint8``) raises.
+        frame_stack: Sample ``states`` and ``next_states`` as the last ``k``
+            observations of the episode, ``[B, k, *shape]``, oldest first (each
+            observation is stored once; the start of an episode repeats its first
+            frame). Episodes end where ``done`` is true.
         table: A table with :meth:`transition_spec` and this capacity to use
             instead of a new uniform one (a sampler, a rate limiter, ...).
 
     Raises:
-        InvalidArgumentError: If a size is not a positive int, the device cannot be
-            used here, or ``table`` does not fit.
+        InvalidArgumentError: If a size is not a positive int, ``state_dtype`` is
+            not a real or integer torch dtype, ``frame_stack`` is not an int >= 1,
+            the device cannot be used here, or ``table`` does not fit.
 
     Example:
         >>> buffer = ReplayBuffer(100, state_dim=4, action_dim=1, hidden_dim=2)
         >>> buffer.add(torch.zeros(4), 1.0, 1.0, torch.zeros(4), False)
         >>> len(buffer), tuple(buffer.states.shape)
         (1, (100, 4))
+        >>> pixels = ReplayBuffer(100, (84, 84), 1, 0, state_dtype=torch.uint8, frame_stack=4)
+        >>> frame = torch.zeros(84, 84, dtype=torch.uint8)
+        >>> pixels.add(frame, 0, 1.0, frame, False)
+        >>> pixels.sample(1).states.shape, pixels.sample(1).states.dtype
+        (torch.Size([1, 4, 84, 84]), torch.uint8)
     """
 
     def __init__(
         self,
         capacity: int,
-        state_dim: int,
+        state_dim: int | Sequence[int],
         action_dim: int,
         hidden_dim: int,
         device: torch.device | str | None = None,
         *,
+        state_dtype: torch.dtype = torch.float32,
+        frame_stack: int | None = None,
         table: Table | None = None,
     ) -> None:
         self.capacity = _positive_int("capacity", capacity, 1)
-        self.state_dim = _positive_int("state_dim", state_dim, 1)
+        self.state_shape = state_shape(state_dim)
+        #: The ``state_dim`` as given: an int, or the observation shape as a tuple.
+        self.state_dim: int | tuple[int, ...] = (
+            self.state_shape[0]
+            if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool)
+            else self.state_shape
+        )
+        self.state_dtype = check_state_dtype(state_dtype)
+        self.frame_stack = check_frame_stack(frame_stack)
         self.action_dim = _positive_int("action_dim", action_dim, 1)
         self.hidden_dim = _positive_int("hidden_dim", hidden_dim, 0)
-        spec = self.transition_spec(self.state_dim, self.action_dim, self.hidden_dim)
+        #: Velora's layout: an int state_dim, float32 states, no frame stacks.
+        self.velora_layout = (
+            isinstance(self.state_dim, int)
+            and self.state_dtype == torch.float32
+            and self.frame_stack is None
+        )
+        spec = self.transition_spec(
+            self.state_dim, self.action_dim, self.hidden_dim, state_dtype=self.state_dtype
+        )
+        stacks = (
+            None
+            if self.frame_stack is None
+            else {"states": self.frame_stack, "next_states": self.frame_stack}
+        )
         if table is None:
             self.device = check_device(device)
-            table = Table(spec, self.capacity, device=self.device, name="replay_buffer")
+            table = Table(
+                spec, self.capacity, device=self.device, name="replay_buffer", frame_stack=stacks
+            )
         else:
             if not isinstance(table, Table):
                 raise InvalidArgumentError(
@@ -82,9 +132,18 @@ class ReplayBuffer:
             if table.spec != spec or table.capacity != self.capacity or table.sequence_length != 1:
                 raise InvalidArgumentError(
                     "table must be a single-step table with ReplayBuffer.transition_spec"
-                    f"({self.state_dim}, {self.action_dim}, {self.hidden_dim}) and capacity "
+                    f"({self.state_dim}, {self.action_dim}, {self.hidden_dim}, "
+                    f"state_dtype={self.state_dtype}) and capacity "
                     f"{self.capacity}; got capacity {table.capacity}, sequence_length "
                     f"{table.sequence_length}, fields {list(table.spec)}"
+                )
+            want = {k: [v, "first"] for k, v in (stacks or {}).items()}
+            if table.config()["frame_stack"] != want:
+                raise InvalidArgumentError(
+                    f"table has frame_stack={table.config()['frame_stack']} but the buffer "
+                    f"has frame_stack={self.frame_stack}; build the table with "
+                    "Table(..., frame_stack={'states': k, 'next_states': k}) and pass the "
+                    "same k as frame_stack"
                 )
             if device is not None and check_device(device) != table.device:
                 raise InvalidArgumentError(
@@ -93,13 +152,13 @@ class ReplayBuffer:
             self.device = table.device
         self.table = table
         self._fields = table.storage.fields  # live [capacity, dim] column views
-        self._fast = self.device.type == "cpu"
-        self._width = 2 * self.state_dim + self.action_dim + self.hidden_dim + 2
+        self._fast = self.device.type == "cpu" and self.velora_layout
+        self._width = 2 * math.prod(self.state_shape) + self.action_dim + self.hidden_dim + 2
         self._tls = _Staging()
         self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
         self._hidden_zeros_t = torch.zeros(self.hidden_dim)
         self._shapes = (
-            torch.Size([self.state_dim]),
+            torch.Size(self.state_shape),
             torch.Size([self.action_dim]),
             torch.Size([self.hidden_dim]),
         )
@@ -110,7 +169,7 @@ class ReplayBuffer:
     def prioritized(
         cls,
         capacity: int,
-        state_dim: int,
+        state_dim: int | Sequence[int],
         action_dim: int,
         hidden_dim: int,
         *,
@@ -119,6 +178,8 @@ class ReplayBuffer:
         eps: float = 1e-6,
         seed: int | None = None,
         device: torch.device | str | None = None,
+        state_dtype: torch.dtype = torch.float32,
+        frame_stack: int | None = None,
     ) -> ReplayBuffer:
         """A buffer with prioritized replay (Schaul et al. 2015, arXiv 1511.05952).
 
@@ -137,6 +198,8 @@ class ReplayBuffer:
             eps: Added to every priority, >= 0.
             seed: Seed of the sampler's generator.
             device: Where the tensors live.
+            state_dtype: As in the constructor.
+            frame_stack: As in the constructor.
 
         Returns:
             The buffer.
@@ -150,28 +213,57 @@ class ReplayBuffer:
         """
         c = _positive_int("capacity", capacity, 1)
         spec = cls.transition_spec(
-            _positive_int("state_dim", state_dim, 1),
+            state_shape(state_dim),
             _positive_int("action_dim", action_dim, 1),
             _positive_int("hidden_dim", hidden_dim, 0),
+            state_dtype=check_state_dtype(state_dtype),
         )
+        k = check_frame_stack(frame_stack)
+        stacks = None if k is None else {"states": k, "next_states": k}
         sampler = Prioritized(alpha=alpha, beta=beta, eps=eps, seed=seed)
         dev = check_device(device)
-        table = Table(spec, c, sampler=sampler, device=dev, name="replay_buffer")
-        return cls(c, state_dim, action_dim, hidden_dim, table=table)
+        table = Table(
+            spec, c, sampler=sampler, device=dev, name="replay_buffer", frame_stack=stacks
+        )
+        return cls(
+            c,
+            state_dim,
+            action_dim,
+            hidden_dim,
+            state_dtype=state_dtype,
+            frame_stack=frame_stack,
+            table=table,
+        )
 
     @staticmethod
-    def transition_spec(state_dim: int, action_dim: int, hidden_dim: int) -> Spec:
+    def transition_spec(
+        state_dim: int | Sequence[int],
+        action_dim: int,
+        hidden_dim: int,
+        *,
+        state_dtype: torch.dtype = torch.float32,
+    ) -> Spec:
         """The spec of a Velora transition.
+
+        Args:
+            state_dim: Size of an observation, or its shape.
+            action_dim: Size of an action.
+            hidden_dim: Size of the hidden state.
+            state_dtype: Dtype of ``states`` and ``next_states``; the rest is float32.
+
+        Returns:
+            The spec, fields in storage order.
 
         Example:
             >>> list(ReplayBuffer.transition_spec(4, 1, 2))
             ['states', 'actions', 'next_states', 'hiddens', 'rewards', 'dones']
         """
+        shape = state_shape(state_dim)
         return Spec(
             {
-                "states": Field((state_dim,)),
+                "states": Field(shape, state_dtype),
                 "actions": Field((action_dim,)),
-                "next_states": Field((state_dim,)),
+                "next_states": Field(shape, state_dtype),
                 "hiddens": Field((hidden_dim,)),
                 "rewards": Field((1,)),
                 "dones": Field((1,)),
@@ -226,7 +318,13 @@ class ReplayBuffer:
         return (
             f"ReplayBuffer(capacity={self.capacity}, state_dim={self.state_dim}, "
             f"action_dim={self.action_dim}, hidden_dim={self.hidden_dim}, size={self.size}, "
-            f"device={self.device})"
+            f"device={self.device}"
+            + (
+                ""
+                if self.velora_layout
+                else f", state_dtype={self.state_dtype}, frame_stack={self.frame_stack}"
+            )
+            + ")"
         )
 
     # ----------------------------------------------------------------- writes
@@ -242,7 +340,8 @@ class ReplayBuffer:
         """Add one transition.
 
         Args:
-            state: Observation, shape ``(state_dim,)`` or ``(1, state_dim)``.
+            state: Observation, shape ``(state_dim,)`` or ``(1, state_dim)`` (with a
+                shape: that shape, or ``(1, *shape)``).
             action: Action, ``action_dim`` values (a single value fills every slot).
             reward: One number.
             next_state: Observation after the action, like ``state``.
@@ -259,16 +358,21 @@ class ReplayBuffer:
             >>> buf.add(torch.ones(2), 0, 1.5, torch.ones(2), True); buf.rewards[0].tolist()
             [1.5]
         """
+        if not self.velora_layout:
+            self._add_shaped(state, action, reward, next_state, done, hidden)
+            return
         if self._fast:
             row = self._stage_add(state, action, reward, next_state, done, hidden)
             if row is not None:
                 self.table.extend_unchecked({torch.float32: row}, 1)
                 return
         values = {
-            "states": self._row("state", state, self.state_dim, broadcast=False),
+            "states": self._row("state", state, self.state_shape[0], broadcast=False),
             "actions": self._row("action", action, self.action_dim, broadcast=True),
             "rewards": self._row("reward", reward, 1, broadcast=False),
-            "next_states": self._row("next_state", next_state, self.state_dim, broadcast=False),
+            "next_states": self._row(
+                "next_state", next_state, self.state_shape[0], broadcast=False
+            ),
             "dones": self._row("done", done, 1, broadcast=False),
             "hiddens": self._hidden_zeros
             if hidden is None
@@ -279,6 +383,7 @@ class ReplayBuffer:
     # The fast path's staging row and the checked conversions are in _inputs.py.
     _stage_add = _inputs._stage_add
     _row = _inputs._row
+    _add_shaped = _inputs._add_shaped
 
     def add_multi(
         self,
@@ -305,11 +410,16 @@ class ReplayBuffer:
             >>> len(buf), buf.dones[:3, 0].tolist()
             (3, [0.0, 0.0, 1.0])
         """
+        shaped = not self.velora_layout
         cols = [
-            self._column("states", states, self.state_dim),
+            self._states("states", states)
+            if shaped
+            else self._column("states", states, self.state_shape[0]),
             self._column("actions", actions, self.action_dim),
             self._column("rewards", rewards, 1),
-            self._column("next_states", next_states, self.state_dim),
+            self._states("next_states", next_states)
+            if shaped
+            else self._column("next_states", next_states, self.state_shape[0]),
             self._column("dones", dones, 1),
         ]
         n = cols[0].shape[0]
@@ -324,6 +434,11 @@ class ReplayBuffer:
                     "every argument of add_multi needs the same number of rows"
                 )
         if n == 0:
+            return
+        if shaped:  # the table's checked casts; the done flags end episodes (frame stacks)
+            self.table.extend(
+                dict(zip(_KEYS, cols, strict=True)), ends=cols[4][:, 0].to("cpu") != 0
+            )
             return
         if self._fast:
             # Pack the columns in spec order into one contiguous block of this
@@ -342,6 +457,7 @@ class ReplayBuffer:
             )
 
     _column = _inputs._column
+    _states = _inputs._states
 
     # ------------------------------------------------------------------ reads
     def sample(self, batch_size: int, *, beta: float | None = None) -> BatchExperience:
@@ -401,10 +517,31 @@ class ReplayBuffer:
     def metadata(self) -> dict[str, Any]:
         """Velora's metadata: capacity, dims, position, size and device, in that order.
 
+        A buffer built with a state shape, ``state_dtype`` or ``frame_stack`` writes
+        ``state_dim`` as a list (the shape) and adds ``state_dtype`` (a name such as
+        ``"uint8"``) and ``frame_stack``: Velora, which builds its buffer with
+        ``torch.zeros((capacity, state_dim))``, then fails on the list instead of
+        silently reading pixels as something else.
+
         Example:
             >>> ReplayBuffer(10, 2, 1, 0).metadata()["position"]
             0
+            >>> meta = ReplayBuffer(10, (2, 3), 1, 0, state_dtype=torch.uint8).metadata()
+            >>> meta["state_dim"], meta["state_dtype"]
+            ([2, 3], 'uint8')
         """
+        if not self.velora_layout:
+            return {
+                "capacity": self.capacity,
+                "state_dim": list(self.state_shape),
+                "action_dim": self.action_dim,
+                "hidden_dim": self.hidden_dim,
+                "position": self.position,
+                "size": self.size,
+                "device": str(self.device),
+                "state_dtype": str(self.state_dtype).removeprefix("torch."),
+                "frame_stack": self.frame_stack,
+            }
         return {
             "capacity": self.capacity,
             "state_dim": self.state_dim,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from replaydb.buffer._inputs import check_device
+from replaydb.buffer._inputs import STATE_DTYPES, check_device
 from replaydb.buffer._records import _KEYS
 from replaydb.errors import CheckpointError, InvalidArgumentError
 from replaydb.rate_limiters import rate_limiter_from_config
@@ -44,6 +44,12 @@ def save(self: ReplayBuffer, dirpath: str | os.PathLike[str], prefix: str) -> No
     if not isinstance(prefix, str) or "/" in prefix or os.sep in prefix:
         raise InvalidArgumentError(
             f"prefix must be a file name prefix without path separators, got {prefix!r}"
+        )
+    if self.frame_stack is not None:
+        raise InvalidArgumentError(
+            f"save() does not support frame_stack={self.frame_stack} buffers yet: Velora's "
+            "files keep no episode boundaries, so the stacks could not be rebuilt on load; "
+            "save a buffer without frame_stack (stack at training time) or use Table.checkpoint"
         )
     d = Path(dirpath)
     if d.exists() and not d.is_dir():
@@ -147,24 +153,27 @@ def load(
         raise CheckpointError(
             f"{str(p)!r} is not a readable safetensors file (truncated or corrupt?): {exc}"
         ) from exc
-    dims = {
-        "states": meta["state_dim"],
-        "actions": meta["action_dim"],
-        "rewards": 1,
-        "next_states": meta["state_dim"],
-        "dones": 1,
-        "hiddens": meta["hidden_dim"],
+    sdim = meta["state_dim"]
+    shape = (sdim,) if isinstance(sdim, int) else tuple(sdim)
+    sdtype = STATE_DTYPES[meta["state_dtype"]]
+    dims: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        "states": (shape, sdtype),
+        "actions": ((meta["action_dim"],), torch.float32),
+        "rewards": ((1,), torch.float32),
+        "next_states": (shape, sdtype),
+        "dones": ((1,), torch.float32),
+        "hiddens": ((meta["hidden_dim"],), torch.float32),
     }
     if set(tensors) != set(_KEYS):
         raise CheckpointError(
             f"{str(p)!r} holds tensors {sorted(tensors)}, expected {sorted(_KEYS)}"
         )
-    for k, dim in dims.items():
+    for k, (dim, dtype) in dims.items():
         t = tensors[k]
-        if t.dtype != torch.float32 or tuple(t.shape) != (meta["capacity"], dim):
+        if t.dtype != dtype or tuple(t.shape) != (meta["capacity"], *dim):
             raise CheckpointError(
                 f"{str(p)!r}: tensor {k!r} is {tuple(t.shape)} {t.dtype}, the metadata "
-                f"says ({meta['capacity']}, {dim}) torch.float32"
+                f"says {(meta['capacity'], *dim)} {dtype}"
             )
     if device is not None:
         dev = check_device(device)
@@ -177,15 +186,19 @@ def load(
                 "device='cpu') to load it elsewhere"
             ) from exc
     cap, size, position = meta["capacity"], meta["size"], meta["position"]
-    spec_args = (meta["state_dim"], meta["action_dim"], meta["hidden_dim"])
+    spec_args = (sdim if isinstance(sdim, int) else shape, meta["action_dim"], meta["hidden_dim"])
     table_state: dict[str, torch.Tensor] | None = None
     if meta.get("table") is not None:
         table, table_state = _load_table_file(
-            p.parent, meta["table"], cls.transition_spec(*spec_args), cap, dev
+            p.parent,
+            meta["table"],
+            cls.transition_spec(*spec_args, state_dtype=sdtype),
+            cap,
+            dev,
         )
-        buffer = cls(cap, *spec_args, table=table)
+        buffer = cls(cap, *spec_args, state_dtype=sdtype, table=table)
     else:
-        buffer = cls(cap, *spec_args, device=dev)
+        buffer = cls(cap, *spec_args, device=dev, state_dtype=sdtype)
     total = position if size < cap else cap + position
     order = torch.arange(total - size, total) % cap  # oldest first
     buffer.table.restore_steps(
@@ -369,15 +382,36 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         raise CheckpointError(f"metadata is missing {missing}; expected keys {list(_META_KEYS)}")
     meta = dict(metadata)
     meta.setdefault("device", None)
+    sdim = meta["state_dim"]
+    # A shaped buffer's state_dim is its shape, a list.
+    if isinstance(sdim, list) and (
+        not sdim or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in sdim)
+    ):
+        raise CheckpointError(
+            f"metadata['state_dim'] must be an int or a non-empty list of ints >= 1, got {sdim!r}"
+        )
+    meta.setdefault("state_dtype", "float32")
+    if meta["state_dtype"] not in STATE_DTYPES:
+        raise CheckpointError(
+            f"metadata['state_dtype'] must be one of {sorted(STATE_DTYPES)}, got "
+            f"{meta['state_dtype']!r}"
+        )
+    if meta.get("frame_stack") is not None:
+        raise CheckpointError(
+            f"metadata['frame_stack'] is {meta['frame_stack']!r}, but frame-stacked buffers "
+            "are not saved in Velora's files; this metadata was not written by replaydb"
+        )
     for k in ("capacity", "state_dim", "action_dim", "hidden_dim", "position", "size"):
         v = meta[k]
+        if k == "state_dim" and isinstance(v, list):
+            continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise CheckpointError(f"metadata[{k!r}] must be an int >= 0, got {v!r}")
     if meta["device"] is not None and not isinstance(meta["device"], str):
         raise CheckpointError(
             f"metadata['device'] must be a string such as 'cpu' or null, got {meta['device']!r}"
         )
-    if meta["capacity"] < 1 or meta["state_dim"] < 1 or meta["action_dim"] < 1:
+    if meta["capacity"] < 1 or meta["action_dim"] < 1 or meta["state_dim"] in (0, []):
         raise CheckpointError("metadata capacity, state_dim and action_dim must be >= 1")
     if meta["size"] > meta["capacity"]:
         raise CheckpointError(

@@ -4,13 +4,16 @@ Sizes (``_positive_int``) and devices (:func:`check_device`) for the constructor
 for ``add``, the fast path that stages a transition in this thread's row
 (``_Staging``, ``_stage_add``) and the checked conversion with exact errors
 (``_row``); for ``add_multi``, the conversion of each column (``_column``). The
-three take the buffer as ``self``: ``ReplayBuffer`` binds them as its methods.
+observation shape and dtype options (:func:`state_shape`, :func:`check_state_dtype`,
+:func:`check_frame_stack`) and the path of buffers that use them (``_states``,
+``_add_shaped``). The functions with ``self`` take the buffer: ``ReplayBuffer``
+binds them as its methods.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +28,83 @@ def _positive_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+#: The dtypes ``states`` may be stored in: real and integer types safetensors writes.
+STATE_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+    )
+}
+
+
+def state_shape(state_dim: Any) -> tuple[int, ...]:
+    """``state_dim`` (an int or a sequence of ints, each >= 1) as a shape tuple.
+
+    Raises:
+        InvalidArgumentError: Naming the value, if it is neither.
+
+    Example:
+        >>> state_shape(4), state_shape([84, 84])
+        ((4,), (84, 84))
+    """
+    if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool):
+        return (_positive_int("state_dim", state_dim, 1),)
+    if (
+        isinstance(state_dim, tuple | list | torch.Size)
+        and len(state_dim) > 0
+        and all(
+            isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 1
+            for d in state_dim
+        )
+    ):
+        return tuple(int(d) for d in state_dim)
+    raise InvalidArgumentError(
+        f"state_dim must be an int >= 1 or a non-empty tuple of ints >= 1 (the observation "
+        f"shape, e.g. (84, 84)), got {state_dim!r}"
+    )
+
+
+def check_state_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` if ``states`` can be stored in it (see :data:`STATE_DTYPES`).
+
+    Raises:
+        InvalidArgumentError: For anything else (bool, complex, a string...).
+
+    Example:
+        >>> check_state_dtype(torch.uint8)
+        torch.uint8
+    """
+    if isinstance(dtype, torch.dtype) and dtype in STATE_DTYPES.values():
+        return dtype
+    raise InvalidArgumentError(
+        f"state_dtype must be one of torch.{', torch.'.join(STATE_DTYPES)}, got {dtype!r}; "
+        "e.g. state_dtype=torch.uint8 for pixels"
+    )
+
+
+def check_frame_stack(k: Any) -> int | None:
+    """``k`` (``None`` or an int >= 1) as the frame stack depth.
+
+    Raises:
+        InvalidArgumentError: For anything else.
+
+    Example:
+        >>> check_frame_stack(4)
+        4
+    """
+    if k is None:
+        return None
+    return _positive_int("frame_stack", k, 1)
 
 
 def check_device(device: Any) -> torch.device:
@@ -167,7 +247,7 @@ def _stage_add(
     return row
 
 
-def _row(self: ReplayBuffer, name: str, value: Any, dim: int, *, broadcast: bool) -> Any:
+def _row(self: object, name: str, value: Any, dim: int, *, broadcast: bool) -> Any:
     """Return ``value`` as something numpy can assign into a ``(dim,)`` row."""
     if value is None:
         raise InvalidArgumentError(
@@ -247,3 +327,72 @@ def _check_tensor(name: str, value: torch.Tensor) -> None:
         raise InvalidArgumentError(
             f"{name}: a tensor on the 'meta' device holds no data; pass a real tensor"
         )
+
+
+class _Shaped(Protocol):
+    """What :func:`_states` reads from its buffer."""
+
+    state_shape: tuple[int, ...]
+    state_dim: int | tuple[int, ...]
+
+
+def _states(self: _Shaped, name: str, value: Any, *, batched: bool = True) -> torch.Tensor:
+    """``value`` as a ``[N, *state_shape]`` tensor in its own dtype (the table casts it).
+
+    ``batched=False`` takes one observation, ``state_shape`` or ``(1, *state_shape)``.
+    """
+    if value is None:
+        raise InvalidArgumentError(f"{name} must be a tensor or array, got None")
+    if isinstance(value, torch.Tensor):
+        _check_tensor(name, value)
+        t = value.detach() if value.requires_grad else value
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(
+                f"{name}: expected a tensor or array, got {type(value).__name__}"
+            ) from exc
+    shape = self.state_shape
+    if batched:
+        if t.dim() == len(shape) + 1 and tuple(t.shape[1:]) == shape:
+            return t
+        expected = f"(N, {', '.join(map(str, shape))})"
+    else:
+        if tuple(t.shape) == shape:
+            return t.unsqueeze(0)
+        if tuple(t.shape) == (1, *shape):
+            return t
+        expected = f"{shape} or (1, {', '.join(map(str, shape))})"
+    raise InvalidArgumentError(
+        f"{name}: expected shape {expected}, got {tuple(t.shape)}; this buffer was built "
+        f"with state_dim={self.state_dim}"
+    )
+
+
+def _add_shaped(
+    self: ReplayBuffer,
+    state: Any,
+    action: Any,
+    reward: Any,
+    next_state: Any,
+    done: Any,
+    hidden: Any,
+) -> None:
+    """``add`` for a buffer with a state shape, dtype or frame stack: one checked write."""
+
+    def one(name: str, value: Any, dim: int, broadcast: bool) -> torch.Tensor:
+        v = np.asarray(self._row(name, value, dim, broadcast=broadcast), dtype=np.float32)
+        return torch.from_numpy(np.broadcast_to(v, (dim,)).reshape(1, dim).copy())
+
+    values = {
+        "states": self._states("state", state, batched=False),
+        "actions": one("action", action, self.action_dim, True),
+        "rewards": one("reward", reward, 1, False),
+        "next_states": self._states("next_state", next_state, batched=False),
+        "dones": one("done", done, 1, False),
+        "hiddens": torch.zeros(1, self.hidden_dim)
+        if hidden is None
+        else one("hidden", hidden, self.hidden_dim, True),
+    }
+    self.table.extend(values, ends=bool(values["dones"][0, 0] != 0))

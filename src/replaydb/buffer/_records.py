@@ -20,6 +20,10 @@ _KEYS = ("states", "actions", "rewards", "next_states", "dones", "hiddens")
 class BatchExperience:
     """A batch of transitions, each attribute float32 ``(batch_size, features)``.
 
+    A buffer built with a state shape, ``state_dtype`` or ``frame_stack`` returns
+    ``states`` and ``next_states`` as ``(B, *shape)`` or ``(B, k, *shape)`` in the
+    stored dtype.
+
     Attributes:
         states: Observations.
         actions: Actions taken in ``states``.
@@ -61,7 +65,8 @@ class BufferConfig(Mapping[str, Any]):
     Attributes:
         type: ``"ReplayBuffer"``.
         capacity: Transitions kept.
-        state_dim: Size of an observation.
+        state_dim: Size of an observation (its shape, a tuple, for a buffer built
+            with one).
         action_dim: Size of an action.
         hidden_dim: Size of the hidden state.
 
@@ -74,7 +79,7 @@ class BufferConfig(Mapping[str, Any]):
 
     type: str
     capacity: int
-    state_dim: int
+    state_dim: int | tuple[int, ...]
     action_dim: int
     hidden_dim: int
 
