@@ -22,6 +22,7 @@ from replaydb.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from replaydb.buffer._buffer import ReplayBuffer
+    from replaydb.buffer._sequential import StreamReplayBuffer
 
 
 def _positive_int(name: str, value: Any, minimum: int) -> int:
@@ -295,16 +296,7 @@ def _row(self: object, name: str, value: Any, dim: int, *, broadcast: bool) -> A
 
 def _column(self: ReplayBuffer, name: str, value: Any, dim: int) -> torch.Tensor:
     """``value`` as a float32 ``(N, dim)`` tensor (on CPU for the fast path)."""
-    if isinstance(value, torch.Tensor):
-        _check_tensor(name, value)
-        t = value.detach() if value.requires_grad else value
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(
-                f"{name}: expected a tensor or array, got {type(value).__name__}"
-            ) from exc
+    t = _as_tensor(name, value)
     if t.dim() == 1 and dim == 1:
         t = t.unsqueeze(1)
     if t.dim() != 2 or t.shape[1] != dim:
@@ -315,6 +307,27 @@ def _column(self: ReplayBuffer, name: str, value: Any, dim: int) -> torch.Tensor
     if t.dtype is not torch.float32 or (self._fast and not t.is_cpu):
         t = t.to("cpu" if self._fast else t.device, torch.float32)
     return t
+
+
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    """``value`` as a tensor without copying where it already is one (checked, detached)."""
+    if isinstance(value, torch.Tensor):
+        _check_tensor(name, value)
+        return value.detach() if value.requires_grad else value
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"{name}: expected a tensor or array, got {type(value).__name__}"
+        ) from exc
+
+
+def _row_tensor(
+    self: ReplayBuffer | StreamReplayBuffer, name: str, value: Any, dim: int, broadcast: bool
+) -> torch.Tensor:
+    """One transition's ``name`` as a float32 ``(1, dim)`` tensor (checked by ``_row``)."""
+    v = np.asarray(self._row(name, value, dim, broadcast=broadcast), dtype=np.float32)
+    return torch.from_numpy(np.broadcast_to(v, (dim,)).reshape(1, dim).copy())
 
 
 def _check_tensor(name: str, value: torch.Tensor) -> None:
@@ -343,16 +356,7 @@ def _states(self: _Shaped, name: str, value: Any, *, batched: bool = True) -> to
     """
     if value is None:
         raise InvalidArgumentError(f"{name} must be a tensor or array, got None")
-    if isinstance(value, torch.Tensor):
-        _check_tensor(name, value)
-        t = value.detach() if value.requires_grad else value
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(
-                f"{name}: expected a tensor or array, got {type(value).__name__}"
-            ) from exc
+    t = _as_tensor(name, value)
     shape = self.state_shape
     if batched:
         if t.dim() == len(shape) + 1 and tuple(t.shape[1:]) == shape:
@@ -382,8 +386,7 @@ def _add_shaped(
     """``add`` for a buffer with a state shape, dtype or frame stack: one checked write."""
 
     def one(name: str, value: Any, dim: int, broadcast: bool) -> torch.Tensor:
-        v = np.asarray(self._row(name, value, dim, broadcast=broadcast), dtype=np.float32)
-        return torch.from_numpy(np.broadcast_to(v, (dim,)).reshape(1, dim).copy())
+        return _row_tensor(self, name, value, dim, broadcast)
 
     values = {
         "states": self._states("state", state, batched=False),

@@ -19,6 +19,7 @@ import torch
 from replaydb.buffer import _inputs
 from replaydb.buffer._inputs import (
     _positive_int,
+    _row_tensor,
     check_device,
     check_state_dtype,
     state_shape,
@@ -161,8 +162,7 @@ class StreamReplayBuffer:
         stream = _positive_int("stream", stream, 0)
 
         def one(name: str, value: Any, dim: int, broadcast: bool) -> torch.Tensor:
-            v = np.asarray(self._row(name, value, dim, broadcast=broadcast), dtype=np.float32)
-            return torch.from_numpy(np.broadcast_to(v, (dim,)).reshape(1, dim).copy())
+            return _row_tensor(self, name, value, dim, broadcast)
 
         step = {
             "states": self._states("state", state, batched=False),
