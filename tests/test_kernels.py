@@ -205,3 +205,132 @@ def test_sum_tree_of_any_float_dtype_samples(dtype: torch.dtype) -> None:
     assert idx.shape == (8,) and values.dtype == dtype and float(total) == 100.0
     tree.update_numpy(idx.numpy(), np.full(8, 3.0), offset=1.0, power=0.5)
     assert torch.equal(tree.get(idx), torch.full((8,), 2.0, dtype=dtype))
+
+
+def _three_tables(seed: int, capacity: int, max_times: int | None) -> list[Table]:
+    """Prioritized single-step tables: the short path, the general path with the
+    kernels, and the numpy path (``REPLAYDB_NUMBA=0``'s)."""
+    tables = []
+    for enabled in (True, True, False):
+        _kernels.use(enabled)
+        tables.append(
+            Table(
+                SPEC,
+                capacity,
+                sampler=Prioritized(alpha=0.6, beta=0.4, eps=0.01, seed=seed),
+                max_times_sampled=max_times,
+            )
+        )
+    _kernels.use(True)
+    short, general, numpy_path = tables
+    general._prio_items = None  # the general path (Sampler.sample + take_items)
+    assert short._prio_items is not None and numpy_path._prio_items is None
+    return tables
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    capacity=st.integers(1, 80),
+    max_times=st.sampled_from([None, 1, 3]),
+)
+def test_prioritized_short_path_matches_general_and_numpy_paths(
+    seed: int, capacity: int, max_times: int | None
+) -> None:
+    tables = _three_tables(seed, capacity, max_times)
+    rng = random.Random(seed)
+    key = 0
+    for _ in range(10):
+        n = rng.randint(1, 2 * capacity)
+        steps = {
+            "obs": torch.randn(n, 3, generator=torch.Generator().manual_seed(key)),
+            "reward": torch.arange(key, key + n, dtype=torch.float32),
+            "step": torch.arange(key, key + n),
+        }
+        key += n
+        for table in tables:
+            table.extend(steps)
+        assert len({len(t) for t in tables}) == 1
+        if len(tables[0]) == 0:
+            continue
+        b = rng.randint(1, 40)
+        beta = rng.choice([None, 0.0, 0.3, 1.0])
+        short, general, numpy_path = (t.sample(b, beta=beta) for t in tables)
+        assert_same_sample(short, numpy_path)
+        assert_same_sample(short, general)
+        # Same kernels and the same numpy power: the weights are bit-identical.
+        assert torch.equal(short.weights, general.weights)
+        assert short.weights.dtype == torch.float32 and short.weights.shape == (b,)
+        assert short.table_size == general.table_size == numpy_path.table_size
+        # Stale, duplicate, negative and live keys.
+        keys = torch.cat([short.keys, short.keys[:2], torch.tensor([-1, key + 100])])
+        pri = torch.rand(keys.numel(), dtype=torch.float64) * 3 + 0.05
+        assert len({t.update_priorities(keys, pri) for t in tables}) == 1
+        assert len({t._max_priority for t in tables}) == 1
+    ref = tables[0].state_dict()
+    for table in tables[1:]:
+        for name, value in table.state_dict().items():
+            assert torch.equal(value, ref[name]), name
+
+
+def test_prioritized_short_path_only_where_it_applies() -> None:
+    def table(**kw: object) -> Table:
+        return Table(SPEC, 8, **kw)  # type: ignore[arg-type]
+
+    assert table(sampler=Prioritized(seed=0))._prio_items is not None
+    assert table(sampler=Prioritized(seed=0), sequence_length=2)._prio_items is None
+    assert table(sampler=Uniform(0))._prio_items is None
+    _kernels.use(False)
+    assert table(sampler=Prioritized(seed=0))._prio_items is None
+
+
+def test_prioritized_short_path_arguments_fall_back_or_raise() -> None:
+    short, general, _ = _three_tables(3, 32, None)
+    for t in (short, general):
+        t.extend({"obs": torch.zeros(20, 3), "reward": torch.zeros(20), "step": torch.arange(20)})
+    # numpy sizes and betas, timeouts: the general path, the same draws.
+    for kwargs in ({"beta": np.float64(0.5)}, {"timeout": 1.0}, {"beta": 1}):
+        a = short.sample(np.int64(6), **kwargs)  # type: ignore[arg-type]
+        assert_same_sample(a, general.sample(np.int64(6), **kwargs))  # type: ignore[arg-type]
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="beta must be a number in"):
+            short.sample(4, beta=bad)
+    with pytest.raises(InvalidArgumentError, match="batch_size must be an int"):
+        short.sample(0)
+    assert_same_sample(short.sample(5), general.sample(5))
+
+
+def test_prioritized_short_path_rejects_bad_priorities_before_any_write() -> None:
+    short, _, _ = _three_tables(0, 16, None)
+    short.extend({"obs": torch.zeros(8, 3), "reward": torch.zeros(8), "step": torch.arange(8)})
+    keys = short.sample(4).keys
+    before, top = short.state_dict(), short._max_priority
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        pri = torch.tensor([9.0, 2.0, bad, 3.0], dtype=torch.float64)
+        with pytest.raises(InvalidArgumentError, match="priorities must"):
+            short.update_priorities(keys, pri)
+    after = short.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert short._max_priority == top
+
+
+def test_draw_items_on_an_empty_tree_counts_nothing() -> None:
+    s = Prioritized(seed=0)
+    s.bind(4, torch.device("cpu"))
+    assert s.counts_items
+    times = np.zeros(4, np.int64)
+    with pytest.raises(InvalidArgumentError, match="empty SumTree"):
+        s.draw_items(3, None, np.full(4, -1), times, np.ones(4))
+    assert not times.any()
+
+
+def test_prioritized_short_path_rejects_priorities_over_the_bound() -> None:
+    t = Table(SPEC, 16, sampler=Prioritized(alpha=1.0, seed=0))
+    assert t._prio_items is not None
+    t.extend({"obs": torch.zeros(8, 3), "reward": torch.zeros(8), "step": torch.arange(8)})
+    keys = t.sample(2).keys
+    before = t.state_dict()
+    with pytest.raises(InvalidArgumentError, match="priorities must"):
+        t.update_priorities(keys, torch.tensor([1.0, 1e308], dtype=torch.float64))
+    after = t.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

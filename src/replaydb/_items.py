@@ -334,6 +334,17 @@ def update_priorities_numpy(table: Table, keys: Any, priorities: Any) -> int:
     item_key, priority = table._np_item_key, table._np_priority
     assert item_key is not None
     assert priority is not None
+    prio = table._prio_items
+    if prio is not None:
+        # Compiled: check, write the live priorities and update the sum tree.
+        with table._cond:
+            live, hi, bad = prio.update_items(k, p, item_key, priority, table._priority_limit)
+            if bad >= 0:
+                # raises, naming the value
+                check_priority_values(torch.from_numpy(p), table._priority_limit)
+            if live and hi > table._max_priority:
+                table._max_priority = hi
+            return live
     with table._cond:
         if table._kernels is not None:
             # One pass: check every priority, keep and write the live ones.

@@ -170,6 +170,41 @@ def _compile() -> SimpleNamespace | None:
         return keys, out_times, out_pri
 
     @jit
+    def prio_draw(
+        tree: Any,
+        u: Any,
+        off: Any,
+        levels: int,
+        item_key: Any,
+        times: Any,
+        pri: Any,
+        ints: Any,
+        reals: Any,
+    ) -> Any:
+        # Prioritized.sample and Table's item bookkeeping in one call (a table's CPU
+        # short path): tree_find on the scaled draws, importance, then take_items,
+        # exactly as those kernels compute them. Writes slots, keys and times into
+        # ints[0..2] and probabilities, ratios and priorities into reals[0..2]
+        # (arrays the caller owns: boxing new arrays costs more than the work);
+        # returns the total. An empty tree (total 0) counts nothing.
+        slots, leaves, total = tree_find(tree, u, off, levels, True)
+        n = slots.shape[0]
+        if not total > 0:
+            return total
+        inv = 1.0 / leaves.min()
+        for b in range(n):
+            ints[0, b] = slots[b]
+            reals[0, b] = leaves[b] / total
+            reals[1, b] = leaves[b] * inv
+            times[slots[b]] += 1  # every draw counts, duplicates included
+        for b in range(n):
+            s = slots[b]
+            ints[1, b] = item_key[s]
+            ints[2, b] = times[s]
+            reals[2, b] = pri[s]
+        return total
+
+    @jit
     def windows(starts: Any, key: Any, nxt: Any, end: Any, length: int) -> Any:
         # Follow ``next`` links from each start; past an episode's end (padded
         # windows) the last row repeats, as Storage._follow_links does.
@@ -213,6 +248,42 @@ def _compile() -> SimpleNamespace | None:
             hi = max(hi, pri[j])
             m += 1
         return slots[:m], kept[:m], hi, -1
+
+    @jit
+    def prio_updates(
+        keys: Any,
+        pri: Any,
+        item_key: Any,
+        priority: Any,
+        limit: float,
+        eps: float,
+        slots: Any,
+        leaf: Any,
+    ) -> Any:
+        # live_updates into the caller's scratch arrays: check every priority first
+        # (nothing written if one is bad), then write the live ones and put their
+        # slots and leaves before the exponent (priority + eps, as
+        # SumTree.update_numpy adds it) in slots[:m], leaf[:m]. Returns (m, the
+        # highest live priority, the position of the first bad priority or -1).
+        n = keys.shape[0]
+        for j in range(n):
+            if not (pri[j] > 0.0 and pri[j] < np.inf and pri[j] <= limit):  # NaN fails
+                return 0, 0.0, j
+        cap = item_key.shape[0]
+        m = 0
+        hi = 0.0
+        for j in range(n):
+            k = keys[j]
+            s = k % cap
+            if k < 0 or item_key[s] != k:
+                continue
+            p = pri[j]
+            slots[m] = s
+            leaf[m] = p + eps
+            priority[s] = p
+            hi = max(hi, p)
+            m += 1
+        return m, hi, -1
 
     @jit
     def link_steps(
@@ -296,6 +367,8 @@ def _compile() -> SimpleNamespace | None:
         take_items=take_items,
         windows=windows,
         live_updates=live_updates,
+        prio_draw=prio_draw,
+        prio_updates=prio_updates,
         **_window_kernels(jit),
     )
 

@@ -395,6 +395,9 @@ class Prioritized:
         self._kernels: SimpleNamespace | None = None
         self._u = torch.empty(0, dtype=torch.float64)
         self._u_np: np.ndarray[Any, Any] = self._u.numpy()
+        # Scratch for update_items (never handed out).
+        self._scratch_slots = np.empty(0, np.int64)
+        self._scratch_leaf = np.empty(0, np.float64)
 
     def bind(self, capacity: int, device: torch.device) -> None:
         self._device = device
@@ -482,6 +485,134 @@ class Prioritized:
         else:
             weights = (leaf / leaf.min()).pow_(-b).to(torch.float32)
         return Selection(slots, prob, weights)
+
+    @property
+    def counts_items(self) -> bool:
+        """Whether :meth:`draw_items` is available (a CPU tree with compiled kernels)."""
+        return self._kernels is not None and self.tree.numpy_path
+
+    def draw_items(
+        self,
+        n: int,
+        beta: float | None,
+        item_key: np.ndarray[Any, Any],
+        times: np.ndarray[Any, Any],
+        priority: np.ndarray[Any, Any],
+    ) -> tuple[Selection, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sample` and a table's item bookkeeping in one compiled pass (CPU).
+
+        The same draws, probabilities and weights as :meth:`sample` from the same
+        generator state; then, for each drawn slot in order, ``times[slot] += 1`` and
+        the slot's key, count and priority are read, as ``Table.sample`` does. Only
+        where :attr:`counts_items` is true (the table checks once).
+
+        Args:
+            n: Number of draws, > 0.
+            beta: Importance-weight exponent (``None``: the sampler's own).
+            item_key: ``[capacity]`` int64 keys of the table's items (a view).
+            times: ``[capacity]`` int64 times sampled (a view, incremented).
+            priority: ``[capacity]`` float64 priorities (a view).
+
+        Returns:
+            The :class:`Selection`, then the drawn items' keys, times sampled
+            (after counting) and priorities.
+
+        Raises:
+            InvalidArgumentError: If ``beta`` is out of range or every leaf is zero
+                (nothing is counted then).
+
+        Example:
+            >>> s = Prioritized(seed=0); s.bind(4, torch.device("cpu"))
+            >>> s.on_insert(torch.tensor([0, 1]), torch.tensor([1.0, 3.0], dtype=torch.float64))
+            >>> keys, times = np.array([0, 1, -1, -1]), np.zeros(4, np.int64)
+            >>> if s.counts_items:
+            ...     sel, k, t, p = s.draw_items(2, None, keys, times, np.ones(4))
+            ...     assert int(times.sum()) == 2
+        """
+        b = self.beta if beta is None else _unit_interval("beta", beta)
+        kernels = self._kernels
+        assert kernels is not None
+        values, offsets, _, levels = self.tree.kernel_layout()
+        if self._u.numel() != n:
+            self._u = torch.empty(n, dtype=torch.float64)
+            self._u_np = self._u.numpy()
+        torch.rand(n, dtype=torch.float64, generator=self.generator, out=self._u)
+        # Fresh outputs every call (the caller keeps them): slots, keys, times and
+        # probabilities, ratios, priorities as rows of two blocks.
+        ints = np.empty((3, n), np.int64)
+        reals = np.empty((3, n), np.float64)
+        total = kernels.prio_draw(
+            values, self._u_np, offsets, levels, item_key, times, priority, ints, reals
+        )
+        if not total > 0:
+            raise InvalidArgumentError(
+                "cannot search an empty SumTree (every leaf is zero); update some leaves first"
+            )
+        if b == 0.0:
+            w = np.ones(n, dtype=np.float32)
+        else:
+            w = np.power(reals[1], -b, out=reals[1]).astype(np.float32)
+        sel = Selection(torch.from_numpy(ints[0]), torch.from_numpy(reals[0]), torch.from_numpy(w))
+        return sel, torch.from_numpy(ints[1]), torch.from_numpy(ints[2]), torch.from_numpy(reals[2])
+
+    def update_items(
+        self,
+        keys: np.ndarray[Any, Any],
+        priorities: np.ndarray[Any, Any],
+        item_key: np.ndarray[Any, Any],
+        priority: np.ndarray[Any, Any],
+        limit: float,
+    ) -> tuple[int, float, int]:
+        """A table's ``update_priorities`` on CPU in two compiled passes.
+
+        Checks every priority (finite, > 0, at most ``limit``) before writing any;
+        then writes the priority of each key that still names its item
+        (``item_key[key % capacity] == key``) and sets its leaf to
+        ``(priority + eps) ** alpha`` as :meth:`update_numpy` does. Only where
+        :attr:`counts_items` is true.
+
+        Args:
+            keys: ``[K]`` int64 item keys.
+            priorities: ``[K]`` float64 new priorities.
+            item_key: ``[capacity]`` int64 keys of the table's items (a view).
+            priority: ``[capacity]`` float64 priorities (a view, written).
+            limit: The largest priority accepted.
+
+        Returns:
+            ``(live, highest live priority, bad)``: ``bad`` is the position of the
+            first rejected priority (nothing written) or ``-1``.
+
+        Example:
+            >>> s = Prioritized(seed=0); s.bind(4, torch.device("cpu"))
+            >>> keys, pri = np.array([0, 1, -1, -1]), np.ones(4)
+            >>> if s.counts_items:
+            ...     assert s.update_items(np.array([1, 6]), np.array([2.0, 3.0]), keys, pri,
+            ...                           1e9) == (1, 2.0, -1)
+        """
+        kernels = self._kernels
+        assert kernels is not None
+        n = keys.shape[0]
+        if self._scratch_slots.shape[0] < n:
+            self._scratch_slots = np.empty(n, np.int64)
+            self._scratch_leaf = np.empty(n, np.float64)
+        m, hi, bad = kernels.prio_updates(
+            keys,
+            priorities,
+            item_key,
+            priority,
+            limit,
+            self.eps,
+            self._scratch_slots,
+            self._scratch_leaf,
+        )
+        if bad >= 0 or not m:
+            return 0, 0.0, int(bad)
+        slots, leaf = self._scratch_slots[:m], self._scratch_leaf[:m]
+        if self.alpha != 1.0:
+            np.power(leaf, self.alpha, out=leaf)
+        values, offsets, sizes, levels = self.tree.kernel_layout()
+        kernels.tree_update(values, slots, leaf, offsets, sizes, levels)
+        return int(m), float(hi), -1
 
     def reset(self) -> None:
         self.tree.reset()

@@ -138,6 +138,33 @@ class SumTree:
         """Whether :meth:`sample_numpy` and :meth:`update_numpy` are available (CPU)."""
         return self._np is not None
 
+    def kernel_layout(
+        self,
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], int]:
+        """The CPU tree as the compiled kernels take it (``replaydb._kernels``).
+
+        For samplers that fuse a search or an update with their own bookkeeping in
+        one kernel call; nothing is validated on that path.
+
+        Returns:
+            ``(values, offsets, sizes, levels)``: the flat numpy view of every node
+            (writes land in :attr:`tree`), where each level starts, how many values
+            it has, and the number of levels below the root.
+
+        Raises:
+            InvalidArgumentError: If the tree is not on CPU.
+
+        Example:
+            >>> values, offsets, sizes, levels = SumTree(100).kernel_layout()
+            >>> levels, int(sizes[levels]) >= 100, int(values.shape[0]) > 100
+            (3, True, True)
+        """
+        if self._np is None:
+            raise InvalidArgumentError(
+                f"kernel_layout needs a CPU tree, this one is on {self.device}"
+            )
+        return self._np, self._offsets, self._sizes, self.levels
+
     @property
     def leaves(self) -> torch.Tensor:
         """The ``[capacity]`` leaf values (a view; write through :meth:`update`)."""

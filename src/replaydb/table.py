@@ -61,7 +61,7 @@ from replaydb.errors import (
     WouldBlockForeverError,
 )
 from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack, rate_limiter_from_config
-from replaydb.samplers import Fifo, Lifo, Sampler, Uniform, sampler_from_config
+from replaydb.samplers import Fifo, Lifo, Prioritized, Sampler, Uniform, sampler_from_config
 from replaydb.spec import Spec
 from replaydb.storage import (
     END_NONE,
@@ -302,6 +302,17 @@ class Table:
         self._waiting = 0  # threads blocked in _wait: notify only when there are some
         self._threads: set[int] = set()
         self._alloc_items()
+        #: CPU prioritized single-step tables: the sampler draws and counts the items
+        #: in one compiled pass (Prioritized.draw_items/update_items), or None.
+        self._prio_items = (
+            self.sampler
+            if isinstance(self.sampler, Prioritized)
+            and self.sampler.counts_items
+            and self._kernels is not None
+            and sequence_length == 1
+            and not stack
+            else None
+        )
         #: The directory of a disk-backed table (``None`` in memory).
         self._disk = disk
         if disk is not None and (stale := disk.attach(self)) is not None:
@@ -591,6 +602,18 @@ class Table:
             WouldBlockForeverError: If the table cannot be sampled and no other thread
                 could change that (e.g. a single thread sampling an empty table).
         """
+        prio = self._prio_items
+        if (
+            prio is not None
+            and type(batch_size) is int
+            and 0 < batch_size * self._item_nbytes <= _SAMPLE_CHECK_BYTES
+            and timeout is None
+            and (beta is None or (type(beta) is float and 0.0 <= beta <= 1.0))
+        ):
+            # CPU prioritized single-step table, valid arguments: the short path.
+            short = self._sample_prioritized(prio, batch_size, beta)
+            if short is not None:
+                return short
         if (
             isinstance(batch_size, bool)
             or not isinstance(batch_size, int | np.integer)
@@ -628,13 +651,24 @@ class Table:
 
             if not ready():
                 _waiting.wait(self, ready, timeout, "sample", b)
-            sel = (
-                _items.select_in_order(self, b)
-                if self.sampler.deterministic
-                else _items.select(self, b, beta)
-            )
+            prio = self._prio_items
+            if prio is not None:
+                # One compiled pass: the same draws and counts as the two calls below.
+                sel, keys, times, priorities = prio.draw_items(
+                    b,
+                    beta,
+                    self._np_item_key,  # type: ignore[arg-type]  # set on CPU
+                    self._np_times,  # type: ignore[arg-type]
+                    self._np_priority,  # type: ignore[arg-type]
+                )
+            else:
+                sel = (
+                    _items.select_in_order(self, b)
+                    if self.sampler.deterministic
+                    else _items.select(self, b, beta)
+                )
+                keys, times, priorities = _items.take_items(self, sel.slots)
             slots = sel.slots
-            keys, times, priorities = _items.take_items(self, slots)
             mask = ends = None
             if self.sequence_length == 1:
                 rows = slots
@@ -667,6 +701,48 @@ class Table:
             table_size=size,
             mask=mask,
             ends=ends,
+        )
+
+    def _sample_prioritized(self, prio: Prioritized, b: int, beta: float | None) -> Sample | None:
+        """:meth:`sample` of a CPU prioritized single-step table with valid arguments.
+
+        The same draws, counts, removals and limiter accounting as the general path
+        (one compiled pass draws the slots and counts the items); ``None`` where the
+        table cannot be sampled at once (the general path then waits or raises).
+        """
+        with self._cond:
+            lim = self.rate_limiter
+            size = self._size
+            if not (size > 0 and lim.can_sample(b, size)) or lim.never_samples(b):
+                return None
+            self._threads.add(threading.get_ident())
+            sel, keys, times, priorities = prio.draw_items(
+                b,
+                beta,
+                self._np_item_key,  # type: ignore[arg-type]  # set on CPU
+                self._np_times,  # type: ignore[arg-type]
+                self._np_priority,  # type: ignore[arg-type]
+            )
+            slots = sel.slots
+            data = self.storage.gather(slots)
+            lim.on_sample(b)
+            if self.max_times_sampled is not None:
+                spent = slots[times >= self.max_times_sampled]
+                if spent.numel():
+                    _items.remove_slots(self, spent)
+            if self._waiting:
+                self._cond.notify_all()
+        assert sel.weights is not None
+        return Sample(
+            data=data,
+            keys=keys,
+            probabilities=sel.probabilities,
+            weights=sel.weights,
+            priorities=priorities,
+            times_sampled=times,
+            table_size=size,
+            mask=None,
+            ends=None,
         )
 
     def update_priorities(self, keys: Any, priorities: Any) -> int:
