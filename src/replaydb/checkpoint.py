@@ -11,7 +11,9 @@ Three layouts live here:
   ``manifest.json`` (checksummed) and, written last, a ``COMPLETE`` marker. It is assembled under a
   hidden temporary name and renamed into place, so a crash at any point leaves the
   previous checkpoint loadable; pruning deletes only directories this module wrote.
-* **Atomic files** (:func:`atomic_write_files`): used by the Velora-format buffer.
+* **Atomic files** (:func:`atomic_write_files`): several files written as one step, each
+  to a temporary name, fsynced, then renamed (the manifest and marker above use it; the
+  Velora-format buffer has its own two-file commit protocol in ``replaydb.buffer._files``).
 
 Every write goes to a temporary name in the same directory, is fsynced, then
 renamed; the directory is fsynced after the rename. Temporaries left by a writer
