@@ -24,6 +24,7 @@ from replaydb.buffer._inputs import (
     check_device,
     check_frame_stack,
     check_state_dtype,
+    given_state_dim,
     state_shape,
 )
 from replaydb.buffer._records import _KEYS, BatchExperience, BufferConfig
@@ -96,11 +97,7 @@ class ReplayBuffer:
         self.capacity = _positive_int("capacity", capacity, 1)
         self.state_shape = state_shape(state_dim)
         #: The ``state_dim`` as given: an int, or the observation shape as a tuple.
-        self.state_dim: int | tuple[int, ...] = (
-            self.state_shape[0]
-            if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool)
-            else self.state_shape
-        )
+        self.state_dim = given_state_dim(state_dim, self.state_shape)
         self.state_dtype = check_state_dtype(state_dtype)
         self.frame_stack = check_frame_stack(frame_stack)
         self.action_dim = _positive_int("action_dim", action_dim, 1)

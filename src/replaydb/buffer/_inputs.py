@@ -309,6 +309,13 @@ def _column(self: ReplayBuffer, name: str, value: Any, dim: int) -> torch.Tensor
     return t
 
 
+def given_state_dim(state_dim: Any, shape: tuple[int, ...]) -> int | tuple[int, ...]:
+    """``state_dim`` as the user gave it: an int, or the observation shape as a tuple."""
+    if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool):
+        return shape[0]
+    return shape
+
+
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
     """``value`` as a tensor without copying where it already is one (checked, detached)."""
     if isinstance(value, torch.Tensor):

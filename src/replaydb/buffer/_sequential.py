@@ -13,7 +13,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from replaydb.buffer import _inputs
@@ -22,6 +21,7 @@ from replaydb.buffer._inputs import (
     _row_tensor,
     check_device,
     check_state_dtype,
+    given_state_dim,
     state_shape,
 )
 from replaydb.buffer._records import BatchExperience
@@ -82,11 +82,7 @@ class StreamReplayBuffer:
     ) -> None:
         self.capacity = _positive_int("capacity", capacity, 2)
         self.state_shape = state_shape(state_dim)
-        self.state_dim: int | tuple[int, ...] = (
-            self.state_shape[0]
-            if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool)
-            else self.state_shape
-        )
+        self.state_dim = given_state_dim(state_dim, self.state_shape)
         self.state_dtype = check_state_dtype(state_dtype)
         self.action_dim = _positive_int("action_dim", action_dim, 1)
         self.hidden_dim = _positive_int("hidden_dim", hidden_dim, 0)
