@@ -19,33 +19,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 import torch
+from bench_sampling import race  # one timing rule for every benchmark (same folder)
 
 from replaydb import Spec, Table
 from replaydb.samplers import Uniform
 
 BATCH = 32
 COLD_SAMPLES = 100
-
-
-def race(contenders: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median CPU seconds per call, in interleaved blocks of ten calls."""
-    for fn in contenders.values():
-        for _ in range(20):
-            fn()
-    blocks: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(max(1, reps // 10)):
-        for name, fn in contenders.items():
-            t0 = time.process_time()
-            for _ in range(10):
-                fn()
-            blocks[name].append((time.process_time() - t0) / 10)
-    return {name: statistics.median(b) for name, b in blocks.items()}
 
 
 def main() -> None:

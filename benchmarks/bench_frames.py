@@ -16,32 +16,15 @@ per call of each, the stacked observation bytes per second, and their ratio (iss
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
+from bench_sampling import race  # one timing rule for every benchmark (same folder)
 
 from replaydb import Spec, Table, _kernels
 from replaydb.samplers import Uniform
 
 BATCH, STACK, SIDE = 32, 4, 84
-
-
-def race(contenders: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median CPU seconds per call; blocks of ten calls of each contender interleaved."""
-    for fn in contenders.values():
-        for _ in range(20):
-            fn()
-    blocks: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(max(1, reps // 10)):
-        for name, fn in contenders.items():
-            t0 = time.process_time()
-            for _ in range(10):
-                fn()
-            blocks[name].append((time.process_time() - t0) / 10)
-    return {name: statistics.median(b) for name, b in blocks.items()}
 
 
 def build(frames: int, envs: int) -> Table:
