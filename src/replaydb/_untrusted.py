@@ -306,7 +306,7 @@ def regular_file(p: Path, what: str) -> None:
         raise CheckpointError(f"{str(p)!r} is not a regular file; give the {what} itself")
 
 
-def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+def remove_stale_temporaries(directory: str | os.PathLike[str], prefix: str = "") -> list[Path]:
     """Delete temporaries of atomic writes whose writing process has died.
 
     A save writes ``.<name>.tmp-<pid>-<ns>`` beside its target and renames it; a
@@ -317,6 +317,8 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
 
     Args:
         directory: The directory to clean.
+        prefix: Only temporaries of files whose name starts with it (a Velora
+            buffer's ``prefix`` cleans its own files, not a neighbour's).
 
     Returns:
         The files removed.
@@ -332,7 +334,9 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
         return removed
     for p in entries:
         m = _TMP_FILE_RE.match(p.name)
-        if m is None or not process_is_gone(int(m.group(1))):
+        if m is None or not p.name.startswith("." + prefix):
+            continue
+        if not process_is_gone(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             if p.is_file() and not p.is_symlink():

@@ -10,6 +10,7 @@ killed saves. ``save`` and ``load`` are the bodies of the two methods.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -20,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from replaydb._table_file import fsync_dir
 from replaydb.buffer._inputs import STATE_DTYPES, check_device
 from replaydb.buffer._records import _KEYS
+from replaydb.checkpoint import read_json, remove_stale_temporaries
 from replaydb.errors import CheckpointError, InvalidArgumentError
 from replaydb.rate_limiters import rate_limiter_from_config
 from replaydb.samplers import sampler_from_config
@@ -34,7 +37,6 @@ if TYPE_CHECKING:
 VELORA_FORMAT = "replaydb.velora"
 FORMAT_VERSION = 2
 _META_KEYS = ("capacity", "state_dim", "action_dim", "hidden_dim", "position", "size", "device")
-_MAX_JSON = 1 << 20  # metadata files are a few hundred bytes
 
 
 def save(self: ReplayBuffer, dirpath: str | os.PathLike[str], prefix: str) -> None:
@@ -55,7 +57,7 @@ def save(self: ReplayBuffer, dirpath: str | os.PathLike[str], prefix: str) -> No
     if d.exists() and not d.is_dir():
         raise InvalidArgumentError(f"dirpath {str(d)!r} is a file; save() needs a directory path")
     d.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(d, prefix)
+    remove_stale_temporaries(d, prefix)
     keep_table = self._keeps_table_state()
     dense = torch.contiguous_format
     with self.table.locked():
@@ -100,19 +102,19 @@ def save(self: ReplayBuffer, dirpath: str | os.PathLike[str], prefix: str) -> No
         tmps.append(meta_tmp)
         meta_tmp.write_text(json.dumps(meta, indent=2))
         _fsync_file(meta_tmp)
-        _fsync_dir(d)
+        fsync_dir(d)
         # Commit: the metadata first (it still describes the old state file as
         # "previous"), then the state file.
         os.replace(meta_tmp, meta_path)
         os.replace(state_tmp, state_path)
-        _fsync_dir(d)
+        fsync_dir(d)
     finally:
         for tmp in tmps:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     # Table files no metadata names any more (the old save's, or a killed save's).
     keep = {table_path.name} if table_path is not None else set()
-    for old in d.glob(f"{_glob_escape(prefix)}table-*.safetensors"):
+    for old in d.glob(f"{glob.escape(prefix)}table-*.safetensors"):
         if old.name not in keep:
             with contextlib.suppress(OSError):
                 old.unlink()
@@ -133,7 +135,7 @@ def load(
     if p.suffix != ".safetensors":
         p = p.with_name(p.name + ".safetensors")
     if p.name.endswith("state.safetensors"):
-        _remove_stale_temporaries(p.parent, p.name[: -len("state.safetensors")])
+        remove_stale_temporaries(p.parent, p.name[: -len("state.safetensors")])
     if not p.is_file():
         raise CheckpointError(f"no buffer state file at {str(p)!r}; check state_path")
     if "state_sha256" in meta:
@@ -253,60 +255,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # someone else's process, or we cannot tell: keep its files
-    return True
-
-
-def _remove_stale_temporaries(d: Path, prefix: str) -> None:
-    """Remove ``.<prefix>*.tmp-<pid>-<ns>`` files whose process no longer exists."""
-    for tmp in d.glob(f".{_glob_escape(prefix)}*.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
-        except (IndexError, ValueError):
-            continue
-        if not _pid_alive(pid):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-
-
-def _read_json(path: Path) -> Any:
-    """Parse a small JSON file; ``CheckpointError`` for anything unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_JSON + 1)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {str(path)!r}: {exc}") from exc
-    if len(raw) > _MAX_JSON:
-        raise CheckpointError(
-            f"{str(path)!r} is larger than {_MAX_JSON} bytes; not a metadata file"
-        )
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{str(path)!r} is not valid UTF-8 JSON: {exc}") from exc
-
-
 def _previous_metadata(meta_path: Path, state_path: Path) -> dict[str, Any] | None:
     """The current save's metadata (without its own ``previous``), if it describes the state file.
 
@@ -316,7 +264,7 @@ def _previous_metadata(meta_path: Path, state_path: Path) -> dict[str, Any] | No
     if not meta_path.is_file() or not state_path.is_file():
         return None
     try:
-        old = _check_metadata(_read_json(meta_path))
+        old = _check_metadata(read_json(meta_path))
     except CheckpointError:
         return None  # unreadable metadata: the old files were not loadable anyway
     old.pop("previous", None)
