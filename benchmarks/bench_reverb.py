@@ -5,7 +5,10 @@ Measures, per backend, in its own process (the two cannot share one):
 * ``observer``: ``ReverbAddTrajectoryObserver`` steps/s (sequence_length=2, CartPole-shaped
   numpy ``Trajectory`` steps, episodes of 200 steps with a boundary step), flush included;
 * ``dataset``: ``ReverbReplayBuffer.as_dataset(64, num_steps=2)`` items/s over a full
-  table, after a warm-up.
+  table, after a warm-up;
+* ``dataset ceiling`` (replaydb side only): the same TF-Agents pipeline with the
+  Reverb dataset replaced by a source that costs nothing, i.e. the most any Reverb
+  implementation can reach through TF-Agents' unchanged ``as_dataset``.
 
     python benchmarks/bench_reverb.py                      # ours + real, ratios
     python benchmarks/bench_reverb.py --real-python /work/tfenv/bin/python
@@ -92,20 +95,43 @@ def measure(backend: str, steps: int, batches: int, replace: bool) -> dict[str, 
     frames = replay.num_frames()  # waits for the writes to land
     observer_s = time.perf_counter() - start
 
-    dataset = replay.as_dataset(64, num_steps=2)
-    it = iter(dataset)
-    for _ in range(20):
-        next(it)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    dataset_s = time.perf_counter() - start
+    def items_per_s() -> float:
+        it = iter(replay.as_dataset(64, num_steps=2))
+        for _ in range(20):
+            next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        return batches * 64 / (time.perf_counter() - start)
+
+    out = {"observer_steps_per_s": steps / observer_s, "frames": float(frames)}
+    if backend == "ours":
+        # The ceiling of TF-Agents' own as_dataset pipeline (interleave of 32 sources,
+        # per-item map, batch): the same pipeline over a source that costs nothing,
+        # an in-graph dataset of ready ReplaySamples. No Reverb can beat it.
+        ready = 4096
+
+        def free_source(server_address: str, table: str, dtypes: Any, shapes: Any, **_: Any) -> Any:
+            info = reverb.SampleInfo(
+                *[
+                    tf.zeros([ready], d)
+                    for d in (tf.uint64, tf.float64, tf.int64, tf.float64, tf.int32)
+                ]
+            )
+            data = tf.nest.map_structure(
+                lambda d, s: tf.zeros([ready, *s.as_list()], d), dtypes, shapes
+            )
+            return tf.data.Dataset.from_tensor_slices(reverb.ReplaySample(info, data)).repeat()
+
+        real_source = reverb_replay_buffer.reverb.TrajectoryDataset
+        reverb_replay_buffer.reverb.TrajectoryDataset = free_source
+        try:
+            out["dataset_ceiling_items_per_s"] = items_per_s()
+        finally:
+            reverb_replay_buffer.reverb.TrajectoryDataset = real_source
+    out["dataset_items_per_s"] = items_per_s()
     server.stop()
-    return {
-        "observer_steps_per_s": steps / observer_s,
-        "dataset_items_per_s": batches * 64 / dataset_s,
-        "frames": float(frames),
-    }
+    return out
 
 
 def run_child(python: str, backend: str, args: argparse.Namespace) -> dict[str, float] | None:
@@ -153,6 +179,13 @@ def main(argv: list[str] | None = None) -> None:
         ours = results["ours"][key] if results["ours"] else float("nan")
         real = results["real"][key] if results["real"] else float("nan")
         print(f"{key:<24}{ours:>18,.0f}{real:>14,.0f}{ours / real:>7.1f}x")
+    if results["ours"] and "dataset_ceiling_items_per_s" in results["ours"]:
+        ceiling = results["ours"]["dataset_ceiling_items_per_s"]
+        real = results["real"]["dataset_items_per_s"] if results["real"] else float("nan")
+        print(
+            f"{'dataset ceiling':<24}{ceiling:>18,.0f}{'':>14}{ceiling / real:>7.1f}x"
+            "   (TF-Agents' pipeline over a source that costs nothing)"
+        )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,40 @@ __all__ = ["TrajectoryDataset"]
 
 _INFO_DTYPES = (tf.uint64, tf.float64, tf.int64, tf.float64, tf.int32)
 _INFO_KEYS = ("key", "probability", "table_size", "priority", "times_sampled")
-_state = {"exiting": False}
+_state = {"exiting": False, "built": False}
 #: Longest single wait inside the generator: a blocked dataset yields an empty batch
 #: this often, so TensorFlow can tear down an iterator that nobody reads any more.
 _SLICE_S = 0.2
 
 
 def _at_exit() -> None:
+    """End every dataset of this module and free live iterators while Python still runs.
+
+    A ``TrajectoryDataset`` draws through Python (``from_generator``). If a
+    ``tf.data`` iterator over one (TF-Agents' ``as_dataset`` pipelines keep up to 32
+    of them busy in ``interleave``) is still alive when the interpreter finalizes,
+    its worker threads call into Python after finalization has begun; Python ends
+    such threads on the spot, and TensorFlow then waits for them for ever (the
+    process hangs at exit) or aborts ("terminate called without an active
+    exception"). Real Reverb's dataset is a C++ op, so its users never see this.
+    Here, at exit (atexit handlers run before finalization), every generator is
+    told to end and the iterator resources of live ``tf.data`` iterators are
+    released, so their threads are joined while Python can still serve them. The
+    Python iterator objects stay, unusable, for the last moments of the process.
+    """
     _state["exiting"] = True
+    if not _state["built"]:
+        return
+    import gc
+
+    from tensorflow.python.data.ops import (  # type: ignore[import-untyped, unused-ignore]
+        iterator_ops,
+    )
+
+    for obj in gc.get_objects():
+        if isinstance(obj, iterator_ops.OwnedIterator) and hasattr(obj, "_iterator_resource"):
+            del obj._iterator_resource
+    gc.collect()
 
 
 atexit.register(_at_exit)
@@ -169,6 +195,7 @@ class TrajectoryDataset(dataset_ops.DatasetSource):  # type: ignore[misc]
             for info, data in generate():
                 yield ReplaySample(SampleInfo(*info), tf.nest.pack_sequence_as(dtypes, list(data)))
 
+        _state["built"] = True
         ds = tf.data.Dataset.from_generator(structured, output_signature=signature).unbatch()
         self._inner = ds
         super().__init__(ds._variant_tensor)
