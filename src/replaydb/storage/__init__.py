@@ -13,7 +13,8 @@ The package holds one noun, :class:`Storage`, and what it is built from:
 
 Example:
     >>> import torch
-    >>>     >>> s = Storage(Spec({"x": (2,)}), capacity=4)
+    >>> from replaydb.spec import Spec
+    >>> s = Storage(Spec({"x": (2,)}), capacity=4)
     >>> s.append({"x": torch.ones(3, 2)}).keys.tolist()
     [0, 1, 2]
 """
