@@ -343,9 +343,10 @@ class Storage:
         return AppendResult(keys=k, positions=None, evicted_rows=evicted, first_key=int(k[0]))
 
     def append_numpy(self, values: Mapping[Any, Any], n: int, end: Any = 0, stream: int = 0) -> int:
-        """Write ``n`` steps of one stream through numpy views (CPU, no links).
+        """Write ``n`` steps of one stream from numpy-like values (no links).
 
-        The fast path under the Velora buffer. ``values`` maps field names, or a
+        The fast path under the Velora buffer: on CPU through numpy views (on the
+        torch path each value is copied to the device, correct but not fast). ``values`` maps field names, or a
         dtype for a whole packed group row, to data that broadcasts to ``(n, *shape)``
         (numpy rules); ``n <= capacity``. The caller checks shapes first, since a
         failed assignment part-way would leave a torn row.

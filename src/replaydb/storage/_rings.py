@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from replaydb import _devices, _kernels, _links
-from replaydb.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from replaydb.storage._memory import Storage
@@ -129,10 +128,20 @@ class TorchRing:
     def append_numpy(
         self, values: Mapping[Any, Any], n: int, end: Any, stream: int, total: int
     ) -> int:
-        raise InvalidArgumentError(
-            f"append_numpy writes through numpy views of CPU tensors; this storage takes "
-            f"the {self.name} path on {self.st.device}; use append()"
-        )
+        # Correct everywhere, fast nowhere: each value becomes a tensor on the device.
+        st = self.st
+        row0 = total % st.capacity
+        dev = st.device
+        for name, value in values.items():
+            dst = st.groups[name] if isinstance(name, torch.dtype) else st.fields[name]
+            src = np.broadcast_to(np.asarray(value), (n, *dst.shape[1:]))
+            ring_copy(dst, row0, n, torch.as_tensor(src.copy(), device=dev).to(dst.dtype))
+        keys = torch.arange(total, total + n, dtype=torch.int64, device=dev)
+        ends = torch.as_tensor(np.broadcast_to(np.asarray(end), (n,)).copy(), device=dev)
+        ring_copy(st.key, row0, n, keys)
+        ring_copy(st.stream, row0, n, stream)
+        ring_copy(st.end, row0, n, ends.to(torch.int64))
+        return row0
 
     def walk(self, keys: torch.Tensor, steps: int, column: str) -> torch.Tensor:
         return _walk_torch(self.st, keys, steps, column)
