@@ -346,10 +346,11 @@ class Storage:
         """Write ``n`` steps of one stream from numpy-like values (no links).
 
         The fast path under the Velora buffer: on CPU through numpy views (on the
-        torch path each value is copied to the device, correct but not fast). ``values`` maps field names, or a
-        dtype for a whole packed group row, to data that broadcasts to ``(n, *shape)``
-        (numpy rules); ``n <= capacity``. The caller checks shapes first, since a
-        failed assignment part-way would leave a torn row.
+        torch path each value is copied to the device, correct but not fast).
+        ``values`` maps field names, or a dtype for a whole packed group row, to data
+        that broadcasts to ``(n, *shape)`` (numpy rules); ``n <= capacity``. The
+        caller checks shapes first, since a failed assignment part-way would leave a
+        torn row.
         """
         assert not self.links
         if self.files is not None:
@@ -427,9 +428,6 @@ class Storage:
             >>> [t.tolist() for t in s.windows(torch.tensor([1]), 2)]
             [[[1, 2]], [[0, 1]]]
         """
-        if length == 1:
-            rows = (start_keys % self.capacity).unsqueeze(1)
-            return rows, self.end.index_select(0, rows.reshape(-1)).view(rows.shape)
         return self.engine.windows(start_keys, length)
 
     def _follow_links(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:

@@ -81,10 +81,10 @@ class Ring(Protocol):
         """Follow ``prev`` or ``next`` links ``steps`` times; ``-1`` where broken."""
 
     def window_rows(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
-        """``[B, length]`` rows of the windows starting at ``start_keys`` (length > 1)."""
+        """``[B, length]`` rows of the windows starting at ``start_keys``."""
 
     def windows(self, start_keys: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Window rows and their end codes (length > 1)."""
+        """Window rows and their end codes."""
 
     def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every field at ``rows``: ``[*rows.shape, *field.shape]``."""
