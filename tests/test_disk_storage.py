@@ -140,7 +140,7 @@ def test_any_dtype_and_shape(tmp_path: Path, dtype: torch.dtype, shape: tuple[in
 def test_bigger_than_memory_goes_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = Spec({"frame": ((84, 84), "uint8")})
     cap = 2_000  # 14 MB of frames, 0.2 MB of bookkeeping
-    monkeypatch.setattr(storage, "available_memory", lambda device: 2 * 2**20)
+    monkeypatch.setattr(storage._preflight, "available_memory", lambda device: 2 * 2**20)
     with pytest.raises(InsufficientMemoryError, match=r"path=DIR"):
         Table(spec, cap)
     t = Table(spec, cap, path=tmp_path)
@@ -156,7 +156,7 @@ def test_disk_preflight_checks_free_disk_space(
     class Usage:
         free = 1_000_000
 
-    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: Usage())
+    monkeypatch.setattr(storage._preflight.shutil, "disk_usage", lambda path: Usage())
     spec = Spec({"frame": ((84, 84), "uint8")})
     with pytest.raises(InsufficientMemoryError, match=r"needs 6\.73 MiB more on the disk"):
         Table(spec, 1_000, path=tmp_path / "t")

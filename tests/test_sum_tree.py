@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replaydb import _kernels
+from replaydb import _devices, _kernels
 from replaydb.errors import InvalidArgumentError
 from replaydb.sum_tree import SumTree
 
@@ -34,13 +34,17 @@ PATHS = ["numba", "numpy", "torch"]
 
 
 def make(capacity: int, path: str, device: str = "cpu") -> SumTree:
-    tree = SumTree(capacity, device=device)
-    if path == "numba" and tree._kernels is None:
+    # The path is chosen at construction: numpy as without numba, torch as on a GPU.
+    _kernels.use(path != "numpy")
+    _devices.use_generic(path == "torch")
+    try:
+        tree = SumTree(capacity, device=device)
+    finally:
+        _kernels.use(True)
+        _devices.use_generic(False)
+    if tree.engine.name != path:
+        assert path == "numba" and _kernels.get() is None
         pytest.skip("numba is not installed")
-    if path == "numpy":
-        tree._kernels = None  # the numpy path, as without numba
-    if path == "torch":
-        tree._np = None  # exercise the device path on CPU
     return tree
 
 

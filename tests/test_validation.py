@@ -479,7 +479,7 @@ def test_sum_tree_rejects_leaves_whose_sum_could_overflow() -> None:
 def test_memory_preflight_names_size_free_memory_and_alternatives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(storage, "available_memory", lambda device: 10 * 2**20)
+    monkeypatch.setattr(storage._preflight, "available_memory", lambda device: 10 * 2**20)
     spec = Spec({"frame": ((84, 84), "uint8")})
     need = Storage.required_nbytes(spec, 10_000)
     assert need == 10_000 * (84 * 84 + 40)
@@ -497,7 +497,7 @@ def test_memory_preflight_names_size_free_memory_and_alternatives(
 
 
 def test_memory_preflight_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "available_memory", lambda device: 1024)
+    monkeypatch.setattr(storage._preflight, "available_memory", lambda device: 1024)
     with pytest.raises(InsufficientMemoryError):
         Table(SPEC, 1000)
     monkeypatch.setenv(MEMORY_CHECK_ENV, "0")
@@ -507,7 +507,7 @@ def test_memory_preflight_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -
 def test_memory_preflight_skips_when_free_memory_is_unknown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(storage, "available_memory", lambda device: None)
+    monkeypatch.setattr(storage._preflight, "available_memory", lambda device: None)
     check_memory(2**80, torch.device("cpu"), "anything", "nothing")
 
 

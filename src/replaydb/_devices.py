@@ -12,7 +12,7 @@ import torch
 
 from replaydb.errors import DeviceError, InvalidTypeError
 
-__all__ = ["resolve_device"]
+__all__ = ["host_path", "resolve_device", "use_generic"]
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -75,3 +75,44 @@ def resolve_device(device: Any) -> torch.device:
             "use 'cpu' or 'cuda'"
         ) from None
     return dev
+
+
+# ------------------------------------------------------------------------------------
+# The device path: decided once, when a storage, sum tree or sampler is built.
+# ------------------------------------------------------------------------------------
+
+_STATE = {"generic": False}
+
+
+def host_path(device: torch.device, *dtypes: torch.dtype) -> bool:
+    """Whether an object on ``device`` holding ``dtypes`` takes the host (numpy) path.
+
+    The host path works on zero-copy numpy views of CPU tensors (each numpy call
+    costs a fraction of a torch call's dispatch) and, where numba is installed, on
+    the compiled loops of :mod:`replaydb._kernels`. It applies on CPU for dtypes
+    numpy has (not bfloat16); everything else, and CPU after :func:`use_generic`,
+    takes the generic torch path. Storages, sum trees and samplers ask this once,
+    at construction, and keep the implementation object it selects.
+
+    Example:
+        >>> host_path(torch.device("cpu"), torch.float32)
+        True
+    """
+    return (
+        device.type == "cpu"
+        and not _STATE["generic"]
+        and all(dt != torch.bfloat16 for dt in dtypes)
+    )
+
+
+def use_generic(enabled: bool) -> None:
+    """Build objects created afterwards on the generic torch path, even on CPU (tests).
+
+    The generic path is what a GPU runs; forcing it on CPU lets the tests compare it
+    with the host path on the same data.
+
+    Args:
+        enabled: ``True`` for the torch path everywhere; ``False`` (the default)
+            for the host path on CPU.
+    """
+    _STATE["generic"] = bool(enabled)

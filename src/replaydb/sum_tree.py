@@ -20,11 +20,13 @@ value, never a child whose sum is zero. An update writes the leaves (the last
 value of a repeated index wins) and recomputes every touched parent from its
 children, level by level.
 
-On CPU the same algorithm runs through numpy views of the torch storage, or, where
-numba is installed, as two small compiled loops over the same arrays
-(:mod:`replaydb._kernels`; set ``REPLAYDB_NUMBA=0`` to turn that off); all CPU
-paths, and the torch path on CPU, give bit-identical results. On other devices it
-runs in torch with no host synchronisation in :meth:`SumTree.find`.
+The device path is chosen once, when the tree is built, and kept as
+:attr:`SumTree.engine`: on CPU the algorithm runs through numpy views of the torch
+storage (``"numpy"``), or, where numba is installed, as two small compiled loops
+over the same arrays (``"numba"``, :mod:`replaydb._kernels`; ``REPLAYDB_NUMBA=0``
+turns it off); on other devices it runs in torch (``"torch"``) with no host
+synchronisation in :meth:`SumTree.find`. All paths, the torch one run on CPU
+included, give bit-identical results.
 
 :meth:`SumTree.state_dict` keeps the binary-heap layout of replaydb 0.x checkpoints
 (``2 * P`` values, ``P`` the capacity rounded up to a power of two, leaves at
@@ -42,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb import _kernels
+from replaydb import _devices, _kernels
 from replaydb.errors import InvalidArgumentError
 
 __all__ = ["SumTree"]
@@ -117,12 +119,8 @@ class SumTree:
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._leaf0 = offsets[-1]
         self.tree = torch.zeros(offsets[-1] + max(sizes[-1], _K), dtype=dtype, device=self.device)
-        self._np: np.ndarray[Any, Any] | None = None
-        self._kernels: SimpleNamespace | None = None
-        if self.device.type == "cpu" and dtype != torch.bfloat16:
-            self._np = self.tree.numpy()
-            # numba compiles float32 and float64 loops (not float16).
-            self._kernels = _kernels.get() if dtype in (torch.float32, torch.float64) else None
+        #: The device path, chosen once here (see the module docstring).
+        self.engine: _TorchTree | _NumpyTree = _tree_engine(self)
 
     def __repr__(self) -> str:
         return f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype})"
@@ -136,7 +134,7 @@ class SumTree:
     @property
     def numpy_path(self) -> bool:
         """Whether :meth:`sample_numpy` and :meth:`update_numpy` are available (CPU)."""
-        return self._np is not None
+        return isinstance(self.engine, _NumpyTree)
 
     def kernel_layout(
         self,
@@ -159,11 +157,7 @@ class SumTree:
             >>> levels, int(sizes[levels]) >= 100, int(values.shape[0]) > 100
             (3, True, True)
         """
-        if self._np is None:
-            raise InvalidArgumentError(
-                f"kernel_layout needs a CPU tree, this one is on {self.device}"
-            )
-        return self._np, self._offsets, self._sizes, self.levels
+        return self._host("kernel_layout").values, self._offsets, self._sizes, self.levels
 
     @property
     def leaves(self) -> torch.Tensor:
@@ -204,10 +198,7 @@ class SumTree:
             >>> t.find(torch.tensor([0.0, 0.99, 1.0, 1.99])).tolist()
             [0, 0, 2, 2]
         """
-        if self._np is not None:
-            v = np.ascontiguousarray(prefix_values.detach().to(torch.float64).cpu().numpy())
-            return torch.from_numpy(self._find_numpy(v.reshape(-1), scale=False)[0])
-        return self._find_torch(prefix_values.to(self.device, self.dtype))[0]
+        return self.engine.find(prefix_values)
 
     def sample(
         self, n: int, generator: torch.Generator | None = None
@@ -228,15 +219,7 @@ class SumTree:
             [1, 1, 1, 1]
         """
         u = torch.rand(n, dtype=torch.float64, device=self.device, generator=generator)
-        if self._np is not None:
-            idx, vals, total = self.sample_numpy(u.numpy())
-            return (
-                torch.from_numpy(idx),
-                torch.from_numpy(vals),
-                torch.tensor(total, dtype=self.dtype),
-            )
-        idx_t, total_t = self._find_torch(u.to(self.dtype), scale=True)
-        return idx_t, self.get(idx_t), total_t
+        return self.engine.sample(u)
 
     def sample_numpy(
         self, u: np.ndarray[Any, Any]
@@ -249,77 +232,20 @@ class SumTree:
         Raises:
             InvalidArgumentError: If the tree is not on CPU, or is empty.
         """
-        if self._np is None:
-            raise InvalidArgumentError(
-                f"sample_numpy needs a CPU tree, this one is on {self.device}; use sample()"
-            )
+        host = self._host("sample_numpy", "sample()")
         if u.dtype != np.float64 or not u.flags.c_contiguous:
             u = np.ascontiguousarray(u, dtype=np.float64)
-        return self._find_numpy(u, scale=True)
+        return host.search(u, scale=True)
 
-    def _find_numpy(
-        self, v: np.ndarray[Any, Any], scale: bool
-    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
-        """Search ``v`` (times the total when ``scale``); return leaves, their values, the total."""
-        tree = self._np
-        assert tree is not None
-        if self._kernels is not None:
-            idx, vals, tot = self._kernels.tree_find(tree, v, self._offsets, self.levels, scale)
-            total = float(tot)
-        else:
-            total = float(tree[0])
-            if total > 0:
-                idx = self._descend_numpy(v * total if scale else v)
-                vals = tree.take(idx + self._leaf0)
-        if not total > 0:
+    def _host(self, what: str, instead: str = "") -> _NumpyTree:
+        """The host engine, or an error naming ``what`` needs it (a tree off the CPU)."""
+        if not isinstance(self.engine, _NumpyTree):
+            use = f"; use {instead}" if instead else ""
             raise InvalidArgumentError(
-                "cannot search an empty SumTree (every leaf is zero); update some leaves first"
+                f"{what} needs a CPU tree on the host (numpy) path; this one takes the "
+                f"{self.engine.name} path on {self.device}{use}"
             )
-        return idx, vals, total
-
-    def _descend_numpy(self, v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        tree = self._np
-        assert tree is not None
-        x = np.array(v, dtype=np.float64)  # a copy: updated in place below
-        node = np.zeros(x.shape[0], dtype=np.int64)
-        rows = np.arange(x.shape[0])
-        lanes = np.arange(_K)
-        for level in range(self.levels):
-            first = self._offsets[level + 1] + node * _K
-            c = tree[first[:, None] + lanes].astype(np.float64, copy=False)
-            run = np.cumsum(c, axis=1)  # running sums, added left to right
-            past = (run <= x[:, None]).sum(axis=1)
-            # Never a zero child: rounding may carry x past the last non-zero one.
-            last_nz = (lanes * (c > 0)).max(axis=1)
-            pick = np.minimum(past, last_nz)
-            x -= np.where(pick > 0, run[rows, np.maximum(pick - 1, 0)], 0.0)
-            node = node * _K + pick
-        return node
-
-    def _find_torch(
-        self, v: torch.Tensor, scale: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Search ``v`` (times the total when ``scale``); return leaves and the 0-d total."""
-        tree = self.tree
-        total = tree[0].clone()
-        x = (v * total if scale else v).to(torch.float64)
-        node = torch.zeros(x.shape[0], dtype=torch.int64, device=self.device)
-        lanes = torch.arange(_K, device=self.device)
-        for level in range(self.levels):
-            first = int(self._offsets[level + 1]) + node * _K
-            c = tree[first.unsqueeze(1) + lanes].to(torch.float64)
-            # Running sums added left to right (as on CPU), not a parallel scan.
-            cols = [c[:, 0]]
-            for j in range(1, _K):
-                cols.append(cols[-1] + c[:, j])
-            run = torch.stack(cols, dim=1)
-            past = (run <= x.unsqueeze(1)).sum(dim=1)
-            last_nz = (lanes * (c > 0)).amax(dim=1)
-            pick = torch.minimum(past, last_nz)
-            before = run.gather(1, (pick - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-            x = x - torch.where(pick > 0, before, torch.zeros_like(before))
-            node = node * _K + pick
-        return node, total
+        return self.engine
 
     # ----------------------------------------------------------------- writes
     def update(self, indices: torch.Tensor, values: torch.Tensor, *, check: bool = True) -> None:
@@ -343,22 +269,13 @@ class SumTree:
             >>> t.leaves.tolist(), t.total
             ([0.0, 2.0], 2.0)
         """
-        if self._np is not None and not check:
-            # Trusted CPU callers: straight to numpy, no torch calls.
-            idx_np = indices.detach().cpu().numpy().reshape(-1)
-            if idx_np.size:
-                self._update_numpy(idx_np, values.detach().cpu().numpy().reshape(-1))
-            return
-        idx = indices.reshape(-1).to(self.device, torch.int64)
-        val = values.reshape(-1).to(self.device, self.dtype)
         if check:
+            idx = indices.reshape(-1).to(self.device, torch.int64)
+            val = values.reshape(-1).to(self.device, self.dtype)
             self._check(idx, val)
-        if idx.numel() == 0:
-            return
-        if self._np is not None:
-            self._update_numpy(idx.cpu().numpy(), val.cpu().numpy())
+            self.engine.update(idx, val)
         else:
-            self._update_torch(idx, val)
+            self.engine.update(indices, values)
 
     def update_numpy(
         self,
@@ -376,10 +293,7 @@ class SumTree:
         Raises:
             InvalidArgumentError: If the tree is not on CPU.
         """
-        if self._np is None:
-            raise InvalidArgumentError(
-                f"update_numpy needs a CPU tree, this one is on {self.device}; use update()"
-            )
+        host = self._host("update_numpy", "update()")
         if not indices.size:
             return
         # numpy's power (vectorized) is several times faster than a compiled loop of pow.
@@ -388,7 +302,7 @@ class SumTree:
         leaf = np.add(flat, offset, dtype=np.float64) if offset else flat.astype(np.float64)
         if power != 1.0:
             np.power(leaf, power, out=leaf)
-        self._update_numpy(indices.reshape(-1), leaf)
+        host.write(indices.reshape(-1), leaf)
 
     def _check(self, idx: torch.Tensor, val: torch.Tensor) -> None:
         if idx.shape != val.shape:
@@ -414,48 +328,6 @@ class SumTree:
                 f"capacity {self.capacity}, so the total cannot overflow), got "
                 f"{float(val.max()):g}; scale the values down"
             )
-
-    def _update_numpy(self, idx: np.ndarray[Any, Any], val: np.ndarray[Any, Any]) -> None:
-        tree = self._np
-        assert tree is not None
-        if self._kernels is not None:
-            self._kernels.tree_update(
-                tree,
-                np.ascontiguousarray(idx, dtype=np.int64),
-                np.ascontiguousarray(val, dtype=tree.dtype),
-                self._offsets,
-                self._sizes,
-                self.levels,
-            )
-            return
-        if idx.size > 1:
-            # Last write wins: every copy of an index gets the value of its last copy.
-            order = np.argsort(idx, kind="stable")
-            s = idx.take(order)
-            last = np.searchsorted(s, s, side="right") - 1
-            idx, val = s, val.take(order.take(last))
-        tree[idx + self._leaf0] = val
-        lanes = np.arange(_K)
-        node = idx
-        for level in range(self.levels - 1, -1, -1):
-            node = node // _K  # repeated parents get the same sum twice: harmless
-            first = self._offsets[level + 1] + node * _K
-            tree[self._offsets[level] + node] = _pair_sum_np(tree[first[:, None] + lanes])
-
-    def _update_torch(self, idx: torch.Tensor, val: torch.Tensor) -> None:
-        tree = self.tree
-        if idx.numel() > 1:
-            s, order = torch.sort(idx, stable=True)
-            last = torch.searchsorted(s, s, right=True) - 1
-            idx, val = s, val.index_select(0, order.index_select(0, last))
-        tree.index_put_((idx + self._leaf0,), val)
-        lanes = torch.arange(_K, device=self.device)
-        node = idx
-        for level in range(self.levels - 1, -1, -1):
-            node = torch.div(node, _K, rounding_mode="floor")
-            first = int(self._offsets[level + 1]) + node * _K
-            both = _pair_sum_torch(tree[first.unsqueeze(1) + lanes])
-            tree.index_put_((int(self._offsets[level]) + node,), both)
 
     def _rebuild(self) -> None:
         """Recompute every sum from the leaves (the order the updates use)."""
@@ -507,3 +379,189 @@ class SumTree:
         self.tree.zero_()
         self.leaves.copy_(t[p : p + self.capacity])
         self._rebuild()
+
+
+# ------------------------------------------------------------------------------------
+# Device paths: one engine per kind, chosen once by SumTree.__init__ (_tree_engine).
+# ------------------------------------------------------------------------------------
+
+
+class _TorchTree:
+    """The generic path: torch ops on the tree tensor, on any device (no host sync in find)."""
+
+    name = "torch"
+
+    def __init__(self, t: SumTree) -> None:
+        self.t = t
+
+    def find(self, v: torch.Tensor) -> torch.Tensor:
+        return self.descend(v.to(self.t.device, self.t.dtype))[0]
+
+    def sample(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx, total = self.descend(u.to(self.t.dtype), scale=True)
+        return idx, self.t.get(idx), total
+
+    def update(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+        t = self.t
+        idx = indices.reshape(-1).to(t.device, torch.int64)
+        if idx.numel() == 0:
+            return
+        val = values.reshape(-1).to(t.device, t.dtype)
+        tree = t.tree
+        if idx.numel() > 1:
+            s, order = torch.sort(idx, stable=True)
+            last = torch.searchsorted(s, s, right=True) - 1
+            idx, val = s, val.index_select(0, order.index_select(0, last))
+        tree.index_put_((idx + t._leaf0,), val)
+        lanes = torch.arange(_K, device=t.device)
+        node = idx
+        for level in range(t.levels - 1, -1, -1):
+            node = torch.div(node, _K, rounding_mode="floor")
+            first = int(t._offsets[level + 1]) + node * _K
+            both = _pair_sum_torch(tree[first.unsqueeze(1) + lanes])
+            tree.index_put_((int(t._offsets[level]) + node,), both)
+
+    def descend(self, v: torch.Tensor, scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Search ``v`` (times the total when ``scale``); return leaves and the 0-d total."""
+        t = self.t
+        tree = t.tree
+        total = tree[0].clone()
+        x = (v * total if scale else v).to(torch.float64)
+        node = torch.zeros(x.shape[0], dtype=torch.int64, device=t.device)
+        lanes = torch.arange(_K, device=t.device)
+        for level in range(t.levels):
+            first = int(t._offsets[level + 1]) + node * _K
+            c = tree[first.unsqueeze(1) + lanes].to(torch.float64)
+            # Running sums added left to right (as on CPU), not a parallel scan.
+            cols = [c[:, 0]]
+            for j in range(1, _K):
+                cols.append(cols[-1] + c[:, j])
+            run = torch.stack(cols, dim=1)
+            past = (run <= x.unsqueeze(1)).sum(dim=1)
+            last_nz = (lanes * (c > 0)).amax(dim=1)
+            pick = torch.minimum(past, last_nz)
+            before = run.gather(1, (pick - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+            x = x - torch.where(pick > 0, before, torch.zeros_like(before))
+            node = node * _K + pick
+        return node, total
+
+
+class _NumpyTree:
+    """CPU: the same algorithm through a zero-copy numpy view of the tree tensor."""
+
+    name = "numpy"
+
+    def __init__(self, t: SumTree) -> None:
+        self.t = t
+        #: The flat numpy view of every node (writes land in ``t.tree``).
+        self.values: np.ndarray[Any, Any] = t.tree.numpy()
+
+    def find(self, v: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(v.detach().to(torch.float64).cpu().numpy())
+        return torch.from_numpy(self.search(x.reshape(-1), scale=False)[0])
+
+    def sample(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx, vals, total = self.search(u.numpy(), scale=True)
+        return (
+            torch.from_numpy(idx),
+            torch.from_numpy(vals),
+            torch.tensor(total, dtype=self.t.dtype),
+        )
+
+    def update(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+        # Straight to numpy, no torch calls.
+        idx = indices.detach().cpu().numpy().reshape(-1)
+        if idx.size:
+            self.write(idx, values.detach().cpu().numpy().reshape(-1))
+
+    def search(
+        self, v: np.ndarray[Any, Any], scale: bool
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
+        """Search ``v`` (times the total when ``scale``); return leaves, their values, the total."""
+        tree = self.values
+        total = float(tree[0])
+        if not total > 0:
+            _empty()
+        idx = self.descend(v * total if scale else v)
+        return idx, tree.take(idx + self.t._leaf0), total
+
+    def descend(self, v: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        t, tree = self.t, self.values
+        x = np.array(v, dtype=np.float64)  # a copy: updated in place below
+        node = np.zeros(x.shape[0], dtype=np.int64)
+        rows = np.arange(x.shape[0])
+        lanes = np.arange(_K)
+        for level in range(t.levels):
+            first = t._offsets[level + 1] + node * _K
+            c = tree[first[:, None] + lanes].astype(np.float64, copy=False)
+            run = np.cumsum(c, axis=1)  # running sums, added left to right
+            past = (run <= x[:, None]).sum(axis=1)
+            # Never a zero child: rounding may carry x past the last non-zero one.
+            last_nz = (lanes * (c > 0)).max(axis=1)
+            pick = np.minimum(past, last_nz)
+            x -= np.where(pick > 0, run[rows, np.maximum(pick - 1, 0)], 0.0)
+            node = node * _K + pick
+        return node
+
+    def write(self, idx: np.ndarray[Any, Any], val: np.ndarray[Any, Any]) -> None:
+        """Set leaves ``idx`` to ``val`` (the last of a repeated index wins); fix the sums."""
+        t, tree = self.t, self.values
+        if idx.size > 1:
+            # Last write wins: every copy of an index gets the value of its last copy.
+            order = np.argsort(idx, kind="stable")
+            s = idx.take(order)
+            last = np.searchsorted(s, s, side="right") - 1
+            idx, val = s, val.take(order.take(last))
+        tree[idx + t._leaf0] = val
+        lanes = np.arange(_K)
+        node = idx
+        for level in range(t.levels - 1, -1, -1):
+            node = node // _K  # repeated parents get the same sum twice: harmless
+            first = t._offsets[level + 1] + node * _K
+            tree[t._offsets[level] + node] = _pair_sum_np(tree[first[:, None] + lanes])
+
+
+class _NumbaTree(_NumpyTree):
+    """:class:`_NumpyTree` whose search and update are compiled loops (float32/64)."""
+
+    name = "numba"
+
+    def __init__(self, t: SumTree, kernels: SimpleNamespace) -> None:
+        super().__init__(t)
+        self.kernels = kernels
+
+    def search(
+        self, v: np.ndarray[Any, Any], scale: bool
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
+        t = self.t
+        idx, vals, tot = self.kernels.tree_find(self.values, v, t._offsets, t.levels, scale)
+        total = float(tot)
+        if not total > 0:
+            _empty()
+        return idx, vals, total
+
+    def write(self, idx: np.ndarray[Any, Any], val: np.ndarray[Any, Any]) -> None:
+        t, tree = self.t, self.values
+        self.kernels.tree_update(
+            tree,
+            np.ascontiguousarray(idx, dtype=np.int64),
+            np.ascontiguousarray(val, dtype=tree.dtype),
+            t._offsets,
+            t._sizes,
+            t.levels,
+        )
+
+
+def _empty() -> None:
+    raise InvalidArgumentError(
+        "cannot search an empty SumTree (every leaf is zero); update some leaves first"
+    )
+
+
+def _tree_engine(t: SumTree) -> _TorchTree | _NumpyTree:
+    """The device path of ``t``, decided once from its device and dtype."""
+    if not _devices.host_path(t.device, t.dtype):
+        return _TorchTree(t)
+    # numba compiles float32 and float64 loops (not float16).
+    kernels = _kernels.get() if t.dtype in (torch.float32, torch.float64) else None
+    return _NumbaTree(t, kernels) if kernels is not None else _NumpyTree(t)

@@ -61,7 +61,15 @@ from replaydb.errors import (
     WouldBlockForeverError,
 )
 from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack, rate_limiter_from_config
-from replaydb.samplers import Fifo, Lifo, Prioritized, Sampler, Uniform, sampler_from_config
+from replaydb.samplers import (
+    Fifo,
+    ItemCounter,
+    Lifo,
+    Sampler,
+    Uniform,
+    fast_paths,
+    sampler_from_config,
+)
 from replaydb.spec import Spec
 from replaydb.storage import (
     END_NONE,
@@ -71,7 +79,6 @@ from replaydb.storage import (
     check_memory,
     resolve_device,
 )
-from replaydb.sum_tree import SumTree
 
 __all__ = ["LiveSteps", "Sample", "Table", "TableInfo"]
 
@@ -281,17 +288,17 @@ class Table:
         self.device = self.storage.device
         self.sampler: Sampler = sampler if sampler is not None else Uniform()
         self.sampler.bind(self.capacity, self.device)
+        #: The sampler's declared fast paths (samplers.FastPaths), read once here.
+        self._fast = fast_paths(self.sampler)
         #: The largest priority the sampler takes without overflowing (e.g. its sum tree).
-        self._priority_limit = float(getattr(self.sampler, "priority_bound", math.inf))
+        self._priority_limit = self._fast.priority_bound
         #: Bytes one sampled item takes, for the memory check of huge samples.
         extra = sum((k - 1) * spec[f].numel * spec[f].dtype.itemsize for f, (k, _) in stack.items())
         self._item_nbytes = (spec.step_nbytes + extra) * sequence_length + 64
         # Samplers with a contiguous-insert fast path (replace semantics on active slots).
-        self._fast_insert = getattr(self.sampler, "on_insert_contiguous", None)
+        self._fast_insert = self._fast.insert_contiguous
         # Samplers that take priority updates as numpy arrays (the CPU path).
-        self._update_numpy = (
-            getattr(self.sampler, "update_numpy", None) if self.device.type == "cpu" else None
-        )
+        self._update_numpy = self._fast.update_numpy
         self.rate_limiter = rate_limiter if rate_limiter is not None else MinSize(1)
         #: Items are consumed (a queue or stack): never overwrite an unconsumed one.
         self.consuming = bool(self.sampler.deterministic) and max_times_sampled is not None
@@ -305,12 +312,8 @@ class Table:
         #: CPU prioritized single-step tables: the sampler draws and counts the items
         #: in one compiled pass (Prioritized.draw_items/update_items), or None.
         self._prio_items = (
-            self.sampler
-            if isinstance(self.sampler, Prioritized)
-            and self.sampler.counts_items
-            and self._kernels is not None
-            and sequence_length == 1
-            and not stack
+            self._fast.items
+            if self._kernels is not None and sequence_length == 1 and not stack
             else None
         )
         #: The directory of a disk-backed table (``None`` in memory).
@@ -703,7 +706,7 @@ class Table:
             ends=ends,
         )
 
-    def _sample_prioritized(self, prio: Prioritized, b: int, beta: float | None) -> Sample | None:
+    def _sample_prioritized(self, prio: ItemCounter, b: int, beta: float | None) -> Sample | None:
         """:meth:`sample` of a CPU prioritized single-step table with valid arguments.
 
         The same draws, counts, removals and limiter accounting as the general path
@@ -1122,9 +1125,9 @@ class Table:
             3.0
         """
         with self._cond:
-            tree = getattr(self.sampler, "tree", None)
-            if isinstance(tree, SumTree) and not self.sampler.deterministic:
-                return float(tree.total) if self._size else 0.0
+            total = self._fast.priority_total
+            if total is not None and not self.sampler.deterministic:
+                return total() if self._size else 0.0
             return float(self._size)
 
     def live_steps(self) -> LiveSteps:

@@ -23,26 +23,26 @@ first, so when the first step of a window is live, every later step of it is too
 Windows of consecutive steps are gathered by following ``next`` links, so many
 streams can write interleaved and no step is stored twice.
 
-Memory preflight
-----------------
-A storage computes its size (:meth:`Storage.required_nbytes`: ``capacity * (step
-bytes + 40)``) before allocating and raises
-:class:`~replaydb.errors.InsufficientMemoryError` when that exceeds the device's
-free memory (:func:`available_memory`: psutil or ``/proc/meminfo`` for RAM,
-``torch.cuda.mem_get_info`` for a GPU). ``REPLAYDB_MEMORY_CHECK=0`` skips the check.
+Device paths
+------------
+The hot methods (writes, link walks, windows, gathers) call the storage's
+:attr:`Storage.engine`, one object per device kind picked at construction
+(:mod:`replaydb.storage._rings`): torch ops on any device, or numpy views and
+compiled loops on CPU.
 
-Disk-backed storage
--------------------
-With ``path=DIR`` each dtype block lives in a memory-mapped file under ``DIR``
-(:mod:`replaydb._disk`): the same tensors, so writes and samples run the same
-code, but the data is checked against the free disk space (:func:`check_disk`)
-instead of RAM, and only the five bookkeeping columns take RAM.
+Memory preflight and disk
+-------------------------
+A storage computes its size (:meth:`Storage.required_nbytes`: ``capacity * (step
+bytes + 40)``) before allocating and checks it against the device's free memory
+(:mod:`replaydb.storage._preflight`). With ``path=DIR`` each dtype block lives in a
+memory-mapped file under ``DIR`` (:mod:`replaydb.storage._disk`): the same
+tensors, so writes and samples run the same code, but the data is checked against
+the free disk space instead of RAM, and only the five bookkeeping columns take RAM.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,36 +50,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb import _disk, _kernels, _links
-from replaydb._devices import resolve_device as resolve_device
-
-# The end codes are defined beside the links and re-exported here (their public home).
-from replaydb._links import END_NONE as END_NONE
-from replaydb._links import END_TERMINATED as END_TERMINATED
-from replaydb._links import END_TRUNCATED as END_TRUNCATED
+from replaydb import _links
+from replaydb._devices import resolve_device
 from replaydb._links import MAX_STREAMS
-from replaydb.errors import (
-    InsufficientMemoryError,
-    InvalidArgumentError,
-)
+from replaydb.errors import InvalidArgumentError
 from replaydb.spec import Spec, dtype_name
+from replaydb.storage import _disk, _rings
+from replaydb.storage._preflight import NO_DISK_STORAGE, check_disk, check_memory
 
-__all__ = [
-    "MEMORY_CHECK_ENV",
-    "AppendResult",
-    "Storage",
-    "available_memory",
-    "check_disk",
-    "check_memory",
-    "resolve_device",
-]
-
-#: Set this environment variable to ``0`` to skip the memory preflight.
-MEMORY_CHECK_ENV = "REPLAYDB_MEMORY_CHECK"
-NO_DISK_STORAGE = (
-    "or keep the fields on disk: a disk-backed storage, Table(..., path=DIR), holds "
-    "tables larger than memory in memory-mapped files"
-)
+__all__ = ["AppendResult", "Storage"]
 
 
 @dataclass(frozen=True)
@@ -98,123 +77,6 @@ class AppendResult:
     positions: torch.Tensor | None
     evicted_rows: torch.Tensor
     first_key: int
-
-
-def _ring_copy(dst: Any, row0: int, n: int, src: Any) -> None:
-    """``dst[row0 : row0 + n] = src`` on a ring of ``len(dst)`` rows (wrapping once).
-
-    ``dst`` and ``src`` are both numpy arrays or both tensors; ``src`` may be a scalar.
-    """
-    head = min(n, dst.shape[0] - row0)
-    scalar = np.ndim(src) == 0
-    dst[row0 : row0 + head] = src if scalar else src[:head]
-    if head < n:
-        dst[: n - head] = src if scalar else src[head:]
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes that can be allocated on ``device`` now, or ``None`` where unknown.
-
-    CPU: ``psutil.virtual_memory().available`` when psutil is installed, else
-    ``MemAvailable`` from ``/proc/meminfo``. CUDA: the free bytes of
-    ``torch.cuda.mem_get_info``.
-
-    Example:
-        >>> available_memory(torch.device("cpu")) is None or available_memory(
-        ...     torch.device("cpu")) > 0
-        True
-    """
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        import psutil  # type: ignore[import-untyped]
-    except ImportError:
-        pass
-    else:
-        return int(psutil.virtual_memory().available)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if nbytes < 1024 or unit == "PiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.2f} {unit}"
-        nbytes /= 1024
-    raise AssertionError("unreachable")
-
-
-def check_disk(nbytes: int, path: str | os.PathLike[str], what: str) -> None:
-    """The disk preflight of a disk-backed storage: raise if ``nbytes`` more will not fit.
-
-    Checks the free space (``shutil.disk_usage``) of the file system holding
-    ``path`` (or its nearest existing parent). Skipped like :func:`check_memory`.
-
-    Args:
-        nbytes: Bytes the data files still need (their full size minus what exists).
-        path: The storage's directory.
-        what: What is allocated, for the message.
-
-    Raises:
-        InsufficientMemoryError: Naming the size, the free space and the ways out.
-
-    Example:
-        >>> check_disk(1024, "/tmp", "a test")
-    """
-    if os.environ.get(MEMORY_CHECK_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return
-    where = os.path.abspath(path)
-    while not os.path.exists(where) and os.path.dirname(where) != where:
-        where = os.path.dirname(where)
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
-        return
-    if nbytes <= free:
-        return
-    raise InsufficientMemoryError(
-        f"{what} needs {_size(nbytes)} more on the disk holding {str(path)!r}, but only "
-        f"{_size(free)} is free there; use a smaller capacity or smaller fields, or another "
-        f"directory. To allocate anyway, set the environment variable {MEMORY_CHECK_ENV}=0"
-    )
-
-
-def check_memory(nbytes: int, device: torch.device, what: str, fix: str) -> None:
-    """The memory preflight: raise if ``nbytes`` will not fit in ``device``'s free memory.
-
-    Skipped where the free memory is unknown, and when the environment variable
-    ``REPLAYDB_MEMORY_CHECK`` is ``0`` (for users who know the kernel will find
-    the memory, e.g. with overcommit and pages that are never touched).
-
-    Args:
-        nbytes: Bytes about to be allocated.
-        device: Where.
-        what: What is allocated, for the message (e.g. ``"table 'replay'"``).
-        fix: How to need less, for the message.
-
-    Raises:
-        InsufficientMemoryError: Naming the size, the free memory and the ways out.
-
-    Example:
-        >>> check_memory(1024, torch.device("cpu"), "a test", "ask for less")
-    """
-    if os.environ.get(MEMORY_CHECK_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return
-    free = available_memory(device)
-    if free is None or nbytes <= free:
-        return
-    raise InsufficientMemoryError(
-        f"{what} needs {_size(nbytes)} on {device}, but only {_size(free)} is available; "
-        f"{fix}. To allocate anyway, set the environment variable {MEMORY_CHECK_ENV}=0"
-    )
 
 
 class Storage:
@@ -332,21 +194,15 @@ class Storage:
         # Per-stream episode state, grown on demand.
         self._last_key = torch.full((8,), -1, dtype=torch.int64, device=self.device)
         self._ep_len = torch.zeros((8,), dtype=torch.int64, device=self.device)
-        # Numpy views for the single-row fast path on CPU.
-        self._np: dict[str, np.ndarray[Any, Any]] | None = None
-        self._np_groups: dict[torch.dtype, np.ndarray[Any, Any]] = {}
-        if self.device.type == "cpu" and all(dt != torch.bfloat16 for dt in widths):
-            self._np_groups = {dt: g.numpy() for dt, g in self.groups.items()}
-            self._np = {name: t.numpy() for name, t in self.fields.items()}
-            self._np_targets: dict[Any, np.ndarray[Any, Any]] = {**self._np, **self._np_groups}
-            self._np_key = self.key.numpy()
-            self._np_stream = self.stream.numpy()
-            self._np_end = self.end.numpy()
-        self._np_links: tuple[np.ndarray[Any, Any], ...] | None = None
-        if self.device.type == "cpu":
-            self._np_links = (self.key.numpy(), self.prev.numpy(), self.next.numpy())
-        #: Compiled window gathering (numba), where the numpy views exist.
-        self._kernels = _kernels.get() if self._np is not None and links else None
+        #: The device path (:mod:`replaydb.storage._rings`), chosen once here: the hot
+        #: methods below call it without deciding again.
+        self.engine: _rings.Ring = _rings.ring_for(self)
+        host = self.engine if isinstance(self.engine, _rings.HostRing) else None
+        # Views the table's own CPU paths read (``None`` on the torch path).
+        self._np = host.fields if host is not None else None
+        self._np_links = (host.key, host.prev, host.next) if host is not None else None
+        #: Compiled link kernels (numba) where this storage links episodes on CPU.
+        self._kernels = self.engine.kernels if isinstance(self.engine, _rings.NumbaRing) else None
 
     # ------------------------------------------------------------------ sizes
     @staticmethod
@@ -438,15 +294,7 @@ class Storage:
         row0 = start % self.capacity
         keys = torch.arange(start, start + n, dtype=torch.int64, device=dev)
         evicted = self._evicted(row0, n)
-        # On CPU through numpy views: a slice copy costs a fraction of torch's.
-        cpu = self._np is not None
-        targets: Mapping[str, Any] = self._np if self._np is not None else self.fields
-        for name, value in data.items():
-            _ring_copy(targets[name], row0, n, value.numpy() if cpu else value)
-        for dst, src in ((self.key, keys), (self.stream, streams), (self.end, ends)):
-            _ring_copy(dst.numpy() if cpu else dst, row0, n, src.numpy() if cpu else src)
-        if self.links:
-            _ring_copy(self.next.numpy() if cpu else self.next, row0, n, -1)
+        self.engine.write(row0, n, data, keys, streams, ends)
         self.total += n
         positions = None
         if self.links:
@@ -495,52 +343,19 @@ class Storage:
         return AppendResult(keys=k, positions=None, evicted_rows=evicted, first_key=int(k[0]))
 
     def append_numpy(self, values: Mapping[Any, Any], n: int, end: Any = 0, stream: int = 0) -> int:
-        """Write ``n`` steps of one stream through numpy views (CPU, no links).
+        """Write ``n`` steps of one stream from numpy-like values (no links).
 
-        The fast path under the Velora buffer. ``values`` maps field names, or a
-        dtype for a whole packed group row, to data that broadcasts to ``(n, *shape)``
-        (numpy rules); ``n <= capacity``. The caller checks shapes first, since a
-        failed assignment part-way would leave a torn row.
+        The fast path under the Velora buffer: on CPU through numpy views (on the
+        torch path each value is copied to the device, correct but not fast).
+        ``values`` maps field names, or a dtype for a whole packed group row, to data
+        that broadcasts to ``(n, *shape)`` (numpy rules); ``n <= capacity``. The
+        caller checks shapes first, since a failed assignment part-way would leave a
+        torn row.
         """
-        assert self._np is not None
         assert not self.links
-        targets = self._np_targets
-        row0 = self.total % self.capacity
         if self.files is not None:
             self.files.will_write(self.total + n)
-        if n == 1:
-            for name, value in values.items():
-                targets[name][row0] = value
-            self._np_key[row0] = self.total
-            self._np_stream[row0] = stream
-            self._np_end[row0] = end
-            self.total += 1
-            return row0
-        head = min(n, self.capacity - row0)
-        if head == n:
-            stop = row0 + n
-            for name, value in values.items():
-                targets[name][row0:stop] = value
-            self._np_key[row0:stop] = np.arange(self.total, self.total + n)
-            self._np_stream[row0:stop] = stream
-            self._np_end[row0:stop] = end
-        else:  # the batch wraps around the end of the ring
-            for name, value in values.items():
-                v = np.asarray(value)
-                if v.ndim and v.shape[0] == n:
-                    targets[name][row0:] = v[:head]
-                    targets[name][: n - head] = v[head:]
-                else:
-                    targets[name][row0:] = v
-                    targets[name][: n - head] = v
-            keys = np.arange(self.total, self.total + n)
-            self._np_key[row0:] = keys[:head]
-            self._np_key[: n - head] = keys[head:]
-            self._np_stream[row0:] = stream
-            self._np_stream[: n - head] = stream
-            e = np.broadcast_to(np.asarray(end), (n,))
-            self._np_end[row0:] = e[:head]
-            self._np_end[: n - head] = e[head:]
+        row0 = self.engine.append_numpy(values, n, end, stream, self.total)
         self.total += n
         return row0
 
@@ -586,19 +401,7 @@ class Storage:
 
     def walk(self, keys: torch.Tensor, steps: int, column: str = "prev") -> torch.Tensor:
         """Follow ``prev`` or ``next`` links ``steps`` times; ``-1`` where a link is broken."""
-        if self._kernels is not None:
-            assert self._np_links is not None
-            np_links = self._np_links[1] if column == "prev" else self._np_links[2]
-            return torch.from_numpy(
-                self._kernels.walk(keys.numpy(), steps, self._np_links[0], np_links)
-            )
-        links = self.prev if column == "prev" else self.next
-        cur = keys
-        for _ in range(steps):
-            ok = self.is_live(cur)
-            nxt = links.index_select(0, cur.clamp(min=0) % self.capacity)
-            cur = torch.where(ok, nxt, torch.full_like(cur, -1))
-        return torch.where(self.is_live(cur), cur, torch.full_like(cur, -1))
+        return self.engine.walk(keys, steps, column)
 
     # ------------------------------------------------------------------ reads
     def window_rows(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
@@ -614,22 +417,7 @@ class Storage:
         """
         if length == 1:
             return (start_keys % self.capacity).unsqueeze(1)
-        if self._np_links is None:
-            return _links.follow_links(self, start_keys, length)
-        key, prev, nxt = self._np_links
-        cap = self.capacity
-        s = start_keys.numpy()
-        stride = nxt.take(s % cap) - s
-        np.maximum(stride, 1, out=stride)
-        keys = s[:, None] + stride[:, None] * np.arange(length, dtype=np.int64)
-        rows = keys % cap
-        tail = rows[:, 1:]
-        ok = ((prev.take(tail) == keys[:, :-1]) & (key.take(tail) == keys[:, 1:])).all(axis=1)
-        out = torch.from_numpy(rows)
-        if not ok.all():
-            bad = torch.from_numpy(np.flatnonzero(~ok))
-            out[bad] = _links.follow_links(self, start_keys.index_select(0, bad), length)
-        return out
+        return self.engine.window_rows(start_keys, length)
 
     def windows(self, start_keys: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the ``[B, length]`` rows of :meth:`window_rows` and their end codes.
@@ -640,17 +428,7 @@ class Storage:
             >>> [t.tolist() for t in s.windows(torch.tensor([1]), 2)]
             [[[1, 2]], [[0, 1]]]
         """
-        if self._kernels is not None and length > 1:
-            assert self._np_links is not None
-            nxt = self._np_links[2]
-            rows, ends = self._kernels.windows(
-                start_keys.numpy(), self._np_key, nxt, self._np_end, length
-            )
-            return torch.from_numpy(rows), torch.from_numpy(ends)
-        rows = self.window_rows(start_keys, length)
-        if self._np is not None:
-            return rows, torch.from_numpy(self._np_end.take(rows.numpy()))
-        return rows, self.end.index_select(0, rows.reshape(-1)).view(rows.shape)
+        return self.engine.windows(start_keys, length)
 
     def _follow_links(self, start_keys: torch.Tensor, length: int) -> torch.Tensor:
         """Window rows by following ``next`` links (see ``_links.follow_links``)."""
@@ -673,35 +451,7 @@ class Storage:
         of its columns. On CPU the gather and the views are numpy's (each torch
         call costs microseconds of dispatch, more than the copy of a batch).
         """
-        one_d = rows.dim() == 1
-        lead = tuple(rows.shape)
-        out: dict[str, torch.Tensor] = {}
-        if self._np_groups:
-            idx = rows.numpy().reshape(-1)
-            for dt, np_group in self._np_groups.items():
-                packed = np_group.take(idx, axis=0, mode="clip")
-                if one_d and dt in self._vector_groups:
-                    # No field needs a reshape: one wrap and one split beat a wrap per field.
-                    names, widths, _ = self._split[dt]
-                    parts = torch.from_numpy(packed).split_with_sizes(widths, 1)
-                    out.update(zip(names, parts, strict=True))
-                    continue
-                for name, a, b, shape in self._columns[dt]:
-                    view = packed[:, a] if shape == () else packed[:, a:b]
-                    if not one_d or len(shape) > 1:
-                        view = view.reshape(*lead, *shape)
-                    out[name] = torch.from_numpy(view)
-            return out
-        flat = rows if one_d else rows.reshape(-1)
-        for dt, g in self.groups.items():
-            names, widths, shapes = self._split[dt]
-            parts = g.index_select(0, flat).split_with_sizes(widths, 1)
-            if one_d and dt in self._vector_groups:
-                out.update(zip(names, parts, strict=True))
-                continue
-            for name, part, shape in zip(names, parts, shapes, strict=True):
-                out[name] = part if one_d and len(shape) == 1 else part.reshape(*lead, *shape)
-        return out
+        return self.engine.gather(rows)
 
     # ------------------------------------------------------------- lifecycle
     def reset(self) -> None:
