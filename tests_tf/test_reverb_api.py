@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import pickle
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -383,6 +384,27 @@ def test_dataset_rejects_mismatched_dtypes() -> None:
 
 
 # -------------------------------------------------------------- checkpoints
+def test_server_without_checkpointer_leaves_no_directory_until_it_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    table = reverb.Table(
+        "t",
+        sampler=reverb.selectors.Uniform(),
+        remover=reverb.selectors.Fifo(),
+        max_size=10,
+        rate_limiter=reverb.rate_limiters.MinSize(1),
+    )
+    server = reverb.Server([table])
+    client = server.localhost_client()
+    write_steps(client, "t", 3)
+    assert list(tmp_path.iterdir()) == []  # Reverb's own default creates one per server
+    saved = Path(client.checkpoint())
+    assert saved.parent.parent == tmp_path
+    assert saved.parent.name.startswith("replaydb-reverb-")
+    server.stop()
+
+
 def test_default_checkpointer_restores_newest_or_starts_empty(tmp_path: Path) -> None:
     path = str(tmp_path / "rb")
 

@@ -118,10 +118,40 @@ class DefaultCheckpointer(CheckpointerBase):
 
 
 class TempDirCheckpointer(CheckpointerBase):
-    """Checkpoints under a fresh temporary directory (Reverb's default)."""
+    """Checkpoints under a fresh temporary directory (Reverb's default).
+
+    Unlike Reverb, which creates the directory with the server, the directory is
+    created by the first :meth:`save` only: a server that never checkpoints (most
+    servers: every ``Server`` without a checkpointer gets one of these) leaves
+    nothing behind in the temporary directory.
+
+    Example:
+        >>> ckpt = TempDirCheckpointer()
+        >>> ckpt.load_latest({}) is None  # nothing saved: nothing created
+        True
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, group: str = "") -> None:
-        super().__init__(path if path is not None else tempfile.mkdtemp(prefix="replaydb-reverb-"))
+        self._given = path is not None
+        super().__init__(path if path is not None else Path(tempfile.gettempdir()))
+
+    def __repr__(self) -> str:
+        if self._given:
+            return super().__repr__()
+        return f"{type(self).__name__}(path=<a new temporary directory on the first save>)"
+
+    def save(self, tables: dict[str, Table]) -> Path:
+        """Write every table into a new checkpoint; return its directory."""
+        if not self._given:
+            self.path = Path(tempfile.mkdtemp(prefix="replaydb-reverb-"))
+            self._given = True
+        return super().save(tables)
+
+    def load_latest(self, tables: dict[str, Table]) -> Path | None:
+        """Restore the newest checkpoint saved through this checkpointer, if any."""
+        if not self._given:
+            return None
+        return super().load_latest(tables)
 
 
 def default_checkpointer(group: str | None = None) -> CheckpointerBase:
