@@ -18,10 +18,16 @@ import numpy as np
 import torch
 
 from replaydb import _waiting
-from replaydb._table_checks import as_numpy, check_priority_values, float_column
+from replaydb._constants import END_NONE
+from replaydb._validate import (
+    as_numpy,
+    check_keys,
+    check_numbers,
+    check_priority_values,
+    priority_column,
+)
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
 from replaydb.samplers import Selection
-from replaydb.storage import END_NONE
 
 if TYPE_CHECKING:
     from replaydb.table import Table
@@ -30,15 +36,7 @@ if TYPE_CHECKING:
 def check_priorities(table: Table, priorities: Any, n: int) -> torch.Tensor | None:
     if priorities is None:
         return None
-    p = float_column("priorities", priorities, table.device)
-    if p.dim() == 0:
-        p = p.expand(n)
-    if p.shape != (n,):
-        raise InvalidArgumentError(
-            f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
-        )
-    check_priority_values(p, table._priority_limit)
-    return p
+    return priority_column(priorities, n, table.device, table._priority_limit)
 
 
 def write(
@@ -318,6 +316,44 @@ def select(table: Table, n: int, beta: float | None) -> Selection:
     if beta is None or not hasattr(table.sampler, "beta"):
         return table.sampler.sample(n)
     return table.sampler.sample(n, beta=beta)  # type: ignore[call-arg]
+
+
+def update_priorities(table: Table, keys: Any, priorities: Any) -> int:
+    """:meth:`Table.update_priorities`: check everything, then write the live ones."""
+    check_keys(keys)
+    check_numbers("priorities", priorities)
+    if table._np_item_key is not None:
+        return update_priorities_numpy(table, keys, priorities)
+    k = torch.as_tensor(keys, device=table.device).to(torch.int64).reshape(-1)
+    p = torch.as_tensor(priorities, dtype=torch.float64, device=table.device).reshape(-1)
+    if k.shape != p.shape:
+        raise InvalidArgumentError(
+            f"keys and priorities must have the same length, got {k.numel()} keys and "
+            f"{p.numel()} priorities"
+        )
+    check_priority_values(p, table._priority_limit)
+    with table._cond:
+        slots = k.clamp(min=0) % table.capacity
+        live = (k >= 0) & (table._item_key.index_select(0, slots) == k)
+        slots, p = slots[live], p[live]
+        if slots.numel():
+            table._priority[slots] = p
+            table._max_priority = max(table._max_priority, float(p.max()))
+            table.sampler.update(slots, p)
+        return int(live.sum())
+
+
+def remove_keys(table: Table, keys: Any) -> int:
+    """:meth:`Table.remove`: remove the live items among ``keys``; return how many."""
+    k = torch.as_tensor(np.asarray(keys, dtype=np.int64).reshape(-1), device=table.device)
+    with table._cond:
+        slots = k.clamp(min=0) % table.capacity
+        live = (k >= 0) & (table._item_key.index_select(0, slots) == k)
+        n = int(live.sum())
+        if n:
+            remove_slots(table, slots[live])
+            _waiting.notify(table)
+        return n
 
 
 def update_priorities_numpy(table: Table, keys: Any, priorities: Any) -> int:
