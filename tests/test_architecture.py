@@ -35,6 +35,7 @@ CORE = (
     "_records.py",
     "_validate.py",
     "_constants.py",
+    "_casting.py",
 )
 # namedtuple API, public despite the underscore
 NAMEDTUPLE = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}

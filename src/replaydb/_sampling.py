@@ -226,8 +226,7 @@ def items(table: Table, fields: Sequence[str] | None) -> Sample:
         unknown = [f for f in fields if f not in table.spec]
         if unknown:
             raise InvalidArgumentError(
-                f"fields {unknown!r} are not in the spec; expected names from "
-                f"{list(table.spec)}"
+                f"fields {unknown!r} are not in the spec; expected names from {list(table.spec)}"
             )
     with table._cond:
         live = torch.nonzero(table._item_key >= 0).squeeze(1)

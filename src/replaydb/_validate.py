@@ -196,6 +196,16 @@ def int_column(name: str, value: Any, n: int, device: torch.device, default: int
     return t
 
 
+def stream_column(name: str, value: Any, n: int, device: torch.device) -> torch.Tensor:
+    """``[n]`` int64 stream ids (default 0), each >= 0."""
+    t = int_column(name, value, n, device, 0)
+    if n and int(t.min()) < 0:
+        raise InvalidArgumentError(
+            f"{name} must be >= 0, got {int(t.min())}; number streams from 0"
+        )
+    return t
+
+
 def end_column(value: Any, n: int, device: torch.device) -> torch.Tensor:
     if value is None or value is False:
         return torch.zeros(n, dtype=torch.int64, device=device)
