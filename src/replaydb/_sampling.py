@@ -29,7 +29,7 @@ import torch
 
 from replaydb import _frames, _items, _waiting
 from replaydb._records import Sample
-from replaydb._validate import check_int, check_timeout
+from replaydb._validate import check_int, check_timeout, check_unit_interval, is_int
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
 from replaydb.samplers import Prioritized, Uniform
 from replaydb.storage import check_memory
@@ -56,10 +56,8 @@ def sample(table: Table, batch_size: Any, beta: Any, timeout: Any) -> Sample:
         if short is not None:
             return short
     b = check_int("batch_size", batch_size, 1)
-    if beta is not None and (
-        isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1
-    ):
-        raise InvalidArgumentError(f"beta must be a number in [0, 1], got {beta!r}")
+    if beta is not None:
+        check_unit_interval("beta", beta)
     if timeout is not None:
         check_timeout(timeout)
     if b * table._item_nbytes > SAMPLE_CHECK_BYTES:
@@ -191,8 +189,7 @@ def sample_data(table: Table, batch_size: Any, timeout: Any) -> dict[str, torch.
         or table.frame_stack
         or not isinstance(sampler, Uniform)
         or table._np_item_key is None
-        or isinstance(batch_size, bool)
-        or not isinstance(batch_size, int | np.integer)
+        or not is_int(batch_size)
         or batch_size < 1
     ):
         return sample(table, batch_size, None, timeout).data

@@ -21,11 +21,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from replaydb import _disk, _waiting
 from replaydb._records import LiveSteps
+from replaydb._validate import check_int
 from replaydb.errors import CheckpointError, InvalidArgumentError
 from replaydb.rate_limiters import RateLimiter, rate_limiter_from_config
 from replaydb.samplers import sampler_from_config
@@ -170,8 +170,7 @@ def restore_steps(
     if live:
         for name in ("inserts", "samples"):
             value = getattr(steps, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgumentError(f"steps.{name} must be an int >= 0, got {value!r}")
+            check_int(f"steps.{name}", value, 0)
     data = steps.data if isinstance(steps, LiveSteps) else steps
     total = total_steps_written
     if total is not None:
@@ -181,10 +180,7 @@ def restore_steps(
                 f"sequence_length={table.sequence_length} (use load_state_dict)"
             )
         data, n = table.spec.coerce_batch(data, table.device)
-        if isinstance(total, bool) or not isinstance(total, int | np.integer) or total < n:
-            raise InvalidArgumentError(
-                f"total_steps_written must be an int >= the {n} steps given, got {total!r}"
-            )
+        check_int("total_steps_written", total, n, hint=f" (the {n} steps given)")
         if n > table.capacity:
             raise InvalidArgumentError(
                 f"restore_steps got {n} steps for a table of capacity {table.capacity}; "

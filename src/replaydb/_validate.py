@@ -48,6 +48,13 @@ def is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
 
 
+def check_unit_interval(name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1], or raise naming ``name`` (ints and floats, not bools)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidArgumentError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def priority_column(
     priorities: Any, n: int, device: torch.device | None = None, limit: float = math.inf
 ) -> torch.Tensor:
@@ -83,7 +90,7 @@ def check_priority_values(p: torch.Tensor, limit: float = math.inf) -> None:
 
 
 def check_timeout(timeout: Any) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float | np.integer | np.floating):
+    if not is_number(timeout):
         raise InvalidTypeError(
             f"timeout must be None or a number >= 0 (seconds), got {timeout!r} "
             f"({type(timeout).__name__})"
