@@ -255,6 +255,20 @@ def add_items(table: Table, keys: torch.Tensor, priorities: torch.Tensor | None)
     table.rate_limiter.on_insert(m)
 
 
+def clear(table: Table) -> None:
+    """:meth:`Table.reset`: no steps, no items; counters start again from zero."""
+    with table._cond:
+        table.storage.reset()
+        table.sampler.reset()
+        table.rate_limiter.reset()
+        table._item_key.fill_(-1)
+        table._priority.zero_()
+        table._times.zero_()
+        table._size = 0
+        table._max_priority = 1.0
+        _waiting.notify(table)
+
+
 def remove_slots(table: Table, slots: torch.Tensor) -> None:
     """Remove the items at ``slots`` (slots without an item are ignored)."""
     active = slots[table._item_key.index_select(0, slots) >= 0]

@@ -138,8 +138,14 @@ def preset_capacity(size: int, sequence_length: int) -> int:
     return check_int("size", size, 1) + check_int("sequence_length", sequence_length, 1) - 1
 
 
-def field_hint(spec: Spec) -> str:
-    return ", ".join(f"{k!r}: ..." for k in list(spec)[:3]) + (", ..." if len(spec) > 3 else "")
+def check_mapping(name: str, value: Any, spec: Spec, verb: str, values: str) -> None:
+    """Raise unless ``value`` is a mapping of field names (a TensorDict passes too)."""
+    if not isinstance(value, Mapping) and not hasattr(value, "keys"):
+        hint = ", ".join(f"{k!r}: ..." for k in list(spec)[:3]) + (", ..." if len(spec) > 3 else "")
+        raise InvalidTypeError(
+            f"{name} must be a mapping of field name -> {values}, got "
+            f"{type(value).__name__}; e.g. table.{verb}({{{hint}}})"
+        )
 
 
 def check_table_memory(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from replaydb import _disk, _waiting
-from replaydb._records import LiveSteps
+from replaydb._records import LiveSteps, TableInfo
 from replaydb._validate import check_int
 from replaydb.errors import CheckpointError, InvalidArgumentError
 from replaydb.rate_limiters import RateLimiter, rate_limiter_from_config
@@ -53,6 +53,26 @@ def config(table: Table) -> dict[str, Any]:
         "rate_limiter": table.rate_limiter.config(),
         "device": str(table.device),
     }
+
+
+def info(table: Table) -> TableInfo:
+    with table._cond:
+        return TableInfo(
+            name=table.name,
+            capacity=table.capacity,
+            size=table._size,
+            num_steps=table.num_steps,
+            sequence_length=table.sequence_length,
+            total_steps_written=table.storage.total,
+            inserts=table.rate_limiter.inserts,
+            samples=table.rate_limiter.samples,
+            sampler=table.sampler.config(),
+            rate_limiter=table.rate_limiter.config(),
+            max_times_sampled=table.max_times_sampled,
+            device=str(table.device),
+            nbytes=table.storage.nbytes,
+            spec=table.spec.to_json(),
+        )
 
 
 def table_args(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,14 +44,14 @@ import torch
 from replaydb import _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
 from replaydb._records import LiveSteps, Sample, TableInfo
 from replaydb._table_checks import (
+    check_mapping,
     check_sequence_options,
     check_table_args,
     check_table_memory,
-    field_hint,
     preset_capacity,
 )
 from replaydb._validate import check_timeout, end_column, priority_column, stream_column
-from replaydb.errors import InvalidArgumentError, InvalidTypeError
+from replaydb.errors import InvalidArgumentError
 from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack
 from replaydb.samplers import Fifo, Lifo, Prioritized, Sampler, Uniform
 from replaydb.spec import Spec
@@ -370,11 +370,7 @@ class Table:
             >>> table.extend({"x": torch.tensor([1, 300])}, cast="unsafe"); len(table)
             2
         """
-        if not isinstance(steps, Mapping) and not hasattr(steps, "keys"):  # TensorDict ok
-            raise InvalidTypeError(
-                f"steps must be a mapping of field name -> [N, *shape] values, got "
-                f"{type(steps).__name__}; e.g. table.extend({{{field_hint(self.spec)}}})"
-            )
+        check_mapping("steps", steps, self.spec, "extend", "[N, *shape] values")
         if timeout is not None:
             check_timeout(timeout)
         data, n = self.spec.coerce_batch(steps, self.device, cast=cast)
@@ -402,11 +398,7 @@ class Table:
             >>> table.insert({"x": [1.0, 2.0]}); len(table)
             1
         """
-        if not isinstance(step, Mapping) and not hasattr(step, "keys"):
-            raise InvalidTypeError(
-                f"step must be a mapping of field name -> value, got {type(step).__name__}; "
-                f"e.g. table.insert({{{field_hint(self.spec)}}})"
-            )
+        check_mapping("step", step, self.spec, "insert", "value")
         if timeout is not None:
             check_timeout(timeout)
         data = self.spec.coerce_step(step, self.device, cast=cast)
@@ -535,36 +527,11 @@ class Table:
     # -------------------------------------------------------------- lifecycle
     def info(self) -> TableInfo:
         """A snapshot of the table's counters and configuration."""
-        with self._cond:
-            return TableInfo(
-                name=self.name,
-                capacity=self.capacity,
-                size=self._size,
-                num_steps=self.num_steps,
-                sequence_length=self.sequence_length,
-                total_steps_written=self.storage.total,
-                inserts=self.rate_limiter.inserts,
-                samples=self.rate_limiter.samples,
-                sampler=self.sampler.config(),
-                rate_limiter=self.rate_limiter.config(),
-                max_times_sampled=self.max_times_sampled,
-                device=str(self.device),
-                nbytes=self.storage.nbytes,
-                spec=self.spec.to_json(),
-            )
+        return _table_state.info(self)
 
     def reset(self) -> None:
         """Remove every item and step; counters start again from zero."""
-        with self._cond:
-            self.storage.reset()
-            self.sampler.reset()
-            self.rate_limiter.reset()
-            self._item_key.fill_(-1)
-            self._priority.zero_()
-            self._times.zero_()
-            self._size = 0
-            self._max_priority = 1.0
-            _waiting.notify(self)
+        _items.clear(self)
 
     def config(self) -> dict[str, Any]:
         """JSON-serializable description from which :meth:`from_config` rebuilds the table."""
