@@ -29,7 +29,7 @@ import torch
 
 from replaydb import _frames, _items, _waiting
 from replaydb._records import Sample
-from replaydb._validate import check_int, check_timeout, check_unit_interval, is_int
+from replaydb._validate import check_int, check_timeout, check_unit_interval
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
 from replaydb.samplers import Prioritized, Uniform
 from replaydb.storage import check_memory
@@ -189,7 +189,8 @@ def sample_data(table: Table, batch_size: Any, timeout: Any) -> dict[str, torch.
         or table.frame_stack
         or not isinstance(sampler, Uniform)
         or table._np_item_key is None
-        or not is_int(batch_size)
+        or isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
         or batch_size < 1
     ):
         return sample(table, batch_size, None, timeout).data
