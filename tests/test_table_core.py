@@ -51,7 +51,7 @@ CORE_MODULES = (
 )
 #: Modules still over the limit, being shrunk elsewhere; table.py holds every verb's
 #: docstring (about 520 lines of the file) with one- or two-line bodies.
-OVER_LIMIT = {"table.py": 960}
+OVER_LIMIT = {"table.py": 920}
 LIMIT = 650
 
 
@@ -59,15 +59,46 @@ def _table(capacity: int = 8, **kwargs: object) -> Table:
     return Table(Spec({"x": ()}), capacity, **kwargs)  # type: ignore[arg-type]
 
 
+#: Modules of other areas still over the limit, being split by their owners.
+SHRINKING = {"buffer/_buffer.py", "manager.py", "observer.py", "samplers.py", "storage.py"}
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
 @pytest.mark.parametrize("name", CORE_MODULES)
 def test_core_modules_stay_small(name: str) -> None:
-    lines = len((SRC / name).read_text().splitlines())
+    lines = _lines(SRC / name)
     assert lines <= OVER_LIMIT.get(name, LIMIT), f"{name} has {lines} lines"
+
+
+def test_no_other_module_over_the_limit() -> None:
+    over = (
+        {str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if _lines(p) > LIMIT}
+        - SHRINKING
+        - set(OVER_LIMIT)
+    )
+    assert not over, f"split these modules along their seams (limit {LIMIT} lines): {over}"
 
 
 def test_records_keep_their_public_home() -> None:
     for record in (Sample, TableInfo, LiveSteps):
         assert record.__module__ == "replaydb.table"
+
+
+def test_numpy_ints_are_welcome_and_stored_as_ints(tmp_path: Path) -> None:
+    t = Table(
+        Spec({"x": ()}),
+        np.int64(8),
+        sequence_length=np.int32(2),
+        max_times_sampled=np.int64(3),
+        path=tmp_path / "t",
+    )
+    config = t.config()
+    assert type(config["sequence_length"]) is int and type(config["max_times_sampled"]) is int
+    t.extend({"x": torch.arange(4.0)})
+    assert t.checkpoint() == 4 and Table.open(tmp_path / "t").sequence_length == 2
 
 
 # ----------------------------------------------------------------- restore_steps

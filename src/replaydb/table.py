@@ -159,6 +159,8 @@ class Table:
         stack = check_sequence_options(
             spec, sequence_length, stride, final_step, frame_stack, max_times_sampled, sampler
         )
+        sequence_length = int(sequence_length)  # a numpy int is welcome, stored as int
+        max_times_sampled = None if max_times_sampled is None else int(max_times_sampled)
         device = resolve_device(device)
         disk = None
         if path is not None:
@@ -166,8 +168,8 @@ class Table:
         check_table_memory(spec, capacity, device, name, on_disk=path is not None)
         self.name = name
         self.pad = pad
-        self.sequence_length = int(sequence_length)
-        self.max_times_sampled = None if max_times_sampled is None else int(max_times_sampled)
+        self.sequence_length = sequence_length
+        self.max_times_sampled = max_times_sampled
         #: Windows start only at episode steps 0, stride, 2 * stride, ...
         self.stride = int(stride)
         #: The row carrying an episode's end code holds its final observation, no
