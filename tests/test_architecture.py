@@ -38,6 +38,12 @@ CORE = (
     "_waiting.py",
     "_frames.py",
     "_table_checks.py",
+    "_sampling.py",
+    "_table_state.py",
+    "_records.py",
+    "_validate.py",
+    "_constants.py",
+    "_casting.py",
 )
 # namedtuple API, public despite the underscore
 NAMEDTUPLE = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}

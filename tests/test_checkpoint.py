@@ -687,9 +687,9 @@ def test_root_that_is_a_file(tmp_path: Path) -> None:
     assert list_checkpoints(root) == []
 
 
-@pytest.mark.parametrize("keep", [0, -1])
-def test_keep_must_be_at_least_one(tmp_path: Path, keep: int) -> None:
-    with pytest.raises(CheckpointError, match=f"keep must be >= 1, got {keep}"):
+@pytest.mark.parametrize("keep", [0, -1, 1.5, True, "2"])
+def test_keep_must_be_at_least_one(tmp_path: Path, keep: Any) -> None:
+    with pytest.raises(CheckpointError, match=f"keep must be an int >= 1 .*, got {keep!r}"):
         write_checkpoint(tmp_path / "ckpts", {"t": make_table()}, keep=keep)
     assert not (tmp_path / "ckpts").exists()
 

@@ -304,7 +304,7 @@ def test_stride_and_final_step_against_a_reference(
         starts_at_final = final_step and written[k][3] != 0
         if len(run) == T or (pad and ended and not starts_at_final):
             expected.append(k)
-    assert sorted(table.item_priorities()[0].tolist()) == sorted(expected)
+    assert sorted(table.items(fields=()).keys.tolist()) == sorted(expected)
     assert check_windows(table, written, pad) == len(expected)
     if expected:
         s = table.sample(50)
@@ -344,7 +344,7 @@ def test_stride_validation_and_config_round_trip(tmp_path: Path) -> None:
     t.extend({"x": torch.arange(9.0)}, ends=torch.tensor([0] * 8 + [1]))
     loaded = load_table(save_table(t, tmp_path / "strided"))
     assert loaded.stride == 2 and loaded.final_step
-    assert sorted(loaded.item_priorities()[0].tolist()) == sorted(t.item_priorities()[0].tolist())
+    assert sorted(loaded.items(fields=()).keys.tolist()) == sorted(t.items(fields=()).keys.tolist())
 
 
 def test_limiter_counts_strided_and_final_step_items_exactly() -> None:
@@ -357,7 +357,7 @@ def test_limiter_counts_strided_and_final_step_items_exactly() -> None:
     assert table._items_completed(8, streams, ends) == 3
     table.extend({"x": torch.arange(8.0)}, streams=streams, ends=ends)
     assert table.rate_limiter.inserts == len(table) == 3
-    assert sorted(table.item_priorities()[0].tolist()) == [0, 1, 4]
+    assert sorted(table.items(fields=()).keys.tolist()) == [0, 1, 4]
 
 
 def test_recurrent_state_at_the_window_start_for_burn_in() -> None:

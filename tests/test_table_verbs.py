@@ -69,7 +69,7 @@ def test_live_steps_round_trip_keeps_items_priorities_and_counters() -> None:
     assert steps.inserts == src.info().inserts
     assert steps.samples == 3
     dst = Table(SPEC, 60, sequence_length=3, sampler=Prioritized(alpha=1.0, eps=0.0, seed=1))
-    assert dst.restore_live_steps(steps) == len(src)
+    assert dst.restore_steps(steps) == len(src)
     assert dst.info().inserts == src.info().inserts
     assert dst.info().samples == 3
     assert dst.priority_total() == pytest.approx(src.priority_total())
@@ -78,12 +78,12 @@ def test_live_steps_round_trip_keeps_items_priorities_and_counters() -> None:
     assert torch.equal(batch.priorities, 1.0 + batch["id"][:, -1].double())
 
 
-def test_restore_live_steps_bypasses_the_limiter_and_rejects_bad_input_untouched() -> None:
+def test_restore_steps_of_live_steps_bypasses_the_limiter_and_rejects_bad_input_untouched() -> None:
     src = Table(SPEC, 20)
     src.extend(_steps(torch.arange(10)))
     steps = src.live_steps()
     tight = Table(SPEC, 20, rate_limiter=SampleToInsertRatio(1.0, 1, 2.0))
-    assert tight.restore_live_steps(steps) == 10  # a plain extend of 10 would block
+    assert tight.restore_steps(steps) == 10  # a plain extend of 10 would block
     bad = LiveSteps(
         data={"obs": torch.zeros(2, 2)},
         streams=torch.zeros(2, dtype=torch.int64),
@@ -94,11 +94,11 @@ def test_restore_live_steps_bypasses_the_limiter_and_rejects_bad_input_untouched
     )
     other = Table(SPEC, 20, rate_limiter=MinSize(1))
     with pytest.raises(SpecMismatchError):
-        other.restore_live_steps(bad)
+        other.restore_steps(bad)
     assert other.info().num_steps == 0
     assert other.rate_limiter.inserts == 0
     with pytest.raises(InvalidArgumentError, match=r"steps.samples must be an int >= 0, got -1"):
-        other.restore_live_steps(
+        other.restore_steps(
             LiveSteps(steps.data, steps.streams, steps.ends, steps.priorities, 1, -1)
         )
     assert other.info().num_steps == 0

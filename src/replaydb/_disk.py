@@ -286,7 +286,7 @@ def _stale_slots(table: Table, rows: torch.Tensor) -> torch.Tensor:
     storage = table.storage
     dirty = torch.zeros(table.capacity, dtype=torch.bool)
     dirty[rows] = True
-    keys, _ = table.item_priorities()
+    keys = table.items(fields=()).keys
     stale = torch.empty(0, dtype=torch.int64)
     if keys.numel():
         windows = storage.window_rows(keys, table.sequence_length)

@@ -18,10 +18,16 @@ import numpy as np
 import torch
 
 from replaydb import _waiting
-from replaydb._table_checks import as_numpy, check_priority_values, float_column
+from replaydb._constants import END_NONE
+from replaydb._validate import (
+    as_numpy,
+    check_keys,
+    check_numbers,
+    check_priority_values,
+    priority_column,
+)
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
 from replaydb.samplers import Selection
-from replaydb.storage import END_NONE
 
 if TYPE_CHECKING:
     from replaydb.table import Table
@@ -30,15 +36,7 @@ if TYPE_CHECKING:
 def check_priorities(table: Table, priorities: Any, n: int) -> torch.Tensor | None:
     if priorities is None:
         return None
-    p = float_column("priorities", priorities, table.device)
-    if p.dim() == 0:
-        p = p.expand(n)
-    if p.shape != (n,):
-        raise InvalidArgumentError(
-            f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
-        )
-    check_priority_values(p, table._priority_limit)
-    return p
+    return priority_column(priorities, n, table.device, table._priority_limit)
 
 
 def write(
@@ -257,6 +255,20 @@ def add_items(table: Table, keys: torch.Tensor, priorities: torch.Tensor | None)
     table.rate_limiter.on_insert(m)
 
 
+def clear(table: Table) -> None:
+    """:meth:`Table.reset`: no steps, no items; counters start again from zero."""
+    with table._cond:
+        table.storage.reset()
+        table.sampler.reset()
+        table.rate_limiter.reset()
+        table._item_key.fill_(-1)
+        table._priority.zero_()
+        table._times.zero_()
+        table._size = 0
+        table._max_priority = 1.0
+        _waiting.notify(table)
+
+
 def remove_slots(table: Table, slots: torch.Tensor) -> None:
     """Remove the items at ``slots`` (slots without an item are ignored)."""
     active = slots[table._item_key.index_select(0, slots) >= 0]
@@ -315,9 +327,47 @@ def select_in_order(table: Table, n: int) -> Selection:
 
 
 def select(table: Table, n: int, beta: float | None) -> Selection:
-    if beta is None or not hasattr(table.sampler, "beta"):
+    if beta is None or not table._fast.takes_beta:
         return table.sampler.sample(n)
     return table.sampler.sample(n, beta=beta)  # type: ignore[call-arg]
+
+
+def update_priorities(table: Table, keys: Any, priorities: Any) -> int:
+    """:meth:`Table.update_priorities`: check everything, then write the live ones."""
+    check_keys(keys)
+    check_numbers("priorities", priorities)
+    if table._np_item_key is not None:
+        return update_priorities_numpy(table, keys, priorities)
+    k = torch.as_tensor(keys, device=table.device).to(torch.int64).reshape(-1)
+    p = torch.as_tensor(priorities, dtype=torch.float64, device=table.device).reshape(-1)
+    if k.shape != p.shape:
+        raise InvalidArgumentError(
+            f"keys and priorities must have the same length, got {k.numel()} keys and "
+            f"{p.numel()} priorities"
+        )
+    check_priority_values(p, table._priority_limit)
+    with table._cond:
+        slots = k.clamp(min=0) % table.capacity
+        live = (k >= 0) & (table._item_key.index_select(0, slots) == k)
+        slots, p = slots[live], p[live]
+        if slots.numel():
+            table._priority[slots] = p
+            table._max_priority = max(table._max_priority, float(p.max()))
+            table.sampler.update(slots, p)
+        return int(live.sum())
+
+
+def remove_keys(table: Table, keys: Any) -> int:
+    """:meth:`Table.remove`: remove the live items among ``keys``; return how many."""
+    k = torch.as_tensor(np.asarray(keys, dtype=np.int64).reshape(-1), device=table.device)
+    with table._cond:
+        slots = k.clamp(min=0) % table.capacity
+        live = (k >= 0) & (table._item_key.index_select(0, slots) == k)
+        n = int(live.sum())
+        if n:
+            remove_slots(table, slots[live])
+            _waiting.notify(table)
+        return n
 
 
 def update_priorities_numpy(table: Table, keys: Any, priorities: Any) -> int:

@@ -5,7 +5,7 @@ same episode (``prev``/``next``), and per stream the key of its open episode's l
 step and that episode's length. The free functions here grow the per-stream
 columns, compute the links and episode positions of new steps (a compiled kernel
 on CPU, batched torch elsewhere) and follow ``next`` links for windows. The step
-end codes live here too, so this module needs nothing from ``storage``.
+end codes (from :mod:`replaydb._constants`) are re-exported for ``storage``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from replaydb._constants import END_NONE as END_NONE
+from replaydb._constants import END_TERMINATED as END_TERMINATED
+from replaydb._constants import END_TRUNCATED as END_TRUNCATED
 from replaydb.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -21,8 +24,6 @@ if TYPE_CHECKING:
 
 #: Stream ids are in ``[0, MAX_STREAMS)``.
 MAX_STREAMS = 1 << 20
-#: A step's end code: none, terminated, truncated.
-END_NONE, END_TERMINATED, END_TRUNCATED = 0, 1, 2
 
 
 def grow_streams(storage: Storage, max_stream: int) -> None:

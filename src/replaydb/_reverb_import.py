@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb._constants import END_TRUNCATED
 from replaydb._reverb_checkpoint import (
     ReverbCheckpoint,
     ReverbImport,
@@ -43,7 +44,6 @@ __all__ = ["import_checkpoint"]
 _NATIVE = {"float16", "float32", "float64", "uint8", "int8", "int16", "int32", "int64", "bool"}
 _WIDEN = {"uint16": "int32", "uint32": "int64"}
 _HUGE = 1.7976931348623157e308  # Reverb's "no bound" (DBL_MAX)
-_END_TRUNCATED = 2
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,7 @@ def _build(plan: _Plan) -> Any:
             arr = np.concatenate(cols).astype(np.dtype(dtype_name(f.dtype)), copy=False)
             data[field_name] = torch.from_numpy(np.ascontiguousarray(arr))
         ends = np.zeros(rows, dtype=np.int64)
-        ends[ends_at] = _END_TRUNCATED
+        ends[ends_at] = END_TRUNCATED
         pri = np.ones(rows, dtype=np.float64)
         tiny = np.nextafter(0.0, 1.0)
         pri[first.numpy() + steps - 1] = [max(it.priority, tiny) for it in items]

@@ -13,7 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from replaydb.errors import InvalidArgumentError, RateLimiterTimeout, WouldBlockForeverError
+from replaydb._validate import check_timeout
+from replaydb.errors import RateLimiterTimeout, WouldBlockForeverError
 
 if TYPE_CHECKING:
     from replaydb.table import Table
@@ -36,8 +37,8 @@ def wait(table: Table, ready: Any, timeout: float | None, verb: str, n: int) -> 
     :class:`WouldBlockForeverError` at once, and again if every other thread
     that used the table exits while this one waits.
     """
-    if timeout is not None and not timeout >= 0:
-        raise InvalidArgumentError(f"timeout must be None or a number >= 0, got {timeout!r}")
+    if timeout is not None:
+        check_timeout(timeout)
     why = why_blocked(table, verb, n)
     if timeout is None and not others_alive(table):
         raise WouldBlockForeverError(forever_message(table, verb, why))

@@ -66,6 +66,7 @@ from replaydb._untrusted import (
     read_small_file,
     remove_stale_temporaries,
 )
+from replaydb._validate import is_int
 from replaydb.errors import CheckpointError
 
 __all__ = [
@@ -98,6 +99,13 @@ _MANIFEST = "manifest.json"
 
 
 # ---------------------------------------------------------------- directories
+
+
+def _check_keep(keep: Any) -> None:
+    if not is_int(keep) or keep < 1:
+        raise CheckpointError(f"keep must be an int >= 1 (checkpoints kept), got {keep!r}")
+
+
 def list_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first (only directories replaydb wrote)."""
     r = Path(root)
@@ -144,8 +152,7 @@ def write_checkpoint(
             table names would be saved to the same file.
         OSError: If the disk is full or read-only (the previous checkpoint is untouched).
     """
-    if keep < 1:
-        raise CheckpointError(f"keep must be >= 1, got {keep}")
+    _check_keep(keep)
     r = Path(root)
     if r.exists() and not r.is_dir():
         raise CheckpointError(f"checkpoint root {str(r)!r} is a file; give a directory path")
@@ -196,8 +203,7 @@ def commit_checkpoint(
     Raises:
         CheckpointError: If ``root`` is a file or ``keep < 1``.
     """
-    if keep < 1:
-        raise CheckpointError(f"keep must be >= 1, got {keep}")
+    _check_keep(keep)
     r = Path(root)
     if r.exists() and not r.is_dir():
         raise CheckpointError(f"checkpoint root {str(r)!r} is a file; give a directory path")

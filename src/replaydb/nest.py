@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb._validate import is_int
 from replaydb.errors import InvalidArgumentError, SpecMismatchError
 from replaydb.spec import Field, Spec, _as_field, _gym_fields, unflatten
 
@@ -48,9 +49,7 @@ def _namedtuple_class(name: str, fields: tuple[str, ...]) -> Any:
 
 
 def _is_shape(value: Any) -> bool:
-    return isinstance(value, tuple | list | torch.Size) and all(
-        isinstance(d, int | np.integer) and not isinstance(d, bool) for d in value
-    )
+    return isinstance(value, tuple | list | torch.Size) and all(is_int(d) for d in value)
 
 
 def _is_dtype_like(value: Any) -> bool:

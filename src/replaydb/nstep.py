@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 import torch
 
+from replaydb._constants import END_NONE, END_TERMINATED, END_TRUNCATED
+from replaydb._validate import check_unit_interval
 from replaydb.errors import InvalidArgumentError
 
 __all__ = ["NStepTargets", "nstep_returns"]
@@ -134,8 +136,7 @@ def nstep_returns(
         raise InvalidArgumentError(
             f"ends must have the shape of rewards {tuple(r.shape)}, got {tuple(ends.shape)}"
         )
-    if not isinstance(gamma, int | float) or isinstance(gamma, bool) or not 0 <= gamma <= 1:
-        raise InvalidArgumentError(f"gamma must be a number in [0, 1], got {gamma!r}")
+    check_unit_interval("gamma", gamma)
     if not isinstance(final_step, bool):
         raise InvalidArgumentError(f"final_step must be a bool, got {final_step!r}")
     b, width = r.shape
@@ -150,16 +151,17 @@ def nstep_returns(
         # A valid step followed by padding without an end code: treat as truncated.
         m = mask.to(dev, torch.bool)
         last_valid = m & ~torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], dim=1)
-        e = torch.where(last_valid & (e == 0) & ~m[:, -1:].expand_as(m), torch.full_like(e, 2), e)
+        pad_end = last_valid & (e == END_NONE) & ~m[:, -1:].expand_as(m)
+        e = torch.where(pad_end, torch.full_like(e, END_TRUNCATED), e)
     # Where an end code counts: after a transition, only among the first n steps;
     # a final step, at any position (one at position n ends the last reward's episode).
     first = e if final_step else e[:, :n]
-    is_end = first != 0
+    is_end = first != END_NONE
     any_end = is_end.any(dim=1)
     k = torch.where(any_end, is_end.to(torch.int8).argmax(dim=1), torch.full((b,), n, device=dev))
     at = k.clamp(max=first.shape[1] - 1).unsqueeze(1)
-    code = torch.where(any_end, first.gather(1, at).squeeze(1), 0)
-    terminated = code == 1
+    code = torch.where(any_end, first.gather(1, at).squeeze(1), END_NONE)
+    terminated = code == END_TERMINATED
     if final_step:
         steps = k
     else:

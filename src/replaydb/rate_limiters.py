@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb._validate import check_int, is_number
 from replaydb.errors import InvalidArgumentError
 
 __all__ = [
@@ -180,7 +181,7 @@ class RateLimiter:
 
 def _number(name: str, value: Any) -> None:
     """Raise unless ``value`` is a real number (not a bool, string or None; not NaN)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    if not is_number(value):
         raise InvalidArgumentError(
             f"{name} must be a number, got {value!r} ({type(value).__name__})"
         )
@@ -213,9 +214,7 @@ class MinSize(RateLimiter):
     """
 
     def __init__(self, min_size: int = 1) -> None:
-        if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
-            raise InvalidArgumentError(f"min_size must be an int >= 1, got {min_size!r}")
-        super().__init__(1.0, min_size, -math.inf, math.inf)
+        super().__init__(1.0, check_int("min_size", min_size, 1), -math.inf, math.inf)
 
     def config(self) -> dict[str, Any]:
         return {"type": "MinSize", "min_size": self.min_size_to_sample}
@@ -292,10 +291,8 @@ class Queue(RateLimiter):
     """
 
     def __init__(self, size: int) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidArgumentError(f"size must be an int >= 1, got {size!r}")
-        super().__init__(1.0, 1, 0.0, float(size))
-        self.size = size
+        self.size = check_int("size", size, 1)
+        super().__init__(1.0, 1, 0.0, float(self.size))
 
     def config(self) -> dict[str, Any]:
         return {"type": "Queue", "size": self.size}
@@ -313,10 +310,8 @@ class Stack(RateLimiter):
     """
 
     def __init__(self, size: int) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidArgumentError(f"size must be an int >= 1, got {size!r}")
-        super().__init__(1.0, 1, 0.0, float(size))
-        self.size = size
+        self.size = check_int("size", size, 1)
+        super().__init__(1.0, 1, 0.0, float(self.size))
 
     def config(self) -> dict[str, Any]:
         return {"type": "Stack", "size": self.size}

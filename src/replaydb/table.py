@@ -34,131 +34,38 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from replaydb import _disk, _frames, _items, _kernels, _waiting
+from replaydb import _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
+from replaydb._records import LiveSteps, Sample, TableInfo
 from replaydb._table_checks import (
-    check_keys,
-    check_numbers,
-    check_priority_values,
+    check_mapping,
     check_sequence_options,
     check_table_args,
-    check_timeout,
-    end_column,
-    field_hint,
-    int_column,
+    check_table_memory,
     preset_capacity,
 )
-from replaydb.errors import (
-    CheckpointError,
-    InvalidArgumentError,
-    InvalidTypeError,
-    WouldBlockForeverError,
-)
-from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack, rate_limiter_from_config
-from replaydb.samplers import (
-    Fifo,
-    ItemCounter,
-    Lifo,
-    Sampler,
-    Uniform,
-    fast_paths,
-    sampler_from_config,
-)
+from replaydb._validate import check_timeout, end_column, priority_column, stream_column
+from replaydb.errors import InvalidArgumentError
+from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack
+from replaydb.samplers import Fifo, Lifo, Sampler, Uniform, fast_paths
 from replaydb.spec import Spec
-from replaydb.storage import (
-    END_NONE,
-    END_TERMINATED,
-    NO_DISK_STORAGE,
-    Storage,
-    check_memory,
-    resolve_device,
-)
+from replaydb.storage import Storage, resolve_device
 
 __all__ = ["LiveSteps", "Sample", "Table", "TableInfo"]
 
 
-@dataclass(frozen=True)
-class Sample:
-    """A batch of items and everything a learner needs to weigh and re-prioritize them.
-
-    ``sample["obs"]`` reads a field. Fields are ``[B, *shape]`` when the table's
-    ``sequence_length`` is 1, else ``[B, T, *shape]``; a field in the table's
-    ``frame_stack`` has a ``k`` dimension after those (``[B, k, *shape]`` or
-    ``[B, T, k, *shape]``).
-
-    Attributes:
-        data: ``name -> tensor`` for every field of the spec.
-        keys: ``[B]`` int64 item keys, for :meth:`Table.update_priorities`.
-        probabilities: ``[B]`` float64 probability each item was drawn with.
-        weights: ``[B]`` float32 importance weights (ones for uniform sampling).
-        priorities: ``[B]`` float64 priorities of the items when drawn.
-        times_sampled: ``[B]`` int64 times each item has been sampled, this one included.
-        table_size: Items the table held when the sample was drawn.
-        mask: ``[B, T]`` bool, ``False`` at padding past an episode end, or ``None``.
-        ends: ``[B, T]`` int64 end codes of the window's steps (``0`` none, ``1``
-            terminated, ``2`` truncated after the step), for sequence tables; else ``None``.
-
-    Example:
-        >>> table = Table(Spec({"x": ()}), 10); table.extend({"x": torch.arange(4.0)})
-        >>> s = table.sample(3); s["x"].shape, s.keys.shape, s.weights.shape
-        (torch.Size([3]), torch.Size([3]), torch.Size([3]))
-    """
-
-    data: dict[str, torch.Tensor]
-    keys: torch.Tensor
-    probabilities: torch.Tensor
-    weights: torch.Tensor
-    priorities: torch.Tensor
-    times_sampled: torch.Tensor
-    table_size: int
-    mask: torch.Tensor | None = None
-    ends: torch.Tensor | None = None
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.data[name]
-
-    def __len__(self) -> int:
-        """Number of items in the batch."""
-        return int(self.keys.shape[0])
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    """A snapshot of a table's counters, for logs and dashboards.
-
-    Example:
-        >>> Table(Spec({"x": (1,)}), 10).info().size
-        0
-    """
-
-    name: str
-    capacity: int
-    size: int
-    num_steps: int
-    sequence_length: int
-    total_steps_written: int
-    inserts: int
-    samples: int
-    sampler: dict[str, Any]
-    rate_limiter: dict[str, Any]
-    max_times_sampled: int | None
-    device: str
-    nbytes: int
-    spec: dict[str, Any] = field(default_factory=dict)
-
-
-_END_CODES = {None: END_NONE, False: END_NONE, True: END_TERMINATED}
-#: Bytes of bookkeeping per row beside the storage: the 32-byte item record and
-#: the sampler's state (at most a float64 sum tree of two nodes per slot, padded).
-_ROW_OVERHEAD = 32 + 32
-#: Samples whose output would exceed this many bytes are checked against free memory.
-_SAMPLE_CHECK_BYTES = 1 << 30
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"Table.{old} is deprecated and will be removed in the next release; use Table.{new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 class Table:
@@ -251,24 +158,13 @@ class Table:
         stack = check_sequence_options(
             spec, sequence_length, stride, final_step, frame_stack, max_times_sampled, sampler
         )
+        sequence_length = int(sequence_length)  # a numpy int is welcome, stored as int
+        max_times_sampled = None if max_times_sampled is None else int(max_times_sampled)
         device = resolve_device(device)
         disk = None
         if path is not None:
             disk = _disk.prepare(path, device, spec, capacity, sequence_length)
-        if (
-            isinstance(capacity, int | np.integer)
-            and not isinstance(capacity, bool)
-            and capacity > 0
-        ):
-            check_memory(
-                Storage.required_nbytes(spec, int(capacity), on_disk=path is not None)
-                + _ROW_OVERHEAD * int(capacity),
-                device,
-                f"table {name!r} (capacity={int(capacity)} rows of {spec.step_nbytes} bytes "
-                "plus bookkeeping)",
-                "use a smaller capacity or smaller fields (e.g. uint8 frames)"
-                + ("; " + NO_DISK_STORAGE if path is None else ""),
-            )
+        check_table_memory(spec, capacity, device, name, on_disk=path is not None)
         self.name = name
         self.pad = pad
         self.sequence_length = sequence_length
@@ -471,21 +367,13 @@ class Table:
             >>> table.extend({"x": torch.tensor([1, 300])}, cast="unsafe"); len(table)
             2
         """
-        if not isinstance(steps, Mapping) and not hasattr(steps, "keys"):  # TensorDict ok
-            raise InvalidTypeError(
-                f"steps must be a mapping of field name -> [N, *shape] values, got "
-                f"{type(steps).__name__}; e.g. table.extend({{{field_hint(self.spec)}}})"
-            )
+        check_mapping("steps", steps, self.spec, "extend", "[N, *shape] values")
         if timeout is not None:
             check_timeout(timeout)
         data, n = self.spec.coerce_batch(steps, self.device, cast=cast)
         if n == 0:
             return
-        stream_t = int_column("streams", streams, n, self.device, 0)
-        if int(stream_t.min()) < 0:
-            raise InvalidArgumentError(
-                f"streams must be >= 0, got {int(stream_t.min())}; number streams from 0"
-            )
+        stream_t = stream_column("streams", streams, n, self.device)
         end_t = end_column(ends, n, self.device)
         pri_t = _items.check_priorities(self, priorities, n)
         _items.write(self, data, n, stream_t, end_t, pri_t, timeout)
@@ -507,17 +395,11 @@ class Table:
             >>> table.insert({"x": [1.0, 2.0]}); len(table)
             1
         """
-        if not isinstance(step, Mapping) and not hasattr(step, "keys"):
-            raise InvalidTypeError(
-                f"step must be a mapping of field name -> value, got {type(step).__name__}; "
-                f"e.g. table.insert({{{field_hint(self.spec)}}})"
-            )
+        check_mapping("step", step, self.spec, "insert", "value")
         if timeout is not None:
             check_timeout(timeout)
         data = self.spec.coerce_step(step, self.device, cast=cast)
-        stream_t = int_column("stream", stream, 1, self.device, 0)
-        if int(stream_t[0]) < 0:
-            raise InvalidArgumentError(f"stream must be >= 0, got {int(stream_t[0])}")
+        stream_t = stream_column("stream", stream, 1, self.device)
         end_t = end_column(end, 1, self.device)
         if (
             priority is None
@@ -605,148 +487,7 @@ class Table:
             WouldBlockForeverError: If the table cannot be sampled and no other thread
                 could change that (e.g. a single thread sampling an empty table).
         """
-        prio = self._prio_items
-        if (
-            prio is not None
-            and type(batch_size) is int
-            and 0 < batch_size * self._item_nbytes <= _SAMPLE_CHECK_BYTES
-            and timeout is None
-            and (beta is None or (type(beta) is float and 0.0 <= beta <= 1.0))
-        ):
-            # CPU prioritized single-step table, valid arguments: the short path.
-            short = self._sample_prioritized(prio, batch_size, beta)
-            if short is not None:
-                return short
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int | np.integer)
-            or (batch_size < 1)
-        ):
-            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        b = int(batch_size)
-        if beta is not None and (
-            isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1
-        ):
-            raise InvalidArgumentError(f"beta must be a number in [0, 1], got {beta!r}")
-        if timeout is not None:
-            check_timeout(timeout)
-        if b * self._item_nbytes > _SAMPLE_CHECK_BYTES:
-            check_memory(
-                b * self._item_nbytes,
-                self.device,
-                f"sample(batch_size={b}) of {self._item_nbytes} bytes per item",
-                "sample fewer items per call",
-            )
-        with self._cond:
-            _waiting.note_thread(self)
-            lim = self.rate_limiter
-            if lim.never_samples(b) or (
-                self.consuming and b > self.capacity * (self.max_times_sampled or 1)
-            ):
-                raise WouldBlockForeverError(
-                    f"sample of {b} item(s) from table {self.name!r} can never go: {lim!r} "
-                    f"and capacity {self.capacity} never let that many be drawn at once; "
-                    "sample fewer items per call"
-                )
-
-            def ready() -> bool:
-                return self._size > 0 and lim.can_sample(b, self._size) and _waiting.enough(self, b)
-
-            if not ready():
-                _waiting.wait(self, ready, timeout, "sample", b)
-            prio = self._prio_items
-            if prio is not None:
-                # One compiled pass: the same draws and counts as the two calls below.
-                sel, keys, times, priorities = prio.draw_items(
-                    b,
-                    beta,
-                    self._np_item_key,  # type: ignore[arg-type]  # set on CPU
-                    self._np_times,  # type: ignore[arg-type]
-                    self._np_priority,  # type: ignore[arg-type]
-                )
-            else:
-                sel = (
-                    _items.select_in_order(self, b)
-                    if self.sampler.deterministic
-                    else _items.select(self, b, beta)
-                )
-                keys, times, priorities = _items.take_items(self, sel.slots)
-            slots = sel.slots
-            mask = ends = None
-            if self.sequence_length == 1:
-                rows = slots
-            else:
-                rows, ends = self.storage.windows(keys, self.sequence_length)
-                if self.pad:
-                    mask = self.storage.window_mask(rows)
-            data = _frames.gather(self, rows)
-            size = self._size
-            lim.on_sample(b)
-            if self.max_times_sampled is not None:
-                spent = slots[times >= self.max_times_sampled]
-                if spent.numel():
-                    _items.remove_slots(self, spent)
-            _waiting.notify(self)
-        weights = sel.weights
-        if weights is None:
-            weights = (
-                torch.from_numpy(np.ones(b, np.float32))
-                if self._np_item_key is not None
-                else torch.ones(b, dtype=torch.float32, device=self.device)
-            )
-        return Sample(
-            data=data,
-            keys=keys,
-            probabilities=sel.probabilities,
-            weights=weights,
-            priorities=priorities,
-            times_sampled=times,
-            table_size=size,
-            mask=mask,
-            ends=ends,
-        )
-
-    def _sample_prioritized(self, prio: ItemCounter, b: int, beta: float | None) -> Sample | None:
-        """:meth:`sample` of a CPU prioritized single-step table with valid arguments.
-
-        The same draws, counts, removals and limiter accounting as the general path
-        (one compiled pass draws the slots and counts the items); ``None`` where the
-        table cannot be sampled at once (the general path then waits or raises).
-        """
-        with self._cond:
-            lim = self.rate_limiter
-            size = self._size
-            if not (size > 0 and lim.can_sample(b, size)) or lim.never_samples(b):
-                return None
-            self._threads.add(threading.get_ident())
-            sel, keys, times, priorities = prio.draw_items(
-                b,
-                beta,
-                self._np_item_key,  # type: ignore[arg-type]  # set on CPU
-                self._np_times,  # type: ignore[arg-type]
-                self._np_priority,  # type: ignore[arg-type]
-            )
-            slots = sel.slots
-            data = self.storage.gather(slots)
-            lim.on_sample(b)
-            if self.max_times_sampled is not None:
-                spent = slots[times >= self.max_times_sampled]
-                if spent.numel():
-                    _items.remove_slots(self, spent)
-            if self._waiting:
-                self._cond.notify_all()
-        assert sel.weights is not None
-        return Sample(
-            data=data,
-            keys=keys,
-            probabilities=sel.probabilities,
-            weights=sel.weights,
-            priorities=priorities,
-            times_sampled=times,
-            table_size=size,
-            mask=None,
-            ends=None,
-        )
+        return _sampling.sample(self, batch_size, beta, timeout)
 
     def update_priorities(self, keys: Any, priorities: Any) -> int:
         """Set new priorities for sampled items; stale keys are ignored.
@@ -769,27 +510,7 @@ class Table:
             >>> t.update_priorities(torch.tensor([0, 7]), torch.tensor([2.0, 3.0]))
             1
         """
-        check_keys(keys)
-        check_numbers("priorities", priorities)
-        if self._np_item_key is not None:
-            return _items.update_priorities_numpy(self, keys, priorities)
-        k = torch.as_tensor(keys, device=self.device).to(torch.int64).reshape(-1)
-        p = torch.as_tensor(priorities, dtype=torch.float64, device=self.device).reshape(-1)
-        if k.shape != p.shape:
-            raise InvalidArgumentError(
-                f"keys and priorities must have the same length, got {k.numel()} keys and "
-                f"{p.numel()} priorities"
-            )
-        check_priority_values(p, self._priority_limit)
-        with self._cond:
-            slots = k.clamp(min=0) % self.capacity
-            live = (k >= 0) & (self._item_key.index_select(0, slots) == k)
-            slots, p = slots[live], p[live]
-            if slots.numel():
-                self._priority[slots] = p
-                self._max_priority = max(self._max_priority, float(p.max()))
-                self.sampler.update(slots, p)
-            return int(live.sum())
+        return _items.update_priorities(self, keys, priorities)
 
     # ----------------------------------------- internals tests and benchmarks probe
     def _items_completed(self, n: int, streams: torch.Tensor, ends: torch.Tensor) -> int:
@@ -803,53 +524,15 @@ class Table:
     # -------------------------------------------------------------- lifecycle
     def info(self) -> TableInfo:
         """A snapshot of the table's counters and configuration."""
-        with self._cond:
-            return TableInfo(
-                name=self.name,
-                capacity=self.capacity,
-                size=self._size,
-                num_steps=self.num_steps,
-                sequence_length=self.sequence_length,
-                total_steps_written=self.storage.total,
-                inserts=self.rate_limiter.inserts,
-                samples=self.rate_limiter.samples,
-                sampler=self.sampler.config(),
-                rate_limiter=self.rate_limiter.config(),
-                max_times_sampled=self.max_times_sampled,
-                device=str(self.device),
-                nbytes=self.storage.nbytes,
-                spec=self.spec.to_json(),
-            )
+        return _table_state.info(self)
 
     def reset(self) -> None:
         """Remove every item and step; counters start again from zero."""
-        with self._cond:
-            self.storage.reset()
-            self.sampler.reset()
-            self.rate_limiter.reset()
-            self._item_key.fill_(-1)
-            self._priority.zero_()
-            self._times.zero_()
-            self._size = 0
-            self._max_priority = 1.0
-            _waiting.notify(self)
+        _items.clear(self)
 
     def config(self) -> dict[str, Any]:
         """JSON-serializable description from which :meth:`from_config` rebuilds the table."""
-        return {
-            "name": self.name,
-            "capacity": self.capacity,
-            "sequence_length": self.sequence_length,
-            "max_times_sampled": self.max_times_sampled,
-            "pad": self.pad,
-            "stride": self.stride,
-            "final_step": self.final_step,
-            "frame_stack": {k: [n, pad] for k, (n, pad) in self.frame_stack.items()},
-            "spec": self.spec.to_json(),
-            "sampler": self.sampler.config(),
-            "rate_limiter": self.rate_limiter.config(),
-            "device": str(self.device),
-        }
+        return _table_state.config(self)
 
     @classmethod
     def from_config(
@@ -860,60 +543,16 @@ class Table:
         Configs written before ``stride``, ``final_step`` and ``frame_stack``
         existed load with their defaults (1, ``False``, none).
         """
-        return cls(
-            Spec.from_json(config["spec"]),
-            int(config["capacity"]),
-            sampler=sampler_from_config(config["sampler"]),
-            rate_limiter=rate_limiter_from_config(config["rate_limiter"]),
-            sequence_length=int(config["sequence_length"]),
-            max_times_sampled=config.get("max_times_sampled"),
-            device=device if device is not None else config.get("device", "cpu"),
-            name=str(config.get("name", "table")),
-            pad=bool(config.get("pad", False)),
-            stride=config.get("stride", 1),
-            final_step=config.get("final_step", False),
-            frame_stack=config.get("frame_stack") or None,
-        )
+        device = device if device is not None else config.get("device", "cpu")
+        return cls(**_table_state.table_args(config), device=device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor of the table's state, on CPU (storage, items, sampler, limiter)."""
-        with self._cond:
-            n = self.storage.num_rows
-            out = {f"storage.{k}": v for k, v in self.storage.state_dict().items()}
-            # Columns of the packed records: copied out densely.
-            dense = torch.contiguous_format
-            out["items.key"] = self._item_key[:n].cpu().clone(memory_format=dense)
-            out["items.priority"] = self._priority[:n].cpu().clone(memory_format=dense)
-            out["items.times_sampled"] = self._times[:n].cpu().clone(memory_format=dense)
-            out["items.scalars"] = torch.tensor(
-                [float(self._size), self._max_priority], dtype=torch.float64
-            )
-            out.update({f"sampler.{k}": v for k, v in self.sampler.state_dict().items()})
-            out.update({f"limiter.{k}": v for k, v in self.rate_limiter.state_dict().items()})
-            return out
+        return _table_state.state_dict(self)
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore :meth:`state_dict` output into this (same-config) table."""
-        with self._cond:
-            self.storage.load_state_dict(
-                {k[len("storage.") :]: v for k, v in state.items() if k.startswith("storage.")}
-            )
-            n = self.storage.num_rows
-            self._item_key.fill_(-1)
-            self._priority.zero_()
-            self._times.zero_()
-            self._item_key[:n].copy_(state["items.key"])
-            self._priority[:n].copy_(state["items.priority"])
-            self._times[:n].copy_(state["items.times_sampled"])
-            size, max_p = state["items.scalars"].tolist()
-            self._size, self._max_priority = int(size), float(max_p)
-            self.sampler.load_state_dict(
-                {k[len("sampler.") :]: v for k, v in state.items() if k.startswith("sampler.")}
-            )
-            self.rate_limiter.load_state_dict(
-                {k[len("limiter.") :]: v for k, v in state.items() if k.startswith("limiter.")}
-            )
-            _waiting.notify(self)
+        _table_state.load_state_dict(self, state)
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """A consistent copy of the table: its :meth:`config` and :meth:`state_dict`.
@@ -932,32 +571,22 @@ class Table:
             >>> config["capacity"], int(state["storage.total"][0])
             (4, 0)
         """
-        with self._cond:
-            state = self.state_dict()
-            # state_dict() already copies the item columns; the rest may be live views.
-            fresh = ("items.key", "items.priority", "items.times_sampled", "items.scalars")
-            return self.config(), {k: v if k in fresh else v.clone() for k, v in state.items()}
+        return _table_state.snapshot(self)
 
     def item_priorities(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys and priorities of the items that can be sampled now.
+        """Deprecated: use ``items(fields=())``, whose ``keys`` and ``priorities`` these are.
 
         Returns:
-            ``(keys, priorities)``: int64 item keys (the key of an item's first step)
-            and their float64 priorities, on CPU, in slot order, copied under the lock.
+            ``(keys, priorities)`` of the live items, on CPU, oldest key first.
 
         Example:
-            >>> table = Table(Spec({"x": ()}), 4)
-            >>> table.extend({"x": torch.zeros(3)})
-            >>> table.item_priorities()[0].tolist()
+            >>> t = Table(Spec({"x": ()}), 4); t.extend({"x": torch.zeros(3)})
+            >>> t.items(fields=()).keys.tolist()  # not t.item_priorities()[0]
             [0, 1, 2]
         """
-        with self._cond:
-            n = self.storage.num_rows
-            live = self._item_key[:n] >= 0
-            return (
-                self._item_key[:n][live].cpu().clone(),
-                self._priority[:n][live].cpu().clone(),
-            )
+        _deprecated("item_priorities()", "items(fields=()).keys / .priorities")
+        live = self.items(fields=())
+        return live.keys.cpu(), live.priorities.cpu()
 
     # ------------------------------------------- verbs for front ends (Velora buffer)
     @property
@@ -1001,11 +630,8 @@ class Table:
         probabilities and weights. A uniform single-step table on CPU (the Velora
         buffer) takes a short path; every other table calls :meth:`sample`.
 
-        One difference, on the short path only: ``times_sampled`` is counted only
-        when the table has ``max_times_sampled`` (where the count decides what later
-        draws return). Counting reads one random 32-byte item record per drawn item,
-        which measured +50% on a 256-row draw from a 1,000,000-row table, for a
-        number that nothing but :attr:`Sample.times_sampled` reports.
+        On the short path ``times_sampled`` is counted only where ``max_times_sampled``
+        needs it (why: :mod:`replaydb._sampling`).
 
         Args:
             batch_size: Number of items, > 0.
@@ -1025,86 +651,47 @@ class Table:
             >>> t.sample_data(3)["x"].shape
             torch.Size([3])
         """
-        sampler = self.sampler
-        if (
-            self.sequence_length != 1
-            or self.frame_stack
-            or not isinstance(sampler, Uniform)
-            or self._np_item_key is None
-            or isinstance(batch_size, bool)
-            or not isinstance(batch_size, int | np.integer)
-            or batch_size < 1
-        ):
-            return self.sample(batch_size, timeout=timeout).data
-        b = int(batch_size)
-        with self._cond:
-            lim = self.rate_limiter
-            if self._size > 0 and lim.can_sample(b, self._size):
-                self._threads.add(threading.get_ident())
-                slots = sampler.draw(b)  # the same draw as Uniform.sample
-                data = self.storage.gather(slots)
-                lim.on_sample(b)
-                if self.max_times_sampled is not None:
-                    _, times, _ = _items.take_items(self, slots)
-                    spent = slots[times >= self.max_times_sampled]
-                    if spent.numel():
-                        _items.remove_slots(self, spent)
-                _waiting.notify(self)
-                return data
-        # Waiting or refusing: exactly what sample does.
-        return self.sample(b, timeout=timeout).data
+        return _sampling.sample_data(self, batch_size, timeout)
 
-    def restore_steps(self, steps: Mapping[str, Any], *, total_steps_written: int) -> None:
-        """Refill an empty single-step table with saved steps, without waiting on its limiter.
+    def restore_steps(
+        self, steps: LiveSteps | Mapping[str, Any], *, total_steps_written: int | None = None
+    ) -> int:
+        """Refill a table with saved steps, past its rate limiter (which never blocks them).
 
-        The steps are the newest ``N`` of a table that had written
-        ``total_steps_written`` steps, oldest first: they get keys
-        ``total_steps_written - N ... total_steps_written - 1`` and land in rows
-        ``key % capacity``, as they were. Each becomes an item at the highest
-        priority seen so far; the limiter counts the inserts but never blocks them.
+        ``steps`` is either :meth:`live_steps` output, whose streams, ends and
+        priorities are written and whose limiter counters this table's limiter then
+        takes (the streams must be new to this table), or ``name -> [N, *shape]``
+        values: steps of stream 0 with no episode end, each item at the highest
+        priority seen so far, counted as inserts. Blocked callers are woken.
+
+        With ``total_steps_written`` (single-step tables, empty) the steps are the
+        newest ``N`` of a table that had written that many, oldest first: they get
+        keys ``total_steps_written - N ... total_steps_written - 1`` and land in rows
+        ``key % capacity``, as they were.
 
         Args:
-            steps: ``name -> [N, *shape]`` values for every field, ``N <= capacity``.
+            steps: A :class:`LiveSteps`, or ``name -> [N, *shape]`` for every field.
             total_steps_written: Steps the saved table had written, ``>= N``.
 
+        Returns:
+            The number of items in the table afterwards.
+
         Raises:
-            InvalidArgumentError: If the table is not empty or a sequence table, or
-                the counts do not fit.
             SpecMismatchError: If the steps do not match the spec (nothing is written).
+            InvalidArgumentError: For bad streams, ends, priorities or counters; with
+                ``total_steps_written``, if the table is not empty or a sequence table,
+                or the counts do not fit.
 
         Example:
             >>> t = Table(Spec({"x": ()}), 4)
             >>> t.restore_steps({"x": torch.arange(4.0)}, total_steps_written=6)
+            4
             >>> t.storage.fields["x"].tolist(), t.total_steps_written
             ([2.0, 3.0, 0.0, 1.0], 6)
+            >>> Table(Spec({"x": ()}), 8).restore_steps(t.live_steps())
+            4
         """
-        if self.sequence_length != 1:
-            raise InvalidArgumentError(
-                f"restore_steps is for single-step tables; table {self.name!r} has "
-                f"sequence_length={self.sequence_length} (use load_state_dict)"
-            )
-        data, n = self.spec.coerce_batch(steps, self.device)
-        total = total_steps_written
-        if isinstance(total, bool) or not isinstance(total, int | np.integer) or total < n:
-            raise InvalidArgumentError(
-                f"total_steps_written must be an int >= the {n} steps given, got {total!r}"
-            )
-        if n > self.capacity:
-            raise InvalidArgumentError(
-                f"restore_steps got {n} steps for a table of capacity {self.capacity}; "
-                "pass the newest capacity steps at most"
-            )
-        with self._cond:
-            if self.storage.total != 0:
-                raise InvalidArgumentError(
-                    f"restore_steps needs an empty table; table {self.name!r} has written "
-                    f"{self.storage.total} steps (call reset() first)"
-                )
-            self.storage.seek(int(total) - n)
-            if n:
-                res = self.storage.append(data)
-                _items.add_items(self, res.keys, None)
-            _waiting.notify(self)
+        return _table_state.restore_steps(self, steps, total_steps_written)
 
     # ------------------------------------------------- verbs for front ends (Ray)
     def priority_total(self) -> float:
@@ -1146,79 +733,18 @@ class Table:
             >>> t.live_steps().data["x"].tolist()
             [0.0, 1.0, 2.0]
         """
-        with self._cond:
-            st = self.storage
-            n = st.num_rows
-            keys = st.key[:n]
-            live_rows = torch.nonzero(keys >= 0).squeeze(1)
-            rows = live_rows.index_select(0, torch.argsort(keys.index_select(0, live_rows)))
-            item_slots = torch.nonzero(self._item_key[:n] >= 0).squeeze(1)
-            pri = torch.full(
-                (rows.numel(),), self._max_priority, dtype=torch.float64, device=self.device
-            )
-            if item_slots.numel():
-                if self.sequence_length == 1:
-                    last = item_slots
-                else:
-                    starts = self._item_key.index_select(0, item_slots)
-                    last = st.window_rows(starts, self.sequence_length)[:, -1]
-                where = torch.full((self.capacity,), -1, dtype=torch.int64, device=self.device)
-                where[rows] = torch.arange(rows.numel(), device=self.device)
-                idx = where.index_select(0, last)
-                ok = idx >= 0
-                pri[idx[ok]] = self._priority.index_select(0, item_slots)[ok]
-            return LiveSteps(
-                data={k: v.cpu().clone() for k, v in st.gather(rows).items()},
-                streams=st.stream.index_select(0, rows).cpu(),
-                ends=st.end.index_select(0, rows).cpu(),
-                priorities=pri.cpu(),
-                inserts=int(self.rate_limiter.inserts),
-                samples=int(self.rate_limiter.samples),
-            )
+        return _table_state.live_steps(self)
 
     def restore_live_steps(self, steps: LiveSteps) -> int:
-        """Write :meth:`live_steps` output past the rate limiter, then take its counters.
-
-        The steps are written as one :meth:`extend` (so they must fit the spec and
-        the streams must be new to this table) without waiting on the limiter; the
-        limiter's insert and sample counters are then set to ``steps.inserts`` and
-        ``steps.samples``, and blocked callers are woken.
-
-        Args:
-            steps: The steps to write, with the counters to take.
-
-        Returns:
-            The number of items in the table afterwards.
-
-        Raises:
-            SpecMismatchError: If the steps do not match the spec (nothing is written).
-            InvalidArgumentError: For bad streams, ends, priorities or counters.
+        """Deprecated: use :meth:`restore_steps`, which takes :meth:`live_steps` output.
 
         Example:
             >>> a = Table(Spec({"x": ()}), 10); a.extend({"x": torch.arange(3.0)})
-            >>> Table(Spec({"x": ()}), 5).restore_live_steps(a.live_steps())
+            >>> Table(Spec({"x": ()}), 5).restore_steps(a.live_steps())
             3
         """
-        for name in ("inserts", "samples"):
-            value = getattr(steps, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgumentError(f"steps.{name} must be an int >= 0, got {value!r}")
-        with self._cond:
-            limiter = self.rate_limiter
-            self.rate_limiter = RateLimiter(1.0, 0, -math.inf, math.inf)
-            try:
-                if steps.streams.numel():
-                    self.extend(
-                        steps.data,
-                        streams=steps.streams,
-                        ends=steps.ends,
-                        priorities=steps.priorities,
-                    )
-            finally:
-                self.rate_limiter = limiter
-            limiter.inserts, limiter.samples = steps.inserts, steps.samples
-            self._cond.notify_all()
-            return self._size
+        _deprecated("restore_live_steps(steps)", "restore_steps(steps)")
+        return self.restore_steps(steps)
 
     @staticmethod
     def validate_ends(ends: Any, n: int) -> torch.Tensor:
@@ -1259,15 +785,7 @@ class Table:
             >>> Table.validate_priorities(2.0, 3).tolist()
             [2.0, 2.0, 2.0]
         """
-        p = torch.as_tensor(priorities, dtype=torch.float64).detach().cpu()
-        if p.dim() == 0:
-            p = p.expand(n).clone()
-        if p.shape != (n,):
-            raise InvalidArgumentError(
-                f"priorities must be a scalar or have shape ({n},), got {tuple(p.shape)}"
-            )
-        check_priority_values(p)
-        return p
+        return priority_column(priorities, n)
 
     # ------------------------------------------------ disk-backed tables (issue 14)
     @property
@@ -1333,75 +851,33 @@ class Table:
             >>> Table.open(d).capacity
             4
         """
-        config = _disk.stored_config(path)
-        try:
-            spec = Spec.from_json(config["spec"])
-            sampler = sampler_from_config(config["sampler"])
-            rate_limiter = rate_limiter_from_config(config["rate_limiter"])
-        except Exception as exc:  # a constructor rejected a value of the config
-            raise CheckpointError(f"{str(path)!r}: the table config is invalid ({exc})") from exc
-        return cls(
-            spec,
-            int(config["capacity"]),
-            sampler=sampler,
-            rate_limiter=rate_limiter,
-            sequence_length=int(config["sequence_length"]),
-            max_times_sampled=config.get("max_times_sampled"),
-            name=str(config.get("name", "table")),
-            pad=bool(config.get("pad", False)),
-            path=path,
-            stride=config.get("stride", 1),
-            final_step=config.get("final_step", False),
-            frame_stack=config.get("frame_stack") or None,
-        )
+        return cls(**_table_state.open_args(path))
 
     # ------------------------------------------- verbs for front ends (replaydb.reverb)
-    def items(self) -> Sample:
+    def items(self, fields: Sequence[str] | None = None) -> Sample:
         """Every live item, oldest key first, read without counting as a draw.
 
         Nothing changes: times sampled, the rate limiter and the sampler are left
         as they are. Front ends use it to list what a table holds (for exports,
         inspection and side stores keyed by a field).
 
+        Args:
+            fields: Gather only these fields (``()``: none, for keys and priorities
+                alone); default every field.
+
         Returns:
             A :class:`Sample` of all ``len(self)`` items; ``probabilities`` are
             ``1 / len(self)`` and ``weights`` ones (this is not a draw).
 
+        Raises:
+            InvalidArgumentError: If ``fields`` names a field not in the spec.
+
         Example:
             >>> table = Table(Spec({"x": ()}), 4); table.extend({"x": torch.arange(6.0)})
-            >>> table.items()["x"].tolist()
-            [2.0, 3.0, 4.0, 5.0]
+            >>> table.items()["x"].tolist(), table.items(fields=()).keys.tolist()
+            ([2.0, 3.0, 4.0, 5.0], [2, 3, 4, 5])
         """
-        with self._cond:
-            live = torch.nonzero(self._item_key >= 0).squeeze(1)
-            keys = self._item_key.index_select(0, live)
-            order = torch.argsort(keys)
-            live, keys = live[order], keys[order]
-            times = self._times.index_select(0, live)
-            priorities = self._priority.index_select(0, live)
-            mask = ends = None
-            if self.sequence_length == 1:
-                rows = live
-            else:
-                rows, ends = self.storage.windows(keys, self.sequence_length)
-                if self.pad:
-                    mask = self.storage.window_mask(rows)
-            data = self.storage.gather(rows)
-            size = self._size
-        n = int(keys.numel())
-        return Sample(
-            data=data,
-            keys=keys,
-            probabilities=torch.full(
-                (n,), 1.0 / max(n, 1), dtype=torch.float64, device=self.device
-            ),
-            weights=torch.ones(n, dtype=torch.float32, device=self.device),
-            priorities=priorities,
-            times_sampled=times,
-            table_size=size,
-            mask=mask,
-            ends=ends,
-        )
+        return _sampling.items(self, fields)
 
     def remove(self, keys: Any) -> int:
         """Remove items by key, as if they had been overwritten; stale keys are ignored.
@@ -1420,33 +896,4 @@ class Table:
             >>> table.remove([0, 7]), len(table)
             (1, 2)
         """
-        k = torch.as_tensor(np.asarray(keys, dtype=np.int64).reshape(-1), device=self.device)
-        with self._cond:
-            slots = k.clamp(min=0) % self.capacity
-            live = (k >= 0) & (self._item_key.index_select(0, slots) == k)
-            n = int(live.sum())
-            if n:
-                _items.remove_slots(self, slots[live])
-                _waiting.notify(self)
-            return n
-
-
-@dataclass(frozen=True)
-class LiveSteps:
-    """The live steps of a table in write order, from :meth:`Table.live_steps`.
-
-    Attributes:
-        data: ``name -> [N, *shape]`` values of every field.
-        streams: ``[N]`` int64 stream of each step.
-        ends: ``[N]`` int64 end code of each step.
-        priorities: ``[N]`` float64 priority of the item each step completes.
-        inserts: The rate limiter's insert counter.
-        samples: The rate limiter's sample counter.
-    """
-
-    data: dict[str, torch.Tensor]
-    streams: torch.Tensor
-    ends: torch.Tensor
-    priorities: torch.Tensor
-    inserts: int
-    samples: int
+        return _items.remove_keys(self, keys)

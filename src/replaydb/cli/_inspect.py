@@ -195,7 +195,7 @@ def _describe_table(name: str, table: Any) -> dict[str, Any]:
         info["_returns"] = returns
     else:
         info["rewards"] = info["returns"] = None
-    pri = table.item_priorities()[1]
+    pri = table.items(fields=()).priorities.cpu()
     if pri.numel() and table.sampler.config().get("type") != "Uniform":
         info["priorities"] = _stats(pri)
         info["_priorities"] = pri

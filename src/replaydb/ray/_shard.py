@@ -141,7 +141,7 @@ class _Shard:
 
     def load_steps(self, part: dict[str, Any], counts: tuple[int, int]) -> int:
         """Insert steps bypassing the limiter, then set the limiter's counters."""
-        return self.table.restore_live_steps(
+        return self.table.restore_steps(
             LiveSteps(
                 data=part["data"],
                 streams=part["streams"],
