@@ -143,3 +143,21 @@ def test_samples_are_fresh_tensors_and_empty_gathers_work() -> None:
     empty = _frames.gather(table, torch.zeros(0, dtype=torch.int64))
     assert empty["img"].shape == (0, 3, 3, 5)
     assert empty["reward"].shape == (0,)
+
+
+def test_info_reports_stride_final_step_and_frame_stack() -> None:
+    plain = Table(SPEC, 10).info()
+    assert (plain.stride, plain.final_step, plain.frame_stack) == (1, False, {})
+    table = Table(
+        SPEC,
+        10,
+        sequence_length=3,
+        stride=2,
+        pad=True,
+        final_step=True,
+        frame_stack={"img": 4, "ident": (2, "zeros")},
+    )
+    info = table.info()
+    assert info.stride == 2 and info.final_step is True
+    assert info.frame_stack == {"img": [4, "first"], "ident": [2, "zeros"]}
+    assert info.frame_stack == table.config()["frame_stack"]

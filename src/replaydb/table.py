@@ -144,6 +144,12 @@ class TableInfo:
     device: str
     nbytes: int
     spec: dict[str, Any] = field(default_factory=dict)
+    #: Windows start only at episode steps ``0, stride, 2 * stride, ...``.
+    stride: int = 1
+    #: Padded windows never start at the row carrying an episode's end code.
+    final_step: bool = False
+    #: ``name -> [k, pad]`` of the fields sampled as their last ``k`` frames.
+    frame_stack: dict[str, list[Any]] = field(default_factory=dict)
 
 
 _END_CODES = {None: END_NONE, False: END_NONE, True: END_TERMINATED}
@@ -816,6 +822,9 @@ class Table:
                 device=str(self.device),
                 nbytes=self.storage.nbytes,
                 spec=self.spec.to_json(),
+                stride=self.stride,
+                final_step=self.final_step,
+                frame_stack={k: [n, pad] for k, (n, pad) in self.frame_stack.items()},
             )
 
     def reset(self) -> None:
