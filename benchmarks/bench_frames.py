@@ -25,7 +25,8 @@ random rows on every call:
 Printed: the median time per call, the stacked observation bytes returned per
 second (a transition counts both stacks), their ratio to the numpy gather, and the
 memory each buffer took to hold the frames, measured as the growth of the process's
-resident memory while it was built and filled, per stored transition. The last lines
+resident anonymous memory (Linux ``RssAnon``) while it was built and filled, per
+stored transition. The last lines
 check that figure against ``Storage.required_nbytes`` (what the memory preflight
 computes) and scale it to 1,000,000 transitions (issue 14: at most 7.5 GB).
 """
@@ -55,8 +56,11 @@ MILLION = 1_000_000
 
 
 def rss() -> int:
-    """Resident bytes of this process."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+    """Resident anonymous bytes of this process (mapped file pages not counted)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
 
 
 def build(frames: int, envs: int, sequence_length: int = 1, path: str | None = None) -> Table:
@@ -251,7 +255,7 @@ def on_disk(frames: int, reps: int, directory: str) -> None:
         print(
             f"disk-backed memory: files {files / 1e9:.3f} GB ({files / frames:,.0f} bytes/frame), "
             f"resident bookkeeping {ram / 1e6:,.0f} MB ({ram / frames:,.0f} bytes/frame, "
-            "page cache not counted)"
+            "the file pages in the page cache not counted)"
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
