@@ -161,3 +161,12 @@ def test_info_reports_stride_final_step_and_frame_stack() -> None:
     assert info.stride == 2 and info.final_step is True
     assert info.frame_stack == {"img": [4, "first"], "ident": [2, "zeros"]}
     assert info.frame_stack == table.config()["frame_stack"]
+
+
+@needs_numba
+def test_rows_outside_the_storage_are_refused() -> None:
+    table = twin(20, {"img": (3, "first")}, True)
+    fill(table, 20, 2, 1)
+    for bad in (-1, 20):
+        with pytest.raises(IndexError, match="outside the storage"):
+            _frames.gather(table, torch.tensor([0, bad]))

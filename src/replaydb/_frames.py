@@ -94,7 +94,10 @@ def _compile() -> Any:
         chain = np.empty((n, k_max), np.int64)
         real = np.ones(n, np.int64)
         for b in range(n):
-            chain[b, k_max - 1] = rows[b]
+            r = rows[b]
+            if r < 0 or r >= cap:  # the copies below read raw addresses: never out of range
+                raise IndexError("frame stack gather: a row is outside the storage")
+            chain[b, k_max - 1] = r
         for j in range(k_max - 2, -1, -1):
             for b in range(n):
                 r = chain[b, j + 1]
