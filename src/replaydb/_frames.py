@@ -159,7 +159,10 @@ class _Plan:
         self.row_bytes = start
         self.starts = np.array([f[3] for f in self.fields], dtype=np.int64)
         self.plan = np.array(rows, dtype=np.int64).reshape(-1, 6)
-        self.links = st._np_links
+        links = st._np_links
+        assert links is not None
+        #: The compiled pass and its arguments but the rows and the output.
+        self.call = (_kernel(), table._stack_k, links[0], links[1], self.plan, self.starts)
 
     @staticmethod
     def usable(table: Table) -> bool:
@@ -184,23 +187,21 @@ def _plan(table: Table) -> _Plan | None:
     return _PLANS[st]
 
 
-def _fused(table: Table, plan: _Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+def _fused(plan: _Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """:func:`gather` by the compiled pass (CPU, numba): one output buffer, one call."""
-    lead = tuple(rows.shape)
     flat = rows.numpy().reshape(-1)
-    n = flat.shape[0]
+    n = len(flat)
     # One buffer for every field's output (numpy's allocation is 16-byte aligned and
     # every field starts at a multiple of 64 bytes: each view is aligned).
     buf = np.empty(n * plan.row_bytes, dtype=np.uint8)
     if n:
-        links = plan.links
-        assert links is not None
-        _kernel()(flat, table._stack_k, links[0], links[1], plan.plan, plan.starts, buf)
-    out: dict[str, torch.Tensor] = {}
-    for name, dt, shape, start, nbytes in plan.fields:
-        s = start * n
-        out[name] = torch.from_numpy(buf[s : s + nbytes * n].view(dt).reshape(*lead, *shape))
-    return out
+        kernel, k_max, key, prev, fields, starts = plan.call
+        kernel(flat, k_max, key, prev, fields, starts, buf)
+    lead = rows.shape
+    return {
+        name: torch.from_numpy(buf[a * n : (a + size) * n].view(dt).reshape(*lead, *shape))
+        for name, dt, shape, a, size in plan.fields
+    }
 
 
 def gather(table: Table, rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -217,7 +218,7 @@ def gather(table: Table, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return table.storage.gather(rows)
     plan = _plan(table)  # a CPU table's: its rows are CPU tensors
     if plan is not None:
-        return _fused(table, plan, rows)
+        return _fused(plan, rows)
     st = table.storage
     k_max = table._stack_k
     lead = tuple(rows.shape)
