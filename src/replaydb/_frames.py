@@ -7,9 +7,9 @@ stored once; the stack is assembled at sample time.
 On CPU with numba one compiled pass does the whole gather: for each sampled row it
 walks the links and copies every field's bytes (``k`` frames for a stacked field,
 one row for the others) straight from the storage's packed groups into the output
-tensors, one ``memcpy`` per frame, all fields in one buffer. There is no index
-array and no per-field numpy call: the stacked field costs about what a raw
-``frames[idx]`` numpy gather of the same bytes costs (``benchmarks/bench_frames.py``).
+tensors, one ``memcpy`` per frame, all fields in one buffer, with no per-field
+numpy call: the stacked field's copy costs what a raw ``frames[idx]`` numpy gather
+of the same bytes costs (``benchmarks/bench_frames.py``).
 The links are walked one level for all rows at a time, so the cache misses of a
 level overlap. Without numba (and off CPU) ``k - 1`` batched torch gathers walk
 the links and one ``index_select`` per field gathers.
