@@ -1,21 +1,45 @@
-"""Atari-shaped frame stacking at sample time against a raw numpy gather of the same bytes.
+"""Atari-shaped frame stacking at sample time: replaydb against a raw numpy gather,
+cpprb and Stable-Baselines3, ratios and memory in one run.
 
 Run:
-    PYTHONPATH=src python benchmarks/bench_frames.py            # 100,000 frames
-    PYTHONPATH=src python benchmarks/bench_frames.py --quick    # 20,000 frames
+    PYTHONPATH=src python benchmarks/bench_frames.py            # 100,000 frames in memory
+    PYTHONPATH=src python benchmarks/bench_frames.py --quick    # 20,000 frames, fewer reps
+    PYTHONPATH=src python benchmarks/bench_frames.py --frames 1000000 --disk DIR
+        # a disk-backed table of a million frames under DIR (about 7 GB of files;
+        # DIR is created and removed afterwards), replaydb and numpy only
 
 A table of 84x84 uint8 frames (each stored once) with ``frame_stack={"obs": 4}``
 serves, for each of 32 sampled steps, its last four frames of the same episode
-(``[32, 4, 84, 84]``), following the episode links. The contender is the floor for
-those bytes: ``frames[idx]`` with a ready-made ``[32, 4]`` index into the same array
-(what a buffer that already knew the stack rows would pay). Printed: the median time
-per call of each, the stacked observation bytes per second, and their ratio (issue
-14's target: at least 0.9x the raw gather).
+(``[32, 4, 84, 84]``), following the episode links. Contenders, each with fresh
+random rows on every call:
+
+* ``numpy frames[idx]``: the floor for those bytes, a ready-made ``[32, 4]`` index
+  into the table's own frame array (what a buffer that already knew the stack
+  rows would pay);
+* replaydb ``sample(32)`` and its gather alone (no sampler, no item records);
+* transitions (a stacked observation and the next one): replaydb with
+  ``sequence_length=2`` (``[32, 2, 4, 84, 84]``), cpprb's ``ReplayBuffer`` with
+  ``stack_compress="obs"`` and ``next_of="obs"``, and SB3's ``ReplayBuffer`` with
+  ``optimize_memory_usage=True`` (each skipped with a note when not installed).
+
+Printed: the median time per call, the stacked observation bytes returned per
+second (a transition counts both stacks), their ratio to the numpy gather, and the
+memory each buffer took to hold the frames, measured as the growth of the process's
+resident anonymous memory (Linux ``RssAnon``) while it was built and filled, per
+stored transition. The last lines
+check that figure against ``Storage.required_nbytes`` (what the memory preflight
+computes) and scale it to 1,000,000 transitions (issue 14: at most 7.5 GB).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,20 +47,38 @@ from bench_sampling import race  # one timing rule for every benchmark (same fol
 
 from replaydb import Spec, Table, _kernels
 from replaydb.samplers import Uniform
+from replaydb.storage import Storage
 
 BATCH, STACK, SIDE = 32, 4, 84
+FRAME = SIDE * SIDE
+SPEC = Spec({"obs": ((SIDE, SIDE), "uint8"), "action": ((), "int64"), "reward": ()})
+MILLION = 1_000_000
 
 
-def build(frames: int, envs: int) -> Table:
+def rss() -> int:
+    """Resident anonymous bytes of this process (mapped file pages not counted)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+
+
+def build(frames: int, envs: int, sequence_length: int = 1, path: str | None = None) -> Table:
     """A full table: ``envs`` interleaved streams, episodes of 200-2,000 steps."""
-    spec = Spec({"obs": ((SIDE, SIDE), "uint8"), "action": ((), "int64"), "reward": ()})
-    table = Table(spec, frames, sampler=Uniform(seed=0), frame_stack={"obs": STACK})
+    table = Table(
+        SPEC,
+        frames,
+        sampler=Uniform(seed=0),
+        sequence_length=sequence_length,
+        frame_stack={"obs": STACK},
+        path=path,
+    )
     rng = np.random.default_rng(0)
     left = rng.integers(200, 2000, envs)
     chunk = 1000 // envs * envs
-    for _ in range(frames // chunk):
-        obs = torch.from_numpy(rng.integers(0, 255, (chunk, SIDE, SIDE), dtype=np.uint8))
-        streams = np.tile(np.arange(envs), chunk // envs)
+    pool = torch.from_numpy(rng.integers(0, 255, (8 * chunk, SIDE, SIDE), dtype=np.uint8))
+    streams = torch.from_numpy(np.tile(np.arange(envs), chunk // envs))
+    for c in range(frames // chunk):
         ends = np.zeros(chunk, dtype=np.int64)
         for i in range(chunk // envs):  # a tick: every env writes one step
             left -= 1
@@ -45,58 +87,194 @@ def build(frames: int, envs: int) -> Table:
             left[done] = rng.integers(200, 2000, int(done.sum()))
         table.extend(
             {
-                "obs": obs,
+                "obs": pool[(c % 8) * chunk : (c % 8 + 1) * chunk],
                 "action": torch.zeros(chunk, dtype=torch.int64),
                 "reward": torch.zeros(chunk),
             },
-            streams=torch.from_numpy(streams),
+            streams=streams,
             ends=torch.from_numpy(ends),
         )
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20,000 frames, fewer reps")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    frames = 20_000 if args.quick else 100_000
-    reps = 300 if args.quick else 1000
+def source(n: int) -> np.ndarray[Any, Any]:
+    """``n + STACK`` frames of one stream, for the peers' stacked observations."""
+    return np.random.default_rng(2).integers(0, 255, (n + STACK, SIDE, SIDE), dtype=np.uint8)
+
+
+def cpprb_sampler(n: int) -> tuple[Callable[[], object], int] | str:
+    """cpprb's compressed stack buffer, full; its sample and its bytes."""
+    if importlib.util.find_spec("cpprb") is None:
+        return "cpprb not installed"
+    from cpprb import ReplayBuffer
+
+    frames = source(n)
+    before = rss()
+    rb = ReplayBuffer(
+        n,
+        {"obs": {"shape": (SIDE, SIDE, STACK), "dtype": np.uint8}, "act": {}, "rew": {}},
+        next_of="obs",
+        stack_compress="obs",
+    )
+    # cpprb stacks on the last axis; consecutive steps share STACK - 1 frames.
+    stacks = np.lib.stride_tricks.sliding_window_view(frames, STACK, axis=0)
+    for s in range(0, n, 1000):
+        m = min(1000, n - s)
+        zeros = np.zeros(m)
+        rb.add(obs=stacks[s : s + m], next_obs=stacks[s + 1 : s + 1 + m], act=zeros, rew=zeros)
+    used = rss() - before
+    assert rb.get_stored_size() == n
+    return (lambda: rb.sample(BATCH)), used
+
+
+def sb3_sampler(n: int) -> tuple[Callable[[], object], int] | str:
+    """SB3's replay buffer with ``optimize_memory_usage``, full; its sample and bytes."""
+    if importlib.util.find_spec("stable_baselines3") is None:
+        return "stable_baselines3 not installed"
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    frames = source(n)
+    before = rss()
+    rb = ReplayBuffer(
+        n,
+        spaces.Box(0, 255, (STACK, SIDE, SIDE), np.uint8),
+        spaces.Discrete(6),
+        device="cpu",
+        optimize_memory_usage=True,
+        handle_timeout_termination=False,
+    )
+    zero = np.zeros(1)
+    for s in range(n):
+        rb.add(
+            frames[None, s : s + STACK], frames[None, s + 1 : s + 1 + STACK], zero, zero, zero, [{}]
+        )
+    used = rss() - before
+    assert rb.full or rb.pos == n
+    return (lambda: rb.sample(BATCH)), used
+
+
+def in_memory(frames: int, reps: int, peers: bool) -> None:
+    """Every contender at ``frames`` transitions in RAM."""
+    build(1000, envs=8).sample(BATCH)  # imports and compiles before measuring memory
+    before = rss()
     table = build(frames, envs=8)
+    table.sample(BATCH)
+    used = rss() - before
     raw = table.storage.fields["obs"].numpy()  # the same frames, the same memory
     rng = np.random.default_rng(1)
     # Fresh random rows on every call, as a sampler draws them: a small pool of
     # index sets would be served from the CPU caches after a few rounds.
     idx_pool = rng.integers(0, frames, (4096, BATCH, STACK))
-    it = iter(range(10**12))
-
-    def raw_gather() -> object:
-        return raw[idx_pool[next(it) % 4096]]
-
     rows_pool = torch.from_numpy(rng.integers(0, frames, (4096, BATCH)))
-
-    def stack_gather() -> object:
-        # The table's gather alone (link walk + every field), without the sampler
-        # and item bookkeeping: where the rest of sample()'s time goes.
-        return table._gather(rows_pool[next(it) % 4096])
-
-    out = table.sample(BATCH)["obs"]
-    assert out.shape == (BATCH, STACK, SIDE, SIDE)
-    t = race(
-        {
-            "replaydb sample(32), stack 4": lambda: table.sample(BATCH),
-            "  of which: stacked gather": stack_gather,
-            "numpy frames[idx], idx [32, 4]": raw_gather,
-        },
-        reps,
-    )
-    nbytes = BATCH * STACK * SIDE * SIDE
+    it = iter(range(10**12))
+    stacked = BATCH * STACK * FRAME
+    contenders: dict[str, Callable[[], object]] = {
+        "numpy frames[idx], idx [32, 4]": lambda: raw[idx_pool[next(it) % 4096]],
+        "replaydb sample(32), stack 4": lambda: table.sample(BATCH),
+        # The table's gather alone (link walk + every field): no sampler, no records.
+        "  of which: stacked gather": lambda: table._gather(rows_pool[next(it) % 4096]),
+    }
+    nbytes = dict.fromkeys(contenders, stacked)
+    memory = {"replaydb sample(32), stack 4": used}
+    notes = []
+    if peers:
+        del_rss = rss()
+        pairs = build(frames, envs=8, sequence_length=2)
+        memory["replaydb T=2 sample(32)"] = rss() - del_rss
+        contenders["replaydb T=2 sample(32)"] = lambda: pairs.sample(BATCH)
+        for name, make in (
+            ("cpprb stack_compress sample(32)", cpprb_sampler),
+            ("SB3 optimize_memory sample(32)", sb3_sampler),
+        ):
+            got = make(frames)
+            if isinstance(got, str):
+                notes.append(f"{name}: skipped ({got})")
+                continue
+            contenders[name], memory[name] = got
+        for name in contenders:
+            if "T=2" in name or "cpprb" in name or "SB3" in name:
+                nbytes[name] = 2 * stacked  # a transition: the stack and the next one
+    assert table.sample(BATCH)["obs"].shape == (BATCH, STACK, SIDE, SIDE)
+    t = race(contenders, reps)
     base = t["numpy frames[idx], idx [32, 4]"]
+    base_rate = stacked / base
     kernels = "numba kernels" if _kernels.get() is not None else "no numba"
-    print(f"{frames:,} frames of {SIDE}x{SIDE} uint8, batch {BATCH}, stack {STACK} ({kernels})")
-    print(f"{'contender':34s} {'us':>8s} {'MB/s':>9s} {'vs raw':>7s}")
+    print(f"{frames:,} frames of {SIDE}x{SIDE} uint8 in memory, batch {BATCH}, stack {STACK}")
+    print(f"({kernels}; a transition counts both stacks)")
+    print(f"{'contender':34s} {'us':>8s} {'MB/s':>7s} {'vs raw':>7s} {'bytes/transition':>17s}")
     for name, sec in t.items():
-        print(f"{name:34s} {sec * 1e6:8.1f} {nbytes / sec / 1e6:9.0f} {base / sec:6.2f}x")
+        mem = f"{memory[name] / frames:17,.0f}" if name in memory else ""
+        rate = nbytes[name] / sec
+        print(f"{name:34s} {sec * 1e6:8.1f} {rate / 1e6:7.0f} {rate / base_rate:6.2f}x {mem}")
+    for note in notes:
+        print(note)
+    preflight = Storage.required_nbytes(SPEC, frames)
+    per_row = used / frames
+    print(
+        f"replaydb memory: {used / 1e6:,.0f} MB resident for {frames:,} frames "
+        f"({per_row:,.0f} bytes/frame; the storage alone, Storage.required_nbytes: "
+        f"{preflight / frames:,.0f} bytes/frame, {FRAME} of them the frame)"
+    )
+    print(
+        f"1,000,000 transitions with a {STACK}-frame stack: {per_row * MILLION / 1e9:.2f} GB "
+        f"at the measured rate (target: at most 7.5 GB)"
+    )
+
+
+def on_disk(frames: int, reps: int, directory: str) -> None:
+    """replaydb and numpy at ``frames`` on a disk-backed table, pages cached."""
+    root = Path(tempfile.mkdtemp(prefix="bench-frames-", dir=directory))
+    try:
+        before = rss()
+        table = build(frames, envs=8, path=str(root / "table"))
+        table.sample(BATCH)
+        ram = rss() - before
+        files = sum(f.stat().st_size for f in (root / "table").iterdir() if f.is_file())
+        raw = table.storage.fields["obs"].numpy()
+        # Touch every page once, so the timing below is of cached pages.
+        checksum = int(raw[:, 0, 0].sum()) + int(raw[:, -1, -1].sum())
+        rng = np.random.default_rng(1)
+        idx_pool = rng.integers(0, frames, (4096, BATCH, STACK))
+        it = iter(range(10**12))
+        t = race(
+            {
+                "numpy frames[idx], idx [32, 4]": lambda: raw[idx_pool[next(it) % 4096]],
+                "replaydb sample(32), stack 4": lambda: table.sample(BATCH),
+            },
+            reps,
+        )
+        base = t["numpy frames[idx], idx [32, 4]"]
+        print(
+            f"{frames:,} frames of {SIDE}x{SIDE} uint8 on disk (pages cached), checksum {checksum}"
+        )
+        print(f"{'contender':34s} {'us':>8s} {'MB/s':>7s} {'vs raw':>7s}")
+        for name, sec in t.items():
+            rate = BATCH * STACK * FRAME / sec
+            print(f"{name:34s} {sec * 1e6:8.1f} {rate / 1e6:7.0f} {base / sec:6.2f}x")
+        print(
+            f"disk-backed memory: files {files / 1e9:.3f} GB ({files / frames:,.0f} bytes/frame), "
+            f"resident bookkeeping {ram / 1e6:,.0f} MB ({ram / frames:,.0f} bytes/frame, "
+            "the file pages in the page cache not counted)"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 frames, fewer reps")
+    parser.add_argument("--frames", type=int, default=None, help="table capacity (frames)")
+    parser.add_argument("--disk", default=None, help="a directory: time a disk-backed table")
+    parser.add_argument("--no-peers", action="store_true", help="skip T=2, cpprb and SB3")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    frames = args.frames or (20_000 if args.quick else 100_000)
+    reps = 300 if args.quick else 1000
+    if args.disk is not None:
+        on_disk(frames, reps, args.disk)
+    else:
+        in_memory(frames, reps, peers=not args.no_peers)
 
 
 if __name__ == "__main__":

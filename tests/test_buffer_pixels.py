@@ -286,13 +286,6 @@ def test_load_rejects_bad_pixel_metadata(tmp_path: Path) -> None:
             ReplayBuffer.load(path, bad)
 
 
-def test_save_refuses_frame_stack(tmp_path: Path) -> None:
-    buf = pixel_buffer(8, frame_stack=2)
-    with pytest.raises(InvalidArgumentError, match="frame_stack=2"):
-        buf.save(tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
 def test_float_shaped_buffer_casts_ints_exactly() -> None:
     buf = ReplayBuffer(10, (2, 2), 1, 0)  # float32 but shaped: not Velora's layout
     assert not buf.velora_layout

@@ -84,6 +84,12 @@ class TableInfo:
     device: str
     nbytes: int
     spec: dict[str, Any] = field(default_factory=dict)
+    #: Windows start only at episode steps ``0, stride, 2 * stride, ...``.
+    stride: int = 1
+    #: Padded windows never start at the row carrying an episode's end code.
+    final_step: bool = False
+    #: ``name -> [k, pad]`` of the fields sampled as their last ``k`` frames.
+    frame_stack: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

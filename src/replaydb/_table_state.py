@@ -72,6 +72,9 @@ def info(table: Table) -> TableInfo:
             device=str(table.device),
             nbytes=table.storage.nbytes,
             spec=table.spec.to_json(),
+            stride=table.stride,
+            final_step=table.final_step,
+            frame_stack={k: [n, pad] for k, (n, pad) in table.frame_stack.items()},
         )
 
 

@@ -47,18 +47,14 @@ def save(self: ReplayBuffer, dirpath: str | os.PathLike[str], prefix: str) -> No
         raise InvalidArgumentError(
             f"prefix must be a file name prefix without path separators, got {prefix!r}"
         )
-    if self.frame_stack is not None:
-        raise InvalidArgumentError(
-            f"save() does not support frame_stack={self.frame_stack} buffers yet: Velora's "
-            "files keep no episode boundaries, so the stacks could not be rebuilt on load; "
-            "save a buffer without frame_stack (stack at training time) or use Table.checkpoint"
-        )
     d = Path(dirpath)
     if d.exists() and not d.is_dir():
         raise InvalidArgumentError(f"dirpath {str(d)!r} is a file; save() needs a directory path")
     d.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(d, prefix)
-    keep_table = self._keeps_table_state()
+    # Velora's files keep no episode boundaries: a frame-stacked buffer's stacks are
+    # rebuilt from the episode links (storage.meta.*) of the table file.
+    keep_table = self._keeps_table_state() or self.frame_stack is not None
     dense = torch.contiguous_format
     with self.table.locked():
         tensors = {k: self._fields[k].detach().to("cpu").clone(memory_format=dense) for k in _KEYS}
@@ -191,14 +187,16 @@ def load(
     spec_args = (sdim if isinstance(sdim, int) else shape, meta["action_dim"], meta["hidden_dim"])
     table_state: dict[str, torch.Tensor] | None = None
     if meta.get("table") is not None:
+        stack: int | None = meta.get("frame_stack")
         table, table_state = _load_table_file(
             p.parent,
             meta["table"],
             cls.transition_spec(*spec_args, state_dtype=sdtype),
             cap,
             dev,
+            None if stack is None else {"states": stack, "next_states": stack},
         )
-        buffer = cls(cap, *spec_args, state_dtype=sdtype, table=table)
+        buffer = cls(cap, *spec_args, state_dtype=sdtype, frame_stack=stack, table=table)
     else:
         buffer = cls(cap, *spec_args, device=dev, state_dtype=sdtype)
     total = position if size < cap else cap + position
@@ -274,13 +272,20 @@ def _previous_metadata(meta_path: Path, state_path: Path) -> dict[str, Any] | No
 
 
 def _load_table_file(
-    d: Path, entry: Mapping[str, Any], spec: Spec, capacity: int, device: torch.device
+    d: Path,
+    entry: Mapping[str, Any],
+    spec: Spec,
+    capacity: int,
+    device: torch.device,
+    frame_stack: Mapping[str, int] | None = None,
 ) -> tuple[Table, dict[str, torch.Tensor]]:
     """The empty table and the saved item/sampler/limiter state named by ``metadata["table"]``.
 
-    The table is built from the Velora metadata's spec and capacity; only the
-    sampler, rate limiter and ``max_times_sampled`` come from the JSON config (so a
-    config edited to ask for a huge table allocates nothing).
+    The table is built from the Velora metadata's spec, capacity and frame stack;
+    only the sampler, rate limiter and ``max_times_sampled`` come from the JSON
+    config (so a config edited to ask for a huge table allocates nothing). The
+    state holds the storage's episode links too, which a frame-stacked buffer's
+    stacks follow.
     """
     from safetensors.torch import load_file
 
@@ -290,6 +295,12 @@ def _load_table_file(
     if _sha256(path) != entry["sha256"]:
         raise CheckpointError(f"{str(path)!r} does not match its metadata's SHA-256 (corrupt)")
     cfg = entry["config"]
+    want = {k: [v, "first"] for k, v in (frame_stack or {}).items()}
+    if (cfg.get("frame_stack") or {}) != want:
+        raise CheckpointError(
+            f"the table file's config has frame_stack={cfg.get('frame_stack')!r}, the metadata "
+            f"asks for {want or None}: the metadata does not belong to this save"
+        )
     try:
         table = Table(
             spec,
@@ -297,6 +308,7 @@ def _load_table_file(
             sampler=sampler_from_config(cfg["sampler"]),
             rate_limiter=rate_limiter_from_config(cfg["rate_limiter"]),
             max_times_sampled=cfg.get("max_times_sampled"),
+            frame_stack=frame_stack,
             device=device,
             name=str(cfg.get("name", "replay_buffer")),
         )
@@ -344,10 +356,14 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
             f"metadata['state_dtype'] must be one of {sorted(STATE_DTYPES)}, got "
             f"{meta['state_dtype']!r}"
         )
-    if meta.get("frame_stack") is not None:
+    k = meta.get("frame_stack")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise CheckpointError(f"metadata['frame_stack'] must be an int >= 1 or null, got {k!r}")
+    if k is not None and meta.get("table") is None:
         raise CheckpointError(
-            f"metadata['frame_stack'] is {meta['frame_stack']!r}, but frame-stacked buffers "
-            "are not saved in Velora's files; this metadata was not written by replaydb"
+            f"metadata['frame_stack'] is {k}, but the metadata names no table file: a "
+            "frame-stacked buffer's episode links are saved there (replaydb writes one); "
+            "this metadata was not written by replaydb's save"
         )
     for k in ("capacity", "state_dim", "action_dim", "hidden_dim", "position", "size"):
         v = meta[k]
