@@ -29,6 +29,7 @@ CORE = (
     "_items.py",
     "_waiting.py",
     "_frames.py",
+    "_shared_rows.py",
     "_table_checks.py",
 )
 # namedtuple API, public despite the underscore

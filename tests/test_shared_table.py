@@ -10,6 +10,7 @@ all run without a fork.
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing as mp
 import os
 import pickle
@@ -412,7 +413,7 @@ def test_dataloader_workers_draw_independent_batches(workers: int) -> None:
     assert len({tuple(k.tolist()) for k in keys}) == len(batches)
     # Consecutive batches come from different workers: as many shared keys as
     # independent draws give (64 * 64 / 2000 ~ 2 expected), never systematic.
-    overlap = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(keys, keys[1:], strict=False)]
+    overlap = [len(set(a.tolist()) & set(b.tolist())) for a, b in itertools.pairwise(keys)]
     assert max(overlap) < 16, overlap
     assert table.info().samples >= 8 * 64
     handle.close()
@@ -422,9 +423,7 @@ def test_dataloader_workers_draw_independent_batches(workers: int) -> None:
 def test_dataloader_workers_see_data_written_after_they_start() -> None:
     table, handle = _loader_table(100)
     ds = Dataset(handle, batch_size=32)
-    loader = DataLoader(
-        ds, batch_size=None, num_workers=2, persistent_workers=True, timeout=JOIN_S
-    )
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True, timeout=JOIN_S)
     it = iter(loader)
     first = next(it)[1].key
     assert int(first.max()) < 100
@@ -443,7 +442,7 @@ def test_dataloader_workers_see_data_written_after_they_start() -> None:
 
 
 def test_dataloader_after_iterating_in_process_does_not_hang() -> None:
-    table, handle = _loader_table()
+    _table, handle = _loader_table()
     ds = Dataset(handle, batch_size=16).prefetch(2)  # threads and a queue ...
     next(ds)  # ... started here, before the workers fork
     loader = DataLoader(ds, batch_size=None, num_workers=2, timeout=JOIN_S)
@@ -456,7 +455,7 @@ def test_dataloader_after_iterating_in_process_does_not_hang() -> None:
 
 @pytest.mark.slow
 def test_spawned_dataloader_workers() -> None:
-    table, handle = _loader_table()
+    _table, handle = _loader_table()
     ds = Dataset(handle, batch_size=32)
     loader = DataLoader(
         ds,
@@ -475,7 +474,7 @@ def test_spawned_dataloader_workers() -> None:
 
 
 def test_a_dataset_pickles_without_its_threads() -> None:
-    table, handle = _loader_table(50)
+    _table, handle = _loader_table(50)
     ds = Dataset(handle, batch_size=4).prefetch(2)
     next(ds)
     copy = pickle.loads(pickle.dumps(ds))

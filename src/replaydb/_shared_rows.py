@@ -79,9 +79,15 @@ class RowSample:
         return int(self.keys.shape[0])
 
 
-def sample_rows(table: Table, batch_size: int, beta: float | None, timeout: float | None) -> RowSample:
+def sample_rows(
+    table: Table, batch_size: int, beta: float | None, timeout: float | None
+) -> RowSample:
     """:meth:`Table.sample` without the gather (same checks, draws and effects)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
         raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
     b = int(batch_size)
     if beta is not None and (

@@ -66,6 +66,7 @@ class SharedTable:
 
     Example:
         >>> import pickle
+        >>> from replaydb.shared import memory_table
         >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
         >>> pickle.loads(pickle.dumps(h)).name
         'table'
@@ -162,8 +163,7 @@ class SharedTable:
             except RateLimiterTimeout as exc:
                 if until is not None and time.monotonic() >= until:
                     raise RateLimiterTimeout(
-                        f"{verb} on shared table {self.name!r} timed out after {timeout}s "
-                        f"({exc})"
+                        f"{verb} on shared table {self.name!r} timed out after {timeout}s ({exc})"
                     ) from None
 
     def _check_table(self, table: str | None) -> None:
@@ -240,7 +240,8 @@ class SharedTable:
             ClosedError: If the owner exited or closed the share.
 
         Example:
-            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
+            >>> from replaydb.shared import memory_table
+        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
             >>> h.extend({"x": torch.arange(4.0)}); h.sample(2)["x"].shape
             torch.Size([2])
             >>> h.close()
@@ -296,13 +297,19 @@ class SharedTable:
         """Write a batch of steps through the owner, as :meth:`Table.extend`.
 
         Example:
-            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
+            >>> from replaydb.shared import memory_table
+        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
             >>> h.extend({"x": torch.zeros(3)}, ends=True); len(h)
             3
             >>> h.close()
         """
         here = self._here()
-        kwargs = {"streams": streams, "ends": ends, "priorities": priorities, "cast": cast}
+        kwargs: dict[str, Any] = {
+            "streams": streams,
+            "ends": ends,
+            "priorities": priorities,
+            "cast": cast,
+        }
         if here is not None:
             here.extend(steps, timeout=timeout, **kwargs)
             return
@@ -324,13 +331,14 @@ class SharedTable:
         """Write one step through the owner, as :meth:`Table.insert`.
 
         Example:
-            >>> t = memory_table(Spec({"x": (2,)}), 8); h = t.share()
+            >>> from replaydb.shared import memory_table
+        >>> t = memory_table(Spec({"x": (2,)}), 8); h = t.share()
             >>> h.insert({"x": [1.0, 2.0]}); len(h)
             1
             >>> h.close()
         """
         here = self._here()
-        kwargs = {"stream": stream, "end": end, "priority": priority, "cast": cast}
+        kwargs: dict[str, Any] = {"stream": stream, "end": end, "priority": priority, "cast": cast}
         if here is not None:
             here.insert(step, timeout=timeout, **kwargs)
             return
@@ -343,7 +351,8 @@ class SharedTable:
         """Set new priorities for sampled items, as :meth:`Table.update_priorities`.
 
         Example:
-            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
+            >>> from replaydb.shared import memory_table
+        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
             >>> h.extend({"x": torch.zeros(2)}); h.update_priorities([0, 9], [2.0, 2.0])
             1
             >>> h.close()
@@ -358,7 +367,8 @@ class SharedTable:
         """The table's counters, as :meth:`Table.info`.
 
         Example:
-            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
+            >>> from replaydb.shared import memory_table
+        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
             >>> h.info().capacity
             8
             >>> h.close()
@@ -385,7 +395,8 @@ class SharedTable:
         Idempotent.
 
         Example:
-            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share(); h.close()
+            >>> from replaydb.shared import memory_table
+        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share(); h.close()
         """
         if os.getpid() == self.owner_pid:
             owner = _owner.owner_at(self.address)

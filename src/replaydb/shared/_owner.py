@@ -92,9 +92,7 @@ class Owner:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         assert table.path is not None
-        self.handle = SharedTable(
-            self.address, self.authkey, table.path, table.config(), self.pid
-        )
+        self.handle = SharedTable(self.address, self.authkey, table.path, table.config(), self.pid)
         self._accepter = threading.Thread(
             target=self._accept, name=f"replaydb-share-{table.name}", daemon=True
         )
