@@ -21,6 +21,8 @@ index (what a worker's copy costs without any replay bookkeeping).
 from __future__ import annotations
 
 import argparse
+import gc
+import resource
 import time
 from typing import Any
 
@@ -55,7 +57,14 @@ def build(frames: int) -> Any:
     return table
 
 
-def items_per_s(handle: SharedTable, workers: int, seconds: float) -> float:
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def items_per_s(handle: SharedTable, workers: int, seconds: float) -> tuple[float, float, float]:
+    """Items/s, and CPU ms per batch in this process (owner + consumer) and in the workers."""
+    main0, kids0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     ds = Dataset(handle, batch_size=BATCH)
     loader = DataLoader(
         ds,
@@ -65,7 +74,8 @@ def items_per_s(handle: SharedTable, workers: int, seconds: float) -> float:
         timeout=120 if workers else 0,
     )
     it = iter(loader)
-    for _ in range(2 * max(workers, 1)):  # workers started, storages mapped
+    warm = 2 * max(workers, 1)
+    for _ in range(warm):  # workers started, storages mapped
         next(it)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -74,8 +84,13 @@ def items_per_s(handle: SharedTable, workers: int, seconds: float) -> float:
         n += 1
     rate = n * BATCH / (time.perf_counter() - t0)
     del it, loader
+    gc.collect()  # the workers exit and are waited for: their CPU time is counted
     ds.close()
-    return rate
+    # Batches made: the counted ones, the warm-up, and the DataLoader's prefetch.
+    made = n + warm + 2 * workers
+    main = (_cpu(resource.RUSAGE_SELF) - main0) / made * 1e3
+    kids = (_cpu(resource.RUSAGE_CHILDREN) - kids0) / made * 1e3
+    return rate, main, kids
 
 
 def raw_floor(frames: int, seconds: float) -> float:
@@ -102,12 +117,17 @@ def main() -> None:
     table = build(args.frames)
     handle = table.share()
     best: dict[int, float] = {}
+    cpu: dict[int, tuple[float, float]] = {}
     try:
         for r in range(args.rounds):
             for w in counts:
-                rate = items_per_s(handle, w, args.seconds)
-                best[w] = max(best.get(w, 0.0), rate)
-                print(f"round {r}: {w} worker(s): {rate:,.0f} items/s")
+                rate, main_ms, worker_ms = items_per_s(handle, w, args.seconds)
+                if rate > best.get(w, 0.0):
+                    best[w], cpu[w] = rate, (main_ms, worker_ms)
+                print(
+                    f"round {r}: {w} worker(s): {rate:,.0f} items/s; CPU per batch: "
+                    f"{main_ms:.1f} ms owner+consumer, {worker_ms:.1f} ms workers"
+                )
     finally:
         handle.close()
     floor = raw_floor(args.frames, args.seconds)
@@ -119,6 +139,15 @@ def main() -> None:
     for w in counts:
         ratio = f"  {best[w] / base:.2f}x one worker" if base else ""
         print(f"{w} worker(s): {best[w]:>10,.0f} items/s{ratio}")
+    # On free cores each worker is one core's worth of copying and the owner one
+    # core's worth of drawing and receiving: the CPU costs bound the speed-up.
+    bounds = {w: min(w * 1e3 / cpu[w][1], 1e3 / cpu[w][0]) * BATCH for w in counts if cpu[w][1] > 0}
+    for w, bound in bounds.items():
+        one = bounds.get(1, bound)
+        print(
+            f"{w} worker(s) on {w + 1} free cores, from the CPU per batch: at most "
+            f"{bound:,.0f} items/s ({bound / one:.2f}x one worker's bound)"
+        )
     print(f"raw numpy gather, one process: {floor:,.0f} items/s (the floor per worker)")
 
 
