@@ -91,6 +91,21 @@ def test_remote_verbs_reach_the_owner(shared: tuple[Table, SharedTable]) -> None
     assert len(remote) == 6  # reconnects
 
 
+def test_an_interrupted_call_leaves_no_answer_behind(shared: tuple[Table, SharedTable]) -> None:
+    _, handle = shared
+    remote = _remote(handle)
+    _fill(remote, 0, 3)
+    conn = remote._conn()
+
+    def interrupted(timeout: float) -> bool:
+        raise KeyboardInterrupt
+
+    conn.poll = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        len(remote)  # sent, its answer never read
+    assert remote.info().size == 3  # a fresh connection: this answer, not the last one's
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -453,7 +468,6 @@ def test_dataloader_after_iterating_in_process_does_not_hang() -> None:
     handle.close()
 
 
-@pytest.mark.slow
 def test_spawned_dataloader_workers() -> None:
     _table, handle = _loader_table()
     ds = Dataset(handle, batch_size=32)

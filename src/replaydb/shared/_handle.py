@@ -147,12 +147,7 @@ class SharedTable:
         return conn
 
     def _call(self, verb: str, *args: Any) -> Any:
-        conn = self._conn()
-        try:
-            return _wire.call(conn, self.owner_pid, self.name, verb, args)
-        except ClosedError:
-            conn.close()
-            raise
+        return _wire.call(self._conn(), self.owner_pid, self.name, verb, args)
 
     def _sliced(self, verb: str, timeout: float | None, send: Any) -> Any:
         """Call ``send(slice_timeout)`` until the owner's rate limiter lets it through."""

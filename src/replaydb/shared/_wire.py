@@ -94,8 +94,13 @@ def call(conn: Any, owner_pid: int, name: str, verb: str, args: tuple[Any, ...])
             if not alive(owner_pid):
                 raise gone
         status, value = pickle.loads(conn.recv_bytes())
-    except (EOFError, OSError) as exc:
-        raise gone from exc
+    except BaseException as exc:
+        # Interrupted between a request and its answer (owner gone, Ctrl-C): the
+        # connection is out of step, so drop it; the next call opens a fresh one.
+        conn.close()
+        if isinstance(exc, EOFError | OSError):
+            raise gone from exc
+        raise
     if status == "err":
         raise value
     return from_wire(value)
