@@ -112,7 +112,14 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2,4")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+    parser.add_argument(
+        "--sharing",
+        choices=torch.multiprocessing.get_all_sharing_strategies(),
+        default=torch.multiprocessing.get_sharing_strategy(),
+        help="how DataLoader workers hand batches to the main process (torch's setting)",
+    )
     args = parser.parse_args()
+    torch.multiprocessing.set_sharing_strategy(args.sharing)
     counts = [int(w) for w in args.workers.split(",")]
     table = build(args.frames)
     handle = table.share()

@@ -435,6 +435,38 @@ def test_dataloader_workers_draw_independent_batches(workers: int) -> None:
     ds.close()
 
 
+def test_worker_batches_keep_every_field_and_info_column_exact() -> None:
+    # In a worker, everything but the largest field travels in one block of views.
+    spec = Spec({"obs": ((8, 8), "uint8"), "a": ((), "int64"), "x": (), "d": ((), "bool")})
+    table = memory_table(spec, 512, sampler=Prioritized(alpha=1.0, seed=0))
+    keys = torch.arange(300)
+    table.extend(
+        {
+            "obs": (keys % 256).to(torch.uint8).view(-1, 1, 1).expand(-1, 8, 8),
+            "a": keys,
+            "x": keys.float(),
+            "d": keys % 2 == 0,
+        },
+        priorities=keys.double() + 1.0,
+    )
+    handle = table.share()
+    ds = Dataset(handle, batch_size=32)
+    loader = DataLoader(ds, batch_size=None, num_workers=1, timeout=JOIN_S)
+    for i, (batch, info) in enumerate(loader):
+        k = info.key[:, 0]
+        assert torch.equal(batch["a"][:, 0], k) and torch.equal(batch["x"][:, 0], k.float())
+        assert torch.equal(batch["d"][:, 0], k % 2 == 0)
+        assert bool((batch["obs"][:, 0] == (k % 256).to(torch.uint8).view(-1, 1, 1)).all())
+        assert torch.equal(info.priority[:, 0], k.double() + 1.0)
+        assert torch.allclose(info.probability[:, 0], (k.double() + 1.0) / (300 * 301 / 2))
+        assert bool((info.table_size == 300).all()) and info.times_sampled.dtype == torch.int64
+        if i == 3:
+            break
+    del loader
+    ds.close()
+    handle.close()
+
+
 def test_dataloader_workers_see_data_written_after_they_start() -> None:
     table, handle = _loader_table(100)
     ds = Dataset(handle, batch_size=32)
