@@ -140,7 +140,8 @@ def main() -> None:
     floor = raw_floor(args.frames, args.seconds)
     mb = BATCH * STACK * SIDE * SIDE / 1e6
     print(
-        f"\nbatch of {BATCH} x {STACK} x {SIDE}x{SIDE} uint8 = {mb:.1f} MB; best of {args.rounds}"
+        f"\nbatch of {BATCH} x {STACK} x {SIDE}x{SIDE} uint8 = {mb:.1f} MB; best of "
+        f"{args.rounds}; sharing strategy {args.sharing!r}"
     )
     base = best.get(1)
     for w in counts:
