@@ -519,6 +519,17 @@ def test_spawned_dataloader_workers() -> None:
     ds.close()
 
 
+def test_a_dataset_over_an_in_process_client_refuses_to_pickle() -> None:
+    from replaydb import Server
+
+    table = Table(Spec({"x": ()}), 8)
+    table.extend({"x": torch.zeros(2)})
+    ds = Dataset(Server(table).client(), batch_size=2)
+    with pytest.raises(InvalidArgumentError, match=r"Client of this process.*share\(\)"):
+        pickle.dumps(ds)
+    ds.close()
+
+
 def test_a_dataset_pickles_without_its_threads() -> None:
     _table, handle = _loader_table(50)
     ds = Dataset(handle, batch_size=4).prefetch(2)

@@ -34,7 +34,10 @@ process for its own draws from the live table. A dataset pickles without its
 threads and queue, and a process that did not start them (a fork of one that
 iterated already) starts its own, so a dataset iterated in the main process
 first does not hang its workers. Over any other client a worker raises, naming
-the fix, since it would sample a frozen copy of the table.
+the fix, since it would sample a frozen copy of the table. In a worker, every
+tensor of a batch but its largest field is copied into one block (views of it
+come out), so the DataLoader hands a batch to the main process as two
+shared-memory segments, not one per tensor.
 """
 
 from __future__ import annotations
@@ -196,6 +199,13 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
         self._start_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
+        if not getattr(self.client, "across_processes", False):
+            raise InvalidArgumentError(
+                f"this Dataset samples a {type(self.client).__name__} of this process, which "
+                "another process (e.g. a spawned DataLoader worker) cannot reach; share the "
+                "table: build it with replaydb.shared.memory_table(...) or Table(..., "
+                "path=DIR) and pass Dataset(table.share(), ...)"
+            )
         state = self.__dict__.copy()
         for name in ("_stop", "_threads", "_queue", "_start_lock", "_carry", "_error"):
             state.pop(name, None)
