@@ -143,7 +143,7 @@ class SharedTable:
             ) from None
         self._local.conn = conn
         with self._lock:
-            self._conns.append(conn)
+            self._conns = [c for c in self._conns if not c.closed] + [conn]
         return conn
 
     def _call(self, verb: str, *args: Any) -> Any:
