@@ -23,7 +23,7 @@ import socket
 import tempfile
 import threading
 from multiprocessing import AuthenticationError, util
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Connection, Listener
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -173,8 +173,11 @@ class Owner:
             return
         self._closed = True
         self._finalizer.cancel()
-        with contextlib.suppress(OSError, EOFError, AuthenticationError):
-            Client(self.address, family="AF_UNIX", authkey=self.authkey).close()  # wake accept
+        # Wake the accept: a bare connect, closed at once (the handshake then fails in
+        # the accepting thread, which sees _closed); never waits on that thread.
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as wake:
+            wake.settimeout(5)
+            wake.connect(self.address)
         self._accepter.join(timeout=5)
         self._listener.close()
         with self._lock:
