@@ -17,6 +17,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -317,6 +318,30 @@ def test_a_closed_share_is_a_clear_error_in_other_processes(
     again = table.share()
     assert again is not handle and len(_remote(again)) == 3
     again.close()
+
+
+def test_closing_ends_a_wait_in_another_process_promptly(
+    shared: tuple[Table, SharedTable],
+) -> None:
+    _, handle = shared
+    remote = _remote(handle)
+    errors: list[BaseException] = []
+
+    def wait_for_data() -> None:
+        try:
+            remote.sample(1)  # the table is empty: waits, in slices, for ever
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=wait_for_data, daemon=True)
+    t.start()
+    t.join(0.7)
+    assert t.is_alive()
+    start = time.monotonic()
+    handle.close()
+    t.join(JOIN_S)
+    assert not t.is_alive() and time.monotonic() - start < 10
+    assert len(errors) == 1 and isinstance(errors[0], ClosedError)
 
 
 def test_a_wrong_key_is_refused(shared: tuple[Table, SharedTable]) -> None:
