@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from replaydb import Dataset, Spec, Table
@@ -212,6 +214,66 @@ def test_a_reset_while_copying_is_detected(shared: tuple[Table, SharedTable]) ->
     s = remote.sample(8)
     assert calls[0] >= 2
     assert bool(((s["x"] == s.keys.float()) | (s["x"] == -1.0)).all())
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    writes=st.lists(st.one_of(st.integers(1, 40), st.just(0)), min_size=1, max_size=4),
+    sequence_length=st.sampled_from([1, 3]),
+)
+def test_whatever_the_owner_writes_during_a_copy_a_sample_is_consistent(
+    writes: list[int], sequence_length: int
+) -> None:
+    # 0 is a reset; n > 0 writes n more steps. However the ring moves between the
+    # owner's draw and the caller's copy, every returned step is the step its key
+    # names (x was written as its key), and windows stay consecutive.
+    table = memory_table(Spec({"x": ()}), 16, sequence_length=sequence_length)
+    handle = table.share()
+    try:
+        _fill(table, 0, 16)
+        remote = _remote(handle)
+        remote.sample(1)
+        store = remote._store()
+        real = store.gather
+        pending = list(writes)
+
+        def gather_during_writes(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+            if pending:
+                n = pending.pop(0)
+                if n == 0:
+                    table.reset()
+                    _fill(table, 0, 8)
+                else:
+                    _fill(table, table.total_steps_written, n)
+            return real(rows)
+
+        store.gather = gather_during_writes  # type: ignore[method-assign]
+        s = remote.sample(6)
+        x = s["x"] if sequence_length == 1 else s["x"][:, 0]
+        assert torch.equal(x, s.keys.float())
+        if sequence_length > 1:
+            assert torch.equal(s["x"], s["x"][:, :1] + torch.arange(3.0))
+    finally:
+        handle.close()
+
+
+def test_a_disk_backed_table_is_shared_and_reopened(tmp_path: Any) -> None:
+    table = Table(Spec({"x": ()}), 16, path=tmp_path / "t")
+    handle = table.share()
+    remote = _remote(handle)
+    _fill(remote, 0, 10)
+    s = remote.sample(4)
+    assert torch.equal(s["x"], s.keys.float())
+    table.checkpoint()
+    handle.close()
+    del table, handle, remote
+    gc.collect()
+    again = Table.open(tmp_path / "t")
+    handle = again.share()
+    s = _remote(handle).sample(8)
+    assert torch.equal(s["x"], s.keys.float()) and len(again) == 10
+    handle.close()
+    assert (tmp_path / "t").is_dir()  # a user's directory is never removed
 
 
 def _hammer(handle: SharedTable, n: int, out: Any) -> None:
