@@ -384,20 +384,15 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
             if self.sequence_length == 1:
                 t = t.unsqueeze(1)
             data[name] = t.reshape(n * k, s, *t.shape[2:]) if k > 1 else t
-        # The int64 and the float64 columns each fill one block: a DataLoader worker
-        # hands the main process one shared-memory segment per block, not per column.
-        dev = smp.keys.device
-        ints = torch.empty((3, n * k, s), dtype=torch.int64, device=dev)
-        floats = torch.empty((2, n * k, s), dtype=torch.float64, device=dev)
-        ints[1].fill_(int(smp.table_size))
-        for dst, v in (
-            (ints[0], smp.keys),
-            (floats[0], smp.probabilities),
-            (floats[1], smp.priorities),
-            (ints[2], smp.times_sampled),
-        ):
-            dst.view(n, k, s).copy_(v.reshape(n, 1, 1).expand(n, k, s))
-        return data, [ints[0], floats[0], ints[1], floats[1], ints[2]]
+        size = torch.full((n,), int(smp.table_size), dtype=torch.int64, device=smp.keys.device)
+        per_item = (smp.keys, smp.probabilities, size, smp.priorities, smp.times_sampled)
+        info = [
+            v.reshape(n, 1, 1).expand(n, k, s).reshape(n * k, s)
+            if k > 1
+            else v.reshape(n, 1).expand(n, s).contiguous()
+            for v in per_item
+        ]
+        return data, info
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Dataset:
