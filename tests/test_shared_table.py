@@ -157,6 +157,27 @@ def _seed(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"alpha": 0.7, "seed": 3} if isinstance(kwargs["sampler"], Prioritized) else {"seed": 3}
 
 
+def test_fields_numpy_lacks_travel_and_gather_exactly() -> None:
+    # bfloat16 has no numpy dtype (the storage gathers with torch, the wire sends bits).
+    spec = Spec({"h": ((3,), "bfloat16"), "d": ((), "bool"), "x": ()})
+    mine, theirs = (memory_table(spec, 16, sampler=Uniform(seed=9)) for _ in range(2))
+    steps = {
+        "h": torch.arange(30.0).view(10, 3).to(torch.bfloat16),
+        "d": torch.arange(10) % 3 == 0,
+        "x": torch.arange(10.0),
+    }
+    mine.extend(steps)
+    handle = theirs.share()
+    remote = _remote(handle)
+    remote.extend(steps)  # bfloat16 over the wire
+    assert torch.equal(theirs.storage.fields["h"][:10], steps["h"])
+    a, b = mine.sample(6), remote.sample(6)
+    assert torch.equal(a.keys, b.keys)
+    for name in spec:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    handle.close()
+
+
 def test_a_consuming_table_hands_out_each_item_once() -> None:
     table = memory_table(Spec({"x": ()}), 8, sampler=Fifo(), max_times_sampled=1)
     handle = table.share()
