@@ -37,6 +37,7 @@ CORE = (
     "_items.py",
     "_waiting.py",
     "_frames.py",
+    "_shared_rows.py",
     "_table_checks.py",
     "_sampling.py",
     "_table_state.py",

@@ -50,7 +50,10 @@ def test_every_public_name_resolves_and_has_an_example() -> None:
 
 
 def test_family_members_have_examples() -> None:
-    for module in (replaydb.errors, replaydb.rate_limiters, replaydb.samplers):
+    import replaydb.shared
+
+    assert replaydb.shared.__all__ == ["RowSample", "SharedTable", "memory_table"]
+    for module in (replaydb.errors, replaydb.rate_limiters, replaydb.samplers, replaydb.shared):
         for name in module.__all__:
             doc = getattr(module, name).__doc__ or ""
             assert doc, f"{module.__name__}.{name} has no docstring"

@@ -36,13 +36,14 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from replaydb import _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
 from replaydb._records import LiveSteps, Sample, TableInfo
+from replaydb._shared_rows import RowSample, sample_rows
 from replaydb._table_checks import (
     check_mapping,
     check_sequence_options,
@@ -56,6 +57,9 @@ from replaydb.rate_limiters import MinSize, Queue, RateLimiter, Stack
 from replaydb.samplers import Fifo, Lifo, Sampler, Uniform, fast_paths
 from replaydb.spec import Spec
 from replaydb.storage import Storage, resolve_device
+
+if TYPE_CHECKING:
+    from replaydb.shared import SharedTable
 
 __all__ = ["LiveSteps", "Sample", "Table", "TableInfo"]
 
@@ -897,3 +901,64 @@ class Table:
             (1, 2)
         """
         return _items.remove_keys(self, keys)
+
+    # --- shared verbs begin ---
+    def sample_rows(
+        self, batch_size: int, *, beta: float | None = None, timeout: float | None = None
+    ) -> RowSample:
+        """:meth:`sample` without copying the data out: the rows that hold each item.
+
+        The same draw, with every effect of :meth:`sample` (rate limiter,
+        ``times_sampled``, ``max_times_sampled`` removals). A process that maps the
+        same storage gathers the rows itself (:mod:`replaydb.shared`); the rows hold
+        the items until the ring overwrites them (see :class:`RowSample`).
+
+        Args:
+            batch_size: Number of items, > 0.
+            beta: Importance-weight exponent for prioritized samplers.
+            timeout: Seconds to wait for the rate limiter (None: as long as it takes).
+
+        Returns:
+            A :class:`~replaydb.shared.RowSample`.
+
+        Raises:
+            InvalidArgumentError: As :meth:`sample`.
+            RateLimiterTimeout: If the limiter did not let the sample through in time.
+            WouldBlockForeverError: As :meth:`sample`.
+
+        Example:
+            >>> t = Table(Spec({"x": ()}), 4); t.extend({"x": torch.arange(3.0)})
+            >>> r = t.sample_rows(2); t.storage.gather(r.rows)["x"].shape
+            torch.Size([2])
+        """
+        return sample_rows(self, batch_size, beta, timeout)
+
+    def share(self) -> SharedTable:
+        """Serve this table to other processes; return a picklable handle to it.
+
+        The table must keep its steps where other processes can map them: a
+        disk-backed table (``path=``) or one from
+        :func:`replaydb.shared.memory_table` (shared memory). This process stays
+        the owner (sampler, rate limiter and items stay here); the handle works in
+        DataLoader workers, ``multiprocessing`` children (fork or spawn) and here.
+        Calling it again returns the same handle until that is closed.
+
+        Returns:
+            A :class:`~replaydb.shared.SharedTable`.
+
+        Raises:
+            InvalidArgumentError: If the table is in this process's memory (or on
+                a GPU): other processes cannot map it.
+
+        Example:
+            >>> from replaydb.shared import memory_table
+            >>> t = memory_table(Spec({"x": ()}), 8); handle = t.share()
+            >>> handle.extend({"x": torch.arange(3.0)}); len(t)
+            3
+            >>> handle.close()
+        """
+        from replaydb.shared._owner import serve
+
+        return serve(self)
+
+    # --- shared verbs end ---

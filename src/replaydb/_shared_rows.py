@@ -1,0 +1,177 @@
+"""Drawing items without gathering their data: what a process sharing a table needs.
+
+:meth:`Table.sample_rows` makes the same draw as :meth:`Table.sample` (the same
+sampler call, rate-limiter accounting, ``times_sampled`` counts and
+``max_times_sampled`` removals, under the table's lock) but returns the *rows*
+that hold each item's steps instead of copying them out. Another process that
+maps the same storage (a disk-backed or shared-memory table, see
+:mod:`replaydb.shared`) gathers the bytes itself, so many processes gather in
+parallel while one owner keeps the table's bookkeeping.
+
+The rows stay valid until the ring overwrites them. ``oldest`` (per item, the
+smallest step key its rows hold) and ``generation`` let a gatherer check, after
+copying, that no write reached them meanwhile: a disk-backed storage records in
+its journal, *before* writing, the cursor after the write (``intent``), so an
+item whose ``oldest >= intent - capacity`` (journal read after the copy, same
+generation) was not touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from replaydb import _items, _waiting
+from replaydb._frames import stack_rows_torch
+from replaydb._validate import check_timeout
+from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
+
+if TYPE_CHECKING:
+    from replaydb.table import Table
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """A draw of items as the rows that hold them, from :meth:`Table.sample_rows`.
+
+    Attributes:
+        rows: int64 rows to gather: ``[B]`` for single-step tables, ``[B, T]`` for
+            sequences, with a trailing ``k`` dimension (the frames of each step,
+            oldest first, ``k`` the table's largest stack) when the table has a
+            ``frame_stack``.
+        valid: bool like ``rows`` where the table has a ``frame_stack`` (``False``
+            where the stack's padding fills in), else ``None``.
+        keys: ``[B]`` int64 item keys.
+        probabilities: ``[B]`` float64 probability each item was drawn with.
+        weights: ``[B]`` float32 importance weights.
+        priorities: ``[B]`` float64 priorities when drawn.
+        times_sampled: ``[B]`` int64 draws of each item, this one included.
+        table_size: Items the table held when drawn.
+        mask: ``[B, T]`` bool as :attr:`Sample.mask`, or ``None``.
+        ends: ``[B, T]`` int64 as :attr:`Sample.ends`, or ``None``.
+        oldest: ``[B]`` int64 smallest step key among each item's rows.
+        generation: The disk-backed storage's reset count when drawn (``-1`` in memory).
+
+    Example:
+        >>> t = Table(Spec({"x": ()}), 4); t.extend({"x": torch.arange(6.0)})
+        >>> r = t.sample_rows(2); r.rows.shape, bool((r.oldest >= 2).all())
+        (torch.Size([2]), True)
+    """
+
+    rows: torch.Tensor
+    valid: torch.Tensor | None
+    keys: torch.Tensor
+    probabilities: torch.Tensor
+    weights: torch.Tensor
+    priorities: torch.Tensor
+    times_sampled: torch.Tensor
+    table_size: int
+    mask: torch.Tensor | None
+    ends: torch.Tensor | None
+    oldest: torch.Tensor
+    generation: int
+
+    def __len__(self) -> int:
+        """Number of items drawn."""
+        return int(self.keys.shape[0])
+
+
+def sample_rows(
+    table: Table, batch_size: int, beta: float | None, timeout: float | None
+) -> RowSample:
+    """:meth:`Table.sample` without the gather (same checks, draws and effects)."""
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    b = int(batch_size)
+    if beta is not None and (
+        isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1
+    ):
+        raise InvalidArgumentError(f"beta must be a number in [0, 1], got {beta!r}")
+    if timeout is not None:
+        check_timeout(timeout)
+    st = table.storage
+    with table._cond:
+        _waiting.note_thread(table)
+        lim = table.rate_limiter
+        if lim.never_samples(b) or (
+            table.consuming and b > table.capacity * (table.max_times_sampled or 1)
+        ):
+            raise WouldBlockForeverError(
+                f"sample of {b} item(s) from table {table.name!r} can never go: {lim!r} "
+                f"and capacity {table.capacity} never let that many be drawn at once; "
+                "sample fewer items per call"
+            )
+
+        def ready() -> bool:
+            return table._size > 0 and lim.can_sample(b, table._size) and _waiting.enough(table, b)
+
+        if not ready():
+            _waiting.wait(table, ready, timeout, "sample", b)
+        prio = table._prio_items
+        if prio is not None:
+            sel, keys, times, priorities = prio.draw_items(
+                b,
+                beta,
+                table._np_item_key,  # type: ignore[arg-type]  # set on CPU
+                table._np_times,  # type: ignore[arg-type]
+                table._np_priority,  # type: ignore[arg-type]
+            )
+        else:
+            sel = (
+                _items.select_in_order(table, b)
+                if table.sampler.deterministic
+                else _items.select(table, b, beta)
+            )
+            keys, times, priorities = _items.take_items(table, sel.slots)
+        slots = sel.slots
+        mask = ends = None
+        if table.sequence_length == 1:
+            rows = slots.clone()
+        else:
+            rows, ends = st.windows(keys, table.sequence_length)
+            if table.pad:
+                mask = st.window_mask(rows)
+        valid = None
+        if table.frame_stack:
+            k = max(k for k, _ in table.frame_stack.values())
+            lead = tuple(rows.shape)
+            links = st._np_links
+            if table._kernels is not None and links is not None:  # CPU: one compiled walk
+                got = table._kernels.stack_rows(rows.numpy().reshape(-1), k, links[0], links[1])
+                flat, ok = torch.from_numpy(got[0]), torch.from_numpy(got[1])
+            else:
+                flat, ok = stack_rows_torch(rows.reshape(-1), k, st.key, st.prev)
+            rows, valid = flat.view(*lead, k), ok.view(*lead, k)
+        oldest = st.key.index_select(0, rows.reshape(-1)).view(b, -1).amin(dim=1)
+        generation = st.files.generation if st.files is not None else -1
+        size = table._size
+        lim.on_sample(b)
+        if table.max_times_sampled is not None:
+            spent = slots[times >= table.max_times_sampled]
+            if spent.numel():
+                _items.remove_slots(table, spent)
+        _waiting.notify(table)
+    weights = sel.weights
+    if weights is None:
+        weights = torch.ones(b, dtype=torch.float32, device=table.device)
+    return RowSample(
+        rows=rows,
+        valid=valid,
+        keys=keys,
+        probabilities=sel.probabilities,
+        weights=weights,
+        priorities=priorities,
+        times_sampled=times,
+        table_size=size,
+        mask=mask,
+        ends=ends,
+        oldest=oldest,
+        generation=generation,
+    )
