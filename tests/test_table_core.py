@@ -51,7 +51,7 @@ CORE_MODULES = (
 )
 #: Modules still over the limit, being shrunk elsewhere; table.py holds every verb's
 #: docstring (about 520 lines of the file) with one- or two-line bodies.
-OVER_LIMIT = {"table.py": 920}
+OVER_LIMIT = {"table.py": 980}
 LIMIT = 650
 
 
@@ -60,7 +60,7 @@ def _table(capacity: int = 8, **kwargs: object) -> Table:
 
 
 #: Modules of other areas still over the limit, being split by their owners.
-SHRINKING = {"buffer/_buffer.py", "manager.py", "observer.py", "samplers.py", "storage.py"}
+SHRINKING = {"buffer/_buffer.py", "manager.py", "observer.py"}
 
 
 def _lines(path: Path) -> int:

@@ -42,6 +42,7 @@ shared-memory segments, not one per tensor.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -317,6 +318,7 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
     def _ensure_started(self) -> queue.Queue[Any]:
         with self._start_lock:
             if self._queue is None:
+                _RUNNING.add(self)
                 self._queue = queue.Queue(maxsize=max(1, self.buffer_size))
                 for i in range(self.num_parallel_calls):
                     t = threading.Thread(
@@ -463,6 +465,32 @@ def _one_block(
     names = [k for k in data if k != big]
     out = {k: views[names.index(k)] if k != big else t for k, t in data.items()}
     return out, views[len(names) :]
+
+
+#: Datasets that started sampling threads in this process (see :func:`_stop_at_exit`).
+_RUNNING: weakref.WeakSet[Dataset] = weakref.WeakSet()
+#: The longest the exit hook waits for sampling threads to finish their call.
+_EXIT_JOIN_S = 2.0
+
+
+def _stop_at_exit() -> None:
+    """Stop every dataset's sampling threads while Python can still serve them.
+
+    A daemon thread that is inside a torch call (a gather, a copy) when the
+    interpreter starts to finalize is ended by Python as soon as it asks for the
+    GIL back, which aborts the process; a spawned DataLoader worker (which ends
+    through ``sys.exit``) died so. ``atexit`` hooks run before finalization.
+    """
+    running = list(_RUNNING)
+    for ds in running:
+        ds._stop.set()
+    deadline = time.monotonic() + _EXIT_JOIN_S
+    for ds in running:
+        for t in list(ds._threads):
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_stop_at_exit)
 
 
 def _worker(ref: weakref.ref[Dataset], q: queue.Queue[Any], stop: threading.Event) -> None:
