@@ -38,6 +38,7 @@ CORE = (
     "_waiting.py",
     "_frames.py",
     "_shared_rows.py",
+    "_table_persist.py",
     "_table_checks.py",
     "_sampling.py",
     "_table_state.py",

@@ -413,6 +413,11 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
         """Whether :meth:`close` was called."""
         return self._closed
 
+    def _join_until(self, deadline: float) -> None:
+        """Wait for the sampling threads to end, until ``deadline`` (monotonic)."""
+        for t in list(self._threads):
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
     def _shutdown(self) -> None:
         self._stop.set()
         q = self._queue
@@ -486,8 +491,7 @@ def _stop_at_exit() -> None:
         ds._stop.set()
     deadline = time.monotonic() + _EXIT_JOIN_S
     for ds in running:
-        for t in list(ds._threads):
-            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        ds._join_until(deadline)
 
 
 atexit.register(_stop_at_exit)
