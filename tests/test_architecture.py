@@ -30,6 +30,7 @@ CORE = (
     "_waiting.py",
     "_frames.py",
     "_table_checks.py",
+    "_rows.py",
 )
 # namedtuple API, public despite the underscore
 NAMEDTUPLE = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}

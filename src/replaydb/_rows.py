@@ -1,0 +1,274 @@
+"""Short paths of single-step CPU tables whose fields share one dtype: rows from parts.
+
+A :class:`RowWriter` (from :meth:`Table.row_writer`) writes steps given as *parts*:
+tensors that, concatenated, fill the packed row of the table's single dtype group
+(:mod:`replaydb.storage` packs every float32 field of a spec into one ``[capacity,
+W]`` tensor), optionally followed by trailing numbers for its last columns. The
+concatenation happens under the table's lock, straight into the ring (a block that
+does not wrap) or into the writer's one staging row, so any number of threads may
+write through one writer: nothing is staged per thread and no row is torn.
+
+A write takes the short path only where it cannot wait on the rate limiter and the
+table keeps no per-row links, does not consume its items and keeps its data in
+memory; everywhere else, and for parts that do not fit (another total size, a tensor
+on a GPU or one that requires grad), it writes nothing and returns ``False`` so that
+the caller takes the checked path (:meth:`Table.extend`). The effects are those of
+:meth:`Table.extend_unchecked`: keys, item records, sampler, size and limiter
+counters.
+
+:func:`sample_transitions` is :meth:`Table.sample_transitions`: the data, keys and
+``[B, 1]`` importance weights of a draw, with every effect of :meth:`Table.sample`,
+built without the per-item probabilities, priorities and counts.
+
+This module is part of the table (it reads the table's private state, as ``_items``
+does); front ends reach it only through the two verbs.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from replaydb import _items
+
+if TYPE_CHECKING:
+    from replaydb.table import Table
+
+__all__ = ["RowWriter", "sample_transitions"]
+
+_INF = math.inf
+_get_ident = threading.get_ident
+
+
+class RowWriter:
+    """Writes single-step items of a table from parts, under the table's lock.
+
+    Built by :meth:`Table.row_writer`, which returns ``None`` where the table has no
+    such short path. Thread-safe.
+
+    Args:
+        table: A single-step CPU table whose fields all have one dtype.
+        scalars: How many trailing columns :meth:`add` fills from numbers.
+
+    Example:
+        >>> from replaydb import Spec, Table
+        >>> table = Table(Spec({"obs": (2,), "reward": (1,)}), 8)
+        >>> writer = table.row_writer(scalars=1)
+        >>> writer.add((torch.ones(2),), (0.5,))
+        True
+    """
+
+    def __init__(self, table: Table, scalars: int = 0) -> None:
+        storage = table.storage
+        (dtype,) = storage.groups
+        self.table = table
+        self.dtype = dtype
+        self._group = storage.groups[dtype]
+        self._np_group: np.ndarray[Any, Any] = self._group.numpy()
+        width = self._group.shape[1]
+        if not 0 <= scalars <= width:
+            raise ValueError(f"scalars must be in [0, {width}], got {scalars}")
+        self.width = width
+        self.scalars = scalars
+        self._stage = np.zeros(width, dtype=self._np_group.dtype)
+        head = torch.from_numpy(self._stage[: width - scalars])
+        self._head = head
+        self._head_2d = head.view(1, -1)  # for (1, dim) parts, as agents pass them
+        self._t0 = width - scalars
+        self._block: torch.Tensor | None = None  # staging for a block that wraps
+        self._acquire = table.locked().acquire
+        self._release = table.locked().release
+        self._capacity = table.capacity
+        self._views()
+
+    def _views(self) -> None:
+        """Numpy views of the bookkeeping columns (taken again if the table reallocates)."""
+        table, storage = self.table, self.table.storage
+        self._key = storage.key.numpy()
+        self._stream = storage.stream.numpy()
+        self._end = storage.end.numpy()
+        assert table._np_item_key is not None  # a CPU table (see applies)
+        assert table._np_priority is not None
+        assert table._np_times is not None
+        self._item_key: np.ndarray[Any, Any] = table._np_item_key
+        self._priority: np.ndarray[Any, Any] = table._np_priority
+        self._times: np.ndarray[Any, Any] = table._np_times
+
+    @staticmethod
+    def applies(table: Table) -> bool:
+        """Whether ``table`` has the short path (see the module docstring)."""
+        st = table.storage
+        return (
+            table.device.type == "cpu"
+            and table.sequence_length == 1
+            and not table.frame_stack
+            and not table.consuming
+            and not st.links
+            and st.files is None
+            and len(st.groups) == 1
+            and st._np is not None
+            and table._np_item_key is not None
+        )
+
+    # ------------------------------------------------------------------ writes
+    def add(self, parts: tuple[torch.Tensor, ...], tail: Sequence[Any] = ()) -> bool:
+        """Write one step: ``parts`` concatenated, then the numbers ``tail``.
+
+        The parts are all 1-D, or all ``(1, n)``; their sizes must add up to the
+        row's width less ``scalars`` (the caller checks each part's size, since
+        only the total is checked here). The step gets the highest priority seen
+        so far, stream 0 and no episode end, as :meth:`Table.extend_unchecked`.
+
+        Returns:
+            ``True`` if the step was written; ``False`` (nothing written) where
+            the short path does not apply: the rate limiter would make the write
+            wait, or the parts or numbers cannot be written as given.
+        """
+        table = self.table
+        self._acquire()
+        try:
+            lim = table.rate_limiter
+            if lim.max_diff != _INF and not lim.can_insert(1, table._size):
+                return False
+            stage = self._stage
+            try:
+                if parts[0].dim() == 1:
+                    torch.cat(parts, out=self._head)
+                else:
+                    torch.cat(parts, 1, out=self._head_2d)
+                if len(tail) == 2:
+                    t0 = self._t0
+                    stage[t0] = tail[0]
+                    stage[t0 + 1] = tail[1]
+                elif tail or self.scalars:
+                    stage[self._t0 :] = tail
+            except (RuntimeError, TypeError, ValueError, IndexError, OverflowError):
+                return False
+            table._threads.add(_get_ident())
+            fast = table._fast_insert
+            if fast is None or table._np_item_key is not self._item_key:
+                # A sampler without the contiguous insert (prioritized), or records
+                # reallocated since: the general numpy write (the tree gets the item's
+                # priority there).
+                self._views()
+                _items.write_numpy(table, {self.dtype: stage}, 1, 0, 0)
+                return True
+            # Table.extend_unchecked's one-row write, on views taken once.
+            storage = table.storage
+            total = storage.total
+            row = total % self._capacity
+            self._np_group[row] = stage
+            self._key[row] = total
+            self._stream[row] = 0
+            self._end[row] = 0
+            storage.total = total + 1
+            item_key = self._item_key
+            fresh = item_key[row] < 0
+            item_key[row] = total
+            self._priority[row] = table._max_priority
+            self._times[row] = 0
+            fast(row, 1)
+            if fresh:
+                table._size += 1
+            lim.inserts += 1
+            if table._waiting:
+                table.locked().notify_all()
+            return True
+        finally:
+            self._release()
+
+    def extend(self, columns: tuple[torch.Tensor, ...], n: int) -> bool:
+        """Write ``n`` steps: the ``[n, w_i]`` ``columns`` concatenated along dim 1.
+
+        The widths must add up to the row's width (the caller checks each
+        column's shape). A block that does not wrap around the ring is written
+        straight into it; one that wraps goes through the writer's staging block.
+        ``n`` must be at most the capacity.
+
+        Returns:
+            ``True`` if the steps were written; ``False`` (nothing written) where
+            the short path does not apply (see :meth:`add`).
+        """
+        table = self.table
+        storage = table.storage
+        cap = table.capacity
+        if not 0 < n <= cap:
+            return False
+        self._acquire()
+        try:
+            lim = table.rate_limiter
+            if not lim.can_insert(n, table._size):
+                return False
+            row0 = storage.total % cap
+            if row0 + n <= cap:
+                out = self._group[row0 : row0 + n]
+                try:
+                    torch.cat(columns, 1, out=out)
+                except (RuntimeError, TypeError, ValueError):
+                    return False
+                values: dict[Any, Any] = {}
+            else:
+                block = self._block
+                if block is None or block.shape[0] != n:
+                    block = self._block = torch.empty(n, self.width, dtype=self.dtype)
+                try:
+                    torch.cat(columns, 1, out=block)
+                except (RuntimeError, TypeError, ValueError):
+                    return False
+                values = {self.dtype: block.numpy()}
+            # The data is in place (or staged); keys, records, sampler and counters
+            # as extend_unchecked writes them (it cannot wait: checked above).
+            _items.write_numpy(table, values, n, 0, 0)
+            return True
+        finally:
+            self._release()
+
+
+def sample_transitions(
+    table: Table, batch_size: int, beta: float | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """:meth:`Table.sample_transitions` (see there)."""
+    prio = table._prio_items
+    if prio is None:
+        if table.sampler.deterministic or not hasattr(table.sampler, "beta"):
+            return table.sample_data(batch_size), None, None
+        s = table.sample(batch_size, beta=beta)
+        return s.data, s.keys, s.weights.unsqueeze(1)
+    if not (
+        type(batch_size) is int
+        and 0 < batch_size * table._item_nbytes <= (1 << 30)
+        and (beta is None or (type(beta) is float and 0.0 <= beta <= 1.0))
+    ):
+        s = table.sample(batch_size, beta=beta)
+        return s.data, s.keys, s.weights.unsqueeze(1)
+    b = batch_size
+    with table.locked():
+        lim = table.rate_limiter
+        size = table._size
+        if not (size > 0 and lim.can_sample(b, size)) or lim.never_samples(b):
+            s = table.sample(b, beta=beta)  # waits or raises, as sample does
+            return s.data, s.keys, s.weights.unsqueeze(1)
+        table._threads.add(_get_ident())
+        sel, keys, times, _ = prio.draw_items(
+            b,
+            beta,
+            table._np_item_key,  # type: ignore[arg-type]  # set on CPU
+            table._np_times,  # type: ignore[arg-type]
+            table._np_priority,  # type: ignore[arg-type]
+        )
+        slots = sel.slots
+        data = table.storage.gather(slots)
+        lim.on_sample(b)
+        if table.max_times_sampled is not None:
+            spent = slots[times >= table.max_times_sampled]
+            if spent.numel():
+                _items.remove_slots(table, spent)
+        if table._waiting:
+            table.locked().notify_all()
+    assert sel.weights is not None
+    return data, keys, sel.weights.view(b, 1)
