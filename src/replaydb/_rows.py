@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from replaydb import _items
+from replaydb.samplers import Uniform
 
 if TYPE_CHECKING:
     from replaydb.table import Table
@@ -84,6 +85,9 @@ class RowWriter:
         self._acquire = table.locked().acquire
         self._release = table.locked().release
         self._capacity = table.capacity
+        # Uniform's contiguous insert changes nothing for a slot that has an item
+        # (its item is replaced): only a fresh slot needs the call.
+        self._uniform = type(table.sampler) is Uniform
         self._views()
 
     def _views(self) -> None:
@@ -172,9 +176,11 @@ class RowWriter:
             item_key[row] = total
             self._priority[row] = table._max_priority
             self._times[row] = 0
-            fast(row, 1)
             if fresh:
+                fast(row, 1)
                 table._size += 1
+            elif not self._uniform:
+                fast(row, 1)  # replace semantics: the slot keeps an item (a new one)
             lim.inserts += 1
             if table._waiting:
                 table.locked().notify_all()
@@ -204,15 +210,10 @@ class RowWriter:
             lim = table.rate_limiter
             if not lim.can_insert(n, table._size):
                 return False
-            row0 = storage.total % cap
-            if row0 + n <= cap:
-                out = self._group[row0 : row0 + n]
-                try:
-                    torch.cat(columns, 1, out=out)
-                except (RuntimeError, TypeError, ValueError):
-                    return False
-                values: dict[Any, Any] = {}
-            else:
+            total = storage.total
+            row0 = total % cap
+            stop = row0 + n
+            if stop > cap:  # the block wraps around the ring: stage it
                 block = self._block
                 if block is None or block.shape[0] != n:
                     block = self._block = torch.empty(n, self.width, dtype=self.dtype)
@@ -220,10 +221,36 @@ class RowWriter:
                     torch.cat(columns, 1, out=block)
                 except (RuntimeError, TypeError, ValueError):
                     return False
-                values = {self.dtype: block.numpy()}
-            # The data is in place (or staged); keys, records, sampler and counters
-            # as extend_unchecked writes them (it cannot wait: checked above).
-            _items.write_numpy(table, values, n, 0, 0)
+                _items.write_numpy(table, {self.dtype: block.numpy()}, n, 0, 0)
+                return True
+            try:  # torch checks every input before it copies: a refusal writes nothing
+                torch.cat(columns, 1, out=self._group[row0:stop])
+            except (RuntimeError, TypeError, ValueError):
+                return False
+            fast = table._fast_insert
+            if fast is None or table._np_item_key is not self._item_key:
+                self._views()
+                _items.write_numpy(table, {}, n, 0, 0)  # the data is in place
+                return True
+            # Table.extend_unchecked's write of n rows, on views taken once.
+            table._threads.add(_get_ident())
+            keys = np.arange(total, total + n)
+            self._key[row0:stop] = keys
+            self._stream[row0:stop] = 0
+            self._end[row0:stop] = 0
+            storage.total = total + n
+            item_key = self._item_key[row0:stop]
+            size = table._size
+            fresh = 0 if size == cap else n - int(np.count_nonzero(item_key >= 0))
+            item_key[:] = keys
+            self._priority[row0:stop] = table._max_priority
+            self._times[row0:stop] = 0
+            if fresh or not self._uniform:
+                fast(row0, n)  # replace semantics on the slots that keep an item
+            table._size = size + fresh
+            lim.on_insert(n)
+            if table._waiting:
+                table.locked().notify_all()
             return True
         finally:
             self._release()

@@ -156,6 +156,7 @@ class ReplayBuffer:
         self._rows = table.row_writer(scalars=2) if self._fast else None
         self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
         self._hidden_zeros_t = torch.zeros(self.hidden_dim)
+        self._hidden_zeros_n = torch.zeros(0, self.hidden_dim)  # read only, never written
         self._shapes = (
             torch.Size(self.state_shape),
             torch.Size([self.action_dim]),
@@ -431,6 +432,13 @@ class ReplayBuffer:
             >>> len(buf), buf.dones[:3, 0].tolist()
             (3, [0.0, 0.0, 1.0])
         """
+        rows = self._rows
+        if rows is not None:
+            # The common call (CPU tensors of the right shapes): the shapes checked
+            # here, the rest by one concatenation in spec order under the table's lock.
+            block = self._block_parts(states, actions, rewards, next_states, dones, hiddens)
+            if block is not None and rows.extend(*block):
+                return
         shaped = not self.velora_layout
         cols = [
             self._states("states", states)
@@ -477,6 +485,14 @@ class ReplayBuffer:
             )
 
     _column = _inputs._column
+    _block_parts = _inputs._block_parts
+
+    def _zero_hiddens(self, n: int) -> torch.Tensor:
+        """``[n, hidden_dim]`` zeros for ``add_multi`` without hiddens (kept, never written)."""
+        z = self._hidden_zeros_n
+        if z.shape[0] != n:
+            z = self._hidden_zeros_n = torch.zeros(n, self.hidden_dim)
+        return z
     _states = _inputs._states
 
     # ------------------------------------------------------------------ reads
