@@ -145,11 +145,13 @@ class RowWriter:
                     torch.cat(parts, out=self._head)
                 else:
                     torch.cat(parts, 1, out=self._head_2d)
-                if len(tail) == 2:
+                if len(tail) == 2 == self.scalars:
                     t0 = self._t0
                     stage[t0] = tail[0]
                     stage[t0 + 1] = tail[1]
-                elif tail or self.scalars:
+                elif len(tail) != self.scalars:
+                    return False
+                elif tail:
                     stage[self._t0 :] = tail
             except (RuntimeError, TypeError, ValueError, IndexError, OverflowError):
                 return False

@@ -493,6 +493,7 @@ class ReplayBuffer:
         if z.shape[0] != n:
             z = self._hidden_zeros_n = torch.zeros(n, self.hidden_dim)
         return z
+
     _states = _inputs._states
 
     # ------------------------------------------------------------------ reads
