@@ -24,8 +24,10 @@ with n_envs=256, and the uniform sample(256) vs the prioritized steps.
 Run: python benchmarks/bench_buffer.py [--quick] [--breakdown] [--race N] [--compare-with SRC]
 
 ``--compare-with /path/to/other/src`` measures only replaydb's four numbers, in
-child processes that alternate between that source tree and this one (three rounds,
-best of each), for before/after figures taken in the same sitting.
+child processes that alternate between that source tree and this one (``--rounds``,
+default 5; each number the median CPU time of blocks of ten calls, as the race
+takes it, then the median over the rounds), for before/after figures taken in the
+same sitting.
 
 ``--breakdown`` also prints where the time of ``add`` and ``add_multi(256)`` goes,
 against a raw numpy copy of the same bytes into a packed array.
@@ -442,38 +444,52 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
         print(f"  {name:<66} {1e6 / rate(fn, sec, per):8.2f}")
 
 
-def ours_only(sec: float) -> dict[str, float]:
-    """replaydb's add, add_multi, sample and prioritized step, in calls (rows) per second."""
+def ours_only(reps: int) -> dict[str, float]:
+    """replaydb's add, add_multi, sample and prioritized step: median CPU seconds a call.
+
+    Timed as the issue race times them (add, add_multi, then sample with the
+    prioritized step), with whichever replaydb is on the path.
+    """
     rows = fill_rows(B)
-    out = bench_replaydb(sec, rows)
-    out["prio"] = prio_replaydb(sec, rows)
+    ours = make_replaydb(rows)
+    out = race({"add": ours["add"]}, reps)
+    out.update(race({"add_multi": ours["add_multi"]}, reps))
+    out.update(race({"sample": ours["sample"], "prio": make_prio_replaydb(rows)}, reps))
     return out
 
 
-def compare_with(other_src: str, sec: float) -> None:
+def compare_with(other_src: str, reps: int, rounds: int) -> None:
     import json
     import os
+    import statistics
     import subprocess
     import sys
 
     here = str(Path(__file__).resolve().parents[1] / "src")
-    best: dict[str, dict[str, float]] = {"before": {}, "after": {}}
-    for _ in range(3):
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for _ in range(rounds):
         for side, src in (("before", other_src), ("after", here)):
             env = {**os.environ, "PYTHONPATH": src}
-            cmd = [sys.executable, __file__, "--ours-only", "--seconds", str(sec)]
-            res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
-                                            text=True).stdout.splitlines()[-1])  # fmt: skip
-            for k, v in res.items():
-                best[side][k] = max(best[side].get(k, 0.0), v)
-    print(f"\nbefore = {other_src}\nafter  = {here}\n(best of 3 alternating runs, per second)")
-    print(f"{'':<14} {'before':>12} {'after':>12} {'after/before':>13}")
+            cmd = [sys.executable, __file__, "--ours-only", "--race", str(reps)]
+            out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+            runs[side].append(json.loads(out.stdout.splitlines()[-1]))
+    med = {
+        side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()
+    }
+    print(
+        f"\nbefore = {other_src}\nafter  = {here}\n(median CPU time per call over {rounds} "
+        f"alternating runs, each the median of blocks of 10 calls; rows of add_multi: {B})"
+    )
+    print(f"{'':<14} {'before us':>12} {'after us':>12} {'after/before':>13} {'each run':>30}")
     for k in ("add", "add_multi", "sample", "prio"):
-        b, a = best["before"][k], best["after"][k]
-        print(f"{k:<14} {b:>12,.0f} {a:>12,.0f} {a / b:>13.2f}")
+        b, a = med["before"][k], med["after"][k]
+        each = " ".join(
+            f"{ra[k] / rb[k]:.2f}" for rb, ra in zip(runs["before"], runs["after"], strict=True)
+        )
+        print(f"{k:<14} {b * 1e6:>12.2f} {a * 1e6:>12.2f} {a / b:>13.2f} {each:>30}")
     for side in ("before", "after"):
-        r = best[side]
-        print(f"{side}: prioritized step = {r['sample'] / r['prio']:.2f}x a uniform sample({B})")
+        r = med[side]
+        print(f"{side}: prioritized step = {r['prio'] / r['sample']:.2f}x a uniform sample({B})")
 
 
 def main() -> None:
@@ -486,16 +502,17 @@ def main() -> None:
     )
     parser.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs of --compare-with")
     args = parser.parse_args()
     sec = args.seconds or (0.3 if args.quick else 1.5)
     torch.set_num_threads(1)
     if args.ours_only:
         import json
 
-        print(json.dumps(ours_only(sec)))
+        print(json.dumps(ours_only(args.race)))
         return
     if args.compare_with:
-        compare_with(args.compare_with, sec)
+        compare_with(args.compare_with, args.race, args.rounds)
         return
     rows = fill_rows(B)
     results = {"replaydb": bench_replaydb(sec, rows), "floor": bench_floor(sec)}
