@@ -264,7 +264,32 @@ def sample_transitions(
     """:meth:`Table.sample_transitions` (see there)."""
     prio = table._prio_items
     if prio is None:
-        if table.sampler.deterministic or not hasattr(table.sampler, "beta"):
+        sampler = table.sampler
+        if (
+            type(sampler) is Uniform
+            and type(batch_size) is int
+            and batch_size > 0
+            and table.max_times_sampled is None
+            and table.sequence_length == 1
+            and not table.frame_stack
+            and table._np_item_key is not None
+        ):
+            # sample_data's short path, less its checks: a uniform draw and a gather.
+            lock = table.locked()
+            lock.acquire()
+            try:
+                lim = table.rate_limiter
+                size = table._size
+                if size > 0 and lim.can_sample(batch_size, size):
+                    table._threads.add(_get_ident())
+                    data = table.storage.gather(sampler.draw(batch_size))
+                    lim.on_sample(batch_size)
+                    if table._waiting:
+                        lock.notify_all()
+                    return data, None, None
+            finally:
+                lock.release()
+        if sampler.deterministic or not hasattr(sampler, "beta"):
             return table.sample_data(batch_size), None, None
         s = table.sample(batch_size, beta=beta)
         return s.data, s.keys, s.weights.unsqueeze(1)

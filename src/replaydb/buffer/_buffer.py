@@ -519,22 +519,24 @@ class ReplayBuffer:
             >>> buf.sample(3).rewards.shape
             torch.Size([3, 1])
         """
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int | np.integer)
-            or (batch_size < 1)
-        ):
-            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if type(batch_size) is not int or batch_size < 1:
+            if (
+                isinstance(batch_size, bool)
+                or not isinstance(batch_size, int | np.integer)
+                or (batch_size < 1)
+            ):
+                raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            batch_size = int(batch_size)
         n = self.table.num_steps
         if n < batch_size:
             raise NotEnoughDataError(
                 f"Buffer does not contain enough experiences. Available: {n}, "
                 f"Requested: {batch_size}"
             )
+        data, keys, weights = self.table.sample_transitions(batch_size, beta=beta)
         if self._weighted:
-            data, keys, weights = self.table.sample_transitions(int(batch_size), beta=beta)
             return BatchExperience(**data, weights=weights, keys=keys)
-        return BatchExperience(**self.table.sample_data(int(batch_size)))
+        return BatchExperience(**data)
 
     def update_priorities(self, keys: Any, priorities: Any) -> int:
         """Set priorities of sampled transitions (see :meth:`Table.update_priorities`).
