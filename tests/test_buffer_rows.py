@@ -383,3 +383,23 @@ def test_sample_transitions_rejects_bad_batch_sizes(bad: object) -> None:
         t.sample_transitions(bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="beta"):
         t.sample_transitions(2, beta=1.5)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [Spec({"x": (), "y": (2, 2)}), Spec({"x": (2,), "n": ((1,), "int64")})],
+    ids=["not vectors", "two dtypes"],
+)
+def test_sample_transitions_of_other_layouts(spec: Spec) -> None:
+    """Tables the one-block gather does not take: Storage.gather's shapes."""
+
+    def make() -> Table:
+        t = Table(spec, 10, sampler=Prioritized(seed=2))
+        t.extend({k: torch.ones(6, *f.shape, dtype=f.dtype) for k, f in spec.items()})
+        return t
+
+    ours, ref = make(), make()
+    data, keys, _ = ours.sample_transitions(4)
+    s = ref.sample(4)
+    assert keys is not None and torch.equal(keys, s.keys)
+    assert all(data[k].shape == s.data[k].shape and torch.equal(data[k], s.data[k]) for k in spec)

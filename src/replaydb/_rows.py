@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -258,6 +259,46 @@ class RowWriter:
             self._release()
 
 
+class _Layout:
+    """A single-group CPU table's packed rows as numpy and its fields' column widths."""
+
+    __slots__ = ("group", "names", "np_group", "widths")
+
+    def __init__(self, table: Table) -> None:
+        storage = table.storage
+        (self.group,) = storage.groups.values()
+        self.np_group: np.ndarray[Any, Any] = self.group.numpy()
+        self.names = list(table.spec)
+        self.widths = [table.spec[name].numel for name in self.names]
+
+
+#: Per table: its packed layout, where every field is a vector of one dtype (or None).
+_LAYOUTS: weakref.WeakKeyDictionary[Table, _Layout | None] = weakref.WeakKeyDictionary()
+
+
+def _layout(table: Table) -> _Layout | None:
+    """The table's :class:`_Layout` where :func:`_gather` applies, else ``None`` (cached)."""
+    try:
+        layout = _LAYOUTS[table]
+    except KeyError:
+        st = table.storage
+        vectors = all(len(f.shape) == 1 for f in table.spec.values())
+        fits = len(st.groups) == 1 and st._np is not None and vectors
+        layout = _LAYOUTS[table] = _Layout(table) if fits else None
+    if layout is not None and next(iter(table.storage.groups.values())) is not layout.group:
+        layout = _LAYOUTS[table] = _Layout(table)  # the storage reallocated
+    return layout
+
+
+def _gather(layout: _Layout | None, table: Table, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``Storage.gather`` of 1-D ``slots``: one numpy take of the packed rows, split."""
+    if layout is None:
+        return table.storage.gather(slots)
+    block = layout.np_group.take(slots.numpy(), axis=0)
+    parts = torch.from_numpy(block).split_with_sizes(layout.widths, 1)
+    return dict(zip(layout.names, parts, strict=True))
+
+
 def sample_transitions(
     table: Table, batch_size: int, beta: float | None
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
@@ -282,7 +323,7 @@ def sample_transitions(
                 size = table._size
                 if size > 0 and lim.can_sample(batch_size, size):
                     table._threads.add(_get_ident())
-                    data = table.storage.gather(sampler.draw(batch_size))
+                    data = _gather(_layout(table), table, sampler.draw(batch_size))
                     lim.on_sample(batch_size)
                     if table._waiting:
                         lock.notify_all()
@@ -301,28 +342,31 @@ def sample_transitions(
         s = table.sample(batch_size, beta=beta)
         return s.data, s.keys, s.weights.unsqueeze(1)
     b = batch_size
+    layout = _layout(table)
     with table.locked():
         lim = table.rate_limiter
         size = table._size
-        if not (size > 0 and lim.can_sample(b, size)) or lim.never_samples(b):
-            s = table.sample(b, beta=beta)  # waits or raises, as sample does
-            return s.data, s.keys, s.weights.unsqueeze(1)
-        table._threads.add(_get_ident())
-        sel, keys, times, _ = prio.draw_items(
-            b,
-            beta,
-            table._np_item_key,  # type: ignore[arg-type]  # set on CPU
-            table._np_times,  # type: ignore[arg-type]
-            table._np_priority,  # type: ignore[arg-type]
-        )
-        slots = sel.slots
-        data = table.storage.gather(slots)
-        lim.on_sample(b)
-        if table.max_times_sampled is not None:
-            spent = slots[times >= table.max_times_sampled]
-            if spent.numel():
-                _items.remove_slots(table, spent)
-        if table._waiting:
-            table.locked().notify_all()
+        ready = size > 0 and lim.can_sample(b, size) and not lim.never_samples(b)
+        if ready:
+            table._threads.add(_get_ident())
+            sel, keys, times, _ = prio.draw_items(
+                b,
+                beta,
+                table._np_item_key,  # type: ignore[arg-type]  # set on CPU
+                table._np_times,  # type: ignore[arg-type]
+                table._np_priority,  # type: ignore[arg-type]
+            )
+            slots = sel.slots
+            data = _gather(layout, table, slots)
+            lim.on_sample(b)
+            if table.max_times_sampled is not None:
+                spent = slots[times >= table.max_times_sampled]
+                if spent.numel():
+                    _items.remove_slots(table, spent)
+            if table._waiting:
+                table.locked().notify_all()
+    if not ready:
+        s = table.sample(b, beta=beta)  # waits or raises, as sample does
+        return s.data, s.keys, s.weights.unsqueeze(1)
     assert sel.weights is not None
     return data, keys, sel.weights.view(b, 1)
