@@ -403,3 +403,43 @@ def test_sample_transitions_of_other_layouts(spec: Spec) -> None:
     s = ref.sample(4)
     assert keys is not None and torch.equal(keys, s.keys)
     assert all(data[k].shape == s.data[k].shape and torch.equal(data[k], s.data[k]) for k in spec)
+
+
+def test_writers_and_samplers_at_once_never_tear() -> None:
+    """add, add_multi (wrapping the ring) and sample in eight threads on one buffer."""
+    buf = ReplayBuffer(3000, 3, 2, 4)
+    buf.add(*transition(0))
+    torn: list[str] = []
+
+    def write(t: int) -> None:
+        for i in range(t * 1000 + 1, t * 1000 + 1000, 8):
+            if t % 2:
+                for j in range(i, i + 8):
+                    buf.add(*transition(j))
+            else:
+                batch = [transition(j) for j in range(i, i + 8)]
+                buf.add_multi(*(torch.stack([b[k] for b in batch]) for k in range(6)))
+
+    def sample() -> None:
+        for _ in range(300):
+            b = buf.sample(16)
+            v = b.states[:, :1]
+            if not (
+                torch.equal(b.states, v.expand(16, 3))
+                and torch.equal(b.actions, v.expand(16, 2) + 0.25)
+                and torch.equal(b.hiddens, -v.expand(16, 4))
+                and torch.equal(b.rewards, v + 0.5)
+            ):
+                torn.append("a sampled transition was torn")
+
+    pool = [threading.Thread(target=write, args=(t,)) for t in range(6)]
+    pool += [threading.Thread(target=sample) for _ in range(2)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    assert not torn
+    assert len(buf) == 3000
+    ids = buf.states[:, 0]
+    assert torch.equal(buf.next_states[:, 0], ids + 0.75)
+    assert torch.equal(buf.dones[:, 0], ids.remainder(2))
