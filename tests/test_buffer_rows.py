@@ -98,6 +98,12 @@ def test_writer_is_only_for_single_dtype_cpu_single_step_tables(tmp_path: object
     assert Table(SPEC, 4, path=str(tmp_path)).row_writer() is None
 
 
+@pytest.mark.parametrize("bad", [-1, 8, 1.0, True, None])
+def test_row_writer_rejects_bad_scalars(bad: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="scalars must be an int in \\[0, 7\\]"):
+        Table(SPEC, 4).row_writer(scalars=bad)  # type: ignore[arg-type]
+
+
 def test_refused_parts_write_nothing() -> None:
     table = Table(SPEC, 4)
     writer = table.row_writer(scalars=2)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from replaydb import _items
+from replaydb.errors import InvalidArgumentError
 from replaydb.samplers import Uniform
 
 if TYPE_CHECKING:
@@ -73,8 +74,10 @@ class RowWriter:
         self._group = storage.groups[dtype]
         self._np_group: np.ndarray[Any, Any] = self._group.numpy()
         width = self._group.shape[1]
-        if not 0 <= scalars <= width:
-            raise ValueError(f"scalars must be in [0, {width}], got {scalars}")
+        if isinstance(scalars, bool) or not isinstance(scalars, int) or not 0 <= scalars <= width:
+            raise InvalidArgumentError(
+                f"scalars must be an int in [0, {width}] (the row's width), got {scalars!r}"
+            )
         self.width = width
         self.scalars = scalars
         self._stage = np.zeros(width, dtype=self._np_group.dtype)
@@ -125,8 +128,9 @@ class RowWriter:
         """Write one step: ``parts`` concatenated, then the numbers ``tail``.
 
         The parts are all 1-D, or all ``(1, n)``; their sizes must add up to the
-        row's width less ``scalars`` (the caller checks each part's size, since
-        only the total is checked here). The step gets the highest priority seen
+        row's width less ``scalars``. The caller checks each part's size: only the
+        total is checked here, and for a wrong total torch warns that it would
+        resize the staging row before it refuses. The step gets the highest priority seen
         so far, stream 0 and no episode end, as :meth:`Table.extend_unchecked`.
 
         Returns:

@@ -1448,6 +1448,9 @@ class Table:
         Returns:
             The writer, or ``None``.
 
+        Raises:
+            InvalidArgumentError: If ``scalars`` is not an int in ``[0, row width]``.
+
         Example:
             >>> table = Table(Spec({"obs": (2,), "reward": (1,)}), 8)
             >>> table.row_writer(scalars=1).add((torch.ones(2),), (0.5,)), len(table)
