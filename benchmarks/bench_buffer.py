@@ -15,11 +15,19 @@ for replaydb's ``ReplayBuffer``, stable-baselines3's ``ReplayBuffer``, cpprb's
 (``pip install 'replaydb[bench]'``), and prints ratios. Each library gets the input
 type its users pass (torch tensors for replaydb and TorchRL, numpy for SB3 and cpprb).
 
-Run: python benchmarks/bench_buffer.py [--quick] [--breakdown] [--compare-with SRC]
+The throughput tables time each library in turn (best of 5 windows). Issue 12's
+ratios are then taken from races (``bench_sampling.race``: blocks of ten calls of
+every contender interleaved, median CPU time), so that load from other processes
+falls on both sides of a ratio alike: add vs SB3's add, add_multi(256) vs SB3's add
+with n_envs=256, and the uniform sample(256) vs the prioritized steps.
+
+Run: python benchmarks/bench_buffer.py [--quick] [--breakdown] [--race N] [--compare-with SRC]
 
 ``--compare-with /path/to/other/src`` measures only replaydb's four numbers, in
-child processes that alternate between that source tree and this one (three rounds,
-best of each), for before/after figures taken in the same sitting.
+child processes that alternate between that source tree and this one (``--rounds``,
+default 5; each number the median CPU time of blocks of ten calls, as the race
+takes it, then the median over the rounds), for before/after figures taken in the
+same sitting.
 
 ``--breakdown`` also prints where the time of ``add`` and ``add_multi(256)`` goes,
 against a raw numpy copy of the same bytes into a packed array.
@@ -35,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_sampling import race  # one timing rule for every benchmark (same folder)
 
 from replaydb import ReplayBuffer
 
@@ -75,17 +84,29 @@ def fill_rows(n: int) -> dict[str, np.ndarray]:
     }
 
 
-def bench_replaydb(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
+def make_replaydb(rows: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
+    """replaydb's add, add_multi(B) and, on a full buffer, sample(B)."""
     buf = ReplayBuffer(CAP, S, A, H)
+    full = ReplayBuffer(CAP, S, A, H)
     t = {k: torch.from_numpy(v) for k, v in rows.items()}
     one = (t["s"][0], t["a"][0], float(t["r"][0, 0]), t["s2"][0], False, t["h"][0])
     batch = tuple(t[k][:B] for k in ("s", "a", "r", "s2", "d", "h"))
-    out = {"add": rate(lambda: buf.add(*one), sec)}
-    out["add_multi"] = rate(lambda: buf.add_multi(*batch), sec, B)
     for _ in range(CAP // B + 1):
-        buf.add_multi(*batch)
-    out["sample"] = rate(lambda: buf.sample(B), sec)
-    return out
+        full.add_multi(*batch)
+    return {
+        "add": lambda: buf.add(*one),
+        "add_multi": lambda: buf.add_multi(*batch),
+        "sample": lambda: full.sample(B),
+    }
+
+
+def bench_replaydb(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
+    fns = make_replaydb(rows)
+    return {
+        "add": rate(fns["add"], sec),
+        "add_multi": rate(fns["add_multi"], sec, B),
+        "sample": rate(fns["sample"], sec),
+    }
 
 
 def bench_floor(sec: float) -> dict[str, float]:
@@ -125,7 +146,8 @@ def bench_floor(sec: float) -> dict[str, float]:
     }
 
 
-def bench_sb3(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
+def make_sb3(rows: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
+    """SB3's add (n_envs=1), add with n_envs=B (B rows a call) and sample(B)."""
     import gymnasium as gym
     from stable_baselines3.common.buffers import ReplayBuffer as SB3Buffer
 
@@ -134,15 +156,25 @@ def bench_sb3(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
     one = SB3Buffer(CAP, obs_space, act_space, device="cpu", n_envs=1)
     o, a, r, o2 = rows["s"][:1], rows["a"][:1], rows["r"][:1, 0], rows["s2"][:1]
     d, info = np.zeros(1, dtype=np.float32), [{}]
-    out = {"add": rate(lambda: one.add(o, o2, a, r, d, info), sec)}
     many = SB3Buffer(CAP // B, obs_space, act_space, device="cpu", n_envs=B)
     ob, ab, rb, ob2 = rows["s"][:B], rows["a"][:B], rows["r"][:B, 0], rows["s2"][:B]
     db, infos = rows["d"][:B, 0], [{}] * B
-    out["add_multi"] = rate(lambda: many.add(ob, ob2, ab, rb, db, infos), sec, B)
     full = SB3Buffer(CAP, obs_space, act_space, device="cpu", n_envs=1)
     full.full = True  # sample over every row, as a filled buffer would
-    out["sample"] = rate(lambda: full.sample(B), sec)
-    return out
+    return {
+        "add": lambda: one.add(o, o2, a, r, d, info),
+        "add_multi": lambda: many.add(ob, ob2, ab, rb, db, infos),
+        "sample": lambda: full.sample(B),
+    }
+
+
+def bench_sb3(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
+    fns = make_sb3(rows)
+    return {
+        "add": rate(fns["add"], sec),
+        "add_multi": rate(fns["add_multi"], sec, B),
+        "sample": rate(fns["sample"], sec),
+    }
 
 
 def bench_cpprb(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
@@ -198,7 +230,7 @@ def bench_torchrl(sec: float, rows: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
-def prio_replaydb(sec: float, rows: dict[str, np.ndarray]) -> float:
+def make_prio_replaydb(rows: dict[str, np.ndarray]) -> Callable[[], object]:
     buf = ReplayBuffer.prioritized(CAP, S, A, H, alpha=0.6, beta=0.4, seed=0)
     t = {k: torch.from_numpy(v) for k, v in rows.items()}
     batch = tuple(t[k][:B] for k in ("s", "a", "r", "s2", "d", "h"))
@@ -212,10 +244,10 @@ def prio_replaydb(sec: float, rows: dict[str, np.ndarray]) -> float:
         b = buf.sample(B)
         buf.update_priorities(b.keys, td[k[0]])
 
-    return rate(step, sec)
+    return step
 
 
-def prio_cpprb(sec: float, rows: dict[str, np.ndarray]) -> float:
+def make_prio_cpprb(rows: dict[str, np.ndarray]) -> Callable[[], object]:
     from cpprb import PrioritizedReplayBuffer
 
     env_dict = {"obs": {"shape": S}, "act": {"shape": A}, "rew": {}, "next_obs": {"shape": S},
@@ -233,10 +265,10 @@ def prio_cpprb(sec: float, rows: dict[str, np.ndarray]) -> float:
         s = buf.sample(B, beta=0.4)
         buf.update_priorities(s["indexes"], td[k[0]])
 
-    return rate(step, sec)
+    return step
 
 
-def prio_tianshou(sec: float, rows: dict[str, np.ndarray]) -> float:
+def make_prio_tianshou(rows: dict[str, np.ndarray]) -> Callable[[], object]:
     from tianshou.data import Batch, PrioritizedReplayBuffer
 
     buf = PrioritizedReplayBuffer(CAP, alpha=0.6, beta=0.4)
@@ -265,13 +297,66 @@ def prio_tianshou(sec: float, rows: dict[str, np.ndarray]) -> float:
         _, idx = buf.sample(B)
         buf.update_weight(idx, td[k[0]])
 
-    return rate(step, sec)
+    return step
 
 
-PRIO_PEERS: dict[str, tuple[str, Callable[[float, dict[str, np.ndarray]], float]]] = {
-    "cpprb": ("cpprb", prio_cpprb),
-    "Tianshou": ("tianshou", prio_tianshou),
+PRIO_PEERS: dict[str, tuple[str, Callable[[dict[str, np.ndarray]], Callable[[], object]]]] = {
+    "cpprb": ("cpprb", make_prio_cpprb),
+    "Tianshou": ("tianshou", make_prio_tianshou),
 }
+
+
+def prio_replaydb(sec: float, rows: dict[str, np.ndarray]) -> float:
+    return rate(make_prio_replaydb(rows), sec)
+
+
+def issue_race(reps: int, rows: dict[str, np.ndarray]) -> dict[str, float]:
+    """Issue 12's ratios from races: median CPU seconds per call, blocks interleaved.
+
+    Three races, each of calls that touch alike amounts of memory (a sampler that
+    walks 200 MB between two adds would make the adds' first calls cold): replaydb's
+    add against SB3's add (n_envs=1); add_multi(B) against SB3's add with n_envs=B;
+    the uniform sample(B) against the prioritized steps of replaydb and its peers.
+    Ten calls of each in turn, so that load from other processes falls on all alike.
+    """
+    ours = make_replaydb(rows)
+    groups: list[dict[str, Callable[[], object]]] = [{"add": ours["add"]}]
+    groups.append({"add_multi": ours["add_multi"]})
+    if importlib.util.find_spec("stable_baselines3") is not None:
+        sb3 = make_sb3(rows)
+        groups[0]["SB3 add"] = sb3["add"]
+        groups[1]["SB3 add_multi"] = sb3["add_multi"]
+    sampling: dict[str, Callable[[], object]] = {
+        "sample": ours["sample"],
+        "prio": make_prio_replaydb(rows),
+    }
+    for name, (module, make) in PRIO_PEERS.items():
+        if importlib.util.find_spec(module) is not None:
+            sampling[f"{name} prio"] = make(rows)
+    groups.append(sampling)
+    out: dict[str, float] = {}
+    for contenders in groups:
+        out.update(race(contenders, reps))
+    return out
+
+
+def print_issue_race(t: dict[str, float]) -> None:
+    print("\nissue 12 targets: three races, blocks of 10 calls interleaved, median CPU time")
+    for name, sec in t.items():
+        print(f"  {name:<16} {sec * 1e6:9.2f} us/call")
+    if "SB3 add" in t:
+        print(f"  add vs SB3 ReplayBuffer.add:              {t['SB3 add'] / t['add']:.2f}x (>= 1)")
+        print(
+            f"  add_multi({B}) vs SB3 n_envs={B} add:       "
+            f"{t['SB3 add_multi'] / t['add_multi']:.2f}x (>= 2)"
+        )
+    print(f"  prioritized step / uniform sample({B}):    {t['prio'] / t['sample']:.2f}x (<= 3)")
+    for name in ("Tianshou", "cpprb"):
+        if f"{name} prio" in t:
+            print(
+                f"  prioritized step vs {name + ':':<21} "
+                f"{t[f'{name} prio'] / t['prio']:.2f}x faster (> 1)"
+            )
 
 
 PEERS: dict[str, tuple[str, Callable[[float, dict[str, np.ndarray]], dict[str, float]]]] = {
@@ -320,29 +405,33 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
         p = advance(1)
         torch.cat((s, a, s2, h), out=torch.from_numpy(packed[p, :-2]))
 
+    writer = buf.table.row_writer(scalars=2)
+    assert writer is not None
+    parts, tail = (s, a, s2, h), (1.0, False)
     stages = {
         "add: raw numpy copy of one packed row (140 B)": (raw_row, 1),
         "add: torch.cat of the 4 vectors straight into a ring row": (cat_into_ring, 1),
-        "add: torch.cat of the 4 vectors into the staging row": (
+        "add: torch.cat of the 4 vectors into a staging row": (
             lambda: torch.cat((s, a, s2, h), out=head),
             1,
         ),
-        "add: Table.extend_unchecked(one packed row)": (
+        "add: Table.extend_unchecked(one packed row): the records alone": (
             lambda: buf.table.extend_unchecked({torch.float32: row}, 1),
             1,
         ),
+        "add: RowWriter.add (lock, cat, row, records)": (lambda: writer.add(parts, tail), 1),
         "add: ReplayBuffer.add (all of it)": (lambda: buf.add(s, a, 1.0, s2, False, h), 1),
         f"add_multi: raw numpy copy of {B} packed rows (36 KB)": (raw_block, 1),
         f"add_multi: raw copy of the 6 columns into 6 per-field rings ({B} rows)": (
             raw_columns,
             1,
         ),
-        "add_multi: torch.cat of the 6 columns into the block": (
+        "add_multi: torch.cat of the 6 columns into a staging block": (
             lambda: torch.cat(cols, 1, out=block),
             1,
         ),
-        f"add_multi: Table.extend_unchecked({B} packed rows)": (
-            lambda: buf.table.extend_unchecked({torch.float32: blk}, B),
+        f"add_multi: RowWriter.extend({B} rows: cat into the ring, records)": (
+            lambda: writer.extend(cols, B),
             1,
         ),
         f"add_multi: ReplayBuffer.add_multi({B}) (all of it)": (
@@ -355,38 +444,52 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
         print(f"  {name:<66} {1e6 / rate(fn, sec, per):8.2f}")
 
 
-def ours_only(sec: float) -> dict[str, float]:
-    """replaydb's add, add_multi, sample and prioritized step, in calls (rows) per second."""
+def ours_only(reps: int) -> dict[str, float]:
+    """replaydb's add, add_multi, sample and prioritized step: median CPU seconds a call.
+
+    Timed as the issue race times them (add, add_multi, then sample with the
+    prioritized step), with whichever replaydb is on the path.
+    """
     rows = fill_rows(B)
-    out = bench_replaydb(sec, rows)
-    out["prio"] = prio_replaydb(sec, rows)
+    ours = make_replaydb(rows)
+    out = race({"add": ours["add"]}, reps)
+    out.update(race({"add_multi": ours["add_multi"]}, reps))
+    out.update(race({"sample": ours["sample"], "prio": make_prio_replaydb(rows)}, reps))
     return out
 
 
-def compare_with(other_src: str, sec: float) -> None:
+def compare_with(other_src: str, reps: int, rounds: int) -> None:
     import json
     import os
+    import statistics
     import subprocess
     import sys
 
     here = str(Path(__file__).resolve().parents[1] / "src")
-    best: dict[str, dict[str, float]] = {"before": {}, "after": {}}
-    for _ in range(3):
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for _ in range(rounds):
         for side, src in (("before", other_src), ("after", here)):
             env = {**os.environ, "PYTHONPATH": src}
-            cmd = [sys.executable, __file__, "--ours-only", "--seconds", str(sec)]
-            res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
-                                            text=True).stdout.splitlines()[-1])  # fmt: skip
-            for k, v in res.items():
-                best[side][k] = max(best[side].get(k, 0.0), v)
-    print(f"\nbefore = {other_src}\nafter  = {here}\n(best of 3 alternating runs, per second)")
-    print(f"{'':<14} {'before':>12} {'after':>12} {'after/before':>13}")
+            cmd = [sys.executable, __file__, "--ours-only", "--race", str(reps)]
+            out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+            runs[side].append(json.loads(out.stdout.splitlines()[-1]))
+    med = {
+        side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()
+    }
+    print(
+        f"\nbefore = {other_src}\nafter  = {here}\n(median CPU time per call over {rounds} "
+        f"alternating runs, each the median of blocks of 10 calls; rows of add_multi: {B})"
+    )
+    print(f"{'':<14} {'before us':>12} {'after us':>12} {'after/before':>13} {'each run':>30}")
     for k in ("add", "add_multi", "sample", "prio"):
-        b, a = best["before"][k], best["after"][k]
-        print(f"{k:<14} {b:>12,.0f} {a:>12,.0f} {a / b:>13.2f}")
+        b, a = med["before"][k], med["after"][k]
+        each = " ".join(
+            f"{ra[k] / rb[k]:.2f}" for rb, ra in zip(runs["before"], runs["after"], strict=True)
+        )
+        print(f"{k:<14} {b * 1e6:>12.2f} {a * 1e6:>12.2f} {a / b:>13.2f} {each:>30}")
     for side in ("before", "after"):
-        r = best[side]
-        print(f"{side}: prioritized step = {r['sample'] / r['prio']:.2f}x a uniform sample({B})")
+        r = med[side]
+        print(f"{side}: prioritized step = {r['prio'] / r['sample']:.2f}x a uniform sample({B})")
 
 
 def main() -> None:
@@ -394,18 +497,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="0.3 s per measurement")
     parser.add_argument("--breakdown", action="store_true", help="where add's time goes")
     parser.add_argument("--compare-with", metavar="SRC", help="before/after against SRC")
+    parser.add_argument(
+        "--race", type=int, default=1000, metavar="N", help="calls of each in the issue 12 race"
+    )
     parser.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs of --compare-with")
     args = parser.parse_args()
     sec = args.seconds or (0.3 if args.quick else 1.5)
     torch.set_num_threads(1)
     if args.ours_only:
         import json
 
-        print(json.dumps(ours_only(sec)))
+        print(json.dumps(ours_only(args.race)))
         return
     if args.compare_with:
-        compare_with(args.compare_with, sec)
+        compare_with(args.compare_with, args.race, args.rounds)
         return
     rows = fill_rows(B)
     results = {"replaydb": bench_replaydb(sec, rows), "floor": bench_floor(sec)}
@@ -431,14 +538,11 @@ def main() -> None:
     prio = {"replaydb": prio_replaydb(sec, rows)}
     for name, (module, pfn) in PRIO_PEERS.items():
         if importlib.util.find_spec(module) is not None:
-            prio[name] = pfn(sec, rows)
+            prio[name] = rate(pfn(rows), sec)
     print(f"\nprioritized step: sample({B}) + update_priorities({B}), capacity {CAP:,}")
     for name, r in prio.items():
         print(f"{name:<10} {r:>12,.0f} steps/s   replaydb / {name}: {prio['replaydb'] / r:.2f}")
-    print(
-        f"replaydb prioritized step = {ours['sample'] / prio['replaydb']:.2f}x the time of its "
-        f"uniform sample({B}) (target <= 3x)"
-    )
+    print_issue_race(issue_race(args.race, rows))
     floor = results["floor"]
     if args.breakdown:
         breakdown(sec, rows)

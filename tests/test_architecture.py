@@ -46,6 +46,7 @@ CORE = (
     "_validate.py",
     "_constants.py",
     "_casting.py",
+    "_rows.py",
 )
 # namedtuple API, public despite the underscore
 NAMEDTUPLE = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from replaydb import _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
+from replaydb import _disk, _frames, _items, _kernels, _rows, _sampling, _table_state, _waiting
 from replaydb._records import LiveSteps, Sample, TableInfo
 from replaydb._shared_rows import RowSample, sample_rows
 from replaydb._table_checks import (
@@ -700,6 +700,72 @@ class Table(TableStateVerbs):
             (1, 2)
         """
         return _items.remove_keys(self, keys)
+
+    # --- velora verbs begin ---
+    def row_writer(self, scalars: int = 0) -> _rows.RowWriter | None:
+        """A writer of single-step items given as parts, or ``None`` if the table has none.
+
+        For a CPU table whose fields all share one dtype (one packed row per step),
+        with ``sequence_length=1``, no frame stacks, no disk storage and no consuming
+        selector: :meth:`~replaydb._rows.RowWriter.add` writes one step from tensors
+        that, concatenated, fill the row, followed by ``scalars`` numbers for its
+        last columns; :meth:`~replaydb._rows.RowWriter.extend` writes a block from
+        ``[N, w]`` columns. Both concatenate under the table's lock (no torn rows,
+        any number of threads) and return ``False``, writing nothing, where they do
+        not apply (the rate limiter would wait, the parts do not fit): then use
+        :meth:`extend`. The caller checks each part's shape; the effects are those of
+        :meth:`extend_unchecked`. The Velora buffer's ``add`` and ``add_multi``.
+
+        Args:
+            scalars: Trailing columns that ``add`` fills from numbers.
+
+        Returns:
+            The writer, or ``None``.
+
+        Raises:
+            InvalidArgumentError: If ``scalars`` is not an int in ``[0, row width]``.
+
+        Example:
+            >>> table = Table(Spec({"obs": (2,), "reward": (1,)}), 8)
+            >>> table.row_writer(scalars=1).add((torch.ones(2),), (0.5,)), len(table)
+            (True, 1)
+        """
+        return _rows.RowWriter(self, scalars) if _rows.RowWriter.applies(self) else None
+
+    def sample_transitions(
+        self, batch_size: int, *, beta: float | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """The data, keys and ``[B, 1]`` weights of a draw, with every effect of :meth:`sample`.
+
+        What a learner of single-step transitions uses: ``(data, keys, weights)``,
+        where ``weights`` are :attr:`Sample.weights` as a ``[batch_size, 1]`` column
+        (like a ``[B, 1]`` reward) and ``keys`` :attr:`Sample.keys`; both are
+        ``None`` for a sampler without importance weights (uniform, selectors),
+        whose draw is :meth:`sample_data`'s. The same draws, counts, removals,
+        rate-limiter accounting and waiting as :meth:`sample`, without building the
+        probabilities, priorities and counts a :class:`Sample` reports (a short path
+        on a CPU prioritized single-step table).
+
+        Args:
+            batch_size: Number of items, > 0.
+            beta: Importance-weight exponent (default: the sampler's own).
+
+        Returns:
+            ``(data, keys, weights)``.
+
+        Raises:
+            InvalidArgumentError: As :meth:`sample`.
+            WouldBlockForeverError: As :meth:`sample`.
+
+        Example:
+            >>> t = Table(Spec({"x": ()}), 10, sampler=Prioritized(seed=0))
+            >>> t.extend({"x": torch.arange(4.0)})
+            >>> data, keys, weights = t.sample_transitions(3); weights.shape
+            torch.Size([3, 1])
+        """
+        return _rows.sample_transitions(self, batch_size, beta)
+
+    # --- velora verbs end ---
 
     # --- shared verbs begin ---
     def sample_rows(

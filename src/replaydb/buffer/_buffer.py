@@ -20,7 +20,6 @@ import torch
 from replaydb.buffer import _files, _inputs
 from replaydb.buffer._inputs import (
     _positive_int,
-    _Staging,
     check_device,
     check_frame_stack,
     check_state_dtype,
@@ -37,13 +36,15 @@ from replaydb.table import Table
 
 __all__ = ["ReplayBuffer"]
 
+#: Reward and done types the fast path of ``add`` stores as they are.
+_NUMBERS = frozenset((float, int, bool))
+
 
 class ReplayBuffer:
     """Velora's off-policy replay buffer, backed by a replaydb table.
 
     Thread-safe: any number of threads may ``add``, ``add_multi`` and ``sample``
-    at once (each thread stages its own rows; storage is written under the
-    table's lock).
+    at once (rows are assembled and written under the table's lock).
 
     Args:
         capacity: Transitions kept; the oldest is overwritten first.
@@ -151,9 +152,11 @@ class ReplayBuffer:
         self._fields = table.storage.fields  # live [capacity, dim] column views
         self._fast = self.device.type == "cpu" and self.velora_layout
         self._width = 2 * math.prod(self.state_shape) + self.action_dim + self.hidden_dim + 2
-        self._tls = _Staging()
+        #: The table's row writer (one packed float32 row per transition), or None.
+        self._rows = table.row_writer(scalars=2) if self._fast else None
         self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
         self._hidden_zeros_t = torch.zeros(self.hidden_dim)
+        self._hidden_zeros_n = torch.zeros(0, self.hidden_dim)  # read only, never written
         self._shapes = (
             torch.Size(self.state_shape),
             torch.Size([self.action_dim]),
@@ -355,14 +358,36 @@ class ReplayBuffer:
             >>> buf.add(torch.ones(2), 0, 1.5, torch.ones(2), True); buf.rewards[0].tolist()
             [1.5]
         """
-        if not self.velora_layout:
+        rows = self._rows
+        if rows is not None:
+            if hidden is None:
+                hidden = self._hidden_zeros_t
+            tensor = torch.Tensor
+            # The common call (1-D float tensors, numbers for reward and done): the
+            # shapes checked here, the rest by one concatenation under the table's lock.
+            if (
+                type(state) is tensor
+                and type(next_state) is tensor
+                and type(action) is tensor
+                and type(hidden) is tensor
+                and type(reward) in _NUMBERS
+                and type(done) in _NUMBERS
+            ):
+                s, a, h = self._shapes
+                if (
+                    state.shape == s
+                    and next_state.shape == s
+                    and action.shape == a
+                    and hidden.shape == h
+                    and rows.add((state, action, next_state, hidden), (reward, done))
+                ):
+                    return
+            staged = self._parts(state, action, reward, next_state, done, hidden)
+            if staged is not None and rows.add(*staged):
+                return
+        elif not self.velora_layout:
             self._add_shaped(state, action, reward, next_state, done, hidden)
             return
-        if self._fast:
-            row = self._stage_add(state, action, reward, next_state, done, hidden)
-            if row is not None:
-                self.table.extend_unchecked({torch.float32: row}, 1)
-                return
         values = {
             "states": self._row("state", state, self.state_shape[0], broadcast=False),
             "actions": self._row("action", action, self.action_dim, broadcast=True),
@@ -372,13 +397,13 @@ class ReplayBuffer:
             ),
             "dones": self._row("done", done, 1, broadcast=False),
             "hiddens": self._hidden_zeros
-            if hidden is None
+            if hidden is None or hidden is self._hidden_zeros_t
             else self._row("hidden", hidden, self.hidden_dim, broadcast=True),
         }
         self.table.extend_unchecked(values, 1)
 
-    # The fast path's staging row and the checked conversions are in _inputs.py.
-    _stage_add = _inputs._stage_add
+    # The other forms of the fast path and the checked conversions are in _inputs.py.
+    _parts = _inputs._parts
     _row = _inputs._row
     _add_shaped = _inputs._add_shaped
 
@@ -407,6 +432,13 @@ class ReplayBuffer:
             >>> len(buf), buf.dones[:3, 0].tolist()
             (3, [0.0, 0.0, 1.0])
         """
+        rows = self._rows
+        if rows is not None:
+            # The common call (CPU tensors of the right shapes): the shapes checked
+            # here, the rest by one concatenation in spec order under the table's lock.
+            block = self._block_parts(states, actions, rewards, next_states, dones, hiddens)
+            if block is not None and rows.extend(*block):
+                return
         shaped = not self.velora_layout
         cols = [
             self._states("states", states)
@@ -437,23 +469,31 @@ class ReplayBuffer:
                 dict(zip(_KEYS, cols, strict=True)), ends=cols[4][:, 0].to("cpu") != 0
             )
             return
-        if self._fast:
-            # Pack the columns in spec order into one contiguous block of this
-            # thread's: one row-block copy into storage instead of six strided ones.
-            tls = self._tls
-            staged = tls.block
-            if staged is None or staged[1].shape[0] != n:
-                t = torch.empty(n, self._width)
-                staged = tls.block = (t, t.numpy())
+        rows = self._rows
+        if rows is not None:
             s, a, r, s2, d, h = cols
-            torch.cat((s, a, s2, h, r, d), 1, out=staged[0])
-            self.table.extend_unchecked({torch.float32: staged[1]}, n)
+            # Concatenated in spec order under the table's lock, straight into the ring.
+            if n <= self.capacity and rows.extend((s, a, s2, h, r, d), n):
+                return
+        if self._fast:
+            self.table.extend_unchecked(
+                {name: t.numpy() for name, t in zip(_KEYS, cols, strict=True)}, n
+            )
         else:
             self.table.extend(
                 {name: t.to(self.device) for name, t in zip(_KEYS, cols, strict=True)}
             )
 
     _column = _inputs._column
+    _block_parts = _inputs._block_parts
+
+    def _zero_hiddens(self, n: int) -> torch.Tensor:
+        """``[n, hidden_dim]`` zeros for ``add_multi`` without hiddens (kept, never written)."""
+        z = self._hidden_zeros_n
+        if z.shape[0] != n:
+            z = self._hidden_zeros_n = torch.zeros(n, self.hidden_dim)
+        return z
+
     _states = _inputs._states
 
     # ------------------------------------------------------------------ reads
@@ -479,22 +519,24 @@ class ReplayBuffer:
             >>> buf.sample(3).rewards.shape
             torch.Size([3, 1])
         """
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int | np.integer)
-            or (batch_size < 1)
-        ):
-            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if type(batch_size) is not int or batch_size < 1:
+            if (
+                isinstance(batch_size, bool)
+                or not isinstance(batch_size, int | np.integer)
+                or (batch_size < 1)
+            ):
+                raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            batch_size = int(batch_size)
         n = self.table.num_steps
         if n < batch_size:
             raise NotEnoughDataError(
                 f"Buffer does not contain enough experiences. Available: {n}, "
                 f"Requested: {batch_size}"
             )
+        data, keys, weights = self.table.sample_transitions(batch_size, beta=beta)
         if self._weighted:
-            s = self.table.sample(int(batch_size), beta=beta)
-            return BatchExperience(**s.data, weights=s.weights.unsqueeze(1), keys=s.keys)
-        return BatchExperience(**self.table.sample_data(int(batch_size)))
+            return BatchExperience(**data, weights=weights, keys=keys)
+        return BatchExperience(**data)
 
     def update_priorities(self, keys: Any, priorities: Any) -> int:
         """Set priorities of sampled transitions (see :meth:`Table.update_priorities`).

@@ -1,18 +1,17 @@
 """Checking and converting what callers pass to a :class:`ReplayBuffer`.
 
 Sizes (``_positive_int``) and devices (:func:`check_device`) for the constructors;
-for ``add``, the fast path that stages a transition in this thread's row
-(``_Staging``, ``_stage_add``) and the checked conversion with exact errors
-(``_row``); for ``add_multi``, the conversion of each column (``_column``). The
-observation shape and dtype options (:func:`state_shape`, :func:`check_state_dtype`,
-:func:`check_frame_stack`) and the path of buffers that use them (``_states``,
-``_add_shaped``). The functions with ``self`` take the buffer: ``ReplayBuffer``
-binds them as its methods.
+for ``add``, the less common forms of the fast path (``_parts``: the transition as
+the parts the table's row writer concatenates under its lock) and the checked
+conversion with exact errors (``_row``); for ``add_multi``, the conversion of each
+column (``_column``). The observation shape and dtype options (:func:`state_shape`,
+:func:`check_state_dtype`, :func:`check_frame_stack`) and the path of buffers that
+use them (``_states``, ``_add_shaped``). The functions with ``self`` take the
+buffer: ``ReplayBuffer`` binds them as its methods.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -173,14 +172,7 @@ def check_device(device: Any) -> torch.device:
     return dev
 
 
-class _Staging(threading.local):
-    """Per-thread staging arrays, so concurrent ``add`` calls never share a row."""
-
-    row: tuple[np.ndarray[Any, Any], torch.Tensor] | None = None  # the row, its head as torch
-    block: tuple[torch.Tensor, np.ndarray[Any, Any]] | None = None  # a block, as numpy
-
-
-def _stage_add(
+def _parts(
     self: ReplayBuffer,
     state: Any,
     action: Any,
@@ -188,64 +180,56 @@ def _stage_add(
     next_state: Any,
     done: Any,
     hidden: Any,
-) -> np.ndarray[Any, Any] | None:
-    """This thread's staging row holding the transition; ``None`` if it needs the checked path.
+) -> tuple[tuple[torch.Tensor, ...], tuple[Any, Any]] | None:
+    """The transition as the row writer's parts and numbers; ``None`` for the checked path.
 
-    The common Velora call (1-D CPU float tensors, numbers for reward and done) is
-    one ``torch.cat`` into the staging row, which storage then copies in one
-    assignment. Anything else (lists, arrays, a ``(1, dim)`` state, a tensor that
-    requires grad or lives on a GPU, a wrong size, ``None``) returns ``None`` and
-    :meth:`_row` produces the conversion or the exact error.
+    The other forms of the fast path of ``add`` (its common call is in ``add``):
+    ``(1, dim)`` tensors (as Velora's agents pass actions and hidden states), a
+    0-d action that fills every slot, one-element tensors or numpy numbers for
+    reward and done. Anything else (lists, arrays, a wrong size, ``None``) returns
+    ``None`` and :meth:`_row` produces the conversion or the exact error.
     """
     tensor = torch.Tensor
     if not (
-        isinstance(state, tensor) and isinstance(next_state, tensor) and isinstance(action, tensor)
+        isinstance(state, tensor)
+        and isinstance(next_state, tensor)
+        and isinstance(action, tensor)
+        and isinstance(hidden, tensor)
     ) or (reward is None or done is None):
         return None
-    if hidden is None:
-        hidden = self._hidden_zeros_t
-    elif not isinstance(hidden, tensor):
-        return None
-    shapes = self._shapes
+    shapes, shapes_2d = self._shapes, self._shapes_2d
     if action.shape != shapes[1]:
         if action.dim() == 0:
             action = action.expand(self.action_dim)  # one value fills every slot
-        elif action.shape == self._shapes_2d[1]:  # Velora's agents pass (1, dim)
+        elif action.shape == shapes_2d[1]:  # Velora's agents pass (1, dim)
             action = action[0]
         else:
             return None
     if hidden.shape != shapes[2]:
-        if hidden.shape != self._shapes_2d[2]:
+        if hidden.shape != shapes_2d[2]:
             return None
         hidden = hidden[0]
     if state.shape != shapes[0]:
-        if state.shape != self._shapes_2d[0]:
+        if state.shape != shapes_2d[0]:
             return None
         state = state[0]
     if next_state.shape != shapes[0]:
-        if next_state.shape != self._shapes_2d[0]:
+        if next_state.shape != shapes_2d[0]:
             return None
         next_state = next_state[0]
     if isinstance(reward, tensor):  # a 0-d tensor from a NumpyToTorch env
-        if reward.numel() != 1 or reward.dim() > 2:
+        if reward.numel() != 1 or reward.dim() > 2 or reward.is_meta:
             return None
         reward = reward.item()
+    elif not isinstance(reward, int | float | np.integer | np.floating | np.bool_):
+        return None
     if isinstance(done, tensor):
-        if done.numel() != 1 or done.dim() > 2:
+        if done.numel() != 1 or done.dim() > 2 or done.is_meta:
             return None
         done = done.item()
-    staged = self._tls.row
-    if staged is None:
-        arr = np.zeros(self._width, np.float32)
-        staged = self._tls.row = (arr, torch.from_numpy(arr[:-2]))
-    row, head = staged
-    try:
-        torch.cat((state, action, next_state, hidden), out=head)
-        row[-2] = reward
-        row[-1] = done
-    except (RuntimeError, TypeError, ValueError):
+    elif not isinstance(done, int | float | np.integer | np.floating | np.bool_):
         return None
-    return row
+    return (state, action, next_state, hidden), (reward, done)
 
 
 def _row(self: object, name: str, value: Any, dim: int, *, broadcast: bool) -> Any:
@@ -307,6 +291,57 @@ def _column(self: ReplayBuffer, name: str, value: Any, dim: int) -> torch.Tensor
     if t.dtype is not torch.float32 or (self._fast and not t.is_cpu):
         t = t.to("cpu" if self._fast else t.device, torch.float32)
     return t
+
+
+def _block_parts(
+    self: ReplayBuffer,
+    states: Any,
+    actions: Any,
+    rewards: Any,
+    next_states: Any,
+    dones: Any,
+    hiddens: Any,
+) -> tuple[tuple[torch.Tensor, ...], int] | None:
+    """The batch as the row writer's columns in spec order and N; ``None`` otherwise.
+
+    The fast path of ``add_multi``: tensors of the right shapes (rewards, dones
+    and, with ``action_dim == 1``, actions may be 1-D). Dtypes, devices and
+    gradients are left to the concatenation, which refuses what it cannot write
+    (the checked path then gives the error). ``None`` for anything else, N = 0
+    and N over the capacity.
+    """
+    tensor = torch.Tensor
+    if not (
+        type(states) is tensor
+        and type(next_states) is tensor
+        and type(actions) is tensor
+        and type(rewards) is tensor
+        and type(dones) is tensor
+    ):
+        return None
+    shape = states.shape
+    if len(shape) != 2 or shape[1] != self.state_shape[0] or next_states.shape != shape:
+        return None
+    n = shape[0]
+    if not 0 < n <= self.capacity:
+        return None
+    if actions.shape != (n, self.action_dim):
+        if self.action_dim != 1 or actions.shape != (n,):
+            return None
+        actions = actions.unsqueeze(1)
+    if rewards.shape != (n, 1):
+        if rewards.shape != (n,):
+            return None
+        rewards = rewards.unsqueeze(1)
+    if dones.shape != (n, 1):
+        if dones.shape != (n,):
+            return None
+        dones = dones.unsqueeze(1)
+    if hiddens is None:
+        hiddens = self._zero_hiddens(n)
+    elif type(hiddens) is not tensor or hiddens.shape != (n, self.hidden_dim):
+        return None
+    return (states, actions, next_states, hiddens, rewards, dones), n
 
 
 def given_state_dim(state_dim: Any, shape: tuple[int, ...]) -> int | tuple[int, ...]:
