@@ -39,6 +39,7 @@ CORE = (
     "_frames.py",
     "_shared_rows.py",
     "_table_persist.py",
+    "_table_frontends.py",
     "_table_checks.py",
     "_sampling.py",
     "_table_state.py",

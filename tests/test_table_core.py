@@ -51,7 +51,7 @@ CORE_MODULES = (
 )
 #: Modules still over the limit, being shrunk elsewhere; table.py holds every verb's
 #: docstring (about 520 lines of the file) with one- or two-line bodies.
-OVER_LIMIT = {"table.py": 780}
+OVER_LIMIT: dict[str, int] = {}
 LIMIT = 650
 
 
