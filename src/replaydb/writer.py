@@ -12,10 +12,11 @@ float64 column of priorities when they are given). Single steps (:meth:`Writer.a
 copy their array fields into the next row and keep their scalar fields as one tuple
 of immutable scalars per step; the tuples become columns when the stage is written
 or a batch follows. Batches (:meth:`Writer.extend`) copy into the next rows; a batch
-of ``max_steps`` or more rows, or any batch when a field has no numpy dtype
-(bfloat16), is written straight through after the stage, so no step is ever staged
-twice. Each staged row keeps its stream and end code (``0`` none, ``1`` terminated,
-``2`` truncated): the table links the steps of one stream into episodes and makes
+of ``max_steps`` or more rows is written straight through after the stage, so no
+step is ever staged twice. When a field has no numpy dtype (bfloat16) the stage is
+a list of torch copies of the batches instead, concatenated when written. Each
+staged row keeps its stream and end code (``0`` none, ``1`` terminated, ``2``
+truncated): the table links the steps of one stream into episodes and makes
 windows of ``sequence_length`` steps (its items) from them; see
 :meth:`replaydb.table.Table.extend`.
 
@@ -150,17 +151,18 @@ class Writer:
         self.names = list(spec)
         fields = [spec[n] for n in self.names]
         self._np_dtypes = [numpy_dtype(f.dtype) for f in fields]
-        #: Whether steps are staged (every field has a numpy dtype); else each write
-        #: goes straight to the destination.
+        #: Whether the stage is preallocated numpy (every field has a numpy dtype);
+        #: else it is a list of torch batches.
         self.staging = all(d is not None for d in self._np_dtypes)
         w = self.max_steps if self.staging else 0
+        self._chunks: list[dict[str, torch.Tensor]] = []
         self._bufs: list[np.ndarray[Any, Any]] = [
             np.zeros((w, *f.shape), dtype=d) for f, d in zip(fields, self._np_dtypes, strict=True)
         ]
         self._array_idx = [i for i, f in enumerate(fields) if f.shape]
         self._scalar_idx = [i for i, f in enumerate(fields) if not f.shape]
         self._get_scalars = _tuple_getter(self._scalar_idx)
-        self._pri: np.ndarray[Any, Any] | None = None
+        self._pris: list[float] = []
         self._with_priority: bool | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -227,7 +229,7 @@ class Writer:
         """
         if not self.staging:
             self.extend(
-                {n: np.asarray(v)[None] for n, v in zip(self.names, values, strict=True)},
+                {n: torch.as_tensor(v)[None] for n, v in zip(self.names, values, strict=True)},
                 streams=stream,
                 ends=end,
                 priorities=None if priority is None else [priority],
@@ -250,8 +252,7 @@ class Writer:
                     f"{bufs[i].shape[1:]} and dtype {bufs[i].dtype} ({exc})"
                 ) from exc
             if priority is not None:
-                assert self._pri is not None
-                self._pri[pos] = priority
+                self._pris.append(priority)
             self._rows.append(self._get_scalars(values))
             phys = stream if self._new_stream is None else self.stream_id(stream)
             self._streams.append(phys)
@@ -329,7 +330,7 @@ class Writer:
                 phys = np.asarray([self.stream_id(x) for x in logical], dtype=np.int64)
             else:
                 logical, phys = None, s
-            if not self.staging or n >= self.max_steps:
+            if n >= self.max_steps:
                 self._flush_locked(None, None)
                 self._write(dict(steps), phys, e, p, None)
                 if logical is not None:
@@ -343,20 +344,10 @@ class Writer:
                 self._flush_locked(None, None)
             if p is not None or self._with_priority:
                 self._priority_mode(p is not None)
-            self._seal_rows()
             pos = self._staged
-            for i, name in enumerate(self.names):
-                buf = self._bufs[i]
-                try:
-                    buf[pos : pos + n] = steps[name]
-                except (TypeError, ValueError, OverflowError) as exc:
-                    raise SpecMismatchError(
-                        f"field {name!r}: values do not fit shape [{n}, "
-                        f"{', '.join(map(str, buf.shape[1:]))}] and dtype {buf.dtype} ({exc})"
-                    ) from exc
+            self._put(steps, pos, n)
             if p is not None:
-                assert self._pri is not None
-                self._pri[pos : pos + n] = p
+                self._pris.extend(p.tolist())
             self._streams.extend(phys.tolist())
             codes = e.tolist()
             self._ends.extend(codes)
@@ -490,8 +481,31 @@ class Writer:
         if self._staged and bool(self._with_priority) != with_priority:
             self._flush_locked(None, None)
         self._with_priority = with_priority
-        if with_priority and self._pri is None:
-            self._pri = np.zeros(self.max_steps, dtype=np.float64)
+
+    def _put(self, steps: Mapping[str, Any], pos: int, n: int) -> None:
+        """Copy a batch into rows ``pos..pos+n`` of the stage (nothing staged on error)."""
+        if not self.staging:
+            chunk = {}
+            for name in self.names:
+                try:
+                    chunk[name] = torch.as_tensor(steps[name]).clone()
+                except (TypeError, ValueError, RuntimeError) as exc:
+                    raise SpecMismatchError(
+                        f"field {name!r}: cannot convert {type(steps[name]).__name__} to a "
+                        f"tensor ({exc})"
+                    ) from exc
+            self._chunks.append(chunk)
+            return
+        self._seal_rows()
+        for i, name in enumerate(self.names):
+            buf = self._bufs[i]
+            try:
+                buf[pos : pos + n] = steps[name]
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SpecMismatchError(
+                    f"field {name!r}: values do not fit shape [{n}, "
+                    f"{', '.join(map(str, buf.shape[1:]))}] and dtype {buf.dtype} ({exc})"
+                ) from exc
 
     def _seal_rows(self) -> None:
         """Turn the scalar tuples of appended rows into columns of the stage."""
@@ -522,8 +536,13 @@ class Writer:
         k = staged if limit is None else max(0, min(limit, staged))
         if k == 0:
             return
-        data = {n: b[:k] for n, b in zip(self.names, self._bufs, strict=True)}
-        pri = None if not self._with_priority or self._pri is None else self._pri[:k]
+        if self.staging:
+            data: dict[str, Any] = {n: b[:k] for n, b in zip(self.names, self._bufs, strict=True)}
+        else:
+            if len(self._chunks) > 1:
+                self._chunks = [{n: torch.cat([c[n] for c in self._chunks]) for n in self.names}]
+            data = {n: v[:k] for n, v in self._chunks[0].items()}
+        pri = np.asarray(self._pris[:k], dtype=np.float64) if self._with_priority else None
         streams = np.asarray(self._streams[:k], dtype=np.int64)
         ends = np.asarray(self._ends[:k], dtype=np.int64)
         self._write(data, streams, ends, pri, timeout)
@@ -543,16 +562,20 @@ class Writer:
         """Forget the oldest ``k`` staged rows (moving any later ones to the front)."""
         rest = self._staged - k
         if rest > 0:
-            for b in self._bufs:
-                b[:rest] = b[k : self._staged].copy()
-            if self._pri is not None:
-                self._pri[:rest] = self._pri[k : self._staged].copy()
+            if self.staging:
+                for b in self._bufs:
+                    b[:rest] = b[k : self._staged].copy()
+            else:  # flushed: one chunk
+                self._chunks = [{n: v[k:].clone() for n, v in self._chunks[0].items()}]
             del self._streams[:k]
             del self._ends[:k]
+            del self._pris[:k]
             self._since = time.monotonic()
         else:
+            self._chunks = []
             self._streams.clear()
             self._ends.clear()
+            self._pris.clear()
             self._with_priority = None
         self._rows.clear()
         self._staged = rest

@@ -176,15 +176,17 @@ class StepObserver:
         self._ndims = [len(s) for s in self._shapes]
         self._int_field = [not f.dtype.is_floating_point for f in self._fields]
         self._closed = False
+        np_dtypes = [numpy_dtype(f.dtype) for f in self._fields]
         # The stage, the streams (one per environment) and the flush policy.
         self._writer = Writer(
             client,
             Spec({n: spec[n] for n in self._names}),
             table=table,
-            max_steps=write_batch,
+            # A torch-only dtype (bfloat16) cannot take the per-step numpy path; its
+            # steps are written one call at a time, as they come.
+            max_steps=write_batch if all(d is not None for d in np_dtypes) else 1,
             new_stream=new_stream,
         )
-        np_dtypes = [numpy_dtype(f.dtype) for f in self._fields]
         self._staging = self._writer.staging
         self._array_idx = [i for i, f in enumerate(self._fields) if f.shape]
         self._scalar_idx = [i for i, f in enumerate(self._fields) if not f.shape]
