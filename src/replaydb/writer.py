@@ -44,17 +44,37 @@ import operator
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from replaydb.errors import ClosedError, InvalidArgumentError, RateLimiterTimeout, SpecMismatchError
-from replaydb.server import TableClient
 from replaydb.spec import Spec
 from replaydb.table import Table
 
-__all__ = ["Writer"]
+__all__ = ["StepSink", "Writer"]
+
+
+class StepSink(Protocol):
+    """Where a :class:`Writer` writes: anything with a client's ``extend``.
+
+    Every :class:`~replaydb.server.TableClient` is one (the local
+    :class:`~replaydb.server.Client`, the Ray client); so is the Ray client's
+    per-shard sender.
+    """
+
+    def extend(
+        self,
+        steps: Mapping[str, Any],
+        *,
+        streams: Any = None,
+        ends: Any = None,
+        priorities: Any = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> None:
+        """Write a batch of steps (see :meth:`replaydb.table.Table.extend`)."""
 
 _NUMPY_DTYPES: dict[torch.dtype, Any] = {
     torch.float16: np.float16,
@@ -103,9 +123,8 @@ class Writer:
     :meth:`discard` may come from any thread.
 
     Args:
-        destination: A :class:`~replaydb.table.Table`, or a client of one (a
-            :class:`~replaydb.server.Client` or a Ray client: anything with
-            :class:`~replaydb.server.TableClient`'s ``extend``).
+        destination: A :class:`~replaydb.table.Table`, or a client of one (any
+            :class:`~replaydb.server.TableClient`; in general a :class:`StepSink`).
         spec: The fields of a step (the destination table's spec, or the same fields
             in another order: :meth:`append` takes values in this order).
         table: The client's table (``None``: its only table); ignored for a Table.
@@ -128,7 +147,7 @@ class Writer:
 
     def __init__(
         self,
-        destination: Table | TableClient,
+        destination: Table | StepSink,
         spec: Spec,
         *,
         table: str | None = None,
@@ -163,6 +182,7 @@ class Writer:
         self._scalar_idx = [i for i, f in enumerate(fields) if not f.shape]
         self._get_scalars = _tuple_getter(self._scalar_idx)
         self._pris: list[float] = []
+        self._timeout: float | None = None  # the smallest timeout staged steps came with
         self._with_priority: bool | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -211,7 +231,13 @@ class Writer:
 
     # ----------------------------------------------------------------- writes
     def append(
-        self, values: Sequence[Any], *, stream: int = 0, end: int = 0, priority: float | None = None
+        self,
+        values: Sequence[Any],
+        *,
+        stream: int = 0,
+        end: int = 0,
+        priority: float | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Stage one step.
 
@@ -222,6 +248,8 @@ class Writer:
             stream: The step's stream (an int >= 0).
             end: End code of the step: ``0`` none, ``1`` terminated, ``2`` truncated.
             priority: Priority of the item this step completes (default: the table's).
+            timeout: Seconds the write carrying this step may wait for the rate
+                limiter (the smallest of a batch's applies; ``None``: no limit).
 
         Raises:
             SpecMismatchError: If an array value does not fit its field (nothing staged).
@@ -233,6 +261,7 @@ class Writer:
                 streams=stream,
                 ends=end,
                 priorities=None if priority is None else [priority],
+                timeout=timeout,
             )
             return
         with self._lock:
@@ -253,6 +282,8 @@ class Writer:
                 ) from exc
             if priority is not None:
                 self._pris.append(priority)
+            if timeout is not None:
+                self._timeout = timeout if self._timeout is None else min(self._timeout, timeout)
             self._rows.append(self._get_scalars(values))
             phys = stream if self._new_stream is None else self.stream_id(stream)
             self._streams.append(phys)
@@ -274,6 +305,7 @@ class Writer:
         streams: Any = 0,
         ends: Any = 0,
         priorities: Any = None,
+        timeout: float | None = None,
     ) -> None:
         """Stage a batch of steps (or write it through when it fills a batch by itself).
 
@@ -284,6 +316,8 @@ class Writer:
             ends: End code of each step (int or ``[N]``, 0/1/2 or bools).
             priorities: Priority of the item each step completes (``[N]``; ``None``:
                 the table's default).
+            timeout: Seconds the write carrying these steps may wait for the rate
+                limiter (see :meth:`append`).
 
         Raises:
             SpecMismatchError: If a field is missing or does not fit (nothing staged).
@@ -332,7 +366,7 @@ class Writer:
                 logical, phys = None, s
             if n >= self.max_steps:
                 self._flush_locked(None, None)
-                self._write(dict(steps), phys, e, p, None)
+                self._write(dict(steps), phys, e, p, timeout)
                 if logical is not None:
                     for x, code in zip(logical, e.tolist(), strict=True):
                         if code:
@@ -348,6 +382,8 @@ class Writer:
             self._put(steps, pos, n)
             if p is not None:
                 self._pris.extend(p.tolist())
+            if timeout is not None:
+                self._timeout = timeout if self._timeout is None else min(self._timeout, timeout)
             self._streams.extend(phys.tolist())
             codes = e.tolist()
             self._ends.extend(codes)
@@ -422,7 +458,8 @@ class Writer:
         """Write the staged steps (the oldest ``limit`` of them, if given).
 
         Args:
-            timeout: Seconds to wait for the rate limiter (``None``: as long as it takes).
+            timeout: Seconds to wait for the rate limiter (``None``: the smallest
+                timeout the staged steps came with, else as long as it takes).
             limit: Write at most this many steps; the rest stay staged, in order.
 
         Raises:
@@ -434,12 +471,16 @@ class Writer:
         with self._lock:
             self._flush_locked(timeout, limit)
 
-    def try_flush(self, *, older_than: float = 0.0, wait_lock: bool = False) -> None:
+    def try_flush(
+        self, *, older_than: float = 0.0, wait_lock: bool = False, timeout: float | None = 0.0
+    ) -> None:
         """Flush unless a blocking rate limiter (or, without ``wait_lock``, a busy writer) stops it.
 
         Args:
             older_than: Flush only when the oldest staged step has waited this long (s).
             wait_lock: Wait for another thread using the writer instead of giving up.
+            timeout: The write's rate-limiter timeout (default ``0``: never wait;
+                ``None``: as :meth:`flush`). A refused write leaves the steps staged.
         """
         if self._closed or self._staged == 0:
             return
@@ -448,7 +489,7 @@ class Writer:
         if not self._lock.acquire(blocking=wait_lock):
             return
         try:
-            self._flush_locked(0.0, None)
+            self._flush_locked(timeout, None)
         except RateLimiterTimeout:
             pass
         finally:
@@ -545,7 +586,7 @@ class Writer:
         pri = np.asarray(self._pris[:k], dtype=np.float64) if self._with_priority else None
         streams = np.asarray(self._streams[:k], dtype=np.int64)
         ends = np.asarray(self._ends[:k], dtype=np.int64)
-        self._write(data, streams, ends, pri, timeout)
+        self._write(data, streams, ends, pri, self._timeout if timeout is None else timeout)
         self._clear(k)
 
     def _write(
@@ -577,6 +618,7 @@ class Writer:
             self._ends.clear()
             self._pris.clear()
             self._with_priority = None
+            self._timeout = None
         self._rows.clear()
         self._staged = rest
         self._rows_from = rest
