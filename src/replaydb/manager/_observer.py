@@ -2,11 +2,10 @@
 
 The observer is the collect-loop half of :class:`~replaydb.manager.ReplayBufferManager`
 (TF-Agents calls these observers). Each call checks one step (or a vector env's
-batch of steps) against the data spec, then *stages* it: array fields are copied into
-preallocated ``[write_batch, *shape]`` numpy buffers, scalar fields are kept as one
-tuple of immutable scalars per step, and every ``write_batch`` steps one
-``client.extend`` writes them all. One ``extend`` per step would cost a lock, a spec
-check and a dozen small tensor ops per step; staging makes that once per batch.
+batch of steps) against the data spec, works out where its episode ends, and hands
+it to a :class:`~replaydb.writer.Writer` of ``write_batch`` steps, which stages it and
+writes every batch with one ``client.extend`` (the stage and its flush policy are
+described there). Each environment of a vector env is one stream of that writer.
 
 Episode boundaries
 ------------------
