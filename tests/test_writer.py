@@ -286,16 +286,32 @@ def test_bad_arguments_are_refused_and_nothing_is_staged() -> None:
         writer.extend({"x": np.zeros((2, 3)), "r": np.zeros(2), "k": np.zeros(2, np.int64)})
     with pytest.raises(SpecMismatchError, match="field 'x': value does not fit"):
         writer.append([np.zeros(3), 0.0, 0])
-    with pytest.raises(InvalidArgumentError, match="streams must be integers"):
+    with pytest.raises(InvalidArgumentError, match=r"streams must be ints >= 0.*dtype float64"):
         writer.extend(_batch(0, 2), streams=[0.5, 1.0])
-    with pytest.raises(InvalidArgumentError, match="streams must be ints >= 0"):
+    with pytest.raises(InvalidArgumentError, match="streams must be ints >= 0, got"):
         writer.extend(_batch(0, 2), streams=[-1, 0])
+    with pytest.raises(
+        InvalidArgumentError, match=r"streams must be a scalar or have shape"
+    ):
+        writer.extend(_batch(0, 2), streams=[0, 1, 2])
     with pytest.raises(InvalidArgumentError, match="ends must be codes"):
         writer.extend(_batch(0, 2), ends=[0, 3])
-    with pytest.raises(InvalidArgumentError, match="ends must be bools or end codes"):
+    with pytest.raises(InvalidArgumentError, match=r"ends must be codes.*dtype float64"):
         writer.extend(_batch(0, 2), ends=0.5)
     with pytest.raises(InvalidArgumentError, match=r"priorities must have shape \(2,\)"):
         writer.extend(_batch(0, 2), priorities=[1.0])
     assert writer.staged == 1
     writer.extend(_batch(0, 0))  # an empty batch is nothing
+    assert writer.staged == 1
+
+
+def test_a_full_stage_whose_write_failed_is_written_before_the_next_step() -> None:
+    sink = _Recorder(refuse=1)
+    writer = Writer(sink, SPEC, max_steps=2)
+    writer.append(_step(0))
+    with pytest.raises(RateLimiterTimeout):
+        writer.append(_step(1))  # staged, but the automatic write was refused
+    assert writer.staged == 2
+    writer.append(_step(2))
+    assert [c["steps"]["r"].tolist() for c in sink.calls] == [[0.0, 1.0]]
     assert writer.staged == 1

@@ -76,6 +76,7 @@ class StepSink(Protocol):
     ) -> None:
         """Write a batch of steps (see :meth:`replaydb.table.Table.extend`)."""
 
+
 _NUMPY_DTYPES: dict[torch.dtype, Any] = {
     torch.float16: np.float16,
     torch.float32: np.float32,
@@ -114,6 +115,40 @@ def _int_arg(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _int_column(
+    name: str, value: Any, n: int, kinds: str, high: int | None
+) -> tuple[np.ndarray[Any, Any], list[int]]:
+    """Check ``value`` (int or ``[n]``) holds ints in ``[0, high]``; return it and a list."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    a = np.asarray(value)
+    what = "ints >= 0" if high is None else "codes 0 (none), 1 (terminated), 2 (truncated)"
+    if a.dtype.kind not in kinds:
+        raise InvalidArgumentError(
+            f"{name} must be {what}, a scalar or shape ({n},); got values of dtype {a.dtype}"
+        )
+    if a.ndim == 0:
+        v = int(a)
+        out = [v] * n
+        lo = hi = v
+    elif a.shape != (n,):
+        raise InvalidArgumentError(f"{name} must be a scalar or have shape ({n},), got {a.shape}")
+    else:
+        out = a.tolist()
+        if not n:
+            return np.zeros(0, dtype=np.int64), out
+        # Python's min/max beat numpy's reductions on the few values of a step.
+        lo, hi = (min(out), max(out)) if n <= 64 else (int(a.min()), int(a.max()))
+    if lo < 0 or (high is not None and hi > high):
+        raise InvalidArgumentError(f"{name} must be {what}, got {value!r}")
+    return a, [int(x) for x in out] if a.dtype.kind == "b" else out
+
+
+def _int64(a: np.ndarray[Any, Any], n: int) -> np.ndarray[Any, Any]:
+    """A checked column of :func:`_int_column` as ``[n]`` int64 (for a write)."""
+    return a.astype(np.int64, copy=False) if a.ndim else np.full(n, int(a), dtype=np.int64)
 
 
 class Writer:
@@ -202,11 +237,6 @@ class Writer:
 
     # ------------------------------------------------------------------ state
     @property
-    def lock(self) -> threading.Lock:
-        """The lock every staging operation holds (front ends compose calls under it)."""
-        return self._lock
-
-    @property
     def staged(self) -> int:
         """Steps given to this writer and not yet written."""
         return self._staged
@@ -267,6 +297,8 @@ class Writer:
         with self._lock:
             if self._closed:
                 raise ClosedError("this writer is closed; make a new one")
+            if self._staged >= self.max_steps:  # a full stage whose write failed
+                self._flush_locked(None, None)
             if priority is not None or self._with_priority:
                 self._priority_mode(priority is not None)
             pos = self._staged
@@ -338,18 +370,8 @@ class Writer:
             raise SpecMismatchError(
                 f"field {self.names[0]!r}: expected a batch [N, *shape], got {first!r}"
             )
-        if isinstance(streams, torch.Tensor):
-            streams = streams.detach().cpu().numpy()
-        s = np.asarray(streams)
-        if s.dtype.kind not in "iu":
-            raise InvalidArgumentError(f"streams must be integers, got {streams!r}")
-        s = s.astype(np.int64, copy=False)
-        e = self._ends_arg(ends, n)
-        s = np.full(n, int(s), dtype=np.int64) if s.ndim == 0 else s
-        if s.shape != (n,) or (n and int(s.min()) < 0):
-            raise InvalidArgumentError(
-                f"streams must be ints >= 0, a scalar or shape ({n},), got {streams!r}"
-            )
+        s, s_list = _int_column("streams", streams, n, "iu", None)
+        e, e_list = _int_column("ends", ends, n, "biu", 2)
         p = None if priorities is None else np.asarray(priorities, dtype=np.float64).reshape(-1)
         if p is not None and p.shape != (n,):
             raise InvalidArgumentError(
@@ -360,15 +382,18 @@ class Writer:
         with self._lock:
             self._check_open()
             if self._new_stream is not None:
-                logical = s.tolist()
-                phys = np.asarray([self.stream_id(x) for x in logical], dtype=np.int64)
+                logical = s_list
+                phys_list = [self.stream_id(x) for x in logical]
+                phys = np.asarray(phys_list, dtype=np.int64)
             else:
-                logical, phys = None, s
+                logical, phys, phys_list = None, None, s_list
             if n >= self.max_steps:
                 self._flush_locked(None, None)
-                self._write(dict(steps), phys, e, p, timeout)
+                if phys is None:
+                    phys = _int64(s, n)
+                self._write(dict(steps), phys, _int64(e, n), p, timeout)
                 if logical is not None:
-                    for x, code in zip(logical, e.tolist(), strict=True):
+                    for x, code in zip(logical, e_list, strict=True):
                         if code:
                             self._tails.pop(x, None)
                         else:
@@ -384,8 +409,8 @@ class Writer:
                 self._pris.extend(p.tolist())
             if timeout is not None:
                 self._timeout = timeout if self._timeout is None else min(self._timeout, timeout)
-            self._streams.extend(phys.tolist())
-            codes = e.tolist()
+            self._streams.extend(phys_list)
+            codes = e_list
             self._ends.extend(codes)
             if logical is not None:
                 for row, (x, code) in enumerate(zip(logical, codes, strict=True), pos):
@@ -399,24 +424,6 @@ class Writer:
             self._rows_from = self._staged
             if self._staged >= self.max_steps:
                 self._flush_locked(None, None)
-
-    @staticmethod
-    def _ends_arg(ends: Any, n: int) -> np.ndarray[Any, Any]:
-        if isinstance(ends, torch.Tensor):
-            ends = ends.detach().cpu().numpy()
-        e = np.asarray(ends)
-        if e.dtype.kind not in "biu":
-            raise InvalidArgumentError(
-                f"ends must be bools or end codes 0/1/2, got an array of dtype {e.dtype}"
-            )
-        e = e.astype(np.int64)
-        e = np.full(n, int(e), dtype=np.int64) if e.ndim == 0 else e
-        if e.shape != (n,) or (n and (int(e.min()) < 0 or int(e.max()) > 2)):
-            raise InvalidArgumentError(
-                f"ends must be codes 0 (none), 1 (terminated), 2 (truncated), a scalar or "
-                f"shape ({n},), got {ends!r}"
-            )
-        return e
 
     def end_episode(self, stream: int = 0, code: int = 2) -> None:
         """End ``stream``'s open episode after its last step (no-op if none is open).
