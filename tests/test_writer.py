@@ -290,9 +290,7 @@ def test_bad_arguments_are_refused_and_nothing_is_staged() -> None:
         writer.extend(_batch(0, 2), streams=[0.5, 1.0])
     with pytest.raises(InvalidArgumentError, match="streams must be ints >= 0, got"):
         writer.extend(_batch(0, 2), streams=[-1, 0])
-    with pytest.raises(
-        InvalidArgumentError, match=r"streams must be a scalar or have shape"
-    ):
+    with pytest.raises(InvalidArgumentError, match=r"streams must be a scalar or have shape"):
         writer.extend(_batch(0, 2), streams=[0, 1, 2])
     with pytest.raises(InvalidArgumentError, match="ends must be codes"):
         writer.extend(_batch(0, 2), ends=[0, 3])
