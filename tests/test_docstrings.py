@@ -95,7 +95,7 @@ def test_docstring_example_runs(
     globs = {name: getattr(replaydb, name) for name in replaydb.__all__}
     globs.update(vars(module))
     globs.update(torch=torch, np=np, replaydb=replaydb, client=_client())
-    if module_name in ("replaydb.manager", "replaydb.observer"):
+    if module_name.startswith(("replaydb.manager", "replaydb.observer")):
         # A fresh manager with no buffer yet, as the examples start from.
         manager = replaydb.ReplayBufferManager(
             {"obs": ((3,), "float32"), "done": ((), "bool")},

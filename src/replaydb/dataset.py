@@ -52,13 +52,16 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from replaydb.errors import ClosedError, InvalidArgumentError, RateLimiterTimeout
 from replaydb.nest import Nest
+
+if TYPE_CHECKING:
+    from replaydb.server import TableClient
 
 __all__ = ["AUTOTUNE", "Dataset", "SampleInfo"]
 
@@ -143,7 +146,7 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
 
     def __init__(
         self,
-        client: Any,
+        client: TableClient,
         batch_size: int,
         num_steps: int | None = None,
         *,

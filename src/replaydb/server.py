@@ -26,15 +26,87 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from replaydb.checkpoint import write_checkpoint
 from replaydb.errors import ClosedError, InvalidArgumentError, require
 from replaydb.table import Sample, Table, TableInfo
 
-__all__ = ["Client", "Server"]
+__all__ = ["Client", "Server", "TableClient"]
 
 _BACKENDS = ("local", "ray")
+
+
+@runtime_checkable
+class TableClient(Protocol):
+    """The verbs every client of served tables has: :class:`Client` and the Ray client.
+
+    Front ends that write or read through a client (the manager and its observer,
+    :class:`~replaydb.dataset.Dataset`, :class:`~replaydb.writer.Writer`) are typed
+    against this protocol, so the local and the Ray backend are interchangeable.
+    Each verb has the arguments, results and errors of the
+    :class:`~replaydb.table.Table` method of the same name, plus ``table=`` (the
+    table's name; ``None``: the only one).
+
+    Example:
+        >>> client = Server(Table(Spec({"x": ()}), 10)).client()
+        >>> isinstance(client, TableClient)
+        True
+    """
+
+    def insert(
+        self,
+        step: Mapping[str, Any],
+        *,
+        stream: int = 0,
+        end: bool | int = False,
+        priority: float | None = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> None:
+        """Write one step."""
+
+    def extend(
+        self,
+        steps: Mapping[str, Any],
+        *,
+        streams: Any = None,
+        ends: Any = None,
+        priorities: Any = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> None:
+        """Write a batch of steps."""
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        beta: float | None = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> Sample:
+        """Draw a batch of items."""
+        raise NotImplementedError
+
+    def update_priorities(self, keys: Any, priorities: Any, *, table: str | None = None) -> int:
+        """Set new priorities; return how many keys named a live item."""
+        raise NotImplementedError
+
+    def info(self, *, table: str | None = None) -> TableInfo:
+        """A snapshot of a table's counters."""
+        raise NotImplementedError
+
+    def reset(self, *, table: str | None = None) -> None:
+        """Empty a table."""
+
+    def checkpoint(self) -> str:
+        """Write a checkpoint of every table; return its path."""
+        raise NotImplementedError
+
+    def tables(self) -> list[str]:
+        """Names of the served tables."""
+        raise NotImplementedError
 
 
 def _named_tables(tables: Any) -> dict[str, Table]:

@@ -28,6 +28,7 @@ from replaydb.collect._env import (
 from replaydb.collect._layouts import _pick_layout
 from replaydb.collect._spec import STEP_FIRST, STEP_MID
 from replaydb.errors import InvalidArgumentError, require
+from replaydb.writer import Writer
 
 _CHUNK_ROWS = 512
 
@@ -139,10 +140,9 @@ class Collector:
         self._hidden: Any = None
         self._first = np.ones(num_envs, dtype=bool)
         self._running = np.zeros(num_envs, dtype=np.float64)
-        self._pending: list[
-            tuple[dict[str, np.ndarray[Any, Any]], np.ndarray[Any, Any], np.ndarray[Any, Any]]
-        ] = []
-        self._pending_rows = 0
+        # Rows a step made wait here until a write; a step makes at most 2 rows per
+        # env, so the stage never fills (nor flushes) before collect writes its rows.
+        self._writer = Writer(self.table, self.table.spec, max_steps=_CHUNK_ROWS + 2 * num_envs)
         self.closed = False
 
     def __enter__(self) -> Collector:
@@ -155,8 +155,7 @@ class Collector:
         """Close the environments (idempotent). Rows not yet written are dropped."""
         if not self.closed:
             self.closed = True
-            self._pending = []
-            self._pending_rows = 0
+            self._writer.close(flush=False)
             self.envs.close()
 
     def collect(self, n_rows: int, *, progress: Any = None) -> CollectStats:
@@ -190,10 +189,11 @@ class Collector:
             left = n_rows
             while left > 0:
                 # Batch a few env steps per table write (fewer, larger copies).
-                while self._pending_rows < min(left, _CHUNK_ROWS):
+                while self._writer.staged < min(left, _CHUNK_ROWS):
                     self._step()
-                k = min(left, self._pending_rows)
-                self._flush(k)
+                k = min(left, self._writer.staged)
+                self._writer.flush(limit=k)
+                self.stats.rows += k
                 left -= k
                 if bar is not None:
                     bar.update(k)
@@ -252,8 +252,7 @@ class Collector:
             "hidden": hidden,
         }
         rows, streams, ends = self._layout(cols, done_idx, e)
-        self._pending.append((rows, streams, ends))
-        self._pending_rows += int(streams.shape[0])
+        self._writer.extend(rows, streams=streams, ends=ends)
         # Episode bookkeeping and hidden resets.
         self._running += rewards
         if done_idx.size:
@@ -265,21 +264,3 @@ class Collector:
         self._first = done
         self._obs = next_obs
         self.stats.env_steps += 1
-
-    def _flush(self, k: int) -> None:
-        if len(self._pending) == 1:
-            rows, streams, ends = self._pending[0]
-        else:
-            parts = self._pending
-            rows = {name: np.concatenate([p[0][name] for p in parts]) for name in parts[0][0]}
-            streams = np.concatenate([p[1] for p in parts])
-            ends = np.concatenate([p[2] for p in parts])
-        head = {name: v[:k] for name, v in rows.items()}
-        self.table.extend(head, streams=streams[:k], ends=ends[:k])
-        n = int(streams.shape[0])
-        if k < n:
-            self._pending = [({name: v[k:] for name, v in rows.items()}, streams[k:], ends[k:])]
-        else:
-            self._pending = []
-        self._pending_rows = n - k
-        self.stats.rows += k

@@ -1,67 +1,63 @@
-"""The pieces of :class:`~replaydb.ray.client.RayClient`: write buffers, merged samples."""
+"""Pieces of :class:`~replaydb.ray.client.RayClient`: its writers' shard sink, merged samples."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from replaydb.errors import InvalidArgumentError
-from replaydb.ray._common import _BETA_KEYS, _exponent, _TableMeta
+from replaydb.ray._common import _BETA_KEYS, _exponent, _TableMeta, _wire
 from replaydb.spec import Spec
 from replaydb.table import Sample, Table
 
+if TYPE_CHECKING:
+    from replaydb.ray.client import RayClient
 
-@dataclass
-class _Pending:
-    """Steps buffered for one shard, in order: whole chunks, then single rows."""
 
-    chunks: list[tuple[dict[str, Any], Any, Any, Any]] = field(default_factory=list)
-    rows: dict[str, list[Any]] = field(default_factory=dict)
-    row_meta: list[tuple[int, int, float]] = field(default_factory=list)
-    with_priority: bool | None = None
-    timeout: float | None = None
-    count: int = 0
-    since: float = 0.0
+class _ShardSink:
+    """A :class:`~replaydb.writer.Writer`'s destination: one shard of a table.
 
-    def seal_rows(self) -> None:
-        """Turn the buffered single rows into one chunk (one ``np.stack`` per field)."""
-        if not self.row_meta:
-            return
-        meta = np.asarray(self.row_meta, dtype=np.float64)
-        self.chunks.append(
-            (
-                {k: np.stack(v) for k, v in self.rows.items()},
-                meta[:, 0].astype(np.int64),
-                meta[:, 1].astype(np.int64),
-                meta[:, 2].copy() if self.with_priority else None,
-            )
-        )
-        self.rows = {}
-        self.row_meta = []
+    ``extend`` sends the batch to the shard actor without waiting for it to be
+    applied, after the shard's previous batch was (so one shard's writes keep their
+    order); Ray copies the arguments when the call is made, so the writer may reuse
+    its stage at once.
+    """
 
-    def take(self) -> tuple[dict[str, Any], Any, Any, Any]:
-        self.seal_rows()
-        if len(self.chunks) == 1:
-            return self.chunks[0]
-        first = self.chunks[0][0]
-        return (
-            {k: _cat([c[0][k] for c in self.chunks]) for k in first},
-            np.concatenate([c[1] for c in self.chunks]),
-            np.concatenate([c[2] for c in self.chunks]),
-            np.concatenate([c[3] for c in self.chunks]) if self.with_priority else None,
+    def __init__(self, client: RayClient, key: tuple[str, int]) -> None:
+        self._client = client
+        self._key = key
+
+    def extend(
+        self,
+        steps: Mapping[str, Any],
+        *,
+        streams: Any = None,
+        ends: Any = None,
+        priorities: Any = None,
+        timeout: float | None = None,
+        table: str | None = None,
+    ) -> None:
+        """Send one batch to the shard (see :meth:`replaydb.table.Table.extend`)."""
+        client, key = self._client, self._key
+        client._wait_inflight(key)
+        shard = client._meta.tables[key[0]].shards[key[1]]
+        client._inflight[key] = shard.extend.remote(
+            {f: _to_wire(v) for f, v in steps.items()},
+            _to_wire(streams),
+            _to_wire(ends),
+            None if priorities is None else _to_wire(priorities),
+            timeout,
         )
 
 
-def _cat(parts: list[Any]) -> Any:
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
-    return torch.cat(parts)
+def _to_wire(v: Any) -> Any:
+    return _wire(v) if isinstance(v, torch.Tensor) else v
 
 
 def _numpy_fields(spec: Spec) -> dict[str, tuple[tuple[int, ...], Any]] | None:

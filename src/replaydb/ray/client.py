@@ -25,8 +25,8 @@ from replaydb.ray._client_parts import (
     _in_daemon_thread,
     _merge,
     _numpy_fields,
-    _Pending,
     _priority_column,
+    _ShardSink,
 )
 from replaydb.ray._common import (
     _DOWN_FOR_S,
@@ -43,6 +43,7 @@ from replaydb.ray._common import (
 )
 from replaydb.ray._connect import _join
 from replaydb.table import Sample, Table, TableInfo
+from replaydb.writer import Writer
 
 __all__ = ["RayClient"]
 
@@ -53,9 +54,12 @@ class RayClient:
     """The verbs of :class:`~replaydb.table.Table` on a sharded Ray service.
 
     Thread-safe. Pickles by actor handle (buffered steps stay behind: call
-    :meth:`flush` before handing a client over). Writes are buffered per shard and
-    sent in batches; an error of a buffered write (e.g. a rate-limiter timeout) is
-    raised by the next call that sends or waits for that shard's writes.
+    :meth:`flush` before handing a client over). Writes are staged per shard in a
+    :class:`~replaydb.writer.Writer` of ``batch_size`` steps and sent in batches (a
+    batch of ``batch_size`` or more goes straight to its shard), and a background
+    thread sends steps staged longer than ``max_latency_s``; an error of a sent
+    write (e.g. a rate-limiter timeout) is raised by the next call that sends or
+    waits for that shard's writes.
 
     Example:
         >>> client = server.client()
@@ -84,7 +88,7 @@ class RayClient:
         self._specs = {name: t.spec for name, t in meta.tables.items()}
         self._np_fields = {name: _numpy_fields(spec) for name, spec in self._specs.items()}
         self._lock = threading.RLock()
-        self._pending: dict[tuple[str, int], _Pending] = {}
+        self._writers: dict[tuple[str, int], Writer] = {}
         self._inflight: dict[tuple[str, int], Any] = {}
         self._flusher: threading.Thread | None = None
         self._down_until: dict[tuple[str, int], float] = {}
@@ -168,13 +172,17 @@ class RayClient:
         if row is None:  # the general path: conversions, nested fields, precise errors
             data = self._specs[t.name].coerce_step(step)
             row = {k: _wire(v[0]) for k, v in data.items()}
-        with self._lock:
-            key = (t.name, int(stream) % len(t.shards))
-            buf = self._open_buffer(key, priority is not None)
-            for k, v in row.items():
-                buf.rows.setdefault(k, []).append(v)
-            buf.row_meta.append((int(stream), code, 1.0 if priority is None else float(priority)))
-            self._after_add(key, buf, 1, timeout)
+        writer = self._writer((t.name, int(stream) % len(t.shards)))
+        values = [row[n] for n in writer.names]
+        values = [v[()] if v.ndim == 0 else v for v in values]  # scalars: immutable
+        writer.append(
+            values,
+            stream=int(stream),
+            end=code,
+            priority=None if priority is None else float(priority),
+            timeout=timeout,
+        )
+        self._after_add()
 
     def _fast_row(self, name: str, step: Mapping[str, Any]) -> dict[str, Any] | None:
         """``step`` as numpy values if every field already has its exact shape and dtype."""
@@ -192,26 +200,25 @@ class RayClient:
             out[k] = a
         return out
 
-    def _open_buffer(self, key: tuple[str, int], has_priority: bool) -> _Pending:
-        buf = self._pending.get(key)
-        if buf is not None and buf.with_priority is not None and buf.with_priority != has_priority:
-            self._send(key)  # priorities given or not: one kind per batch
-            buf = None
-        if buf is None:
-            buf = self._pending[key] = _Pending(since=time.monotonic())
-        buf.with_priority = has_priority
-        return buf
+    def _writer(self, key: tuple[str, int]) -> Writer:
+        """The stage of one shard of a table (made on first use)."""
+        writer = self._writers.get(key)
+        if writer is None:
+            with self._lock:
+                writer = self._writers.get(key)
+                if writer is None:
+                    writer = self._writers[key] = Writer(
+                        _ShardSink(self, key),
+                        self._specs[key[0]],
+                        max_steps=self.batch_size,
+                    )
+        return writer
 
-    def _after_add(
-        self, key: tuple[str, int], buf: _Pending, n: int, timeout: float | None
-    ) -> None:
-        buf.count += n
-        if timeout is not None:
-            buf.timeout = timeout if buf.timeout is None else min(buf.timeout, timeout)
-        if buf.count >= self.batch_size:
-            self._send(key)
-        if self._pending and self._flusher is None:
-            self._start_flusher()
+    def _after_add(self) -> None:
+        if self._flusher is None:
+            with self._lock:
+                if self._flusher is None:
+                    self._start_flusher()
 
     def extend(
         self,
@@ -272,34 +279,19 @@ class RayClient:
             groups = [(first, None)]
         else:
             groups = [(int(i), dest == i) for i in torch.unique(dest).tolist()]
-        with self._lock:
-            for shard, m in groups:
-                key = (t.name, shard)
-                buf = self._open_buffer(key, priorities is not None)
-                buf.seal_rows()
-                cols = [streams, ends] + ([] if priorities is None else [priorities])
-                if m is not None:
-                    cols = [c[m] for c in cols]
-                part = data if m is None else {f: v[m] for f, v in data.items()}
-                buf.chunks.append(
-                    (
-                        {f: _wire(v) for f, v in part.items()},
-                        _wire(cols[0]),
-                        _wire(cols[1]),
-                        None if priorities is None else _wire(cols[2]),
-                    )
-                )
-                self._after_add(key, buf, int(cols[0].numel()), timeout)
-
-    def _send(self, key: tuple[str, int]) -> None:
-        """Send one shard's buffer, after its previous batch was applied (keeps order)."""
-        buf = self._pending.pop(key, None)
-        if buf is None or buf.count == 0:
-            return
-        self._wait_inflight(key)
-        data, streams, ends, pri = buf.take()
-        shard = self._meta.tables[key[0]].shards[key[1]]
-        self._inflight[key] = shard.extend.remote(data, streams, ends, pri, buf.timeout)
+        for shard, m in groups:
+            cols = [streams, ends] + ([] if priorities is None else [priorities])
+            if m is not None:
+                cols = [c[m] for c in cols]
+            part = data if m is None else {f: v[m] for f, v in data.items()}
+            self._writer((t.name, shard)).extend(
+                part,
+                streams=cols[0],
+                ends=cols[1],
+                priorities=None if priorities is None else cols[2],
+                timeout=timeout,
+            )
+        self._after_add()
 
     def _wait_inflight(self, key: tuple[str, int]) -> None:
         ref = self._inflight.pop(key, None)
@@ -329,10 +321,8 @@ class RayClient:
     def _flush_old(self) -> None:
         if not _ray().is_initialized():
             return  # nothing to send to; see _sample_now
-        now = time.monotonic()
-        with self._lock:
-            for key in [k for k, b in self._pending.items() if now - b.since >= self.max_latency_s]:
-                self._send(key)
+        for writer in list(self._writers.values()):
+            writer.try_flush(older_than=self.max_latency_s, wait_lock=True, timeout=None)
 
     def flush(self) -> None:
         """Send every buffered step and wait until the shards applied them.
@@ -343,16 +333,17 @@ class RayClient:
         Example:
             >>> client.insert({"x": [0.0, 0.0]}); client.flush()
         """
+        for writer in list(self._writers.values()):
+            writer.flush()
         with self._lock:
-            for key in list(self._pending):
-                self._send(key)
             for key in list(self._inflight):
                 self._wait_inflight(key)
 
     def _flush_table(self, name: str) -> None:
+        for key, writer in list(self._writers.items()):
+            if key[0] == name:
+                writer.flush()
         with self._lock:
-            for key in [k for k in self._pending if k[0] == name]:
-                self._send(key)
             for key in [k for k in self._inflight if k[0] == name]:
                 self._wait_inflight(key)
 

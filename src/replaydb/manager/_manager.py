@@ -1,48 +1,7 @@
-"""ReplayBufferManager: the Reverb-style replay workflow of TF-Agents projects.
+"""ReplayBufferManager: a table in a server, observers, datasets, a checkpoint dir.
 
-TF-Agents trainers wrap DeepMind Reverb (Cassirer et al. 2021, arXiv 2102.04736) in
-a small manager: a table of ``sequence_length``-step windows in a server, an
-observer that writes environment steps, datasets of ``[B, num_steps, ...]``
-batches, and a checkpoint directory. :class:`ReplayBufferManager` gives the same
-calls on a replaydb :class:`~replaydb.table.Table` hosted by a
-:class:`~replaydb.server.Server` (in-process, or on Ray with ``backend="ray"``)::
-
-    manager = ReplayBufferManager(data_spec, capacity, checkpoint_dir, sequence_length=2)
-    replay_buffer, observer = manager.create_replay_buffer()   # or load_replay_buffer()
-    observer(step)                                             # in the collect loop
-    dataset = replay_buffer.as_dataset(64, num_steps=2, num_parallel_calls=3).prefetch(3)
-    replay_buffer.py_client.checkpoint()
-
-Items and frames
-----------------
-The table stores *steps*; an *item* is a window of ``sequence_length`` consecutive
-steps of one episode (stride 1), so an episode of ``L`` steps gives
-``L - sequence_length + 1`` items. :meth:`ReplayBufferManager.num_frames` counts
-items, as Reverb does.
-
-Episode boundaries
-------------------
-For trajectory-shaped steps (a ``next_step_type`` field), the rule is TF-Agents'
-``ReverbAddTrajectoryObserver``'s: an episode ends after its boundary step
-(``step_type`` LAST), so the terminal transition is stored too (for FIRST, MID,
-MID(next_step_type=LAST), boundary: windows (0, 1), (1, 2), (2, 3)); a step whose
-``step_type`` is FIRST (0) always starts a new episode. Otherwise the episode ends
-after a step whose ``terminated``/``truncated``/``done`` field is true, or when the
-observer is called with ``done=True``.
-
-Starter buffers of ``replaydb populate`` (the *steps* layout of
-:mod:`replaydb.collect`) load with a TF-Agents ``Trajectory`` spec too: the missing
-``next_step_type`` and ``discount`` are derived from ``step_type``, ``terminated``
-and ``truncated`` (see :meth:`ReplayBufferManager.load_replay_buffer`).
-
-Checkpoints
------------
-``<checkpoint_dir>/ckpt-<20-digit timestamp>/`` as written by
-:func:`replaydb.checkpoint.write_checkpoint`: the table ``replay_buffer`` in
-safetensors, a ``manifest.json`` (format version, checksums, and under
-``extra.manager`` the data-spec nest as JSON), and a ``COMPLETE`` marker written
-last. Loading takes the newest complete one; the newest ``keep`` are kept and only
-directories replaydb wrote are ever deleted.
+See :mod:`replaydb.manager` for the workflow, items, episode boundaries and the
+checkpoint layout.
 """
 
 from __future__ import annotations
@@ -52,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,18 +24,18 @@ from replaydb.errors import (
     InvalidArgumentError,
     SpecMismatchError,
 )
+from replaydb.manager._buffer import TABLE_NAME, ManagedReplayBuffer
+from replaydb.manager._observer import StepObserver
+from replaydb.manager._steps import _trajectory_from_steps
 from replaydb.nest import Nest
-from replaydb.observer import StepObserver
-from replaydb.rate_limiters import RateLimiter, rate_limiter_from_config
-from replaydb.samplers import Sampler, sampler_from_config
-from replaydb.server import Server
+from replaydb.rate_limiters import RateLimiter
+from replaydb.samplers import Sampler
+from replaydb.server import Server, TableClient
 from replaydb.spec import Spec
-from replaydb.storage import END_NONE
-from replaydb.table import Sample, Table, TableInfo
+from replaydb.table import Table, TableInfo
 
-__all__ = ["ManagedReplayBuffer", "ReplayBufferManager", "StepObserver"]
+__all__ = ["ReplayBufferManager"]
 
-TABLE_NAME = "replay_buffer"
 MANAGER_FORMAT = "replaydb.manager"
 #: A dataset sample flushes observers whose oldest staged step waited this long (s).
 STALE_S = 0.05
@@ -86,211 +45,6 @@ def _int_arg(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
-
-
-# ====================================================================== client
-class TableClient(Protocol):
-    """The client verbs the manager uses (a local :class:`~replaydb.server.Client` or Ray's)."""
-
-    def extend(
-        self,
-        steps: Mapping[str, Any],
-        *,
-        streams: Any = None,
-        ends: Any = None,
-        priorities: Any = None,
-        timeout: float | None = None,
-        table: str | None = None,
-    ) -> None:
-        """Write a batch of steps."""
-
-    def insert(
-        self,
-        step: Mapping[str, Any],
-        *,
-        stream: int = 0,
-        end: bool | int = False,
-        priority: float | None = None,
-        timeout: float | None = None,
-        table: str | None = None,
-    ) -> None:
-        """Write one step."""
-
-    def sample(
-        self,
-        batch_size: int,
-        *,
-        beta: float | None = None,
-        timeout: float | None = None,
-        table: str | None = None,
-    ) -> Sample:
-        """Draw a batch of items."""
-
-    def update_priorities(self, keys: Any, priorities: Any, *, table: str | None = None) -> int:
-        """Re-prioritize items."""
-
-    def info(self, *, table: str | None = None) -> TableInfo:
-        """A snapshot of a table."""
-
-    def reset(self, *, table: str | None = None) -> None:
-        """Empty a table."""
-
-    def checkpoint(self) -> str:
-        """Write a checkpoint."""
-
-    def tables(self) -> list[str]:
-        """Names of the tables."""
-
-
-class _ManagedClient:
-    """A client whose reads and checkpoints first flush the manager's observers."""
-
-    def __init__(self, manager: ReplayBufferManager, client: TableClient) -> None:
-        self._manager = manager
-        self._client = client
-
-    def __repr__(self) -> str:
-        return f"py_client({self._client!r})"
-
-    def insert(self, step: Mapping[str, Any], **kwargs: Any) -> None:
-        self._manager._flush_observers(wait=True)
-        self._client.insert(step, **kwargs)
-
-    def extend(self, steps: Mapping[str, Any], **kwargs: Any) -> None:
-        self._manager._flush_observers(wait=True)
-        self._client.extend(steps, **kwargs)
-
-    def sample(self, batch_size: int, **kwargs: Any) -> Sample:
-        self._manager._flush_observers(wait=False)
-        return self._client.sample(batch_size, **kwargs)
-
-    def update_priorities(self, keys: Any, priorities: Any = None, **kwargs: Any) -> int:
-        """Re-prioritize items: ``(keys, priorities)``, or Reverb's ``(table, {key: priority})``.
-
-        Returns:
-            How many keys named a live item.
-
-        Raises:
-            InvalidArgumentError: For an unknown table name, or a Reverb-style call
-                whose second argument is not a ``{key: priority}`` mapping.
-
-        Example:
-            >>> replay_buffer, observer = manager.create_replay_buffer()
-            >>> for t in range(5):
-            ...     observer({"obs": np.zeros(3, np.float32), "done": False})
-            >>> observer.flush()
-            >>> replay_buffer.py_client.update_priorities("replay_buffer", {3: 0.5})
-            1
-        """
-        if isinstance(keys, str):
-            if keys not in self._client.tables():
-                raise InvalidArgumentError(
-                    f"update_priorities: no table {keys!r}; this buffer's table is {TABLE_NAME!r}"
-                )
-            if not isinstance(priorities, Mapping):
-                raise InvalidArgumentError(
-                    "update_priorities(table, updates) takes Reverb's {key: priority} mapping "
-                    f"as updates, got {type(priorities).__name__}; or call "
-                    "update_priorities(keys, priorities)"
-                )
-            kwargs["table"] = keys
-            keys, priorities = list(priorities.keys()), list(priorities.values())
-        elif isinstance(keys, Mapping) and priorities is None:
-            keys, priorities = list(keys.keys()), list(keys.values())
-        elif priorities is None:
-            raise InvalidArgumentError(
-                "update_priorities needs priorities: (keys, priorities), ({key: priority}) "
-                "or Reverb's (table, {key: priority})"
-            )
-        return int(self._client.update_priorities(keys, priorities, **kwargs))
-
-    def info(self, **kwargs: Any) -> TableInfo:
-        self._manager._flush_observers(wait=False)
-        return self._client.info(**kwargs)
-
-    def reset(self, **kwargs: Any) -> None:
-        self._manager._discard_observers()
-        self._client.reset(**kwargs)
-
-    def checkpoint(self) -> str:
-        """Flush the observers, then write a checkpoint; return its path."""
-        return self._manager.checkpoint()
-
-    def tables(self) -> list[str]:
-        return list(self._client.tables())
-
-
-# ====================================================================== buffer
-class ManagedReplayBuffer:
-    """The replay buffer a :class:`ReplayBufferManager` returns (TF-Agents' shape).
-
-    Attributes:
-        py_client: The client of the table; ``py_client.checkpoint()`` writes a
-            checkpoint and returns its path.
-        data_spec: The spec of one step (the nest given to the manager).
-        capacity: Steps the table holds.
-        sequence_length: Steps per item.
-    """
-
-    def __init__(self, manager: ReplayBufferManager) -> None:
-        self._manager = manager
-        self.py_client = _ManagedClient(manager, manager._require_client())
-        self.data_spec: Any = manager.data_spec
-        self.capacity = manager.capacity
-        self.sequence_length = manager.sequence_length
-
-    def __repr__(self) -> str:
-        return (
-            f"ManagedReplayBuffer(capacity={self.capacity}, sequence_length={self.sequence_length})"
-        )
-
-    def as_dataset(
-        self,
-        sample_batch_size: int,
-        num_steps: int | None = None,
-        num_parallel_calls: int | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> Dataset:
-        """Endless ``(batch, info)`` pairs; chain ``.prefetch(n)`` to sample ahead.
-
-        Args:
-            sample_batch_size: Rows per batch.
-            num_steps: Steps per row; must divide ``sequence_length`` (default all).
-            num_parallel_calls: Sampling threads (default 1).
-            timeout: Seconds a batch may wait for the rate limiter (``None``: for ever).
-
-        Returns:
-            A :class:`~replaydb.dataset.Dataset` whose batches have the data spec's
-            structure with leaves ``[B, num_steps, ...]``.
-
-        Raises:
-            InvalidArgumentError: (a ``ValueError``) for bad sizes, or ``num_steps``
-                not dividing ``sequence_length``.
-            ClosedError: If the manager is closed.
-
-        Example:
-            >>> replay_buffer, observer = manager.create_replay_buffer()
-            >>> for t in range(10):
-            ...     observer({"obs": np.zeros(3, np.float32), "done": t == 9})
-            >>> ds = replay_buffer.as_dataset(64, num_steps=2, num_parallel_calls=3).prefetch(3)
-            >>> batch, info = next(iter(ds)); batch["obs"].shape
-            torch.Size([64, 2, 3])
-        """
-        return self._manager._dataset(
-            sample_batch_size,
-            num_steps,
-            1 if num_parallel_calls is None else num_parallel_calls,
-            timeout,
-        )
-
-    def num_frames(self) -> int:
-        """Sampleable items (windows), as Reverb counts them; see the manager."""
-        return self._manager.num_frames()
-
-    def clear(self) -> None:
-        """Empty the table; see :meth:`ReplayBufferManager.clear`."""
-        self._manager.clear()
 
 
 # ====================================================================== manager
@@ -746,69 +500,3 @@ class ReplayBufferManager:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _trajectory_from_steps(table: Table, spec: Spec) -> Table | None:
-    """A copy of a ``populate`` (*steps* layout) table in a TF-Agents ``Trajectory`` spec.
-
-    Row ``t`` of the steps layout holds ``o_t, a_t, r_t`` and the ``terminated``/
-    ``truncated`` flags of ``env.step(a_t)``; an episode's extra final row has
-    ``step_type`` LAST. As a ``Trajectory``: ``next_step_type`` is FIRST on that
-    final (boundary) row, LAST on the row whose flags are set, MID elsewhere;
-    ``discount`` is 0 on a terminated transition, else 1. Every other field of
-    ``spec`` is copied by name (dtypes cast). Rows are rewritten in key order with
-    their streams and end codes, so the windows are the same; priorities and
-    counters start afresh.
-
-    Returns:
-        The new table, or None when the table is not in the steps layout or ``spec``
-        asks for a field that is neither stored nor derivable.
-    """
-    src = table.spec
-    if not {"terminated", "truncated", "step_type"} <= set(src) or not {
-        "next_step_type",
-        "discount",
-    } <= set(spec):
-        return None
-    missing = [n for n in spec if n not in src and n not in ("next_step_type", "discount")]
-    if missing:
-        return None
-    storage = table.storage
-    n = storage.num_rows
-    order = torch.argsort(storage.key[:n])
-    cols = {name: t[:n].index_select(0, order) for name, t in storage.fields.items()}
-    step_type = cols["step_type"].to(torch.int64)
-    flags = cols["terminated"].to(torch.bool) | cols["truncated"].to(torch.bool)
-    boundary = step_type == 2
-    next_step_type = torch.where(
-        boundary,
-        torch.zeros_like(step_type),
-        torch.where(flags, torch.full_like(step_type, 2), torch.ones_like(step_type)),
-    )
-    discount = (~(cols["terminated"].to(torch.bool) & ~boundary)).to(torch.float32)
-    data: dict[str, torch.Tensor] = {}
-    for name, field in spec.items():
-        if name == "next_step_type":
-            value = next_step_type
-        elif name == "discount":
-            value = discount
-        else:
-            value = cols[name]
-            if tuple(value.shape[1:]) != field.shape:
-                return None
-        data[name] = value.to(field.dtype)
-    out = Table(
-        spec,
-        table.capacity,
-        sampler=sampler_from_config(table.sampler.config()),
-        rate_limiter=rate_limiter_from_config(table.rate_limiter.config()),
-        sequence_length=table.sequence_length,
-        max_times_sampled=table.max_times_sampled,
-        device=table.device,
-        name=table.name,
-    )
-    if n:
-        streams = storage.stream[:n].index_select(0, order)
-        ends = storage.end[:n].index_select(0, order)
-        out.extend(data, streams=streams, ends=torch.where(ends < 0, END_NONE, ends))
-    return out
