@@ -65,6 +65,11 @@ class ReplayBufferManager:
         keep: Complete checkpoints to keep (older replaydb checkpoints are deleted).
         device: Where the table's tensors live (default CPU).
         write_batch: Steps an observer stages before one ``extend`` (default 4096).
+        frame_stack: ``field -> k`` (or ``(k, "first" | "zeros")``): sample these
+            fields as their last ``k`` frames, gathered from the episode at sample
+            time, each frame stored once (see :class:`~replaydb.table.Table`).
+            Names are the spec's flattened names (``"observation.pixels"``).
+            ``None`` on load: take the checkpoint's.
         backend: ``"local"`` or ``"ray"``; ``**backend_options`` go to the Ray server.
 
     Raises:
@@ -90,6 +95,7 @@ class ReplayBufferManager:
         device: torch.device | str | None = None,
         write_batch: int = 4096,
         backend: str = "local",
+        frame_stack: Mapping[str, int | tuple[int, str]] | None = None,
         **backend_options: Any,
     ) -> None:
         self.sequence_length = _int_arg("sequence_length", sequence_length, 1)
@@ -119,6 +125,12 @@ class ReplayBufferManager:
             if isinstance(data_spec, Nest)
             else Nest(data_spec)
         )
+        if frame_stack is not None and not isinstance(frame_stack, Mapping):
+            raise InvalidArgumentError(
+                "frame_stack must be a mapping field -> k (or (k, 'first' | 'zeros')), got "
+                f"{type(frame_stack).__name__}; for example frame_stack={{'observation': 4}}"
+            )
+        self._frame_stack = dict(frame_stack) if frame_stack is not None else None
         self._sampler = sampler
         self._rate_limiter = rate_limiter
         self._device = device
@@ -250,6 +262,7 @@ class ReplayBufferManager:
             sequence_length=self.sequence_length,
             device=self._device,
             name=TABLE_NAME,
+            frame_stack=self._frame_stack or None,
         )
         out = self._serve(table)
         if existing is not None:
@@ -337,6 +350,18 @@ class ReplayBufferManager:
                 f"sequence_length ({self.sequence_length}) differs from the checkpoint's "
                 f"({table.sequence_length}); pass sequence_length={table.sequence_length}"
             )
+        if self._frame_stack is not None:
+            stored_stack = {k: (n, pad) for k, (n, pad) in table.frame_stack.items()}
+            given = {
+                k: (v, "first") if isinstance(v, int) else tuple(v)
+                for k, v in self._frame_stack.items()
+            }
+            if given != stored_stack:
+                raise InvalidArgumentError(
+                    f"frame_stack ({given}) differs from the checkpoint's ({stored_stack}); "
+                    "pass the frame_stack the buffer was written with, or frame_stack=None "
+                    "to take the checkpoint's"
+                )
         rows = table.num_steps
         if rows:
             self._next_stream = int(table.storage.stream[:rows].max()) + 1

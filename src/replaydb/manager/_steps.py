@@ -71,6 +71,7 @@ def _trajectory_from_steps(table: Table, spec: Spec) -> Table | None:
         max_times_sampled=table.max_times_sampled,
         device=table.device,
         name=table.name,
+        frame_stack=dict(table.frame_stack) or None,
     )
     if n:
         streams = storage.stream[:n].index_select(0, order)
