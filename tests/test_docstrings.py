@@ -27,7 +27,11 @@ import torch
 import replaydb
 
 NEEDS = {"replaydb.ray_backend": "ray", "replaydb.ray": "ray", "replaydb.reverb": "tensorflow"}
-SKIP_MODULES = {"replaydb.__main__", "replaydb.ray_backend"}  # an entry point; a deprecated alias
+SKIP_MODULES = {
+    "replaydb.__main__",
+    "replaydb.ray_backend",
+    "replaydb.observer",
+}  # deprecated aliases
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

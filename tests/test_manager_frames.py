@@ -63,7 +63,7 @@ def check_stacks(obs: np.ndarray) -> None:
 
 def test_samples_are_stacked_and_survive_a_checkpoint(tmp_path: Path) -> None:
     manager = ReplayBufferManager(SPEC, 100, tmp_path, 2, frame_stack={"observation": 4})
-    buffer, _ = manager.create_replay_buffer()
+    manager.create_replay_buffer()
     fill(manager)
     batch, _info = next(iter(manager.get_dataset(16)))
     obs = batch.observation.numpy()

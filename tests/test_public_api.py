@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import pytest
 
@@ -90,3 +91,22 @@ def test_import_has_no_optional_dependencies() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("module", "names", "needs"),
+    [
+        ("replaydb.observer", ("StepObserver", "FIRST", "MID", "LAST"), None),
+        ("replaydb.ray_backend", ("RayServer", "RayClient"), "ray"),
+    ],
+)
+def test_deprecated_module_aliases_warn_and_still_work(
+    module: str, names: tuple[str, ...], needs: str | None
+) -> None:
+    if needs is not None:
+        pytest.importorskip(needs)
+    sys.modules.pop(module, None)
+    with pytest.warns(DeprecationWarning, match=rf"{module} is deprecated"):
+        alias = importlib.import_module(module)
+    for name in names:
+        assert getattr(alias, name) is not None

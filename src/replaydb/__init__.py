@@ -22,9 +22,8 @@ from replaydb.buffer import BatchExperience, ReplayBuffer
 from replaydb.checkpoint import load_table, save_table
 from replaydb.collect import Collector, populate, warm
 from replaydb.dataset import Dataset, SampleInfo
-from replaydb.manager import ReplayBufferManager
+from replaydb.manager import ReplayBufferManager, StepObserver
 from replaydb.nstep import NStepTargets, nstep_returns
-from replaydb.observer import StepObserver
 from replaydb.server import Client, Server
 from replaydb.spec import Field, Spec
 from replaydb.table import Sample, Table, TableInfo
