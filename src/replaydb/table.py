@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from replaydb import _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
+from replaydb import _devices, _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
 from replaydb._records import LiveSteps, Sample, TableInfo
 from replaydb._table_checks import (
     check_mapping,
@@ -251,7 +251,7 @@ class Table(TableStateVerbs, TableFrontEndVerbs):
         self._np_priority: np.ndarray[Any, Any] | None = None
         self._np_times: np.ndarray[Any, Any] | None = None
         self._kernels = None
-        if dev.type == "cpu":
+        if _devices.host_path(dev):  # CPU, unless a test forces the torch path
             self._kernels = _kernels.get()
             host = (
                 _items.NumbaRecords(self, self._kernels)
