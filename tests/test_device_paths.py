@@ -72,6 +72,9 @@ def tables(
 
     out = [build(path, make) for path in PATHS]
     names = [t.storage.engine.name for t in out]
+    # The item records take the table's path too (the torch one is a GPU table's).
+    records = [t._records.name for t in out]
+    assert records == (["numba"] if _kernels.get() else ["numpy"]) + ["numpy", "torch"]
     if _kernels.get() is None:
         assert names == ["numpy", "numpy", "torch"]
     else:

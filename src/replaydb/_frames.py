@@ -136,7 +136,11 @@ class _Plan:
 
     def __init__(self, table: Table) -> None:
         st = table.storage
-        groups = st._np_groups
+        from replaydb.storage._rings import HostRing  # here: _rings imports this module
+
+        engine = st.engine
+        assert isinstance(engine, HostRing)
+        groups = engine.groups
         #: Kept so the addresses in ``plan`` stay valid while the plan lives.
         self.groups = groups
         #: Per field: name, dtype, shape of one sampled row, start in the output
@@ -159,32 +163,32 @@ class _Plan:
         self.row_bytes = start
         self.starts = np.array([f[3] for f in self.fields], dtype=np.int64)
         self.plan = np.array(rows, dtype=np.int64).reshape(-1, 6)
-        links = st._np_links
-        assert links is not None
         #: The compiled pass and its arguments but the rows and the output.
-        self.call = (_kernel(), table._stack_k, links[0], links[1], self.plan, self.starts)
+        self.call = (_kernel(), table._stack_k, engine.key, engine.prev, self.plan, self.starts)
 
     @staticmethod
     def usable(table: Table) -> bool:
-        """Whether every group is a C-ordered CPU array the compiled pass can read."""
-        st = table.storage
-        return (
-            st._np is not None
-            and st._np_links is not None
-            and all(g.ndim == 2 and g.flags.c_contiguous for g in st._np_groups.values())
+        """Whether the storage takes the compiled path and every group is C-ordered."""
+        engine = table.storage.engine
+        groups = getattr(engine, "groups", {})
+        return engine.name == "numba" and all(
+            g.ndim == 2 and g.flags.c_contiguous for g in groups.values()
         )
 
 
-#: Storage -> its plan (None: the compiled pass does not apply to it).
+_NO_PLAN: Any = object()
+
+#: Storage -> its plan (None: the compiled pass does not apply to it), made once
+#: per storage: its device path and groups never change.
 _PLANS: weakref.WeakKeyDictionary[Storage, _Plan | None] = weakref.WeakKeyDictionary()
 
 
 def _plan(table: Table) -> _Plan | None:
     st = table.storage
-    if st not in _PLANS or ((p := _PLANS[st]) is not None and p.groups is not st._np_groups):
-        ok = table._kernels is not None and _Plan.usable(table) and _kernel() is not None
-        _PLANS[st] = _Plan(table) if ok else None
-    return _PLANS[st]
+    plan = _PLANS.get(st, _NO_PLAN)
+    if plan is _NO_PLAN:
+        plan = _PLANS[st] = _Plan(table) if _Plan.usable(table) and _kernel() is not None else None
+    return plan  # type: ignore[no-any-return]
 
 
 def _fused(plan: _Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -239,17 +240,7 @@ def add_items(table: Table, keys: torch.Tensor, priorities: torch.Tensor | None)
         priorities = torch.full((m,), table._max_priority, dtype=torch.float64, device=table.device)
     else:
         table._max_priority = max(table._max_priority, float(priorities.max()))
-    if table._np_item_key is not None:
-        # CPU: numpy stores into the packed record columns (torch's strided
-        # index_put costs several microseconds a call).
-        s, k = slots.numpy(), keys.numpy()
-        table._np_item_key[s] = k
-        table._np_priority[s] = priorities.numpy()  # type: ignore[index]
-        table._np_times[s] = 0  # type: ignore[index]
-    else:
-        table._item_key[slots] = keys
-        table._priority[slots] = priorities
-        table._times[slots] = 0
+    table._records.add(table, slots, keys, priorities)
     table._size += m
     table.sampler.on_insert(slots, priorities)
     table.rate_limiter.on_insert(m)
@@ -287,25 +278,7 @@ def take_items(
 
     A slot drawn twice counts twice, and both draws report the final count.
     """
-    item_key = table._np_item_key
-    if item_key is None:
-        table._times.index_add_(0, slots, torch.ones_like(slots))
-        return (
-            table._item_key.index_select(0, slots),
-            table._times.index_select(0, slots),
-            table._priority.index_select(0, slots),
-        )
-    times, priority = table._np_times, table._np_priority
-    assert times is not None
-    assert priority is not None
-    s = slots.numpy()
-    if table._kernels is not None:
-        keys, t, p = table._kernels.take_items(s, item_key, times, priority)
-    else:
-        np.add.at(times, s, 1)
-        # Fancy indexing, not take: take copies a strided column whole first.
-        keys, t, p = item_key[s], times[s], priority[s]
-    return torch.from_numpy(keys), torch.from_numpy(t), torch.from_numpy(p)
+    return table._records.take(table, slots)
 
 
 def select_in_order(table: Table, n: int) -> Selection:
@@ -336,8 +309,11 @@ def update_priorities(table: Table, keys: Any, priorities: Any) -> int:
     """:meth:`Table.update_priorities`: check everything, then write the live ones."""
     check_keys(keys)
     check_numbers("priorities", priorities)
-    if table._np_item_key is not None:
-        return update_priorities_numpy(table, keys, priorities)
+    return table._records.update_priorities(table, keys, priorities)
+
+
+def update_priorities_torch(table: Table, keys: Any, priorities: Any) -> int:
+    """:func:`update_priorities` by torch ops (any device; keys and values checked)."""
     k = torch.as_tensor(keys, device=table.device).to(torch.int64).reshape(-1)
     p = torch.as_tensor(priorities, dtype=torch.float64, device=table.device).reshape(-1)
     if k.shape != p.shape:
@@ -370,7 +346,7 @@ def remove_keys(table: Table, keys: Any) -> int:
         return n
 
 
-def update_priorities_numpy(table: Table, keys: Any, priorities: Any) -> int:
+def update_priorities_numpy(table: Table, keys: Any, priorities: Any, records: HostRecords) -> int:
     """:meth:`update_priorities` on CPU through numpy views (same checks and effects)."""
     k = as_numpy(keys, np.int64)
     p = as_numpy(priorities, np.float64)
@@ -381,9 +357,7 @@ def update_priorities_numpy(table: Table, keys: Any, priorities: Any) -> int:
         )
     if k.size == 0:
         return 0
-    item_key, priority = table._np_item_key, table._np_priority
-    assert item_key is not None
-    assert priority is not None
+    item_key, priority = records.key, records.priority
     prio = table._prio_items
     if prio is not None:
         # Compiled: check, write the live priorities and update the sum tree.
@@ -396,25 +370,7 @@ def update_priorities_numpy(table: Table, keys: Any, priorities: Any) -> int:
                 table._max_priority = hi
             return live
     with table._cond:
-        if table._kernels is not None:
-            # One pass: check every priority, keep and write the live ones.
-            slots, live_p, hi, bad = table._kernels.live_updates(
-                k, p, item_key, priority, table._priority_limit
-            )
-            if bad >= 0:
-                # raises, naming the value
-                check_priority_values(torch.from_numpy(p), table._priority_limit)
-        else:
-            lo, hi = p.min(), p.max()
-            if not (lo > 0 and hi <= table._priority_limit and hi < np.inf):  # NaN fails
-                check_priority_values(torch.from_numpy(p), table._priority_limit)
-            slots = k % table.capacity
-            live = (item_key[slots] == k) & (k >= 0)
-            live_p = p
-            if not live.all():
-                slots, live_p = slots[live], p[live]
-                hi = live_p.max() if live_p.size else hi
-            priority[slots] = live_p
+        slots, live_p, hi = records.live_updates(table, k, p)
         if slots.size:
             if hi > table._max_priority:
                 table._max_priority = float(hi)
@@ -423,3 +379,125 @@ def update_priorities_numpy(table: Table, keys: Any, priorities: Any) -> int:
             else:
                 table.sampler.update(torch.from_numpy(slots), torch.from_numpy(live_p))
         return int(slots.size)
+
+
+class TorchRecords:
+    """Item records through torch ops on the table's tensors (any device)."""
+
+    name = "torch"
+
+    def add(
+        self, table: Table, slots: torch.Tensor, keys: torch.Tensor, priorities: torch.Tensor
+    ) -> None:
+        """Record new items at ``slots``: keys, priorities, zero draws."""
+        table._item_key[slots] = keys
+        table._priority[slots] = priorities
+        table._times[slots] = 0
+
+    def take(
+        self, table: Table, slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`take_items`."""
+        table._times.index_add_(0, slots, torch.ones_like(slots))
+        return (
+            table._item_key.index_select(0, slots),
+            table._times.index_select(0, slots),
+            table._priority.index_select(0, slots),
+        )
+
+    def update_priorities(self, table: Table, keys: Any, priorities: Any) -> int:
+        """:func:`update_priorities` after its argument checks."""
+        return update_priorities_torch(table, keys, priorities)
+
+    def ones(self, table: Table, n: int) -> torch.Tensor:
+        """``n`` float32 ones on the table's device (uniform weights)."""
+        return torch.ones(n, dtype=torch.float32, device=table.device)
+
+
+class HostRecords:
+    """CPU: item records through zero-copy numpy views of the table's columns
+    (torch's strided index_put costs several microseconds a call)."""
+
+    name = "numpy"
+
+    def __init__(self, table: Table) -> None:
+        self.key: np.ndarray[Any, Any] = table._item_key.numpy()
+        self.priority: np.ndarray[Any, Any] = table._priority.numpy()
+        self.times: np.ndarray[Any, Any] = table._times.numpy()
+
+    def add(
+        self, table: Table, slots: torch.Tensor, keys: torch.Tensor, priorities: torch.Tensor
+    ) -> None:
+        """Record new items at ``slots``: keys, priorities, zero draws."""
+        s = slots.numpy()
+        self.key[s] = keys.numpy()
+        self.priority[s] = priorities.numpy()
+        self.times[s] = 0
+
+    def take(
+        self, table: Table, slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`take_items`."""
+        s = slots.numpy()
+        times = self.times
+        np.add.at(times, s, 1)
+        # Fancy indexing, not take: take copies a strided column whole first.
+        keys, t, p = self.key[s], times[s], self.priority[s]
+        return torch.from_numpy(keys), torch.from_numpy(t), torch.from_numpy(p)
+
+    def update_priorities(self, table: Table, keys: Any, priorities: Any) -> int:
+        """:func:`update_priorities` after its argument checks."""
+        return update_priorities_numpy(table, keys, priorities, self)
+
+    def live_updates(
+        self, table: Table, k: np.ndarray[Any, Any], p: np.ndarray[Any, Any]
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], Any]:
+        """Check every priority, write the live ones; return their slots, values, max."""
+        lo, hi = p.min(), p.max()
+        if not (lo > 0 and hi <= table._priority_limit and hi < np.inf):  # NaN fails
+            check_priority_values(torch.from_numpy(p), table._priority_limit)
+        slots = k % table.capacity
+        live = (self.key[slots] == k) & (k >= 0)
+        live_p = p
+        if not live.all():
+            slots, live_p = slots[live], p[live]
+            hi = live_p.max() if live_p.size else hi
+        self.priority[slots] = live_p
+        return slots, live_p, hi
+
+    def ones(self, table: Table, n: int) -> torch.Tensor:
+        """``n`` float32 ones (uniform weights)."""
+        return torch.from_numpy(np.ones(n, np.float32))
+
+
+class NumbaRecords(HostRecords):
+    """:class:`HostRecords` whose draw counting and priority updates are compiled."""
+
+    name = "numba"
+
+    def __init__(self, table: Table, kernels: SimpleNamespace) -> None:
+        super().__init__(table)
+        self.kernels = kernels
+
+    def take(
+        self, table: Table, slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`take_items`."""
+        keys, t, p = self.kernels.take_items(slots.numpy(), self.key, self.times, self.priority)
+        return torch.from_numpy(keys), torch.from_numpy(t), torch.from_numpy(p)
+
+    def live_updates(
+        self, table: Table, k: np.ndarray[Any, Any], p: np.ndarray[Any, Any]
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], Any]:
+        """One pass: check every priority, keep and write the live ones."""
+        slots, live_p, hi, bad = self.kernels.live_updates(
+            k, p, self.key, self.priority, table._priority_limit
+        )
+        if bad >= 0:
+            # raises, naming the value
+            check_priority_values(torch.from_numpy(p), table._priority_limit)
+        return slots, live_p, hi
+
+
+#: A table's item-record path, chosen once when its records are allocated.
+Records = TorchRecords | HostRecords

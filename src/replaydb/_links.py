@@ -90,20 +90,13 @@ def link(
 ) -> torch.Tensor:
     """Link each new step to its predecessor in the same stream; return positions."""
     grow_streams(storage, int(streams.max()))
-    if storage._kernels is not None:
-        assert storage._np_links is not None
-        np_key, np_prev, np_next = storage._np_links
-        pos = storage._kernels.link_steps(
-            keys.numpy(),
-            streams.numpy(),
-            ends.numpy(),
-            np_key,
-            np_prev,
-            np_next,
-            storage._last_key.numpy(),
-            storage._ep_len.numpy(),
-        )
-        return torch.from_numpy(pos)
+    return storage.engine.link(keys, streams, ends)
+
+
+def link_torch(
+    storage: Storage, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor
+) -> torch.Tensor:
+    """:func:`link` by torch ops (any device; the storage's streams already grown)."""
     order, ss, ks, es, last, prev, pos = positions(storage, keys, streams, ends)
     # index_copy_ rather than tensor-indexed assignment: same result (keys and
     # streams within one call are distinct), a fraction of the per-call cost.

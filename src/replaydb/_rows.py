@@ -92,20 +92,15 @@ class RowWriter:
         # Uniform's contiguous insert changes nothing for a slot that has an item
         # (its item is replaced): only a fresh slot needs the call.
         self._uniform = type(table.sampler) is Uniform
-        self._views()
-
-    def _views(self) -> None:
-        """Numpy views of the bookkeeping columns (taken again if the table reallocates)."""
-        table, storage = self.table, self.table.storage
+        # Numpy views of the bookkeeping columns (a table allocates its records once).
         self._key = storage.key.numpy()
         self._stream = storage.stream.numpy()
         self._end = storage.end.numpy()
-        assert table._np_item_key is not None  # a CPU table (see applies)
-        assert table._np_priority is not None
-        assert table._np_times is not None
-        self._item_key: np.ndarray[Any, Any] = table._np_item_key
-        self._priority: np.ndarray[Any, Any] = table._np_priority
-        self._times: np.ndarray[Any, Any] = table._np_times
+        records = table._records
+        assert isinstance(records, _items.HostRecords)  # a CPU table (see applies)
+        self._item_key: np.ndarray[Any, Any] = records.key
+        self._priority: np.ndarray[Any, Any] = records.priority
+        self._times: np.ndarray[Any, Any] = records.times
 
     @staticmethod
     def applies(table: Table) -> bool:
@@ -162,11 +157,9 @@ class RowWriter:
                 return False
             table._threads.add(_get_ident())
             fast = table._fast_insert
-            if fast is None or table._np_item_key is not self._item_key:
-                # A sampler without the contiguous insert (prioritized), or records
-                # reallocated since: the general numpy write (the tree gets the item's
-                # priority there).
-                self._views()
+            if fast is None:
+                # A sampler without the contiguous insert (prioritized): the general
+                # numpy write (the tree gets the item's priority there).
                 _items.write_numpy(table, {self.dtype: stage}, 1, 0, 0)
                 return True
             # Table.extend_unchecked's one-row write, on views taken once.
@@ -235,8 +228,7 @@ class RowWriter:
             except (RuntimeError, TypeError, ValueError):
                 return False
             fast = table._fast_insert
-            if fast is None or table._np_item_key is not self._item_key:
-                self._views()
+            if fast is None:
                 _items.write_numpy(table, {}, n, 0, 0)  # the data is in place
                 return True
             # Table.extend_unchecked's write of n rows, on views taken once.
@@ -311,13 +303,11 @@ def sample_transitions(
     if prio is None:
         sampler = table.sampler
         if (
-            type(sampler) is Uniform
+            table._short_draw is not None
+            and type(sampler) is Uniform
+            and table.max_times_sampled is None
             and type(batch_size) is int
             and batch_size > 0
-            and table.max_times_sampled is None
-            and table.sequence_length == 1
-            and not table.frame_stack
-            and table._np_item_key is not None
         ):
             # sample_data's short path, less its checks: a uniform draw and a gather.
             lock = table.locked()

@@ -31,7 +31,7 @@ from replaydb import _frames, _items, _waiting
 from replaydb._records import Sample
 from replaydb._validate import check_int, check_timeout, check_unit_interval
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
-from replaydb.samplers import ItemCounter, Uniform
+from replaydb.samplers import ItemCounter
 from replaydb.storage import check_memory
 
 if TYPE_CHECKING:
@@ -119,11 +119,7 @@ def sample(table: Table, batch_size: Any, beta: Any, timeout: Any) -> Sample:
         _waiting.notify(table)
     weights = sel.weights
     if weights is None:
-        weights = (
-            torch.from_numpy(np.ones(b, np.float32))
-            if table._np_item_key is not None
-            else torch.ones(b, dtype=torch.float32, device=table.device)
-        )
+        weights = table._records.ones(table, b)
     return Sample(
         data=data,
         keys=keys,
@@ -183,12 +179,9 @@ def _sample_prioritized(
 
 def sample_data(table: Table, batch_size: Any, timeout: Any) -> dict[str, torch.Tensor]:
     """:meth:`Table.sample_data`: the uniform CPU short path, else ``sample(...).data``."""
-    sampler = table.sampler
+    draw = table._short_draw
     if (
-        table.sequence_length != 1
-        or table.frame_stack
-        or not isinstance(sampler, Uniform)
-        or table._np_item_key is None
+        draw is None
         or isinstance(batch_size, bool)
         or not isinstance(batch_size, int | np.integer)
         or batch_size < 1
@@ -199,7 +192,7 @@ def sample_data(table: Table, batch_size: Any, timeout: Any) -> dict[str, torch.
         lim = table.rate_limiter
         if table._size > 0 and lim.can_sample(b, table._size):
             _waiting.note_thread(table)
-            slots = sampler.draw(b)  # the same draw as Uniform.sample
+            slots = draw(b)  # the same draw as Uniform.sample
             data = table.storage.gather(slots)
             lim.on_sample(b)
             if table.max_times_sampled is not None:

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from replaydb import _items, _waiting
-from replaydb._frames import stack_rows_torch
 from replaydb._validate import check_timeout
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
 
@@ -142,12 +141,7 @@ def sample_rows(
         if table.frame_stack:
             k = max(k for k, _ in table.frame_stack.values())
             lead = tuple(rows.shape)
-            links = st._np_links
-            if table._kernels is not None and links is not None:  # CPU: one compiled walk
-                got = table._kernels.stack_rows(rows.numpy().reshape(-1), k, links[0], links[1])
-                flat, ok = torch.from_numpy(got[0]), torch.from_numpy(got[1])
-            else:
-                flat, ok = stack_rows_torch(rows.reshape(-1), k, st.key, st.prev)
+            flat, ok = st.engine.stack_rows(rows.reshape(-1), k)
             rows, valid = flat.view(*lead, k), ok.view(*lead, k)
         oldest = st.key.index_select(0, rows.reshape(-1)).view(b, -1).amin(dim=1)
         generation = st.files.generation if st.files is not None else -1

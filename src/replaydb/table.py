@@ -34,13 +34,13 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from replaydb import _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
+from replaydb import _devices, _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
 from replaydb._records import LiveSteps, Sample, TableInfo
 from replaydb._table_checks import (
     check_mapping,
@@ -200,6 +200,25 @@ class Table(TableStateVerbs, TableFrontEndVerbs):
         self._waiting = 0  # threads blocked in _wait: notify only when there are some
         self._threads: set[int] = set()
         self._alloc_items()
+        #: Single steps go through numpy rows (CPU storage, no links, not consuming).
+        self._row_path = self.storage._np is not None and not links and not self.consuming
+        #: ``extend_unchecked``'s one-row path: the sampler's contiguous insert where
+        #: the records are numpy views and the row path applies, else ``None``.
+        self._one_row = (
+            self._fast_insert
+            if self._np_item_key is not None and not links and not self.consuming
+            else None
+        )
+        #: ``sample_data``'s short path: the uniform draw of a single-step table with
+        #: CPU records, else ``None``.
+        self._short_draw: Callable[[int], torch.Tensor] | None = (
+            self.sampler.draw
+            if isinstance(self.sampler, Uniform)
+            and sequence_length == 1
+            and not stack
+            and self._np_item_key is not None
+            else None
+        )
         #: CPU prioritized single-step tables: the sampler draws and counts the items
         #: in one compiled pass (Prioritized.draw_items/update_items), or None.
         self._prio_items = (
@@ -224,10 +243,27 @@ class Table(TableStateVerbs, TableFrontEndVerbs):
         self._item_key.fill_(-1)
         self._size = 0
         self._max_priority = 1.0
-        self._np_item_key = self._item_key.numpy() if dev.type == "cpu" else None
-        self._np_priority = self._priority.numpy() if dev.type == "cpu" else None
-        self._np_times = self._times.numpy() if dev.type == "cpu" else None
-        self._kernels = _kernels.get() if dev.type == "cpu" else None
+        #: The item-record path (torch ops, numpy views, or compiled loops on them),
+        #: chosen once here: the item verbs call it without deciding again.
+        self._records: _items.Records = _items.TorchRecords()
+        #: Numpy views of the records (CPU), read by the short paths; else ``None``.
+        self._np_item_key: np.ndarray[Any, Any] | None = None
+        self._np_priority: np.ndarray[Any, Any] | None = None
+        self._np_times: np.ndarray[Any, Any] | None = None
+        self._kernels = None
+        if _devices.host_path(dev):  # CPU, unless a test forces the torch path
+            self._kernels = _kernels.get()
+            host = (
+                _items.NumbaRecords(self, self._kernels)
+                if self._kernels is not None
+                else _items.HostRecords(self)
+            )
+            self._records = host
+            self._np_item_key, self._np_priority, self._np_times = (
+                host.key,
+                host.priority,
+                host.times,
+            )
 
     # ---------------------------------------------------------------- presets
     @classmethod
@@ -396,13 +432,7 @@ class Table(TableStateVerbs, TableFrontEndVerbs):
         data = self.spec.coerce_step(step, self.device, cast=cast)
         stream_t = stream_column("stream", stream, 1, self.device)
         end_t = end_column(end, 1, self.device)
-        if (
-            priority is None
-            and not self.storage.links
-            and self.storage._np is not None
-            and not self.consuming
-            and self.rate_limiter.max_diff == math.inf
-        ):
+        if priority is None and self._row_path and self.rate_limiter.max_diff == math.inf:
             # A checked single step on CPU: the numpy row path (inserts never block here).
             row = {k: v.numpy()[0] for k, v in data.items()}
             self.extend_unchecked(row, 1, int(end_t[0]), int(stream_t[0]))
@@ -422,14 +452,8 @@ class Table(TableStateVerbs, TableFrontEndVerbs):
         sequences). Use :meth:`extend` unless a profiler says otherwise.
         """
         storage = self.storage
-        fast = self._fast_insert
-        if (
-            n == 1
-            and fast is not None
-            and self._np_item_key is not None
-            and not storage.links
-            and not self.consuming
-        ):
+        fast = self._one_row
+        if n == 1 and fast is not None:
             # One row: the hot path of a per-step add, kept to a few numpy stores.
             with self._cond:
                 self._threads.add(threading.get_ident())
@@ -437,8 +461,8 @@ class Table(TableStateVerbs, TableFrontEndVerbs):
                 if lim.max_diff != math.inf and not lim.can_insert(1, self._size):
                     _waiting.wait(self, lambda: lim.can_insert(1, self._size), None, "insert", 1)
                 row = storage.append_numpy(values, 1, end, stream)
-                fresh = self._np_item_key[row] < 0
-                self._np_item_key[row] = storage.total - 1
+                fresh = self._np_item_key[row] < 0  # type: ignore[index]
+                self._np_item_key[row] = storage.total - 1  # type: ignore[index]
                 self._np_priority[row] = self._max_priority  # type: ignore[index]
                 self._np_times[row] = 0  # type: ignore[index]
                 fast(row, 1)
@@ -446,7 +470,7 @@ class Table(TableStateVerbs, TableFrontEndVerbs):
                 lim.inserts += 1
                 _waiting.notify(self)
             return
-        if storage._np is None or storage.links or self.consuming:
+        if not self._row_path:
             # torch.tensor copies: a broadcast view is read-only.
             data = {
                 k: torch.tensor(np.broadcast_to(np.asarray(v), (n, *self.spec[k].shape)))

@@ -200,12 +200,6 @@ class Storage:
         host = self.engine if isinstance(self.engine, _rings.HostRing) else None
         # Views the table's own CPU paths read (``None`` on the torch path).
         self._np = host.fields if host is not None else None
-        self._np_links = (host.key, host.prev, host.next) if host is not None else None
-        self._np_groups: dict[torch.dtype, np.ndarray[Any, Any]] = (
-            host.groups if host is not None else {}
-        )
-        #: Compiled link kernels (numba) where this storage links episodes on CPU.
-        self._kernels = self.engine.kernels if isinstance(self.engine, _rings.NumbaRing) else None
 
     # ------------------------------------------------------------------ sizes
     @staticmethod

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from replaydb import _devices, _kernels, _links
+from replaydb import _devices, _frames, _kernels, _links
 
 if TYPE_CHECKING:
     from replaydb.storage._memory import Storage
@@ -88,6 +88,12 @@ class Ring(Protocol):
 
     def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every field at ``rows``: ``[*rows.shape, *field.shape]``."""
+
+    def link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Link new steps to their predecessors (streams already grown); return positions."""
+
+    def stack_rows(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[N, k]`` rows of each row's last ``k`` frames (oldest first) and their validity."""
 
 
 def _walk_torch(st: Storage, keys: torch.Tensor, steps: int, column: str) -> torch.Tensor:
@@ -168,6 +174,12 @@ class TorchRing:
             for name, part, shape in zip(names, parts, shapes, strict=True):
                 out[name] = part if one_d and len(shape) == 1 else part.reshape(*lead, *shape)
         return out
+
+    def link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        return _links.link_torch(self.st, keys, streams, ends)
+
+    def stack_rows(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _frames.stack_rows_torch(rows, k, self.st.key, self.st.prev)
 
 
 class HostRing:
@@ -300,6 +312,12 @@ class HostRing:
                 out[name] = torch.from_numpy(view)
         return out
 
+    def link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        return _links.link_torch(self.st, keys, streams, ends)
+
+    def stack_rows(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _frames.stack_rows_torch(rows, k, self.st.key, self.st.prev)
+
 
 class NumbaRing(HostRing):
     """:class:`HostRing` whose link walks and window gathers are compiled loops."""
@@ -317,6 +335,24 @@ class NumbaRing(HostRing):
     def windows(self, start_keys: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows, ends = self.kernels.windows(start_keys.numpy(), self.key, self.next, self.end, length)
         return torch.from_numpy(rows), torch.from_numpy(ends)
+
+    def link(self, keys: torch.Tensor, streams: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        st = self.st
+        pos = self.kernels.link_steps(
+            keys.numpy(),
+            streams.numpy(),
+            ends.numpy(),
+            self.key,
+            self.prev,
+            self.next,
+            st._last_key.numpy(),
+            st._ep_len.numpy(),
+        )
+        return torch.from_numpy(pos)
+
+    def stack_rows(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        flat, ok = self.kernels.stack_rows(rows.numpy(), k, self.key, self.prev)
+        return torch.from_numpy(flat), torch.from_numpy(ok)
 
 
 def ring_for(storage: Storage) -> Ring:
