@@ -324,7 +324,7 @@ def sample_transitions(
                     return data, None, None
             finally:
                 lock.release()
-        if sampler.deterministic or not hasattr(sampler, "beta"):
+        if sampler.deterministic or not table._fast.takes_beta:
             return table.sample_data(batch_size), None, None
         s = table.sample(batch_size, beta=beta)
         return s.data, s.keys, s.weights.unsqueeze(1)
