@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb._validate import check_int
 from replaydb.buffer import _files, _inputs
 from replaydb.buffer._inputs import (
-    _positive_int,
     check_device,
     check_frame_stack,
     check_state_dtype,
@@ -95,14 +95,14 @@ class ReplayBuffer:
         frame_stack: int | None = None,
         table: Table | None = None,
     ) -> None:
-        self.capacity = _positive_int("capacity", capacity, 1)
+        self.capacity = check_int("capacity", capacity, 1)
         self.state_shape = state_shape(state_dim)
         #: The ``state_dim`` as given: an int, or the observation shape as a tuple.
         self.state_dim = given_state_dim(state_dim, self.state_shape)
         self.state_dtype = check_state_dtype(state_dtype)
         self.frame_stack = check_frame_stack(frame_stack)
-        self.action_dim = _positive_int("action_dim", action_dim, 1)
-        self.hidden_dim = _positive_int("hidden_dim", hidden_dim, 0)
+        self.action_dim = check_int("action_dim", action_dim, 1)
+        self.hidden_dim = check_int("hidden_dim", hidden_dim, 0)
         #: Velora's layout: an int state_dim, float32 states, no frame stacks.
         self.velora_layout = (
             isinstance(self.state_dim, int)
@@ -211,11 +211,11 @@ class ReplayBuffer:
             >>> batch = buf.sample(4); buf.update_priorities(batch.keys, torch.rand(4) + 0.1)
             4
         """
-        c = _positive_int("capacity", capacity, 1)
+        c = check_int("capacity", capacity, 1)
         spec = cls.transition_spec(
             state_shape(state_dim),
-            _positive_int("action_dim", action_dim, 1),
-            _positive_int("hidden_dim", hidden_dim, 0),
+            check_int("action_dim", action_dim, 1),
+            check_int("hidden_dim", hidden_dim, 0),
             state_dtype=check_state_dtype(state_dtype),
         )
         k = check_frame_stack(frame_stack)
