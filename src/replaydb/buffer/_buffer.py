@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb._validate import check_int
+from replaydb._validate import check_int, is_int
 from replaydb.buffer import _files, _inputs
 from replaydb.buffer._inputs import (
     check_device,
@@ -520,13 +520,7 @@ class ReplayBuffer:
             torch.Size([3, 1])
         """
         if type(batch_size) is not int or batch_size < 1:
-            if (
-                isinstance(batch_size, bool)
-                or not isinstance(batch_size, int | np.integer)
-                or (batch_size < 1)
-            ):
-                raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
-            batch_size = int(batch_size)
+            batch_size = check_int("batch_size", batch_size, 1)
         n = self.table.num_steps
         if n < batch_size:
             raise NotEnoughDataError(
@@ -707,7 +701,7 @@ class ReplayBuffer:
             >>> len(buf)
             10
         """
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 2:
+        if not is_int(num_envs) or num_envs < 2:
             raise InvalidArgumentError(
                 f"'num_envs={num_envs!r}' cannot be smaller than 2 (Velora's warm contract); "
                 "use replaydb.collect.warm for a single environment"
