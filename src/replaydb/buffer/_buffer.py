@@ -1,24 +1,23 @@
 """The :class:`ReplayBuffer` class: Velora's buffer API over a replaydb table.
 
 Construction (and the :meth:`ReplayBuffer.prioritized` preset), the live storage
-views, ``add``/``add_multi``, ``sample``, ``update_priorities``, Velora's
-``metadata``/``config``/``state_dict`` and ``warm``. The input conversions it binds
-as methods are in ``_inputs``; ``save``/``load`` delegate to ``_files``. The data
-layout and the file format are described in :mod:`replaydb.buffer`.
+views, ``add``/``add_multi``, ``sample``, ``update_priorities`` and ``warm``. The
+input conversions it binds as methods are in ``_inputs``; Velora's
+``metadata``/``config``/``state_dict``/``save``/``load`` come from the ``_persist``
+mixin. The data layout and the file format are described in :mod:`replaydb.buffer`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from replaydb._validate import check_int, is_int
-from replaydb.buffer import _files, _inputs
+from replaydb.buffer import _inputs
 from replaydb.buffer._inputs import (
     check_device,
     check_frame_stack,
@@ -26,10 +25,10 @@ from replaydb.buffer._inputs import (
     given_state_dim,
     state_shape,
 )
-from replaydb.buffer._records import _KEYS, BatchExperience, BufferConfig
+from replaydb.buffer._persist import _VeloraFiles
+from replaydb.buffer._records import _KEYS, BatchExperience
 from replaydb.collect import warm as collect_warm
 from replaydb.errors import InvalidArgumentError, NotEnoughDataError
-from replaydb.rate_limiters import MinSize
 from replaydb.samplers import Prioritized
 from replaydb.spec import Field, Spec
 from replaydb.table import Table
@@ -40,7 +39,7 @@ __all__ = ["ReplayBuffer"]
 _NUMBERS = frozenset((float, int, bool))
 
 
-class ReplayBuffer:
+class ReplayBuffer(_VeloraFiles):
     """Velora's off-policy replay buffer, backed by a replaydb table.
 
     Thread-safe: any number of threads may ``add``, ``add_multi`` and ``sample``
@@ -545,144 +544,6 @@ class ReplayBuffer:
             2
         """
         return self.table.update_priorities(keys, priorities)
-
-    # ------------------------------------------------------------- persistence
-    def metadata(self) -> dict[str, Any]:
-        """Velora's metadata: capacity, dims, position, size and device, in that order.
-
-        A buffer built with a state shape, ``state_dtype`` or ``frame_stack`` writes
-        ``state_dim`` as a list (the shape) and adds ``state_dtype`` (a name such as
-        ``"uint8"``) and ``frame_stack``: Velora, which builds its buffer with
-        ``torch.zeros((capacity, state_dim))``, then fails on the list instead of
-        silently reading pixels as something else.
-
-        Example:
-            >>> ReplayBuffer(10, 2, 1, 0).metadata()["position"]
-            0
-            >>> meta = ReplayBuffer(10, (2, 3), 1, 0, state_dtype=torch.uint8).metadata()
-            >>> meta["state_dim"], meta["state_dtype"]
-            ([2, 3], 'uint8')
-        """
-        if not self.velora_layout:
-            return {
-                "capacity": self.capacity,
-                "state_dim": list(self.state_shape),
-                "action_dim": self.action_dim,
-                "hidden_dim": self.hidden_dim,
-                "position": self.position,
-                "size": self.size,
-                "device": str(self.device),
-                "state_dtype": str(self.state_dtype).removeprefix("torch."),
-                "frame_stack": self.frame_stack,
-            }
-        return {
-            "capacity": self.capacity,
-            "state_dim": self.state_dim,
-            "action_dim": self.action_dim,
-            "hidden_dim": self.hidden_dim,
-            "position": self.position,
-            "size": self.size,
-            "device": str(self.device),
-        }
-
-    def config(self) -> BufferConfig:
-        """Velora's buffer config: ``type="ReplayBuffer"``, the capacity and the three dims.
-
-        Returns:
-            A :class:`BufferConfig`, accepted by Velora's ``RLAgentConfig(buffer=...)``
-            and equal to Velora's own ``BufferConfig`` with the same values.
-
-        Example:
-            >>> ReplayBuffer(10, 3, 2, 1).config()["type"]
-            'ReplayBuffer'
-        """
-        return BufferConfig(
-            type="ReplayBuffer",
-            capacity=self.capacity,
-            state_dim=self.state_dim,
-            action_dim=self.action_dim,
-            hidden_dim=self.hidden_dim,
-        )
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Dense copies of the six tensors at full capacity (rows past ``size`` are zeros).
-
-        Each is contiguous and owns its memory, so ``safetensors.torch.save_file``
-        (what Velora's ``agent.save(..., buffer=True)`` calls) accepts the dict. The
-        copies are taken under the table's lock: one consistent snapshot.
-
-        Example:
-            >>> ReplayBuffer(10, 3, 2, 1).state_dict()["states"].is_contiguous()
-            True
-        """
-        dense = torch.contiguous_format
-        with self.table.locked():
-            return {k: self._fields[k].clone(memory_format=dense) for k in _KEYS}
-
-    def _keeps_table_state(self) -> bool:
-        """Whether a save needs the table file (anything beyond Velora's plain buffer)."""
-        cfg = self.table.config()
-        return not (
-            cfg["sampler"].get("type") == "Uniform"
-            and cfg["max_times_sampled"] is None
-            and cfg["rate_limiter"] == MinSize(1).config()  # Table's default limiter
-        )
-
-    def save(self, dirpath: str | os.PathLike[str], prefix: str = "buffer_") -> None:
-        """Write ``<prefix>metadata.json`` and ``<prefix>state.safetensors`` into ``dirpath``.
-
-        A buffer with more than Velora's plain uniform table (a :meth:`prioritized`
-        one, ``max_times_sampled``, a rate limiter) also writes
-        ``<prefix>table-<sha>.safetensors`` with its priorities, sampler generator
-        and counters, named in the JSON; Velora reads the other two files as usual.
-
-        Crash-safe: a kill at any instant leaves the old or the new buffer loadable
-        (see the module docstring for the protocol). Stale temporary files of killed
-        saves are removed.
-
-        Raises:
-            InvalidArgumentError: If ``dirpath`` is a file or ``prefix`` has a path
-                separator.
-            OSError: If the directory cannot be created or written (nothing is replaced).
-
-        Example:
-            >>> import tempfile
-            >>> buf = ReplayBuffer(10, 2, 1, 0); buf.save(tempfile.mkdtemp())
-        """
-        _files.save(self, dirpath, prefix)
-
-    @classmethod
-    def load(
-        cls,
-        state_path: str | os.PathLike[str],
-        metadata: Mapping[str, Any],
-        *,
-        device: torch.device | str | None = None,
-    ) -> ReplayBuffer:
-        """Restore a buffer from Velora-format files.
-
-        Args:
-            state_path: The ``.safetensors`` file (the suffix may be omitted).
-            metadata: The parsed ``<prefix>metadata.json``.
-            device: Override the stored device (``null`` in the file means CPU).
-
-        Returns:
-            A new buffer with the same contents, position and size, and, where the
-            save wrote a table file, the same sampler, priorities and counters.
-
-        Raises:
-            CheckpointError: If a file is missing, truncated, corrupt, or does not
-                match the metadata, or the metadata is malformed (wrong JSON types, an
-                unknown device).
-
-        Example:
-            >>> import json, pathlib, tempfile
-            >>> d = pathlib.Path(tempfile.mkdtemp()); ReplayBuffer(10, 2, 1, 0).save(d)
-            >>> meta = json.loads((d / "buffer_metadata.json").read_text())
-            >>> len(ReplayBuffer.load(d / "buffer_state.safetensors", meta))
-            0
-        """
-        return _files.load(cls, state_path, metadata, device=device)
 
     def warm(self, agent: Any, n_samples: int, num_envs: int = 8, **kwargs: Any) -> None:
         """Fill the buffer with ``n_samples`` transitions from Gymnasium vector envs.

@@ -110,7 +110,7 @@ def _read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, _Saved
             if not isinstance(shard, dict):
                 raise CheckpointError(f"{where}.shards[{i}] must be an object")
             files.append(_inside(p, shard.get("file")))
-        out[name] = _SavedTable(config, k, files)
+        out[name] = _SavedTable(config, int(k), files)
     return p, out
 
 
