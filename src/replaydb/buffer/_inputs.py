@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from replaydb._validate import check_int
+from replaydb._validate import check_int, is_int
 from replaydb.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -52,15 +52,12 @@ def state_shape(state_dim: Any) -> tuple[int, ...]:
         >>> state_shape(4), state_shape([84, 84])
         ((4,), (84, 84))
     """
-    if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool):
+    if is_int(state_dim):
         return (check_int("state_dim", state_dim, 1),)
     if (
         isinstance(state_dim, tuple | list | torch.Size)
         and len(state_dim) > 0
-        and all(
-            isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 1
-            for d in state_dim
-        )
+        and all(is_int(d) and d >= 1 for d in state_dim)
     ):
         return tuple(int(d) for d in state_dim)
     raise InvalidArgumentError(
@@ -341,7 +338,7 @@ def _block_parts(
 
 def given_state_dim(state_dim: Any, shape: tuple[int, ...]) -> int | tuple[int, ...]:
     """``state_dim`` as the user gave it: an int, or the observation shape as a tuple."""
-    if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool):
+    if is_int(state_dim):
         return shape[0]
     return shape
 
