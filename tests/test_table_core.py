@@ -60,7 +60,7 @@ def _table(capacity: int = 8, **kwargs: object) -> Table:
 
 
 #: Modules of other areas still over the limit, being split by their owners.
-SHRINKING = {"buffer/_buffer.py", "manager.py", "observer.py"}
+SHRINKING: set[str] = set()
 
 
 def _lines(path: Path) -> int:

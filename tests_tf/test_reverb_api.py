@@ -126,6 +126,26 @@ def test_queue_and_stack_presets() -> None:
         (lambda: reverb.rate_limiters.SampleToInsertRatio(1.0, 1, 0.5), "error_buffer"),
         (lambda: reverb.selectors.Prioritized(1.5), "priority_exponent"),
         (lambda: reverb.Table.queue("q", 0), "size"),
+        (lambda: uniform_table(max_size=True), r"max_size must be an int >= 1, got True"),
+        (
+            lambda: reverb.Table(
+                "t",
+                sampler=reverb.selectors.Uniform(),
+                remover=reverb.selectors.Fifo(),
+                max_size=10,
+                rate_limiter=reverb.rate_limiters.MinSize(1),
+                max_times_sampled=-1,
+            ),
+            r"max_times_sampled must be an int >= 0 \(0: unlimited\), got -1",
+        ),
+        (
+            lambda: reverb.selectors.Prioritized(True),
+            r"priority_exponent must be a number in \[0, 1\], got True",
+        ),
+        (
+            lambda: reverb.Server([uniform_table()], port=-1),
+            r"port must be None or an int >= 0, got -1",
+        ),
     ],
 )
 def test_bad_table_arguments_are_named(make: object, message: str) -> None:

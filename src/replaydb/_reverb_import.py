@@ -36,6 +36,7 @@ from replaydb._reverb_checkpoint import (
     read_reverb_checkpoint,
     signature_fields,
 )
+from replaydb._validate import check_int
 from replaydb.errors import CheckpointError, InvalidArgumentError, SpecMismatchError
 from replaydb.spec import Field, Spec, dtype_from_name, dtype_name
 
@@ -395,10 +396,8 @@ def import_checkpoint(
             f"a spec describes one table but {len(names)} are selected ({names}); "
             "pass table=NAME with the spec"
         )
-    if capacity is not None and (
-        isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1
-    ):
-        raise InvalidArgumentError(f"capacity must be an int >= 1, got {capacity!r}")
+    if capacity is not None:
+        capacity = check_int("capacity", capacity, 1)
     plans = [_plan(ckpt.table(n), the_spec, capacity) for n in names]
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):

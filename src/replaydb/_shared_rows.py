@@ -21,12 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from replaydb import _items, _waiting
-from replaydb._validate import check_timeout
-from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
+from replaydb._validate import check_int, check_timeout, check_unit_interval
+from replaydb.errors import WouldBlockForeverError
 
 if TYPE_CHECKING:
     from replaydb.table import Table
@@ -82,17 +81,9 @@ def sample_rows(
     table: Table, batch_size: int, beta: float | None, timeout: float | None
 ) -> RowSample:
     """:meth:`Table.sample` without the gather (same checks, draws and effects)."""
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int | np.integer)
-        or batch_size < 1
-    ):
-        raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    b = int(batch_size)
-    if beta is not None and (
-        isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta <= 1
-    ):
-        raise InvalidArgumentError(f"beta must be a number in [0, 1], got {beta!r}")
+    b = check_int("batch_size", batch_size, 1)
+    if beta is not None:
+        check_unit_interval("beta", beta)
     if timeout is not None:
         check_timeout(timeout)
     st = table.storage

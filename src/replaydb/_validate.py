@@ -10,7 +10,7 @@ int64/float64 tensors a table stores. Table construction checks live in
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def check_int(
     return int(value)
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int | np.integer[Any]]:
     """Whether ``value`` is a Python or numpy int (not a bool)."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 

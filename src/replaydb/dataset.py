@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from replaydb._validate import check_int, check_timeout
 from replaydb.errors import ClosedError, InvalidArgumentError, RateLimiterTimeout
 from replaydb.nest import Nest
 
@@ -101,12 +102,6 @@ class _StoppedError(Exception):
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
@@ -155,12 +150,10 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
         timeout: float | None = None,
     ) -> None:
         super().__init__()
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.num_parallel_calls = _check_int("num_parallel_calls", num_parallel_calls, 1)
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
-        ):
-            raise InvalidArgumentError(f"timeout must be None or a number >= 0, got {timeout!r}")
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_parallel_calls = check_int("num_parallel_calls", num_parallel_calls, 1)
+        if timeout is not None:
+            check_timeout(timeout)
         self.timeout = None if timeout is None else float(timeout)
         self.client = client
         self.table = table
@@ -168,8 +161,7 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
         self.sequence_length = seq
         if num_steps is None:
             num_steps = seq
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise InvalidArgumentError(f"num_steps must be None or an int >= 1, got {num_steps!r}")
+        num_steps = check_int("num_steps", num_steps, 1, what="None or an int")
         if seq % num_steps:
             raise InvalidArgumentError(
                 f"num_steps ({num_steps}) must divide the table's sequence_length ({seq}); "
@@ -249,7 +241,7 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
         """
         self._check_open()
         if buffer_size != AUTOTUNE:
-            _check_int("buffer_size", buffer_size, 0)
+            check_int("buffer_size", buffer_size, 0)
         child = Dataset(
             self.client,
             self.batch_size,

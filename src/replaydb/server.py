@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
+from replaydb._validate import check_int
 from replaydb.checkpoint import write_checkpoint
 from replaydb.errors import ClosedError, InvalidArgumentError, require
 from replaydb.table import Sample, Table, TableInfo
@@ -145,12 +146,6 @@ def _named_tables(tables: Any) -> dict[str, Table]:
     return out
 
 
-def _check_keep(keep: Any) -> int:
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise InvalidArgumentError(f"keep must be an int >= 1, got {keep!r}")
-    return keep
-
-
 class Server:
     """Hosts named tables; hands out clients; writes checkpoints.
 
@@ -189,7 +184,7 @@ class Server:
         if backend not in _BACKENDS:
             raise InvalidArgumentError(f"backend must be one of {list(_BACKENDS)}, got {backend!r}")
         named = _named_tables(tables)
-        keep = _check_keep(keep)
+        keep = check_int("keep", keep, 1)
         #: JSON-serializable data stored in every checkpoint's manifest under
         #: ``extra`` (local backend); the manager keeps its data-spec nest here.
         self.checkpoint_extra: dict[str, Any] = {}

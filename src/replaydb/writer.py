@@ -49,6 +49,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from replaydb._constants import NUMPY_DTYPES
+from replaydb._validate import check_int
 from replaydb.errors import ClosedError, InvalidArgumentError, RateLimiterTimeout, SpecMismatchError
 from replaydb.spec import Spec
 from replaydb.table import Table
@@ -77,19 +79,6 @@ class StepSink(Protocol):
         """Write a batch of steps (see :meth:`replaydb.table.Table.extend`)."""
 
 
-_NUMPY_DTYPES: dict[torch.dtype, Any] = {
-    torch.float16: np.float16,
-    torch.float32: np.float32,
-    torch.float64: np.float64,
-    torch.uint8: np.uint8,
-    torch.int8: np.int8,
-    torch.int16: np.int16,
-    torch.int32: np.int32,
-    torch.int64: np.int64,
-    torch.bool: np.bool_,
-}
-
-
 def numpy_dtype(dtype: torch.dtype) -> np.dtype[Any] | None:
     """The numpy twin of a torch dtype (``None`` for bfloat16 and other torch-only ones).
 
@@ -97,7 +86,7 @@ def numpy_dtype(dtype: torch.dtype) -> np.dtype[Any] | None:
         >>> numpy_dtype(torch.float32)
         dtype('float32')
     """
-    d = _NUMPY_DTYPES.get(dtype)
+    d = NUMPY_DTYPES.get(dtype)
     return None if d is None else np.dtype(d)
 
 
@@ -109,12 +98,6 @@ def _tuple_getter(indices: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ..
         only = indices[0]
         return lambda values: (values[only],)
     return operator.itemgetter(*indices)
-
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _int_column(
@@ -189,7 +172,7 @@ class Writer:
         max_steps: int = 4096,
         new_stream: Callable[[], int] | None = None,
     ) -> None:
-        self.max_steps = _int_arg("max_steps", max_steps, 1)
+        self.max_steps = check_int("max_steps", max_steps, 1)
         if not isinstance(spec, Spec):
             raise InvalidArgumentError(f"spec must be a replaydb Spec, got {type(spec).__name__}")
         self.spec = spec

@@ -59,8 +59,10 @@ layout and writes no Velora files.
 
 The package's modules: ``_buffer`` (the :class:`ReplayBuffer` class), ``_records``
 (:class:`BatchExperience`, :class:`BufferConfig`), ``_inputs`` (argument checks and
-the conversion and per-thread staging of ``add``/``add_multi`` inputs) and
-``_files`` (the Velora files: save, load, metadata checks, the commit protocol).
+the conversion and per-thread staging of ``add``/``add_multi`` inputs), ``_persist``
+(the ``metadata``/``config``/``state_dict``/``save``/``load`` methods, a mixin
+``ReplayBuffer`` inherits) and ``_files`` (the Velora files: save, load, metadata
+checks, the commit protocol).
 """
 
 from replaydb.buffer._buffer import ReplayBuffer

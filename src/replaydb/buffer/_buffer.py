@@ -1,35 +1,34 @@
 """The :class:`ReplayBuffer` class: Velora's buffer API over a replaydb table.
 
 Construction (and the :meth:`ReplayBuffer.prioritized` preset), the live storage
-views, ``add``/``add_multi``, ``sample``, ``update_priorities``, Velora's
-``metadata``/``config``/``state_dict`` and ``warm``. The input conversions it binds
-as methods are in ``_inputs``; ``save``/``load`` delegate to ``_files``. The data
-layout and the file format are described in :mod:`replaydb.buffer`.
+views, ``add``/``add_multi``, ``sample``, ``update_priorities`` and ``warm``. The
+input conversions it binds as methods are in ``_inputs``; Velora's
+``metadata``/``config``/``state_dict``/``save``/``load`` come from the ``_persist``
+mixin. The data layout and the file format are described in :mod:`replaydb.buffer`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from replaydb.buffer import _files, _inputs
+from replaydb._validate import check_int, is_int
+from replaydb.buffer import _inputs
 from replaydb.buffer._inputs import (
-    _positive_int,
     check_device,
     check_frame_stack,
     check_state_dtype,
     given_state_dim,
     state_shape,
 )
-from replaydb.buffer._records import _KEYS, BatchExperience, BufferConfig
+from replaydb.buffer._persist import _VeloraFiles
+from replaydb.buffer._records import _KEYS, BatchExperience
 from replaydb.collect import warm as collect_warm
 from replaydb.errors import InvalidArgumentError, NotEnoughDataError
-from replaydb.rate_limiters import MinSize
 from replaydb.samplers import Prioritized
 from replaydb.spec import Field, Spec
 from replaydb.table import Table
@@ -40,7 +39,7 @@ __all__ = ["ReplayBuffer"]
 _NUMBERS = frozenset((float, int, bool))
 
 
-class ReplayBuffer:
+class ReplayBuffer(_VeloraFiles):
     """Velora's off-policy replay buffer, backed by a replaydb table.
 
     Thread-safe: any number of threads may ``add``, ``add_multi`` and ``sample``
@@ -95,14 +94,14 @@ class ReplayBuffer:
         frame_stack: int | None = None,
         table: Table | None = None,
     ) -> None:
-        self.capacity = _positive_int("capacity", capacity, 1)
+        self.capacity = check_int("capacity", capacity, 1)
         self.state_shape = state_shape(state_dim)
         #: The ``state_dim`` as given: an int, or the observation shape as a tuple.
         self.state_dim = given_state_dim(state_dim, self.state_shape)
         self.state_dtype = check_state_dtype(state_dtype)
         self.frame_stack = check_frame_stack(frame_stack)
-        self.action_dim = _positive_int("action_dim", action_dim, 1)
-        self.hidden_dim = _positive_int("hidden_dim", hidden_dim, 0)
+        self.action_dim = check_int("action_dim", action_dim, 1)
+        self.hidden_dim = check_int("hidden_dim", hidden_dim, 0)
         #: Velora's layout: an int state_dim, float32 states, no frame stacks.
         self.velora_layout = (
             isinstance(self.state_dim, int)
@@ -211,11 +210,11 @@ class ReplayBuffer:
             >>> batch = buf.sample(4); buf.update_priorities(batch.keys, torch.rand(4) + 0.1)
             4
         """
-        c = _positive_int("capacity", capacity, 1)
+        c = check_int("capacity", capacity, 1)
         spec = cls.transition_spec(
             state_shape(state_dim),
-            _positive_int("action_dim", action_dim, 1),
-            _positive_int("hidden_dim", hidden_dim, 0),
+            check_int("action_dim", action_dim, 1),
+            check_int("hidden_dim", hidden_dim, 0),
             state_dtype=check_state_dtype(state_dtype),
         )
         k = check_frame_stack(frame_stack)
@@ -520,13 +519,7 @@ class ReplayBuffer:
             torch.Size([3, 1])
         """
         if type(batch_size) is not int or batch_size < 1:
-            if (
-                isinstance(batch_size, bool)
-                or not isinstance(batch_size, int | np.integer)
-                or (batch_size < 1)
-            ):
-                raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
-            batch_size = int(batch_size)
+            batch_size = check_int("batch_size", batch_size, 1)
         n = self.table.num_steps
         if n < batch_size:
             raise NotEnoughDataError(
@@ -552,144 +545,6 @@ class ReplayBuffer:
         """
         return self.table.update_priorities(keys, priorities)
 
-    # ------------------------------------------------------------- persistence
-    def metadata(self) -> dict[str, Any]:
-        """Velora's metadata: capacity, dims, position, size and device, in that order.
-
-        A buffer built with a state shape, ``state_dtype`` or ``frame_stack`` writes
-        ``state_dim`` as a list (the shape) and adds ``state_dtype`` (a name such as
-        ``"uint8"``) and ``frame_stack``: Velora, which builds its buffer with
-        ``torch.zeros((capacity, state_dim))``, then fails on the list instead of
-        silently reading pixels as something else.
-
-        Example:
-            >>> ReplayBuffer(10, 2, 1, 0).metadata()["position"]
-            0
-            >>> meta = ReplayBuffer(10, (2, 3), 1, 0, state_dtype=torch.uint8).metadata()
-            >>> meta["state_dim"], meta["state_dtype"]
-            ([2, 3], 'uint8')
-        """
-        if not self.velora_layout:
-            return {
-                "capacity": self.capacity,
-                "state_dim": list(self.state_shape),
-                "action_dim": self.action_dim,
-                "hidden_dim": self.hidden_dim,
-                "position": self.position,
-                "size": self.size,
-                "device": str(self.device),
-                "state_dtype": str(self.state_dtype).removeprefix("torch."),
-                "frame_stack": self.frame_stack,
-            }
-        return {
-            "capacity": self.capacity,
-            "state_dim": self.state_dim,
-            "action_dim": self.action_dim,
-            "hidden_dim": self.hidden_dim,
-            "position": self.position,
-            "size": self.size,
-            "device": str(self.device),
-        }
-
-    def config(self) -> BufferConfig:
-        """Velora's buffer config: ``type="ReplayBuffer"``, the capacity and the three dims.
-
-        Returns:
-            A :class:`BufferConfig`, accepted by Velora's ``RLAgentConfig(buffer=...)``
-            and equal to Velora's own ``BufferConfig`` with the same values.
-
-        Example:
-            >>> ReplayBuffer(10, 3, 2, 1).config()["type"]
-            'ReplayBuffer'
-        """
-        return BufferConfig(
-            type="ReplayBuffer",
-            capacity=self.capacity,
-            state_dim=self.state_dim,
-            action_dim=self.action_dim,
-            hidden_dim=self.hidden_dim,
-        )
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Dense copies of the six tensors at full capacity (rows past ``size`` are zeros).
-
-        Each is contiguous and owns its memory, so ``safetensors.torch.save_file``
-        (what Velora's ``agent.save(..., buffer=True)`` calls) accepts the dict. The
-        copies are taken under the table's lock: one consistent snapshot.
-
-        Example:
-            >>> ReplayBuffer(10, 3, 2, 1).state_dict()["states"].is_contiguous()
-            True
-        """
-        dense = torch.contiguous_format
-        with self.table.locked():
-            return {k: self._fields[k].clone(memory_format=dense) for k in _KEYS}
-
-    def _keeps_table_state(self) -> bool:
-        """Whether a save needs the table file (anything beyond Velora's plain buffer)."""
-        cfg = self.table.config()
-        return not (
-            cfg["sampler"].get("type") == "Uniform"
-            and cfg["max_times_sampled"] is None
-            and cfg["rate_limiter"] == MinSize(1).config()  # Table's default limiter
-        )
-
-    def save(self, dirpath: str | os.PathLike[str], prefix: str = "buffer_") -> None:
-        """Write ``<prefix>metadata.json`` and ``<prefix>state.safetensors`` into ``dirpath``.
-
-        A buffer with more than Velora's plain uniform table (a :meth:`prioritized`
-        one, ``max_times_sampled``, a rate limiter) also writes
-        ``<prefix>table-<sha>.safetensors`` with its priorities, sampler generator
-        and counters, named in the JSON; Velora reads the other two files as usual.
-
-        Crash-safe: a kill at any instant leaves the old or the new buffer loadable
-        (see the module docstring for the protocol). Stale temporary files of killed
-        saves are removed.
-
-        Raises:
-            InvalidArgumentError: If ``dirpath`` is a file or ``prefix`` has a path
-                separator.
-            OSError: If the directory cannot be created or written (nothing is replaced).
-
-        Example:
-            >>> import tempfile
-            >>> buf = ReplayBuffer(10, 2, 1, 0); buf.save(tempfile.mkdtemp())
-        """
-        _files.save(self, dirpath, prefix)
-
-    @classmethod
-    def load(
-        cls,
-        state_path: str | os.PathLike[str],
-        metadata: Mapping[str, Any],
-        *,
-        device: torch.device | str | None = None,
-    ) -> ReplayBuffer:
-        """Restore a buffer from Velora-format files.
-
-        Args:
-            state_path: The ``.safetensors`` file (the suffix may be omitted).
-            metadata: The parsed ``<prefix>metadata.json``.
-            device: Override the stored device (``null`` in the file means CPU).
-
-        Returns:
-            A new buffer with the same contents, position and size, and, where the
-            save wrote a table file, the same sampler, priorities and counters.
-
-        Raises:
-            CheckpointError: If a file is missing, truncated, corrupt, or does not
-                match the metadata, or the metadata is malformed (wrong JSON types, an
-                unknown device).
-
-        Example:
-            >>> import json, pathlib, tempfile
-            >>> d = pathlib.Path(tempfile.mkdtemp()); ReplayBuffer(10, 2, 1, 0).save(d)
-            >>> meta = json.loads((d / "buffer_metadata.json").read_text())
-            >>> len(ReplayBuffer.load(d / "buffer_state.safetensors", meta))
-            0
-        """
-        return _files.load(cls, state_path, metadata, device=device)
-
     def warm(self, agent: Any, n_samples: int, num_envs: int = 8, **kwargs: Any) -> None:
         """Fill the buffer with ``n_samples`` transitions from Gymnasium vector envs.
 
@@ -707,7 +562,7 @@ class ReplayBuffer:
             >>> len(buf)
             10
         """
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 2:
+        if not is_int(num_envs) or num_envs < 2:
             raise InvalidArgumentError(
                 f"'num_envs={num_envs!r}' cannot be smaller than 2 (Velora's warm contract); "
                 "use replaydb.collect.warm for a single environment"

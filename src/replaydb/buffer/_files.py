@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from replaydb._table_file import fsync_dir
+from replaydb._validate import is_int
 from replaydb.buffer._inputs import STATE_DTYPES, check_device
 from replaydb.buffer._records import _KEYS
 from replaydb.checkpoint import read_json, remove_stale_temporaries
@@ -344,9 +345,7 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
     meta.setdefault("device", None)
     sdim = meta["state_dim"]
     # A shaped buffer's state_dim is its shape, a list.
-    if isinstance(sdim, list) and (
-        not sdim or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in sdim)
-    ):
+    if isinstance(sdim, list) and (not sdim or not all(is_int(d) and d >= 1 for d in sdim)):
         raise CheckpointError(
             f"metadata['state_dim'] must be an int or a non-empty list of ints >= 1, got {sdim!r}"
         )
@@ -357,7 +356,7 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
             f"{meta['state_dtype']!r}"
         )
     k = meta.get("frame_stack")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+    if k is not None and (not is_int(k) or k < 1):
         raise CheckpointError(f"metadata['frame_stack'] must be an int >= 1 or null, got {k!r}")
     if k is not None and meta.get("table") is None:
         raise CheckpointError(
@@ -369,7 +368,7 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         v = meta[k]
         if k == "state_dim" and isinstance(v, list):
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        if not is_int(v) or v < 0:
             raise CheckpointError(f"metadata[{k!r}] must be an int >= 0, got {v!r}")
     if meta["device"] is not None and not isinstance(meta["device"], str):
         raise CheckpointError(

@@ -1,6 +1,6 @@
 """Checking and converting what callers pass to a :class:`ReplayBuffer`.
 
-Sizes (``_positive_int``) and devices (:func:`check_device`) for the constructors;
+Sizes (:func:`~replaydb._validate.check_int`), devices (:func:`check_device`) for constructors;
 for ``add``, the less common forms of the fast path (``_parts``: the transition as
 the parts the table's row writer concatenates under its lock) and the checked
 conversion with exact errors (``_row``); for ``add_multi``, the conversion of each
@@ -17,17 +17,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from replaydb._validate import check_int, is_int
 from replaydb.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from replaydb.buffer._buffer import ReplayBuffer
     from replaydb.buffer._sequential import StreamReplayBuffer
-
-
-def _positive_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 #: The dtypes ``states`` may be stored in: real and integer types safetensors writes.
@@ -57,15 +52,12 @@ def state_shape(state_dim: Any) -> tuple[int, ...]:
         >>> state_shape(4), state_shape([84, 84])
         ((4,), (84, 84))
     """
-    if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool):
-        return (_positive_int("state_dim", state_dim, 1),)
+    if is_int(state_dim):
+        return (check_int("state_dim", state_dim, 1),)
     if (
         isinstance(state_dim, tuple | list | torch.Size)
         and len(state_dim) > 0
-        and all(
-            isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 1
-            for d in state_dim
-        )
+        and all(is_int(d) and d >= 1 for d in state_dim)
     ):
         return tuple(int(d) for d in state_dim)
     raise InvalidArgumentError(
@@ -104,7 +96,7 @@ def check_frame_stack(k: Any) -> int | None:
     """
     if k is None:
         return None
-    return _positive_int("frame_stack", k, 1)
+    return check_int("frame_stack", k, 1)
 
 
 def check_device(device: Any) -> torch.device:
@@ -346,7 +338,7 @@ def _block_parts(
 
 def given_state_dim(state_dim: Any, shape: tuple[int, ...]) -> int | tuple[int, ...]:
     """``state_dim`` as the user gave it: an int, or the observation shape as a tuple."""
-    if isinstance(state_dim, int | np.integer) and not isinstance(state_dim, bool):
+    if is_int(state_dim):
         return shape[0]
     return shape
 

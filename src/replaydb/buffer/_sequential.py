@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from replaydb._validate import check_int
 from replaydb.buffer import _inputs
 from replaydb.buffer._inputs import (
-    _positive_int,
     _row_tensor,
     check_device,
     check_state_dtype,
@@ -80,12 +80,12 @@ class StreamReplayBuffer:
         state_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        self.capacity = _positive_int("capacity", capacity, 2)
+        self.capacity = check_int("capacity", capacity, 2)
         self.state_shape = state_shape(state_dim)
         self.state_dim = given_state_dim(state_dim, self.state_shape)
         self.state_dtype = check_state_dtype(state_dtype)
-        self.action_dim = _positive_int("action_dim", action_dim, 1)
-        self.hidden_dim = _positive_int("hidden_dim", hidden_dim, 0)
+        self.action_dim = check_int("action_dim", action_dim, 1)
+        self.hidden_dim = check_int("hidden_dim", hidden_dim, 0)
         self.device = check_device(device)
         spec = Spec(
             {
@@ -155,7 +155,7 @@ class StreamReplayBuffer:
             >>> len(buf), buf.table.num_steps
             (2, 3)
         """
-        stream = _positive_int("stream", stream, 0)
+        stream = check_int("stream", stream, 0)
 
         def one(name: str, value: Any, dim: int, broadcast: bool) -> torch.Tensor:
             return _row_tensor(self, name, value, dim, broadcast)
@@ -221,7 +221,7 @@ class StreamReplayBuffer:
             >>> buf.sample(1).next_states.tolist()
             [[1.0, 1.0]]
         """
-        b = _positive_int("batch_size", batch_size, 1)
+        b = check_int("batch_size", batch_size, 1)
         n = len(self.table)
         if n < b:
             raise NotEnoughDataError(

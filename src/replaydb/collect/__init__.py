@@ -58,17 +58,11 @@ bar), ``_layouts`` (how a step becomes rows in each layout), ``_collector``
 
 from __future__ import annotations
 
+from replaydb._constants import STEP_FIRST, STEP_LAST, STEP_MID
 from replaydb.collect._collector import Collector, CollectStats
 from replaydb.collect._policies import load_policy
 from replaydb.collect._populate import PopulateResult, check_output, populate
-from replaydb.collect._spec import (
-    LAYOUT,
-    STEP_FIRST,
-    STEP_LAST,
-    STEP_MID,
-    TABLE_NAME,
-    step_spec,
-)
+from replaydb.collect._spec import LAYOUT, TABLE_NAME, step_spec
 from replaydb.collect._warm import warm
 
 __all__ = [

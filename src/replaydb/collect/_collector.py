@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb._constants import STEP_FIRST, STEP_MID
+from replaydb._validate import check_int, is_int
 from replaydb.collect._env import (
     _agent_env_id,
     _check_actions,
@@ -26,7 +28,6 @@ from replaydb.collect._env import (
     _to_torch,
 )
 from replaydb.collect._layouts import _pick_layout
-from replaydb.collect._spec import STEP_FIRST, STEP_MID
 from replaydb.errors import InvalidArgumentError, require
 from replaydb.writer import Writer
 
@@ -93,13 +94,12 @@ class Collector:
     ) -> None:
         gym: Any = require("gymnasium", "gym")
         self._gym = gym
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-            raise InvalidArgumentError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        num_envs = check_int("num_envs", num_envs, 1)
+        if seed is not None and not is_int(seed):
             raise InvalidArgumentError(f"seed must be an int or None, got {seed!r}")
         self.table, velora = _target_table(target)
         self.num_envs = num_envs
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)
         self.stats = CollectStats()
         self._agent = hasattr(policy, "predict") and not isinstance(policy, str)
         if isinstance(policy, str) and policy != "random":
@@ -181,8 +181,7 @@ class Collector:
             from replaydb.errors import ClosedError
 
             raise ClosedError("this Collector is closed; make a new one")
-        if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
-            raise InvalidArgumentError(f"n_rows must be an int >= 0, got {n_rows!r}")
+        n_rows = check_int("n_rows", n_rows, 0)
         bar, own = _progress_bar(progress, n_rows)
         start = time.perf_counter()
         try:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb.collect._spec import STEP_LAST, _spec_from_spaces
+from replaydb._constants import END_NONE, END_TERMINATED, END_TRUNCATED, STEP_LAST
+from replaydb.collect._spec import _spec_from_spaces
 from replaydb.errors import SpecMismatchError
 from replaydb.spec import Field, Spec
 
@@ -26,7 +27,9 @@ Layout = Callable[[dict[str, Any], np.ndarray[Any, Any], int], Rows]
 def _end_codes(
     terminated: np.ndarray[Any, Any], truncated: np.ndarray[Any, Any]
 ) -> np.ndarray[Any, Any]:
-    return np.where(terminated, 1, np.where(truncated, 2, 0)).astype(np.int64)
+    return np.where(
+        terminated, END_TERMINATED, np.where(truncated, END_TRUNCATED, END_NONE)
+    ).astype(np.int64)
 
 
 def _pick_layout(table: Any, velora: bool, obs_space: Any, act_space: Any) -> Layout:

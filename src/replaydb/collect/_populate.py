@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from replaydb._validate import check_int
 from replaydb.collect._collector import Collector, CollectStats
 from replaydb.collect._env import _progress_bar
 from replaydb.collect._policies import load_policy
@@ -44,12 +45,6 @@ class PopulateResult:
     episode_returns: list[float]
     nbytes: int
     seconds: float
-
-
-def _count(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def check_output(out: str | os.PathLike[str], buffer_name: str, *, force: bool) -> Path:
@@ -153,11 +148,11 @@ def populate(
     from replaydb.table import Table
 
     gym: Any = require("gymnasium", "gym")
-    capacity = _count("capacity", capacity)
-    steps_per_run = _count("steps_per_run", steps_per_run)
-    num_runs = _count("num_runs", num_runs)
-    sequence_length = _count("sequence_length", sequence_length)
-    num_envs = _count("num_envs", num_envs)
+    capacity = check_int("capacity", capacity, 1)
+    steps_per_run = check_int("steps_per_run", steps_per_run, 1)
+    num_runs = check_int("num_runs", num_runs, 1)
+    sequence_length = check_int("sequence_length", sequence_length, 1)
+    num_envs = check_int("num_envs", num_envs, 1)
     if steps_per_run * num_runs > capacity:
         raise InvalidArgumentError(
             f"steps_per_run x num_runs = {steps_per_run * num_runs} rows exceeds capacity "

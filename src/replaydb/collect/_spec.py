@@ -1,7 +1,7 @@
 """The *steps* layout's spec and constants (see :mod:`replaydb.collect`).
 
-:func:`step_spec` (the spec ``populate`` stores for an env), the ``step_type`` codes
-``STEP_FIRST``/``STEP_MID``/``STEP_LAST``, the Velora field names, the table name and
+:func:`step_spec` (the spec ``populate`` stores for an env), the Velora field names
+(the ``step_type`` codes live in :mod:`replaydb._constants`), the table name and
 layout tag of a populate checkpoint, and the single-env probe both the collector and
 ``populate`` use to read an env's spaces.
 """
@@ -15,8 +15,6 @@ import torch
 from replaydb.errors import InvalidArgumentError, require
 from replaydb.spec import Field, Spec
 
-#: ``step_type`` codes: an episode's first row, the rows between, the final step.
-STEP_FIRST, STEP_MID, STEP_LAST = 0, 1, 2
 _VELORA_FIELDS = ("states", "actions", "rewards", "next_states", "dones", "hiddens")
 #: Table name of the buffer in a populate checkpoint (what ReplayBufferManager loads).
 TABLE_NAME = "replay_buffer"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from replaydb._validate import check_int
 from replaydb.collect._collector import Collector, CollectStats
 from replaydb.collect._env import _target_table
 from replaydb.errors import InvalidArgumentError
@@ -46,8 +47,7 @@ def warm(
         100
     """
     table, _ = _target_table(target)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
-        raise InvalidArgumentError(f"n_samples must be an int >= 0, got {n_samples!r}")
+    n_samples = check_int("n_samples", n_samples, 0)
     if n_samples > table.capacity:
         raise InvalidArgumentError(
             f"n_samples ({n_samples}) exceeds the buffer's capacity ({table.capacity}), so it "

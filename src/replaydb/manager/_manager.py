@@ -13,9 +13,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 
+from replaydb._validate import check_int
 from replaydb.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from replaydb.dataset import Dataset
 from replaydb.errors import (
@@ -39,12 +39,6 @@ __all__ = ["ReplayBufferManager"]
 MANAGER_FORMAT = "replaydb.manager"
 #: A dataset sample flushes observers whose oldest staged step waited this long (s).
 STALE_S = 0.05
-
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 # ====================================================================== manager
@@ -98,14 +92,14 @@ class ReplayBufferManager:
         frame_stack: Mapping[str, int | tuple[int, str]] | None = None,
         **backend_options: Any,
     ) -> None:
-        self.sequence_length = _int_arg("sequence_length", sequence_length, 1)
-        self.capacity = _int_arg("capacity", capacity, 1)
+        self.sequence_length = check_int("sequence_length", sequence_length, 1)
+        self.capacity = check_int("capacity", capacity, 1)
         if self.capacity < self.sequence_length:
             raise InvalidArgumentError(
                 f"capacity ({capacity}) must be at least sequence_length ({sequence_length})"
             )
-        self.keep = _int_arg("keep", keep, 1)
-        self.write_batch = _int_arg("write_batch", write_batch, 1)
+        self.keep = check_int("keep", keep, 1)
+        self.write_batch = check_int("write_batch", write_batch, 1)
         if not isinstance(checkpoint_dir, str | os.PathLike):
             raise InvalidArgumentError(
                 f"checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}"
@@ -391,7 +385,7 @@ class ReplayBufferManager:
             ClosedError: If the manager is closed.
         """
         self._require_client()
-        w = self.write_batch if write_batch is None else _int_arg("write_batch", write_batch, 1)
+        w = self.write_batch if write_batch is None else check_int("write_batch", write_batch, 1)
         obs = StepObserver(
             self._require_client(),
             self._require_nest(),

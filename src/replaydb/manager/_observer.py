@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb._constants import END_TERMINATED, END_TRUNCATED, STEP_FIRST, STEP_LAST, STEP_MID
+from replaydb._validate import check_int
 from replaydb.errors import (
     ClosedError,
     InvalidArgumentError,
@@ -46,8 +48,7 @@ from replaydb.writer import Writer, numpy_dtype
 __all__ = ["FIRST", "LAST", "MID", "StepObserver"]
 
 
-FIRST, MID, LAST = 0, 1, 2
-_END_TERMINATED, _END_TRUNCATED = 1, 2
+FIRST, MID, LAST = STEP_FIRST, STEP_MID, STEP_LAST
 _INT_SCALARS = frozenset(
     {int, bool, np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32}
 )
@@ -164,8 +165,7 @@ class StepObserver:
         write_batch: int = 4096,
         table: str | None = None,
     ) -> None:
-        if isinstance(write_batch, bool) or not isinstance(write_batch, int) or write_batch < 1:
-            raise InvalidArgumentError(f"write_batch must be an int >= 1, got {write_batch!r}")
+        write_batch = check_int("write_batch", write_batch, 1)
         self._nest = nest
         spec = self._nest.spec
         # Leaves in the nest's traversal order (the order the extractors produce).
@@ -198,7 +198,7 @@ class StepObserver:
         self._i_discount = idx.get("discount", -1)
         self._i_done = [idx[n] for n in ("terminated", "truncated", "done") if n in idx]
         self._done_codes = [
-            _END_TRUNCATED if n == "truncated" else _END_TERMINATED
+            END_TRUNCATED if n == "truncated" else END_TERMINATED
             for n in ("terminated", "truncated", "done")
             if n in idx
         ]
@@ -445,12 +445,12 @@ class StepObserver:
                     self._cut(0)
                 elif st == LAST:
                     boundary = True
-                    end = self._pending_end[0] or _END_TRUNCATED
+                    end = self._pending_end[0] or END_TRUNCATED
                     self._pending_end[0] = 0
             if values[self._i_next] == LAST and not boundary:
-                code = _END_TERMINATED
+                code = END_TERMINATED
                 if self._i_discount >= 0 and values[self._i_discount] != 0:
-                    code = _END_TRUNCATED
+                    code = END_TRUNCATED
                 if self._i_step_type >= 0:
                     self._pending_end[0] = code  # the boundary step ends the episode
                 else:
@@ -465,16 +465,16 @@ class StepObserver:
 
     def _cut(self, env: int) -> None:
         """End env's open episode before a FIRST step."""
-        self._writer.end_episode(env, self._pending_end[env] or _END_TRUNCATED)
+        self._writer.end_episode(env, self._pending_end[env] or END_TRUNCATED)
         self._pending_end[env] = 0
 
     def _ends_many(self, values: list[Any], n: int, done_codes: Any) -> np.ndarray[Any, Any]:
         ends = np.zeros(n, dtype=np.int64)
         if self._trajectory:
             last = np.asarray(values[self._i_next]).astype(np.int64) == LAST
-            code = np.full(n, _END_TERMINATED, dtype=np.int64)
+            code = np.full(n, END_TERMINATED, dtype=np.int64)
             if self._i_discount >= 0:
-                code[np.asarray(values[self._i_discount]) != 0] = _END_TRUNCATED
+                code[np.asarray(values[self._i_discount]) != 0] = END_TRUNCATED
             if self._i_step_type >= 0:
                 st = np.asarray(values[self._i_step_type]).astype(np.int64)
                 for env in np.nonzero(st == FIRST)[0].tolist():
@@ -482,7 +482,7 @@ class StepObserver:
                         self._cut(env)
                 boundary = st == LAST
                 for env in np.nonzero(boundary)[0].tolist():
-                    ends[env] = self._pending_end[env] or _END_TRUNCATED
+                    ends[env] = self._pending_end[env] or END_TRUNCATED
                     self._pending_end[env] = 0
                 for env in np.nonzero(last & ~boundary)[0].tolist():
                     self._pending_end[env] = int(code[env])

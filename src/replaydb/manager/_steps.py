@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from replaydb._constants import END_NONE, STEP_FIRST, STEP_LAST, STEP_MID
 from replaydb.rate_limiters import rate_limiter_from_config
 from replaydb.samplers import sampler_from_config
 from replaydb.spec import Spec
-from replaydb.storage import END_NONE
 from replaydb.table import Table
 
 __all__: list[str] = []
@@ -44,11 +44,13 @@ def _trajectory_from_steps(table: Table, spec: Spec) -> Table | None:
     cols = {name: t[:n].index_select(0, order) for name, t in storage.fields.items()}
     step_type = cols["step_type"].to(torch.int64)
     flags = cols["terminated"].to(torch.bool) | cols["truncated"].to(torch.bool)
-    boundary = step_type == 2
+    boundary = step_type == STEP_LAST
     next_step_type = torch.where(
         boundary,
-        torch.zeros_like(step_type),
-        torch.where(flags, torch.full_like(step_type, 2), torch.ones_like(step_type)),
+        torch.full_like(step_type, STEP_FIRST),
+        torch.where(
+            flags, torch.full_like(step_type, STEP_LAST), torch.full_like(step_type, STEP_MID)
+        ),
     )
     discount = (~(cols["terminated"].to(torch.bool) & ~boundary)).to(torch.float32)
     data: dict[str, torch.Tensor] = {}

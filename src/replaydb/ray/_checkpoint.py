@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from replaydb._validate import is_int
 from replaydb.checkpoint import (
     CHECKPOINT_FORMAT,
     commit_checkpoint,
@@ -100,7 +101,7 @@ def _read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, _Saved
         config, k, shards = entry.get("config"), entry.get("num_shards"), entry.get("shards")
         if not isinstance(config, dict):
             raise CheckpointError(f"{where}.config must be an object, got {type(config).__name__}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_int(k) or k < 1:
             raise CheckpointError(f"{where}.num_shards must be an int >= 1, got {k!r:.80}")
         if not isinstance(shards, list) or len(shards) != k:
             raise CheckpointError(f"{where}.shards must be a list of {k} shard entries")
@@ -109,7 +110,7 @@ def _read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, _Saved
             if not isinstance(shard, dict):
                 raise CheckpointError(f"{where}.shards[{i}] must be an object")
             files.append(_inside(p, shard.get("file")))
-        out[name] = _SavedTable(config, k, files)
+        out[name] = _SavedTable(config, int(k), files)
     return p, out
 
 
@@ -123,7 +124,7 @@ def _check_saved_config(name: str, config: Mapping[str, Any], k: int) -> None:
     except Exception as exc:
         raise CheckpointError(f"table {name!r}: the saved config is invalid ({exc!r})") from exc
     for key, value in (("capacity", capacity), ("sequence_length", seq)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise CheckpointError(
                 f"table {name!r}: the saved {key} must be an int >= 1, got {value!r:.80}"
             )

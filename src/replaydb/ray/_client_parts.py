@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from replaydb._constants import NUMPY_DTYPES, end_code
 from replaydb.errors import InvalidArgumentError
 from replaydb.ray._common import _BETA_KEYS, _exponent, _TableMeta, _wire
 from replaydb.spec import Spec
@@ -64,19 +65,17 @@ def _numpy_fields(spec: Spec) -> dict[str, tuple[tuple[int, ...], Any]] | None:
     """``name -> (shape, numpy dtype)``, or ``None`` if a dtype has no numpy twin."""
     out = {}
     for name, f in spec.items():
-        if f.dtype == torch.bfloat16:
+        d = NUMPY_DTYPES.get(f.dtype)
+        if d is None:
             return None
-        out[name] = (f.shape, torch.empty((), dtype=f.dtype).numpy().dtype)
+        out[name] = (f.shape, np.dtype(d))
     return out
 
 
 def _end_code(end: Any) -> int:
-    if end is None or end is False:
-        return 0
-    if end is True:
-        return 1
-    if isinstance(end, int | np.integer) and 0 <= int(end) <= 2:
-        return int(end)
+    code = end_code(end)
+    if code is not None:
+        return code
     raise InvalidArgumentError(
         f"end must be a bool or a code 0 (not done), 1 (terminated), 2 (truncated), got {end!r}"
     )

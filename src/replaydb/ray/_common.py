@@ -118,11 +118,6 @@ class _ServiceMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidArgumentError(f"{name} must be an int >= {low}, got {value!r}")
-
-
 def _pick(meta: _ServiceMeta, table: str | None) -> _TableMeta:
     if table is None:
         if len(meta.tables) == 1:

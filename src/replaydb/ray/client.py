@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb._validate import check_int
 from replaydb.errors import ClosedError, InvalidArgumentError, RateLimiterTimeout
 from replaydb.rate_limiters import rate_limiter_from_config
 from replaydb.ray._checkpoint import _write_service_checkpoint
@@ -33,7 +34,6 @@ from replaydb.ray._common import (
     _STATS_TIMEOUT_S,
     _WEIGHTS_MAX_AGE_S,
     NAMESPACE,
-    _check_int,
     _pick,
     _ray,
     _sample_from_wire,
@@ -76,9 +76,8 @@ class RayClient:
         max_latency_s: float = 0.05,
         prefetch: int = 0,
     ) -> None:
-        _check_int("batch_size", batch_size, 1)
-        _check_int("prefetch", prefetch, 0)
-        self.prefetch = prefetch
+        batch_size = check_int("batch_size", batch_size, 1)
+        self.prefetch = check_int("prefetch", prefetch, 0)
         self._queues: dict[tuple[str, int, float | None], deque[Future[Sample]]] = {}
         if not (isinstance(max_latency_s, int | float) and max_latency_s > 0):
             raise InvalidArgumentError(f"max_latency_s must be a number > 0, got {max_latency_s!r}")
@@ -163,8 +162,7 @@ class RayClient:
             >>> client.insert({"x": [1.0, 2.0]}, stream=3, end=True)
         """
         t = _pick(self._meta, table)
-        if isinstance(stream, bool) or not isinstance(stream, int | np.integer) or stream < 0:
-            raise InvalidArgumentError(f"stream must be an int >= 0, got {stream!r}")
+        stream = check_int("stream", stream, 0)
         code = _end_code(end)
         if priority is not None:
             Table.validate_priorities(float(priority), 1)
@@ -375,15 +373,9 @@ class RayClient:
             >>> batch = client.sample(32); batch.probabilities.shape
             torch.Size([32])
         """
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int | np.integer)
-            or (batch_size < 1)
-        ):
-            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        b = check_int("batch_size", batch_size, 1)
         t = _pick(self._meta, table)
         self._flush_table(t.name)
-        b = int(batch_size)
         if self.prefetch == 0:
             return self._sample_now(t, b, beta, timeout)
         with self._lock:

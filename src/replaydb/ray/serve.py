@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from replaydb._validate import is_int, is_number
 from replaydb.checkpoint import latest_checkpoint
 from replaydb.errors import CheckpointError, InvalidArgumentError
 from replaydb.rate_limiters import rate_limiter_from_config
@@ -169,16 +170,14 @@ def _check_serve_settings(raw: Mapping[str, Any]) -> None:
     """Check the top-level settings' types before anything starts."""
     for key in ("shards", "keep"):
         v = raw.get(key, 1)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_int(v) or v < 1:
             raise InvalidArgumentError(f"config key {key!r} must be an int >= 1, got {v!r:.80}")
     for key in ("name", "address", "checkpoint_dir"):
         v = raw.get(key)
         if v is not None and not isinstance(v, str):
             raise InvalidArgumentError(f"config key {key!r} must be a string, got {v!r:.80}")
     v = raw.get("checkpoint_interval_s")
-    if v is not None and (
-        isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
-    ):
+    if v is not None and (not is_number(v) or not math.isfinite(v) or v <= 0):
         raise InvalidArgumentError(
             f"config key 'checkpoint_interval_s' must be a number > 0, got {v!r:.80}"
         )

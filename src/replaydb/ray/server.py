@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from replaydb._validate import check_int, is_number
 from replaydb.errors import CheckpointError, ClosedError, InvalidArgumentError
 from replaydb.rate_limiters import RateLimiter, rate_limiter_from_config
 from replaydb.ray._checkpoint import (
@@ -26,7 +27,6 @@ from replaydb.ray._checkpoint import (
 from replaydb.ray._common import (
     _SHARD_CPUS,
     NAMESPACE,
-    _check_int,
     _dump_steps,
     _pick,
     _ray,
@@ -114,10 +114,10 @@ class RayServer:
         address: str | None = None,
     ) -> None:
         templates = _as_table_dict(tables)
-        _check_int("num_shards", num_shards, 1)
-        _check_int("keep", keep, 1)
+        num_shards = check_int("num_shards", num_shards, 1)
+        keep = check_int("keep", keep, 1)
         if checkpoint_interval_s is not None and not (
-            isinstance(checkpoint_interval_s, int | float) and checkpoint_interval_s > 0
+            is_number(checkpoint_interval_s) and checkpoint_interval_s > 0
         ):
             raise InvalidArgumentError(
                 f"checkpoint_interval_s must be None or a number > 0, got {checkpoint_interval_s!r}"
@@ -286,7 +286,7 @@ class RayServer:
             if num_shards is not None
             else max((e.num_shards for e in saved.values()), default=1)
         )
-        _check_int("num_shards", k, 1)
+        k = check_int("num_shards", k, 1)
         for name, e in saved.items():
             _check_saved_config(name, e.config, k)
         root = checkpoint_dir if checkpoint_dir is not None else ckpt.parent

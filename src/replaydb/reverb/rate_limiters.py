@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from replaydb import rate_limiters as _native
+from replaydb._validate import check_int
 from replaydb.errors import InvalidArgumentError
 
 __all__ = ["MinSize", "Queue", "RateLimiter", "SampleToInsertRatio", "Stack"]
@@ -54,12 +55,6 @@ class RateLimiter:
         )
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 class MinSize(RateLimiter):
     """Samples wait until the table holds ``min_size_to_sample`` items; inserts never wait.
 
@@ -69,7 +64,7 @@ class MinSize(RateLimiter):
     """
 
     def __init__(self, min_size_to_sample: int) -> None:
-        n = _positive_int("min_size_to_sample", min_size_to_sample)
+        n = check_int("min_size_to_sample", min_size_to_sample, 1)
         big = sys.float_info.max
         super().__init__(1.0, n, -big, big)
 
@@ -109,7 +104,7 @@ class SampleToInsertRatio(RateLimiter):
                 f"2 * max(1, samples_per_insert) = {2 * max(1.0, samples_per_insert)}; "
                 "widen error_buffer or samples and inserts could block for ever"
             )
-        n = _positive_int("min_size_to_sample", min_size_to_sample)
+        n = check_int("min_size_to_sample", min_size_to_sample, 1)
         if lo > samples_per_insert * n:
             raise InvalidArgumentError(
                 f"error_buffer's range starts at {lo}, above samples_per_insert * "
@@ -123,11 +118,11 @@ class Queue(RateLimiter):
     """At most ``size`` unsampled items (use :meth:`Table.queue` rather than this directly)."""
 
     def __init__(self, size: int) -> None:
-        super().__init__(1.0, 1, 0.0, float(_positive_int("size", size)))
+        super().__init__(1.0, 1, 0.0, float(check_int("size", size, 1)))
 
 
 class Stack(RateLimiter):
     """At most ``size`` unsampled items (use :meth:`Table.stack` rather than this directly)."""
 
     def __init__(self, size: int) -> None:
-        super().__init__(1.0, 1, 0.0, float(_positive_int("size", size)))
+        super().__init__(1.0, 1, 0.0, float(check_int("size", size, 1)))

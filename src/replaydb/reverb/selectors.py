@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replaydb import samplers
-from replaydb.errors import InvalidArgumentError
+from replaydb._validate import check_unit_interval
 
 __all__ = ["Fifo", "Lifo", "MaxHeap", "MinHeap", "Prioritized", "Selector", "Uniform"]
 
@@ -94,15 +94,7 @@ class Prioritized(Selector):
     kind = "prioritized"
 
     def __init__(self, priority_exponent: float) -> None:
-        if (
-            isinstance(priority_exponent, bool)
-            or not isinstance(priority_exponent, int | float)
-            or not 0 <= priority_exponent <= 1
-        ):
-            raise InvalidArgumentError(
-                f"priority_exponent must be a number in [0, 1], got {priority_exponent!r}"
-            )
-        self.priority_exponent = float(priority_exponent)
+        self.priority_exponent = check_unit_interval("priority_exponent", priority_exponent)
 
     def make_sampler(self) -> Any:
         return samplers.Prioritized(alpha=self.priority_exponent, beta=0.0, eps=0.0)

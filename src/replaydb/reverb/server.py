@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from replaydb._validate import check_int
 from replaydb.errors import ClosedError, InvalidArgumentError
 from replaydb.reverb.tables import Table
 
@@ -103,8 +104,8 @@ class Server:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise InvalidArgumentError(f"table names must be unique, got {sorted(dup)} twice")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or port < 0):
-            raise InvalidArgumentError(f"port must be None or an int >= 0, got {port!r}")
+        if port is not None:
+            port = check_int("port", port, 0, what="None or an int")
         self._tables = {t.name: t for t in tables}
         self._writers: weakref.WeakSet[TrajectoryWriter] = weakref.WeakSet()
         self._writers_lock = threading.Lock()

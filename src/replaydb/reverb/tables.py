@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from replaydb._validate import check_int
 from replaydb.errors import InvalidArgumentError, RateLimiterTimeout, WouldBlockForeverError
 from replaydb.reverb import rate_limiters as rl
 from replaydb.reverb import selectors as sel
@@ -135,16 +136,10 @@ class Table:
                 "rate_limiter must be a preset from reverb.rate_limiters (e.g. MinSize(1)), "
                 f"got {rate_limiter!r}"
             )
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise InvalidArgumentError(f"max_size must be an int >= 1, got {max_size!r}")
-        if (
-            isinstance(max_times_sampled, bool)
-            or not isinstance(max_times_sampled, int)
-            or max_times_sampled < 0
-        ):
-            raise InvalidArgumentError(
-                f"max_times_sampled must be an int >= 0 (0: unlimited), got {max_times_sampled!r}"
-            )
+        max_size = check_int("max_size", max_size, 1)
+        max_times_sampled = check_int(
+            "max_times_sampled", max_times_sampled, 0, hint=" (0: unlimited)"
+        )
         if extensions:
             raise InvalidArgumentError(
                 "table extensions are not supported by replaydb.reverb; pass extensions=()"

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from replaydb._validate import check_int, is_number
 from replaydb.errors import ClosedError, InvalidArgumentError
 from replaydb.reverb.tables import Column, Item
 
@@ -176,9 +177,7 @@ class StepBuffer:
     """
 
     def __init__(self, keep: int) -> None:
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise InvalidArgumentError(f"num_keep_alive_refs must be an int >= 1, got {keep!r}")
-        self.keep = keep
+        self.keep = check_int("num_keep_alive_refs", keep, 1)
         self.columns: list[list[np.ndarray[Any, Any] | None]] = []
         self.offset = 0  # episode index of columns[*][0]
         self.episode_steps = 0
@@ -352,7 +351,7 @@ class TrajectoryWriter:
                     f"history['obs'][-2:]), got {type(leaf).__name__}"
                 )
             cols.append(leaf.as_column())
-        if isinstance(priority, bool) or not isinstance(priority, int | float | np.number):
+        if not is_number(priority):
             raise InvalidArgumentError(f"priority must be a number >= 0, got {priority!r}")
         if not isinstance(table, str):
             raise InvalidArgumentError(f"table must be a table name (str), got {table!r}")
