@@ -21,8 +21,8 @@ Two short paths skip work the general path does, with the same draws and effects
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -55,16 +55,63 @@ def sample(table: Table, batch_size: Any, beta: Any, timeout: Any) -> Sample:
         short = _sample_prioritized(table, prio, batch_size, beta)
         if short is not None:
             return short
+    d, data = draw(table, batch_size, beta, timeout, _frames.gather, table._item_nbytes)
+    return Sample(
+        data=data,
+        keys=d.keys,
+        probabilities=d.probabilities,
+        weights=d.weights,
+        priorities=d.priorities,
+        times_sampled=d.times_sampled,
+        table_size=d.table_size,
+        mask=d.mask,
+        ends=d.ends,
+    )
+
+
+class Drawn(NamedTuple):
+    """What a draw of :func:`draw` reports beside the rows' use (see :class:`Sample`)."""
+
+    keys: torch.Tensor
+    probabilities: torch.Tensor
+    weights: torch.Tensor
+    priorities: torch.Tensor
+    times_sampled: torch.Tensor
+    table_size: int
+    mask: torch.Tensor | None
+    ends: torch.Tensor | None
+
+
+T = TypeVar("T")
+
+
+def draw(
+    table: Table,
+    batch_size: Any,
+    beta: Any,
+    timeout: Any,
+    use_rows: Callable[[Table, torch.Tensor], T],
+    item_nbytes: int,
+) -> tuple[Drawn, T]:
+    """One draw with every effect of :meth:`Table.sample`; ``use_rows`` reads the rows.
+
+    Checks the arguments (and, for outputs of ``item_nbytes`` per item over
+    :data:`SAMPLE_CHECK_BYTES`, free memory), waits on the rate limiter, draws,
+    counts the draw in the item records, and calls ``use_rows(table, rows)`` under
+    the table's lock before the draw is counted by the limiter and spent items are
+    removed: rows are ``[B]`` (single-step) or ``[B, T]`` (windows). The gather of
+    :func:`sample` and the row bookkeeping of ``Table.sample_rows`` are its two uses.
+    """
     b = check_int("batch_size", batch_size, 1)
     if beta is not None:
         check_unit_interval("beta", beta)
     if timeout is not None:
         check_timeout(timeout)
-    if b * table._item_nbytes > SAMPLE_CHECK_BYTES:
+    if b * item_nbytes > SAMPLE_CHECK_BYTES:
         check_memory(
-            b * table._item_nbytes,
+            b * item_nbytes,
             table.device,
-            f"sample(batch_size={b}) of {table._item_nbytes} bytes per item",
+            f"sample(batch_size={b}) of {item_nbytes} bytes per item",
             "sample fewer items per call",
         )
     with table._cond:
@@ -109,7 +156,7 @@ def sample(table: Table, batch_size: Any, beta: Any, timeout: Any) -> Sample:
             rows, ends = table.storage.windows(keys, table.sequence_length)
             if table.pad:
                 mask = table.storage.window_mask(rows)
-        data = _frames.gather(table, rows)
+        used = use_rows(table, rows)
         size = table._size
         lim.on_sample(b)
         if table.max_times_sampled is not None:
@@ -120,17 +167,8 @@ def sample(table: Table, batch_size: Any, beta: Any, timeout: Any) -> Sample:
     weights = sel.weights
     if weights is None:
         weights = table._records.ones(table, b)
-    return Sample(
-        data=data,
-        keys=keys,
-        probabilities=sel.probabilities,
-        weights=weights,
-        priorities=priorities,
-        times_sampled=times,
-        table_size=size,
-        mask=mask,
-        ends=ends,
-    )
+    drawn = Drawn(keys, sel.probabilities, weights, priorities, times, size, mask, ends)
+    return drawn, used
 
 
 def _sample_prioritized(

@@ -23,9 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from replaydb import _items, _waiting
-from replaydb._validate import check_int, check_timeout, check_unit_interval
-from replaydb.errors import WouldBlockForeverError
+from replaydb import _sampling
 
 if TYPE_CHECKING:
     from replaydb.table import Table
@@ -81,82 +79,38 @@ def sample_rows(
     table: Table, batch_size: int, beta: float | None, timeout: float | None
 ) -> RowSample:
     """:meth:`Table.sample` without the gather (same checks, draws and effects)."""
-    b = check_int("batch_size", batch_size, 1)
-    if beta is not None:
-        check_unit_interval("beta", beta)
-    if timeout is not None:
-        check_timeout(timeout)
-    st = table.storage
-    with table._cond:
-        _waiting.note_thread(table)
-        lim = table.rate_limiter
-        if lim.never_samples(b) or (
-            table.consuming and b > table.capacity * (table.max_times_sampled or 1)
-        ):
-            raise WouldBlockForeverError(
-                f"sample of {b} item(s) from table {table.name!r} can never go: {lim!r} "
-                f"and capacity {table.capacity} never let that many be drawn at once; "
-                "sample fewer items per call"
-            )
-
-        def ready() -> bool:
-            return table._size > 0 and lim.can_sample(b, table._size) and _waiting.enough(table, b)
-
-        if not ready():
-            _waiting.wait(table, ready, timeout, "sample", b)
-        prio = table._prio_items
-        if prio is not None:
-            sel, keys, times, priorities = prio.draw_items(
-                b,
-                beta,
-                table._np_item_key,  # type: ignore[arg-type]  # set on CPU
-                table._np_times,  # type: ignore[arg-type]
-                table._np_priority,  # type: ignore[arg-type]
-            )
-        else:
-            sel = (
-                _items.select_in_order(table, b)
-                if table.sampler.deterministic
-                else _items.select(table, b, beta)
-            )
-            keys, times, priorities = _items.take_items(table, sel.slots)
-        slots = sel.slots
-        mask = ends = None
-        if table.sequence_length == 1:
-            rows = slots.clone()
-        else:
-            rows, ends = st.windows(keys, table.sequence_length)
-            if table.pad:
-                mask = st.window_mask(rows)
-        valid = None
-        if table.frame_stack:
-            k = max(k for k, _ in table.frame_stack.values())
-            lead = tuple(rows.shape)
-            flat, ok = st.engine.stack_rows(rows.reshape(-1), k)
-            rows, valid = flat.view(*lead, k), ok.view(*lead, k)
-        oldest = st.key.index_select(0, rows.reshape(-1)).view(b, -1).amin(dim=1)
-        generation = st.files.generation if st.files is not None else -1
-        size = table._size
-        lim.on_sample(b)
-        if table.max_times_sampled is not None:
-            spent = slots[times >= table.max_times_sampled]
-            if spent.numel():
-                _items.remove_slots(table, spent)
-        _waiting.notify(table)
-    weights = sel.weights
-    if weights is None:
-        weights = torch.ones(b, dtype=torch.float32, device=table.device)
+    d, (rows, valid, oldest, generation) = _sampling.draw(
+        table, batch_size, beta, timeout, _locate, 0
+    )
     return RowSample(
         rows=rows,
         valid=valid,
-        keys=keys,
-        probabilities=sel.probabilities,
-        weights=weights,
-        priorities=priorities,
-        times_sampled=times,
-        table_size=size,
-        mask=mask,
-        ends=ends,
+        keys=d.keys,
+        probabilities=d.probabilities,
+        weights=d.weights,
+        priorities=d.priorities,
+        times_sampled=d.times_sampled,
+        table_size=d.table_size,
+        mask=d.mask,
+        ends=d.ends,
         oldest=oldest,
         generation=generation,
     )
+
+
+def _locate(
+    table: Table, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+    """Under the lock: the rows to copy (frame stacks walked), and what checks the copy."""
+    st = table.storage
+    if table.sequence_length == 1:
+        rows = rows.clone()  # the draw's own slots: keep them out of the caller's hands
+    valid = None
+    if table.frame_stack:
+        k = max(k for k, _ in table.frame_stack.values())
+        lead = tuple(rows.shape)
+        flat, ok = st.engine.stack_rows(rows.reshape(-1), k)
+        rows, valid = flat.view(*lead, k), ok.view(*lead, k)
+    oldest = st.key.index_select(0, rows.reshape(-1)).view(len(rows), -1).amin(dim=1)
+    generation = st.files.generation if st.files is not None else -1
+    return rows, valid, oldest, generation
