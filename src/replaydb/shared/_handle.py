@@ -236,7 +236,7 @@ class SharedTable:
 
         Example:
             >>> from replaydb.shared import memory_table
-        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
+            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
             >>> h.extend({"x": torch.arange(4.0)}); h.sample(2)["x"].shape
             torch.Size([2])
             >>> h.close()
@@ -293,7 +293,7 @@ class SharedTable:
 
         Example:
             >>> from replaydb.shared import memory_table
-        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
+            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
             >>> h.extend({"x": torch.zeros(3)}, ends=True); len(h)
             3
             >>> h.close()
@@ -327,7 +327,7 @@ class SharedTable:
 
         Example:
             >>> from replaydb.shared import memory_table
-        >>> t = memory_table(Spec({"x": (2,)}), 8); h = t.share()
+            >>> t = memory_table(Spec({"x": (2,)}), 8); h = t.share()
             >>> h.insert({"x": [1.0, 2.0]}); len(h)
             1
             >>> h.close()
@@ -347,7 +347,7 @@ class SharedTable:
 
         Example:
             >>> from replaydb.shared import memory_table
-        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
+            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
             >>> h.extend({"x": torch.zeros(2)}); h.update_priorities([0, 9], [2.0, 2.0])
             1
             >>> h.close()
@@ -363,7 +363,7 @@ class SharedTable:
 
         Example:
             >>> from replaydb.shared import memory_table
-        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
+            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share()
             >>> h.info().capacity
             8
             >>> h.close()
@@ -391,7 +391,7 @@ class SharedTable:
 
         Example:
             >>> from replaydb.shared import memory_table
-        >>> t = memory_table(Spec({"x": ()}), 8); h = t.share(); h.close()
+            >>> t = memory_table(Spec({"x": ()}), 8); h = t.share(); h.close()
         """
         if os.getpid() == self.owner_pid:
             owner = _owner.owner_at(self.address)
