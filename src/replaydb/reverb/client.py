@@ -2,6 +2,9 @@
 
 A client holds only its address and looks the server up on every call, so it
 pickles by address (as Reverb's does) and fails clearly once the server stopped.
+Both writers it makes stage their items in an
+:class:`~replaydb.reverb.item_writer.ItemWriter`, i.e. in replaydb's one
+:class:`~replaydb.writer.Writer` with its batching and flush policy.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from replaydb.errors import ClosedError, InvalidArgumentError
+from replaydb.reverb.item_writer import PUSH_EVERY, ItemWriter
 from replaydb.reverb.replay_sample import ReplaySample, SampleInfo
 from replaydb.reverb.server import Server, resolve
 from replaydb.reverb.tables import Item, TableInfo, stack_columns
@@ -23,7 +27,9 @@ __all__ = ["Client", "Writer"]
 class Writer:
     """Reverb's legacy writer: append whole steps, create items over the last N.
 
-    Items of this writer keep a time axis on every column (``[N, ...]``).
+    Items of this writer keep a time axis on every column (``[N, ...]``). They are
+    staged and inserted like a :class:`~replaydb.reverb.TrajectoryWriter`'s (every
+    ``64`` per table, on ``flush``/``end_episode``/``close``, and before a read).
 
     Args:
         client: The client whose server receives the items.
@@ -37,9 +43,11 @@ class Writer:
         import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
         self._nest = tf.nest
-        self._client = client
+        server = client.server
         self._buf = StepBuffer(max_sequence_length)
-        self._pending: list[tuple[str, Item, float]] = []
+        self._items = ItemWriter(server.table, PUSH_EVERY)
+        self._server = server
+        server.register_writer(self._items)
         self._closed = False
 
     def __enter__(self) -> Writer:
@@ -83,24 +91,26 @@ class Writer:
         item = tuple(
             (tuple(self._buf.select(c, window)), False) for c in range(len(self._buf.columns))
         )
-        self._pending.append((table, item, float(priority)))
+        self._items.create(table, item, priority)
 
     def flush(self) -> None:
-        """Push pending items to their tables."""
-        pending, self._pending = self._pending, []
-        for table, item, priority in pending:
-            self._client.push(table, [item], [priority])
+        """Insert staged items into their tables."""
+        self._items.flush()
 
     def end_episode(self) -> None:
-        """Push pending items and start a new episode."""
+        """Insert staged items and start a new episode."""
         self.flush()
         self._buf.reset()
 
     def close(self, retry_on_unavailable: bool = True) -> None:
-        """Push pending items and close."""
-        if not self._closed:
-            self.flush()
+        """Insert staged items and close. Closing twice is a no-op."""
+        if self._closed:
+            return
+        try:
+            self._items.close()
+        finally:
             self._closed = True
+            self._server.unregister_writer(self._items)
 
 
 class Client:
@@ -138,7 +148,11 @@ class Client:
         return resolve(self._address)
 
     def push(self, table: str, items: list[Item], priorities: list[float]) -> None:
-        """Insert items into a served table (the writers' path)."""
+        """Insert items into a served table now, in order (no staging).
+
+        Raises:
+            InvalidArgumentError: For a bad priority or table name (nothing inserted).
+        """
         self.server.table(table).insert_items(items, priorities)
 
     # --------------------------------------------------------------- writes
@@ -174,7 +188,7 @@ class Client:
         """A :class:`~replaydb.reverb.TrajectoryWriter` keeping ``num_keep_alive_refs`` steps."""
         server = self.server
         return TrajectoryWriter(
-            self.push,
+            server.table,
             num_keep_alive_refs,
             register=server.register_writer,
             unregister=server.unregister_writer,

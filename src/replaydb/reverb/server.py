@@ -4,7 +4,7 @@
 (or any ``host:<port>``) finds it in that registry. There is no network: every
 client of a ``replaydb.reverb`` server lives in the server's process (Reverb's
 gRPC protocol is out of scope). The server also keeps its open writers, so a
-reader can ask them to push pending items before it waits or reports a size.
+reader can ask them to flush staged items before it waits or reports a size.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from replaydb.reverb.tables import Table
 
 if TYPE_CHECKING:
     from replaydb.reverb.client import Client
-    from replaydb.reverb.trajectory_writer import TrajectoryWriter
+    from replaydb.reverb.item_writer import ItemWriter
 
 __all__ = ["Server", "Table", "resolve"]
 
@@ -107,7 +107,7 @@ class Server:
         if port is not None:
             port = check_int("port", port, 0, what="None or an int")
         self._tables = {t.name: t for t in tables}
-        self._writers: weakref.WeakSet[TrajectoryWriter] = weakref.WeakSet()
+        self._writers: weakref.WeakSet[ItemWriter] = weakref.WeakSet()
         self._writers_lock = threading.Lock()
         if checkpointer is None:
             from replaydb.reverb.checkpointers import default_checkpointer
@@ -173,22 +173,22 @@ class Server:
 
         return Client(f"localhost:{self._port}")
 
-    def register_writer(self, writer: TrajectoryWriter) -> None:
-        """Keep ``writer`` so readers can ask it to push pending items."""
+    def register_writer(self, writer: ItemWriter) -> None:
+        """Keep ``writer`` (a writer's item stage) so readers can ask it to flush."""
         with self._writers_lock:
             self._writers.add(writer)
 
-    def unregister_writer(self, writer: TrajectoryWriter) -> None:
+    def unregister_writer(self, writer: ItemWriter) -> None:
         """Forget a closed writer."""
         with self._writers_lock:
             self._writers.discard(writer)
 
     def push_writers(self) -> None:
-        """Ask every open writer to push its pending items (skips busy writers)."""
+        """Ask every open writer to insert its staged items (never waits: skips busy writers)."""
         with self._writers_lock:
             writers = list(self._writers)
         for w in writers:
-            w.try_push()
+            w.try_flush()
 
     def checkpoint(self) -> str:
         """Write every table to the checkpointer; return the checkpoint's path."""

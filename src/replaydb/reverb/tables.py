@@ -19,6 +19,12 @@ store has grown past twice the table's size, a :meth:`replaydb.table.Table.items
 snapshot tells which refs are live, and refs found dead in two snapshots in a row
 are deleted (a sampler between its draw and its read always finds its items).
 
+Writes come in two steps. :meth:`Table.reserve` gives an item its ref and keeps it
+apart from the store (so the garbage collection above never sees it);
+:meth:`Table.insert_refs` moves reserved items into the store and inserts their
+refs into the replaydb table, under its rate limiter. Writers stage refs between
+the two in a :class:`replaydb.writer.Writer` (see :mod:`replaydb.reverb.item_writer`).
+
 Reverb: Cassirer et al. 2021, arXiv 2102.04736.
 """
 
@@ -41,12 +47,35 @@ from replaydb.reverb.errors import DeadlineExceededError
 from replaydb.spec import Spec
 from replaydb.table import Table as _CoreTable
 
-__all__ = ["Column", "Item", "RateLimiterInfo", "Table", "TableInfo"]
+__all__ = [
+    "REF_SPEC",
+    "Column",
+    "Item",
+    "RateLimiterInfo",
+    "Table",
+    "TableInfo",
+    "check_priorities",
+]
 
 #: One column of an item: its step arrays and whether the time axis is squeezed.
 Column = tuple[tuple[np.ndarray[Any, Any], ...], bool]
 #: One item: its columns, in flattened order.
 Item = tuple[Column, ...]
+#: The core table's one field: the ref of an item in the store.
+REF_SPEC = Spec({"ref": ((), torch.int64)})
+
+
+def check_priorities(priorities: Sequence[float], n: int) -> None:
+    """Raise unless ``priorities`` are ``n`` finite numbers >= 0.
+
+    Example:
+        >>> check_priorities([0.0, 2.5], 2)
+    """
+    pri = np.asarray(priorities, dtype=np.float64)
+    if pri.shape != (n,) or not bool(np.all(np.isfinite(pri) & (pri >= 0))):
+        raise InvalidArgumentError(
+            f"priorities must be {n} finite numbers >= 0, got {list(priorities)!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -152,6 +181,7 @@ class Table:
         self._max_size = max_size
         self._signature = signature
         self._store: dict[int, Item] = {}
+        self._reserved: dict[int, Item] = {}  # created, not yet inserted (see reserve)
         self._dead: set[int] = set()
         self._next_ref = 0
         self._lock = threading.Lock()  # the store and the ref counter
@@ -161,7 +191,7 @@ class Table:
 
     def _new_core(self) -> _CoreTable:
         core = _CoreTable(
-            Spec({"ref": ((), torch.int64)}),
+            REF_SPEC,
             self._max_size_arg(),
             sampler=self._sampler.make_sampler(),
             rate_limiter=self._limiter.make(),
@@ -297,6 +327,105 @@ class Table:
         if hook is not None:
             hook()
 
+    def reserve(self, item: Item) -> int:
+        """Keep ``item`` under a new ref until :meth:`insert_refs` inserts it.
+
+        A reserved item is held apart from the live store, so the store's garbage
+        collection never drops it, however long a writer keeps it staged.
+
+        Args:
+            item: The item's columns.
+
+        Returns:
+            The item's ref (refs grow in reservation order).
+
+        Example:
+            >>> t, item = Table.queue("q", 4), (((np.zeros(1),), True),)
+            >>> ref = t.reserve(item); t.insert_refs([ref], [1.0]); len(t)
+            1
+        """
+        with self._lock:
+            ref = self._next_ref
+            self._next_ref = ref + 1
+            self._reserved[ref] = item
+        return ref
+
+    def release(self, refs: Sequence[int]) -> None:
+        """Drop the reservations of ``refs`` that were not inserted (unknown refs are ignored).
+
+        Example:
+            >>> t, item = Table.queue("q", 4), (((np.zeros(1),), True),)
+            >>> t.release([t.reserve(item)]); len(t)
+            0
+        """
+        with self._lock:
+            for r in refs:
+                self._reserved.pop(r, None)
+
+    def insert_refs(
+        self, refs: Sequence[int], priorities: Sequence[float], timeout: float | None = None
+    ) -> None:
+        """Insert reserved items (in order) with their priorities; block on the rate limiter.
+
+        Refs that are no longer reserved (inserted by an earlier call that the rate
+        limiter then stopped part-way) are skipped, so a refused batch can be sent
+        again as it was. A refused chunk stays reserved.
+
+        Args:
+            refs: Refs from :meth:`reserve`.
+            priorities: One priority per ref (finite, >= 0; checked by the caller).
+            timeout: Seconds to wait for the rate limiter (None: as long as it takes).
+
+        Raises:
+            DeadlineExceededError: If the limiter did not let the items in in time (the
+                items it refused stay reserved; the ones before them are inserted).
+
+        Example:
+            >>> t, item = Table.queue("q", 4), (((np.zeros(1),), True),)
+            >>> t.insert_refs([t.reserve(item)], [0.5]); len(t)
+            1
+        """
+        core = self._core
+        lim = core.rate_limiter
+        # One extend when the limiter can never block an insert; else one at a time,
+        # as Reverb inserts them (a batch could exceed a queue's free room for ever).
+        one_by_one = lim.max_diff < 1e300 or core.max_times_sampled is not None
+        with self._insert_lock:
+            with self._lock:
+                reserved = self._reserved
+                keep = [i for i, r in enumerate(refs) if r in reserved]
+            if not keep:
+                return
+            ref_list = [int(refs[i]) for i in keep]
+            pri = np.maximum(
+                np.asarray(priorities, dtype=np.float64).reshape(-1)[keep],
+                # Reverb allows priority 0; replaydb's samplers need > 0 (a zero-priority
+                # item is then drawn with a vanishing but nonzero probability).
+                np.finfo(np.float64).tiny,
+            )
+            n = len(ref_list)
+            step = 1 if one_by_one else n
+            for start in range(0, n, step):
+                chunk = ref_list[start : start + step]
+                with self._lock:
+                    for r in chunk:
+                        self._store[r] = self._reserved.pop(r)
+                try:
+                    core.extend(
+                        {"ref": torch.tensor(chunk, dtype=torch.int64)},
+                        priorities=torch.from_numpy(pri[start : start + step].copy()),
+                        timeout=timeout,
+                    )
+                except (RateLimiterTimeout, WouldBlockForeverError) as exc:
+                    with self._lock:
+                        for r in chunk:
+                            self._reserved[r] = self._store.pop(r)
+                    raise DeadlineExceededError(
+                        f"insert into table {self._name!r} timed out: {exc}"
+                    ) from exc
+            if len(self._store) > 2 * core.capacity + 64:
+                self._collect()
+
     def insert_items(
         self, items: Sequence[Item], priorities: Sequence[float], timeout: float | None = None
     ) -> None:
@@ -309,47 +438,23 @@ class Table:
 
         Raises:
             InvalidArgumentError: For a negative or non-finite priority.
-            DeadlineExceededError: If the limiter did not let the items in in time.
+            DeadlineExceededError: If the limiter did not let the items in in time (the
+                ones it let in before stay; the rest are dropped).
+
+        Example:
+            >>> t, item = Table.queue("q", 4), (((np.zeros(1),), True),)
+            >>> t.insert_items([item], [1.0]); len(t)
+            1
         """
         n = len(items)
         if n == 0:
             return
-        pri = np.asarray(priorities, dtype=np.float64)
-        if pri.shape != (n,) or not bool(np.all(np.isfinite(pri) & (pri >= 0))):
-            raise InvalidArgumentError(
-                f"priorities must be {n} finite numbers >= 0, got {list(priorities)!r}"
-            )
-        # Reverb allows priority 0; replaydb's samplers need > 0 (a zero-priority item
-        # is then drawn with a vanishing but nonzero probability).
-        pri = np.maximum(pri, np.finfo(np.float64).tiny)
-        core = self._core
-        lim = core.rate_limiter
-        # One extend when the limiter can never block an insert; else one at a time,
-        # as Reverb inserts them (a batch could exceed a queue's free room for ever).
-        step = n if lim.max_diff >= 1e300 and core.max_times_sampled is None else 1
-        with self._insert_lock:
-            for start in range(0, n, step):
-                chunk = items[start : start + step]
-                with self._lock:
-                    refs = np.arange(self._next_ref, self._next_ref + len(chunk), dtype=np.int64)
-                    self._next_ref += len(chunk)
-                    for r, item in zip(refs.tolist(), chunk, strict=True):
-                        self._store[r] = item
-                try:
-                    core.extend(
-                        {"ref": torch.from_numpy(refs)},
-                        priorities=torch.from_numpy(pri[start : start + step].copy()),
-                        timeout=timeout,
-                    )
-                except (RateLimiterTimeout, WouldBlockForeverError) as exc:
-                    with self._lock:
-                        for r in refs.tolist():
-                            self._store.pop(r, None)
-                    raise DeadlineExceededError(
-                        f"insert into table {self._name!r} timed out: {exc}"
-                    ) from exc
-            if len(self._store) > 2 * core.capacity + 64:
-                self._collect()
+        check_priorities(priorities, n)
+        refs = [self.reserve(item) for item in items]
+        try:
+            self.insert_refs(refs, priorities, timeout)
+        finally:
+            self.release(refs)
 
     def _collect(self) -> None:
         """Delete store entries whose items were dead in this and the previous snapshot."""
@@ -481,7 +586,7 @@ class Table:
             self._core = core
             self._store = dict(items)
             self._dead = set()
-            self._next_ref = max(items, default=-1) + 1
+            self._next_ref = max(max(items, default=-1), max(self._reserved, default=-1)) + 1
             if core.num_steps:
                 self._next_ref = max(self._next_ref, int(core.info().total_steps_written))
 

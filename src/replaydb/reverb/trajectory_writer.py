@@ -7,11 +7,15 @@ slicing one gives a :class:`TrajectoryColumn`, and :meth:`TrajectoryWriter.creat
 turns a nest of those into an item of a table. Items reference the step arrays,
 they do not copy them, so overlapping items share their steps.
 
-Items are pushed to their tables in batches: when ``64`` are pending, on
-:meth:`~TrajectoryWriter.flush`, :meth:`~TrajectoryWriter.end_episode` and
-:meth:`~TrajectoryWriter.close`, and whenever a reader of a table would otherwise
-wait or report a size (the server asks every open writer to push). Reverb's own
-writer is asynchronous too; this keeps items visible wherever Reverb's would be.
+Items go to their tables through replaydb's one :class:`~replaydb.writer.Writer`
+(an :class:`~replaydb.reverb.item_writer.ItemWriter`: one Writer per table, whose
+rows are the items' refs), so the batching and flush policy is the Writer's: a
+write when ``64`` items of a table are staged, on :meth:`~TrajectoryWriter.flush`,
+:meth:`~TrajectoryWriter.end_episode` and :meth:`~TrajectoryWriter.close`, and a
+non-blocking ``try_flush`` whenever a reader of a table would otherwise wait or
+report a size (the server asks every open writer). A write the rate limiter
+refuses leaves its items staged. Reverb's own writer is asynchronous too; this
+keeps items visible wherever Reverb's would be.
 
 :class:`StepBuffer` holds the step-to-column logic without TensorFlow, so the
 legacy ``Writer`` and other front ends can share it.
@@ -19,20 +23,17 @@ legacy ``Writer`` and other front ends can share it.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from replaydb._validate import check_int, is_number
+from replaydb._validate import check_int
 from replaydb.errors import ClosedError, InvalidArgumentError
-from replaydb.reverb.tables import Column, Item
+from replaydb.reverb.item_writer import PUSH_EVERY, ItemWriter
+from replaydb.reverb.tables import Column, Table
 
 __all__ = ["ColumnHistory", "StepBuffer", "TrajectoryColumn", "TrajectoryWriter"]
-
-#: Items pending in a writer before it pushes them to their tables.
-PUSH_EVERY = 64
 
 
 def to_numpy(value: Any) -> np.ndarray[Any, Any]:
@@ -240,10 +241,11 @@ class TrajectoryWriter:
     Made by :meth:`replaydb.reverb.Client.trajectory_writer`.
 
     Args:
-        push: ``push(table, items, priorities)`` inserts items into a served table.
+        lookup: ``name -> Table``: the served table items of that name go to.
         num_keep_alive_refs: Steps of history items may reference.
-        register: Called with this writer, so the server can ask it to push.
-        unregister: Called with this writer when it closes.
+        register: Called with this writer's :class:`~replaydb.reverb.item_writer.ItemWriter`,
+            so the server can ask it to flush before a read.
+        unregister: Called with the same object when this writer closes.
 
     Example:
         >>> # writer = client.trajectory_writer(num_keep_alive_refs=2)
@@ -253,25 +255,23 @@ class TrajectoryWriter:
 
     def __init__(
         self,
-        push: Callable[[str, list[Item], list[float]], None],
+        lookup: Callable[[str], Table],
         num_keep_alive_refs: int,
-        register: Callable[[TrajectoryWriter], None] | None = None,
-        unregister: Callable[[TrajectoryWriter], None] | None = None,
+        register: Callable[[ItemWriter], None] | None = None,
+        unregister: Callable[[ItemWriter], None] | None = None,
     ) -> None:
         import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
         self._nest = tf.nest
-        self._push = push
         self._buf = StepBuffer(num_keep_alive_refs)
+        self._items = ItemWriter(lookup, PUSH_EVERY)
         self._structure: Any = None
         self._history: Any = None
         self._num_columns = 0
-        self._pending: list[tuple[str, Item, float]] = []
-        self._lock = threading.Lock()
         self._closed = False
         self._unregister = unregister
         if register is not None:
-            register(self)
+            register(self._items)
 
     def __enter__(self) -> TrajectoryWriter:
         return self
@@ -321,20 +321,23 @@ class TrajectoryWriter:
                 f"a step has {len(leaves)} leaves but the writer's first step had "
                 f"{self._num_columns}; append steps of one structure (None for a missing value)"
             )
-        values = [None if leaf is None else to_numpy(leaf) for leaf in leaves]
-        with self._lock:
-            self._buf.append(values)
+        self._buf.append([None if leaf is None else to_numpy(leaf) for leaf in leaves])
 
     def create_item(self, table: str, priority: float, trajectory: Any) -> None:
         """Create an item in ``table`` over columns of the history.
 
+        The item is staged and inserted by the writer's flush policy (see the
+        module doc); readers of the table see it no later than Reverb's would.
+
         Args:
             table: The table's name.
-            priority: The item's priority (>= 0).
+            priority: The item's priority (a finite number >= 0).
             trajectory: A nest of :class:`TrajectoryColumn` (slices of :attr:`history`).
 
         Raises:
-            InvalidArgumentError: If a leaf is not a column, or the priority is bad.
+            InvalidArgumentError: If a leaf is not a column, or the priority or table is bad.
+            DeadlineExceededError: If inserting a full batch timed out (it stays staged).
+            ClosedError: If the writer was closed.
         """
         if self._closed:
             raise ClosedError("create_item on a closed TrajectoryWriter; make a new one")
@@ -351,54 +354,28 @@ class TrajectoryWriter:
                     f"history['obs'][-2:]), got {type(leaf).__name__}"
                 )
             cols.append(leaf.as_column())
-        if not is_number(priority):
-            raise InvalidArgumentError(f"priority must be a number >= 0, got {priority!r}")
-        if not isinstance(table, str):
-            raise InvalidArgumentError(f"table must be a table name (str), got {table!r}")
-        with self._lock:
-            self._pending.append((table, tuple(cols), float(priority)))
-            full = len(self._pending) >= PUSH_EVERY
-        if full:
-            self.flush()
+        self._items.create(table, tuple(cols), priority)
 
     def flush(self, block_until_num_items: int = 0, timeout_ms: int | None = None) -> None:
-        """Push every pending item to its table (waits on the tables' rate limiters)."""
-        with self._lock:
-            self._push_locked(None if timeout_ms is None else timeout_ms / 1000)
+        """Insert every staged item into its table (waits on the tables' rate limiters).
 
-    def try_push(self) -> None:
-        """Push pending items unless another thread is using the writer (server side)."""
-        if self._pending and self._lock.acquire(blocking=False):
-            try:
-                self._push_locked(0.0)
-            except Exception:
-                pass  # the writer's own thread pushes again and reports the error
-            finally:
-                self._lock.release()
-
-    def _push_locked(self, timeout: float | None) -> None:
-        while self._pending:
-            table = self._pending[0][0]
-            run = 0
-            while run < len(self._pending) and self._pending[run][0] == table:
-                run += 1
-            batch = self._pending[:run]
-            self._push(table, [b[1] for b in batch], [b[2] for b in batch])
-            del self._pending[:run]
+        Raises:
+            DeadlineExceededError: If ``timeout_ms`` passed first (the items stay staged).
+        """
+        self._items.flush(None if timeout_ms is None else timeout_ms / 1000)
 
     def end_episode(self, clear_buffers: bool = True, timeout_ms: int | None = None) -> None:
-        """Push pending items and start a new episode (the history is cleared)."""
+        """Insert staged items and start a new episode (the history is cleared)."""
         self.flush(timeout_ms=timeout_ms)
-        with self._lock:
-            self._buf.reset()
+        self._buf.reset()
 
     def close(self) -> None:
-        """Push pending items and close; later calls raise. Closing twice is a no-op."""
+        """Insert staged items and close; later calls raise. Closing twice is a no-op."""
         if self._closed:
             return
         try:
-            self.flush()
+            self._items.close()
         finally:
             self._closed = True
             if self._unregister is not None:
-                self._unregister(self)
+                self._unregister(self._items)
