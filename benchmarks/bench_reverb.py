@@ -8,7 +8,12 @@ Measures, per backend, in its own process (the two cannot share one):
   table, after a warm-up;
 * ``dataset ceiling`` (replaydb side only): the same TF-Agents pipeline with the
   Reverb dataset replaced by a source that costs nothing, i.e. the most any Reverb
-  implementation can reach through TF-Agents' unchanged ``as_dataset``.
+  implementation can reach through TF-Agents' unchanged ``as_dataset``;
+* ``observer ceiling`` (replaydb side only): the unchanged ``ReverbAddTrajectoryObserver``
+  over the same steps, driving a writer that does the least any implementation must
+  (``append`` stores nothing, ``history`` is a fixed nest whose leaves return
+  themselves when sliced, ``create_item``/``flush``/``end_episode`` do nothing), i.e.
+  the most any Reverb implementation can reach through TF-Agents' unchanged observer.
 
     python benchmarks/bench_reverb.py                      # ours + real, ratios
     python benchmarks/bench_reverb.py --real-python /work/tfenv/bin/python
@@ -106,6 +111,7 @@ def measure(backend: str, steps: int, batches: int, replace: bool) -> dict[str, 
 
     out = {"observer_steps_per_s": steps / observer_s, "frames": float(frames)}
     if backend == "ours":
+        out["observer_ceiling_steps_per_s"] = observer_ceiling(data)
         # The ceiling of TF-Agents' own as_dataset pipeline (interleave of 32 sources,
         # per-item map, batch): the same pipeline over a source that costs nothing,
         # an in-graph dataset of ready ReplaySamples. No Reverb can beat it.
@@ -132,6 +138,59 @@ def measure(backend: str, steps: int, batches: int, replace: bool) -> dict[str, 
     out["dataset_items_per_s"] = items_per_s()
     server.stop()
     return out
+
+
+class _FreeColumn:
+    """A history leaf that costs nothing to slice."""
+
+    def __getitem__(self, _: Any) -> _FreeColumn:
+        return self
+
+
+class _FreeWriter:
+    """The least a TrajectoryWriter must do for TF-Agents' observer: nothing is kept."""
+
+    def __init__(self, history: Any) -> None:
+        self.history = history
+
+    def append(self, data: Any, *, partial_step: bool = False) -> None:
+        pass
+
+    def create_item(self, table: str, priority: float, trajectory: Any) -> None:
+        pass
+
+    def flush(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def end_episode(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _FreeClient:
+    """A py_client whose trajectory writers are :class:`_FreeWriter`."""
+
+    def __init__(self, history: Any) -> None:
+        self._history = history
+
+    def trajectory_writer(self, num_keep_alive_refs: int, **_: Any) -> _FreeWriter:
+        return _FreeWriter(self._history)
+
+
+def observer_ceiling(data: list[Any]) -> float:
+    """Steps/s of TF-Agents' unchanged observer over a writer that does nothing."""
+    import tensorflow as tf
+    from tf_agents.replay_buffers import reverb_utils
+
+    history = tf.nest.map_structure(lambda _: _FreeColumn(), data[0])
+    observer = reverb_utils.ReverbAddTrajectoryObserver(_FreeClient(history), TABLE, 2)
+    start = time.perf_counter()
+    for step in data:
+        observer(step)
+    observer.flush()
+    return len(data) / (time.perf_counter() - start)
 
 
 def run_child(python: str, backend: str, args: argparse.Namespace) -> dict[str, float] | None:
@@ -185,6 +244,13 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{'dataset ceiling':<24}{ceiling:>18,.0f}{'':>14}{ceiling / real:>7.1f}x"
             "   (TF-Agents' pipeline over a source that costs nothing)"
+        )
+    if results["ours"] and "observer_ceiling_steps_per_s" in results["ours"]:
+        ceiling = results["ours"]["observer_ceiling_steps_per_s"]
+        real = results["real"]["observer_steps_per_s"] if results["real"] else float("nan")
+        print(
+            f"{'observer ceiling':<24}{ceiling:>18,.0f}{'':>14}{ceiling / real:>7.1f}x"
+            "   (TF-Agents' observer over a writer that does nothing)"
         )
 
 

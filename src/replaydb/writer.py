@@ -282,8 +282,9 @@ class Writer:
                 raise ClosedError("this writer is closed; make a new one")
             if self._staged >= self.max_steps:  # a full stage whose write failed
                 self._flush_locked(None, None)
-            if priority is not None or self._with_priority:
-                self._priority_mode(priority is not None)
+            with_priority = priority is not None
+            if with_priority is not self._with_priority and (with_priority or self._with_priority):
+                self._priority_mode(with_priority)
             pos = self._staged
             bufs = self._bufs
             i = -1

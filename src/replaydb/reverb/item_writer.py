@@ -143,7 +143,11 @@ class ItemWriter:
         """
         if self._closed:
             raise ClosedError("create_item on a closed writer; make a new one")
-        if not is_number(priority) or not (math.isfinite(priority) and priority >= 0):
+        kind = type(priority)
+        if not (
+            (kind is float or kind is int or is_number(priority))
+            and 0 <= priority < math.inf  # NaN fails too
+        ):
             raise InvalidArgumentError(f"priority must be a finite number >= 0, got {priority!r}")
         entry = self._writers.get(table)
         if entry is None:

@@ -396,13 +396,15 @@ class Table:
                 keep = [i for i, r in enumerate(refs) if r in reserved]
             if not keep:
                 return
-            ref_list = [int(refs[i]) for i in keep]
-            pri = np.maximum(
-                np.asarray(priorities, dtype=np.float64).reshape(-1)[keep],
-                # Reverb allows priority 0; replaydb's samplers need > 0 (a zero-priority
-                # item is then drawn with a vanishing but nonzero probability).
-                np.finfo(np.float64).tiny,
-            )
+            pri = np.asarray(priorities, dtype=np.float64).reshape(-1)
+            if len(keep) == len(refs):  # the usual case: nothing was inserted before
+                ref_list = [int(r) for r in refs]
+            else:
+                ref_list = [int(refs[i]) for i in keep]
+                pri = pri[keep]
+            # Reverb allows priority 0; replaydb's samplers need > 0 (a zero-priority
+            # item is then drawn with a vanishing but nonzero probability).
+            pri = np.maximum(pri, np.finfo(np.float64).tiny)
             n = len(ref_list)
             step = 1 if one_by_one else n
             for start in range(0, n, step):

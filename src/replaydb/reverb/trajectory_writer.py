@@ -23,6 +23,8 @@ legacy ``Writer`` and other front ends can share it.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +33,7 @@ import numpy as np
 from replaydb._validate import check_int
 from replaydb.errors import ClosedError, InvalidArgumentError
 from replaydb.reverb.item_writer import PUSH_EVERY, ItemWriter
-from replaydb.reverb.tables import Column, Table
+from replaydb.reverb.tables import Column, Item, Table
 
 __all__ = ["ColumnHistory", "StepBuffer", "TrajectoryColumn", "TrajectoryWriter"]
 
@@ -78,7 +80,7 @@ class TrajectoryColumn:
         (2, 2)
     """
 
-    __slots__ = ("squeeze", "steps")
+    __slots__ = ("_column", "squeeze", "steps")
 
     def __init__(self, steps: tuple[np.ndarray[Any, Any], ...], *, squeeze: bool = False) -> None:
         if squeeze and len(steps) != 1:
@@ -87,6 +89,7 @@ class TrajectoryColumn:
             )
         self.steps = steps
         self.squeeze = squeeze
+        self._column: Column = (steps, squeeze)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -114,7 +117,7 @@ class TrajectoryColumn:
 
     def as_column(self) -> Column:
         """The ``(steps, squeeze)`` pair an item stores."""
-        return (self.steps, self.squeeze)
+        return self._column
 
     def __repr__(self) -> str:
         return f"TrajectoryColumn(shape={self.shape}, squeeze={self.squeeze})"
@@ -145,12 +148,12 @@ class ColumnHistory:
             type(val) is slice
             and val.step is None
             and val.stop is None
-            and isinstance(val.start, int)
-            and -min(buf.keep, buf.episode_steps - buf.offset) <= val.start < 0
-            and not buf.sparse
+            and type(val.start) is int
+            and buf.fast_from <= val.start < 0
         ):
-            # The hot path: the last k steps (observers slice h[-k:] every step).
-            steps: Any = buf.columns[self._path][val.start :]  # no None: not sparse
+            # The hot path: the last k held steps (observers slice h[-k:] every step);
+            # fast_from is 0 (no fast path) once a step missed a column.
+            steps: Any = buf.columns[self._path][val.start :]
             return TrajectoryColumn(tuple(steps))
         steps = self._steps(val)
         if any(s is None for s in steps):
@@ -183,6 +186,8 @@ class StepBuffer:
         self.offset = 0  # episode index of columns[*][0]
         self.episode_steps = 0
         self.sparse = False  # whether some step missed a column (None)
+        #: The lowest negative start ``h[start:]`` may take on the fast path (0: none).
+        self.fast_from = 0
 
     def append(self, leaves: Sequence[np.ndarray[Any, Any] | None]) -> None:
         """Add one step: one array (or None where missing) per column."""
@@ -195,8 +200,9 @@ class StepBuffer:
             )
         for col, leaf in zip(self.columns, leaves, strict=True):
             col.append(leaf)
-        if not self.sparse and any(leaf is None for leaf in leaves):
+        if not self.sparse and any(map(_IS_NONE, leaves)):
             self.sparse = True
+            self.fast_from = 0
         self.episode_steps += 1
         held = self.episode_steps - self.offset
         if held > 2 * self.keep + 16:
@@ -204,6 +210,8 @@ class StepBuffer:
             for col in self.columns:
                 del col[:drop]
             self.offset += drop
+        if not self.sparse:
+            self.fast_from = -min(self.keep, self.episode_steps - self.offset)
 
     def select(self, column: int, val: int | slice) -> list[Any]:
         """The steps ``val`` (episode indices) of one column."""
@@ -233,6 +241,32 @@ class StepBuffer:
         self.offset = 0
         self.episode_steps = 0
         self.sparse = False
+        self.fast_from = 0
+
+
+_COLUMN_OF = operator.attrgetter("_column")
+_IS_COLUMN = functools.partial(operator.is_, TrajectoryColumn)
+_IS_NONE = functools.partial(operator.is_, None)
+
+
+def _columns_of(leaves: list[Any]) -> Item:
+    """The item of a trajectory's leaves: columns, or whole histories (all their steps)."""
+    cols = []
+    for leaf in leaves:
+        if isinstance(leaf, ColumnHistory):
+            leaf = leaf[:]
+        if not isinstance(leaf, TrajectoryColumn):
+            raise InvalidArgumentError(
+                f"trajectory leaves must be columns of writer.history (e.g. "
+                f"history['obs'][-2:]), got {type(leaf).__name__}"
+            )
+        cols.append(leaf.as_column())
+    return tuple(cols)
+
+
+def _leaf(value: Any) -> np.ndarray[Any, Any] | None:
+    """:func:`to_numpy` of one appended leaf, or None for a missing one."""
+    return None if value is None else to_numpy(value)
 
 
 class TrajectoryWriter:
@@ -321,7 +355,7 @@ class TrajectoryWriter:
                 f"a step has {len(leaves)} leaves but the writer's first step had "
                 f"{self._num_columns}; append steps of one structure (None for a missing value)"
             )
-        self._buf.append([None if leaf is None else to_numpy(leaf) for leaf in leaves])
+        self._buf.append(list(map(_leaf, leaves)))
 
     def create_item(self, table: str, priority: float, trajectory: Any) -> None:
         """Create an item in ``table`` over columns of the history.
@@ -344,17 +378,12 @@ class TrajectoryWriter:
         leaves = self._nest.flatten(trajectory)
         if not leaves:
             raise InvalidArgumentError("trajectory has no columns; slice writer.history")
-        cols = []
-        for leaf in leaves:
-            if isinstance(leaf, ColumnHistory):
-                leaf = leaf[:]
-            if not isinstance(leaf, TrajectoryColumn):
-                raise InvalidArgumentError(
-                    f"trajectory leaves must be columns of writer.history (e.g. "
-                    f"history['obs'][-2:]), got {type(leaf).__name__}"
-                )
-            cols.append(leaf.as_column())
-        self._items.create(table, tuple(cols), priority)
+        # The hot path (every leaf a column, as TF-Agents' observers pass): one C loop.
+        if all(map(_IS_COLUMN, map(type, leaves))):
+            item = tuple(map(_COLUMN_OF, leaves))
+        else:
+            item = _columns_of(leaves)
+        self._items.create(table, item, priority)
 
     def flush(self, block_until_num_items: int = 0, timeout_ms: int | None = None) -> None:
         """Insert every staged item into its table (waits on the tables' rate limiters).
