@@ -1,9 +1,10 @@
 """Writer: steps of streams in, rows of a table out, a batch at a time.
 
 Every front end that writes steps (the manager's observer, :class:`~replaydb.collect.Collector`,
-the Ray client) stages them here and writes them with one ``extend`` per batch; one
-``extend`` per step would cost a lock, a spec check and a dozen small tensor ops per
-step, a batch pays those once.
+the Ray client, and :mod:`replaydb.reverb`'s writers, whose steps are the refs of
+Reverb items: see :mod:`replaydb.reverb.item_writer`) stages them here and writes
+them with one ``extend`` per batch; one ``extend`` per step would cost a lock, a
+spec check and a dozen small tensor ops per step, a batch pays those once.
 
 Data layout
 -----------
@@ -62,8 +63,8 @@ class StepSink(Protocol):
     """Where a :class:`Writer` writes: anything with a client's ``extend``.
 
     Every :class:`~replaydb.server.TableClient` is one (the local
-    :class:`~replaydb.server.Client`, the Ray client); so is the Ray client's
-    per-shard sender.
+    :class:`~replaydb.server.Client`, the Ray client); so are the Ray client's
+    per-shard sender and a Reverb table's ``replaydb.reverb.item_writer.RefSink``.
     """
 
     def extend(

@@ -16,9 +16,9 @@ import numpy as np
 
 from replaydb.errors import ClosedError, InvalidArgumentError
 from replaydb.reverb.item_writer import PUSH_EVERY, ItemWriter
-from replaydb.reverb.replay_sample import ReplaySample, SampleInfo
+from replaydb.reverb.replay_sample import ReplaySample, SampleInfo, stack_columns
 from replaydb.reverb.server import Server, resolve
-from replaydb.reverb.tables import Item, TableInfo, stack_columns
+from replaydb.reverb.tables import Item, TableInfo
 from replaydb.reverb.trajectory_writer import StepBuffer, TrajectoryWriter, to_numpy
 
 __all__ = ["Client", "Writer"]

@@ -7,9 +7,15 @@ its priority and how many times it has been sampled (this time included).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-__all__ = ["ReplaySample", "SampleInfo"]
+import numpy as np
+
+if TYPE_CHECKING:
+    from replaydb.reverb.tables import Item
+
+__all__ = ["ReplaySample", "SampleInfo", "stack_columns"]
 
 
 class SampleInfo(NamedTuple):
@@ -51,3 +57,36 @@ class ReplaySample(NamedTuple):
 
     info: SampleInfo
     data: Any
+
+
+def stack_columns(items: Sequence[Item]) -> list[Any]:
+    """Stack each column over a batch of items: ``[B, T, ...]`` (``[B, ...]`` if squeezed).
+
+    A column whose items differ in length, squeezing or step shape comes back as
+    a list of per-item arrays instead.
+
+    Example:
+        >>> a = np.zeros(2, np.float32)
+        >>> stack_columns([((( a, a), False),), (((a, a), False),)])[0].shape
+        (2, 2, 2)
+    """
+    if not items:
+        return []
+    out: list[Any] = []
+    b = len(items)
+    for c in range(len(items[0])):
+        cols = [it[c] for it in items]
+        steps0, squeeze0 = cols[0]
+        t = len(steps0)
+        same = all(len(s) == t and q == squeeze0 for s, q in cols)
+        if same:
+            flat = [a for s, _ in cols for a in s]
+            try:
+                arr = np.stack(flat)
+            except ValueError:
+                same = False
+        if not same:
+            out.append([s[0] if q else np.stack(s) for s, q in cols])
+            continue
+        out.append(arr if squeeze0 else arr.reshape(b, t, *arr.shape[1:]))
+    return out

@@ -12,9 +12,8 @@ import numpy as np
 import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
 from replaydb.errors import InvalidArgumentError
-from replaydb.reverb.replay_sample import ReplaySample, SampleInfo
+from replaydb.reverb.replay_sample import ReplaySample, SampleInfo, stack_columns
 from replaydb.reverb.server import resolve
-from replaydb.reverb.tables import stack_columns
 
 __all__ = ["TFClient"]
 

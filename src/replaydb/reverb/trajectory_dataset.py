@@ -29,9 +29,8 @@ from tensorflow.python.util import nest as tf_nest  # type: ignore[import-untype
 
 from replaydb.errors import ClosedError, InvalidArgumentError
 from replaydb.reverb.errors import DeadlineExceededError
-from replaydb.reverb.replay_sample import ReplaySample, SampleInfo
+from replaydb.reverb.replay_sample import ReplaySample, SampleInfo, stack_columns
 from replaydb.reverb.server import resolve
-from replaydb.reverb.tables import stack_columns
 
 __all__ = ["TrajectoryDataset"]
 
