@@ -80,16 +80,24 @@ class TrajectoryColumn:
         (2, 2)
     """
 
-    __slots__ = ("_column", "squeeze", "steps")
+    __slots__ = ("_column",)
 
     def __init__(self, steps: tuple[np.ndarray[Any, Any], ...], *, squeeze: bool = False) -> None:
         if squeeze and len(steps) != 1:
             raise InvalidArgumentError(
                 f"a squeezed column holds exactly one step, got {len(steps)}"
             )
-        self.steps = steps
-        self.squeeze = squeeze
         self._column: Column = (steps, squeeze)
+
+    @property
+    def steps(self) -> tuple[np.ndarray[Any, Any], ...]:
+        """The column's step arrays, oldest first."""
+        return self._column[0]
+
+    @property
+    def squeeze(self) -> bool:
+        """Whether the column is one step without a time axis."""
+        return self._column[1]
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -266,6 +274,11 @@ def _columns_of(leaves: list[Any]) -> Item:
 
 def _leaf(value: Any) -> np.ndarray[Any, Any] | None:
     """:func:`to_numpy` of one appended leaf, or None for a missing one."""
+    if type(value) is np.ndarray:  # the usual leaves first, without a second call
+        out: np.ndarray[Any, Any] = value.copy()
+        return out
+    if isinstance(value, np.generic):
+        return value  # type: ignore[return-value]  # immutable: np.stack takes it as is
     return None if value is None else to_numpy(value)
 
 
