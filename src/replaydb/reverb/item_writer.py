@@ -83,8 +83,8 @@ class RefSink:
             DeadlineExceededError: If the rate limiter refused some of the refs in time
                 (they stay reserved; see :meth:`replaydb.reverb.Table.insert_refs`).
         """
-        refs = np.asarray(steps["ref"]).tolist()
-        pri = [1.0] * len(refs) if priorities is None else priorities
+        refs = np.asarray(steps["ref"])
+        pri = np.ones(len(refs)) if priorities is None else priorities
         self._table.insert_refs(refs, pri, timeout)
 
 

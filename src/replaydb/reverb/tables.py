@@ -61,6 +61,8 @@ __all__ = [
 Column = tuple[tuple[np.ndarray[Any, Any], ...], bool]
 #: One item: its columns, in flattened order.
 Item = tuple[Column, ...]
+#: The smallest priority replaydb's samplers take (Reverb's 0 becomes this).
+_TINY = float(np.finfo(np.float64).tiny)
 #: The core table's one field: the ref of an item in the store.
 REF_SPEC = Spec({"ref": ((), torch.int64)})
 
@@ -362,9 +364,7 @@ class Table:
             for r in refs:
                 self._reserved.pop(r, None)
 
-    def insert_refs(
-        self, refs: Sequence[int], priorities: Sequence[float], timeout: float | None = None
-    ) -> None:
+    def insert_refs(self, refs: Any, priorities: Any, timeout: float | None = None) -> None:
         """Insert reserved items (in order) with their priorities; block on the rate limiter.
 
         Refs that are no longer reserved (inserted by an earlier call that the rate
@@ -372,7 +372,7 @@ class Table:
         again as it was. A refused chunk stays reserved.
 
         Args:
-            refs: Refs from :meth:`reserve`.
+            refs: Refs from :meth:`reserve` (a sequence or ``[N]`` array of ints).
             priorities: One priority per ref (finite, >= 0; checked by the caller).
             timeout: Seconds to wait for the rate limiter (None: as long as it takes).
 
@@ -391,22 +391,20 @@ class Table:
         # as Reverb inserts them (a batch could exceed a queue's free room for ever).
         one_by_one = lim.max_diff < 1e300 or core.max_times_sampled is not None
         with self._insert_lock:
+            ids = np.array(refs, dtype=np.int64).reshape(-1)
+            pri = np.asarray(priorities, dtype=np.float64).reshape(-1)
+            ref_list = ids.tolist()
             with self._lock:
                 reserved = self._reserved
-                keep = [i for i, r in enumerate(refs) if r in reserved]
-            if not keep:
-                return
-            pri = np.asarray(priorities, dtype=np.float64).reshape(-1)
-            if len(keep) == len(refs):  # the usual case: nothing was inserted before
-                ref_list = [int(r) for r in refs]
-            else:
-                ref_list = [int(refs[i]) for i in keep]
-                pri = pri[keep]
+                keep = [r in reserved for r in ref_list]
+            if not all(keep):  # a retry: skip the refs an earlier call inserted
+                ids, pri = ids[keep], pri[keep]
+                ref_list = ids.tolist()
+            n = len(ref_list)
             # Reverb allows priority 0; replaydb's samplers need > 0 (a zero-priority
             # item is then drawn with a vanishing but nonzero probability).
-            pri = np.maximum(pri, np.finfo(np.float64).tiny)
-            n = len(ref_list)
-            step = 1 if one_by_one else n
+            pri = np.maximum(pri, _TINY)
+            step = 1 if one_by_one else max(n, 1)
             for start in range(0, n, step):
                 chunk = ref_list[start : start + step]
                 with self._lock:
@@ -414,8 +412,8 @@ class Table:
                         self._store[r] = self._reserved.pop(r)
                 try:
                     core.extend(
-                        {"ref": torch.tensor(chunk, dtype=torch.int64)},
-                        priorities=torch.from_numpy(pri[start : start + step].copy()),
+                        {"ref": torch.from_numpy(ids[start : start + step])},
+                        priorities=torch.from_numpy(pri[start : start + step]),
                         timeout=timeout,
                     )
                 except (RateLimiterTimeout, WouldBlockForeverError) as exc:
@@ -521,7 +519,7 @@ class Table:
         """
         k = np.asarray(keys, dtype=np.uint64).astype(np.int64).reshape(-1)
         p = np.asarray(priorities, dtype=np.float64).reshape(-1)
-        return self._core.update_priorities(k, np.maximum(p, np.finfo(np.float64).tiny))
+        return self._core.update_priorities(k, np.maximum(p, _TINY))
 
     def delete(self, keys: Any) -> int:
         """Remove items by key; unknown keys are ignored. Returns how many were live."""
