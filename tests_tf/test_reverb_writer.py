@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -205,6 +207,22 @@ def test_legacy_writer_stages_items_on_the_same_path() -> None:
         assert len(table) == 4
         client.insert({"x": np.int64(7)}, {"t": 1.0})
         assert len(table) == 5
+    finally:
+        server.stop()
+
+
+def test_a_writer_dropped_without_close_takes_its_staged_items_along() -> None:
+    table = fifo_table()
+    server = reverb.Server([table])
+    try:
+        writer = ItemWriter(server.table)
+        data = np.arange(3)
+        ref = weakref.ref(data)
+        writer.create("t", (((data,), True),), 1.0)
+        del writer, data
+        gc.collect()
+        assert ref() is None  # nothing of it is kept by the table
+        assert len(table) == 0
     finally:
         server.stop()
 

@@ -4,12 +4,14 @@ Reverb's writers (:class:`~replaydb.reverb.TrajectoryWriter` and the legacy
 :class:`~replaydb.reverb.Writer`) create items for any served table with any
 priority. Each item goes in two steps (see :mod:`replaydb.reverb.tables`):
 
-1. :meth:`replaydb.reverb.Table.reserve` gives it a ref and holds it apart from
-   the table's live store, so the store's garbage collection never drops an item
-   that is staged but not yet inserted;
+1. :meth:`replaydb.reverb.Table.new_ref` gives it a ref, and the writer keeps the
+   item under that ref in its own ``pending`` map, apart from the table's store,
+   so the store's garbage collection never drops an item that is staged but not
+   yet inserted (and a writer dropped without ``close`` takes its items along);
 2. the ref is staged as one row ``{"ref": r}`` (with the item's priority) in a
    :class:`replaydb.writer.Writer` for that table, whose destination, a
-   :class:`RefSink`, inserts the refs with :meth:`replaydb.reverb.Table.insert_refs`.
+   :class:`RefSink`, moves the items into the store and inserts their refs with
+   :meth:`replaydb.reverb.Table.insert_refs`.
 
 So the batching and flush policy is the Writer's, the same as the observer's,
 ``Collector``'s and the Ray client's: a write every ``max_items`` items per table
@@ -25,7 +27,7 @@ This module does not import TensorFlow.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -42,22 +44,25 @@ PUSH_EVERY = 64
 
 
 class RefSink:
-    """The :class:`replaydb.writer.StepSink` of a Reverb table: inserts its reserved refs.
+    """The :class:`replaydb.writer.StepSink` of a Reverb table: inserts a writer's pending items.
 
     Args:
         table: The served Reverb table.
+        pending: ``ref -> item`` of the writer; inserted items leave it.
 
     Example:
         >>> from replaydb.reverb.tables import Table
         >>> t, item = Table.queue("q", 4), (((np.zeros(1),), True),)
-        >>> RefSink(t).extend({"ref": [t.reserve(item)]}, priorities=[1.0]); len(t)
+        >>> ref = t.new_ref(); sink = RefSink(t, {ref: item})
+        >>> sink.extend({"ref": [ref]}, priorities=[1.0]); len(t)
         1
     """
 
-    __slots__ = ("_table",)
+    __slots__ = ("_pending", "_table")
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, pending: MutableMapping[int, Item]) -> None:
         self._table = table
+        self._pending = pending
 
     def extend(
         self,
@@ -72,7 +77,7 @@ class RefSink:
         """Insert a batch of refs, in order (an item each; streams and ends do not apply).
 
         Args:
-            steps: ``{"ref": [N]}``, refs from :meth:`replaydb.reverb.Table.reserve`.
+            steps: ``{"ref": [N]}``, refs of pending items.
             streams: Ignored (every ref is a whole item).
             ends: Ignored.
             priorities: ``[N]`` priorities (``None``: 1.0 each).
@@ -81,11 +86,11 @@ class RefSink:
 
         Raises:
             DeadlineExceededError: If the rate limiter refused some of the refs in time
-                (they stay reserved; see :meth:`replaydb.reverb.Table.insert_refs`).
+                (they stay pending; see :meth:`replaydb.reverb.Table.insert_refs`).
         """
         refs = np.asarray(steps["ref"])
         pri = np.ones(len(refs)) if priorities is None else priorities
-        self._table.insert_refs(refs, pri, timeout)
+        self._table.insert_refs(refs, pri, timeout, pending=self._pending)
 
 
 class ItemWriter:
@@ -111,7 +116,7 @@ class ItemWriter:
     def __init__(self, lookup: Callable[[str], Table], max_items: int = PUSH_EVERY) -> None:
         self._lookup = lookup
         self.max_items = check_int("max_items", max_items, 1)
-        self._writers: dict[str, tuple[Table, Writer]] = {}
+        self._writers: dict[str, tuple[Table, Writer, dict[int, Item]]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -120,7 +125,7 @@ class ItemWriter:
     @property
     def staged(self) -> int:
         """Items created and not yet inserted, over all tables."""
-        return sum(w.staged for _, w in self._writers.values())
+        return sum(w.staged for _, w, _ in self._writers.values())
 
     @property
     def closed(self) -> bool:
@@ -154,16 +159,18 @@ class ItemWriter:
             if not isinstance(table, str):
                 raise InvalidArgumentError(f"table must be a table name (str), got {table!r}")
             t = self._lookup(table)
-            entry = (t, Writer(RefSink(t), t.core.spec, max_steps=self.max_items))
+            pending: dict[int, Item] = {}
+            entry = (t, Writer(RefSink(t, pending), t.core.spec, max_steps=self.max_items), pending)
             self._writers[table] = entry
-        t, w = entry
-        ref = t.reserve(item)
+        t, w, pending = entry
+        ref = t.new_ref()
+        pending[ref] = item
         before = w.staged
         try:
             w.append((ref,), priority=float(priority))
         except BaseException:
             if w.staged <= before:  # refused before it was staged
-                t.release([ref])
+                pending.pop(ref, None)
             raise
 
     def flush(self, timeout: float | None = None) -> None:
@@ -177,13 +184,13 @@ class ItemWriter:
             DeadlineExceededError: If a rate limiter refused in time (the refused
                 items stay staged).
         """
-        for _, w in list(self._writers.values()):
+        for _, w, _ in list(self._writers.values()):
             if w.staged:
                 w.flush(timeout)
 
     def try_flush(self) -> None:
         """Insert staged items that go in without waiting (server side; never blocks)."""
-        for _, w in list(self._writers.values()):
+        for _, w, _ in list(self._writers.values()):
             w.try_flush()
 
     def close(self) -> None:
@@ -198,5 +205,6 @@ class ItemWriter:
             self.flush()
         finally:
             self._closed = True
-            for _, w in self._writers.values():
+            for _, w, pending in self._writers.values():
                 w.close(flush=False)
+                pending.clear()  # what a failed final insert left

@@ -19,11 +19,12 @@ store has grown past twice the table's size, a :meth:`replaydb.table.Table.items
 snapshot tells which refs are live, and refs found dead in two snapshots in a row
 are deleted (a sampler between its draw and its read always finds its items).
 
-Writes come in two steps. :meth:`Table.reserve` gives an item its ref and keeps it
-apart from the store (so the garbage collection above never sees it);
-:meth:`Table.insert_refs` moves reserved items into the store and inserts their
-refs into the replaydb table, under its rate limiter. Writers stage refs between
-the two in a :class:`replaydb.writer.Writer` (see :mod:`replaydb.reverb.item_writer`).
+Writes come in two steps. :meth:`Table.new_ref` gives an item its ref, and the
+writer keeps the item under it, apart from the store (so the garbage collection
+above never sees it); :meth:`Table.insert_refs` moves the items into the store and
+inserts their refs into the replaydb table, under its rate limiter. Writers stage
+refs between the two in a :class:`replaydb.writer.Writer` (see
+:mod:`replaydb.reverb.item_writer`).
 
 Reverb: Cassirer et al. 2021, arXiv 2102.04736.
 """
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +184,6 @@ class Table:
         self._max_size = max_size
         self._signature = signature
         self._store: dict[int, Item] = {}
-        self._reserved: dict[int, Item] = {}  # created, not yet inserted (see reserve)
         self._dead: set[int] = set()
         self._next_ref = 0
         self._lock = threading.Lock()  # the store and the ref counter
@@ -329,74 +329,62 @@ class Table:
         if hook is not None:
             hook()
 
-    def reserve(self, item: Item) -> int:
-        """Keep ``item`` under a new ref until :meth:`insert_refs` inserts it.
+    def new_ref(self) -> int:
+        """A ref no other item of this table has or will get (refs grow in call order).
 
-        A reserved item is held apart from the live store, so the store's garbage
-        collection never drops it, however long a writer keeps it staged.
-
-        Args:
-            item: The item's columns.
-
-        Returns:
-            The item's ref (refs grow in reservation order).
+        A writer keeps the item under this ref, apart from the table's store, until
+        :meth:`insert_refs` moves it in: the store's garbage collection never sees
+        an item that is staged but not yet inserted.
 
         Example:
-            >>> t, item = Table.queue("q", 4), (((np.zeros(1),), True),)
-            >>> ref = t.reserve(item); t.insert_refs([ref], [1.0]); len(t)
-            1
+            >>> t = Table.queue("q", 4); (t.new_ref(), t.new_ref())
+            (0, 1)
         """
         with self._lock:
             ref = self._next_ref
             self._next_ref = ref + 1
-            self._reserved[ref] = item
         return ref
 
-    def release(self, refs: Sequence[int]) -> None:
-        """Drop the reservations of ``refs`` that were not inserted (unknown refs are ignored).
+    def insert_refs(
+        self,
+        refs: Any,
+        priorities: Any,
+        timeout: float | None = None,
+        *,
+        pending: MutableMapping[int, Item],
+    ) -> None:
+        """Move ``pending[ref]`` items into the store and insert their refs, in order.
 
-        Example:
-            >>> t, item = Table.queue("q", 4), (((np.zeros(1),), True),)
-            >>> t.release([t.reserve(item)]); len(t)
-            0
-        """
-        with self._lock:
-            for r in refs:
-                self._reserved.pop(r, None)
-
-    def insert_refs(self, refs: Any, priorities: Any, timeout: float | None = None) -> None:
-        """Insert reserved items (in order) with their priorities; block on the rate limiter.
-
-        Refs that are no longer reserved (inserted by an earlier call that the rate
-        limiter then stopped part-way) are skipped, so a refused batch can be sent
-        again as it was. A refused chunk stays reserved.
+        Blocks on the rate limiter: in one write when it can never block an insert,
+        else one item at a time, as Reverb inserts them (a batch could exceed a
+        queue's free room for ever). Refs missing from ``pending`` are skipped:
+        inserted by an earlier call the rate limiter stopped part-way, so a refused
+        batch can be sent again as it was.
 
         Args:
-            refs: Refs from :meth:`reserve` (a sequence or ``[N]`` array of ints).
+            refs: Refs from :meth:`new_ref` (a sequence or ``[N]`` array of ints).
             priorities: One priority per ref (finite, >= 0; checked by the caller).
             timeout: Seconds to wait for the rate limiter (None: as long as it takes).
+            pending: ``ref -> item`` of the writer; inserted items leave it.
 
         Raises:
-            DeadlineExceededError: If the limiter did not let the items in in time (the
-                items it refused stay reserved; the ones before them are inserted).
+            DeadlineExceededError: If the limiter did not let the items in in time
+                (the refused ones stay in ``pending``; the ones before them are in).
 
         Example:
             >>> t, item = Table.queue("q", 4), (((np.zeros(1),), True),)
-            >>> t.insert_refs([t.reserve(item)], [0.5]); len(t)
-            1
+            >>> ref = t.new_ref(); pending = {ref: item}
+            >>> t.insert_refs([ref], [0.5], pending=pending); (len(t), pending)
+            (1, {})
         """
         core = self._core
         lim = core.rate_limiter
-        # One extend when the limiter can never block an insert; else one at a time,
-        # as Reverb inserts them (a batch could exceed a queue's free room for ever).
         one_by_one = lim.max_diff < 1e300 or core.max_times_sampled is not None
         with self._insert_lock:
             ids = np.array(refs, dtype=np.int64).reshape(-1)
             pri = np.asarray(priorities, dtype=np.float64).reshape(-1)
             ref_list = ids.tolist()
-            with self._lock:
-                reserved = self._reserved
-                keep = [r in reserved for r in ref_list]
+            keep = [r in pending for r in ref_list]
             if not all(keep):  # a retry: skip the refs an earlier call inserted
                 ids, pri = ids[keep], pri[keep]
                 ref_list = ids.tolist()
@@ -409,7 +397,7 @@ class Table:
                 chunk = ref_list[start : start + step]
                 with self._lock:
                     for r in chunk:
-                        self._store[r] = self._reserved.pop(r)
+                        self._store[r] = pending.pop(r)
                 try:
                     core.extend(
                         {"ref": torch.from_numpy(ids[start : start + step])},
@@ -419,7 +407,7 @@ class Table:
                 except (RateLimiterTimeout, WouldBlockForeverError) as exc:
                     with self._lock:
                         for r in chunk:
-                            self._reserved[r] = self._store.pop(r)
+                            pending[r] = self._store.pop(r)
                     raise DeadlineExceededError(
                         f"insert into table {self._name!r} timed out: {exc}"
                     ) from exc
@@ -429,7 +417,7 @@ class Table:
     def insert_items(
         self, items: Sequence[Item], priorities: Sequence[float], timeout: float | None = None
     ) -> None:
-        """Insert items (in order) with their priorities; block on the rate limiter.
+        """Insert items (in order) with their priorities now; block on the rate limiter.
 
         Args:
             items: The items' columns.
@@ -450,11 +438,8 @@ class Table:
         if n == 0:
             return
         check_priorities(priorities, n)
-        refs = [self.reserve(item) for item in items]
-        try:
-            self.insert_refs(refs, priorities, timeout)
-        finally:
-            self.release(refs)
+        pending = {self.new_ref(): item for item in items}
+        self.insert_refs(list(pending), priorities, timeout, pending=pending)
 
     def _collect(self) -> None:
         """Delete store entries whose items were dead in this and the previous snapshot."""
@@ -586,7 +571,8 @@ class Table:
             self._core = core
             self._store = dict(items)
             self._dead = set()
-            self._next_ref = max(max(items, default=-1), max(self._reserved, default=-1)) + 1
+            # Never backwards: a ref handed out stays unique (new_ref).
+            self._next_ref = max(self._next_ref, max(items, default=-1) + 1)
             if core.num_steps:
                 self._next_ref = max(self._next_ref, int(core.info().total_steps_written))
 
