@@ -181,6 +181,8 @@ def test_unknown_table_and_closed_writer_are_named() -> None:
         writer.append(Step(np.float32(0), np.int64(0)))
         with pytest.raises(InvalidArgumentError, match="no table 'nope'"):
             writer.create_item("nope", 1.0, writer.history.obs[-1])
+        with pytest.raises(InvalidArgumentError, match="table name"):
+            writer.create_item(["t"], 1.0, writer.history.obs[-1])  # type: ignore[arg-type]
         writer.close()
         with pytest.raises(ClosedError):
             writer.create_item("t", 1.0, writer.history.obs[-1])

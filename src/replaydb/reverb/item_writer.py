@@ -154,10 +154,10 @@ class ItemWriter:
             and 0 <= priority < math.inf  # NaN fails too
         ):
             raise InvalidArgumentError(f"priority must be a finite number >= 0, got {priority!r}")
+        if type(table) is not str:
+            raise InvalidArgumentError(f"table must be a table name (str), got {table!r}")
         entry = self._writers.get(table)
         if entry is None:
-            if not isinstance(table, str):
-                raise InvalidArgumentError(f"table must be a table name (str), got {table!r}")
             t = self._lookup(table)
             pending: dict[int, Item] = {}
             entry = (t, Writer(RefSink(t, pending), t.core.spec, max_steps=self.max_items), pending)
