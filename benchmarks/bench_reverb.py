@@ -19,7 +19,8 @@ Measures, per backend, in its own process (the two cannot share one):
     python benchmarks/bench_reverb.py --real-python /work/tfenv/bin/python
 
 The ratio column is replaydb.reverb (or the ceiling) over dm-reverb, measured in the
-same run.
+same run. ``--compare-with OTHER/src`` also races this checkout's observer against
+another checkout's in one process (the before/after figure of a change).
 
 The default interpreter runs replaydb.reverb (it must not have dm-reverb, or pass
 ``--replace``); ``--real-python`` names one with dm-reverb (skipped when absent).
@@ -41,7 +42,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TABLE = "bench"
 
 
-def measure(backend: str, steps: int, batches: int, replace: bool) -> dict[str, float]:
+def measure(
+    backend: str, steps: int, batches: int, replace: bool, compare_with: str | None = None
+) -> dict[str, float]:
     """Run both measurements on ``backend`` ('ours' or 'real') in this process."""
     if backend == "ours":
         import replaydb.reverb
@@ -115,6 +118,8 @@ def measure(backend: str, steps: int, batches: int, replace: bool) -> dict[str, 
     out = {"observer_steps_per_s": steps / observer_s, "frames": float(frames)}
     if backend == "ours":
         out["observer_ceiling_steps_per_s"] = observer_ceiling(data)
+        if compare_with:
+            out.update(observer_ab(compare_with, data))
         # The ceiling of TF-Agents' own as_dataset pipeline (interleave of 32 sources,
         # per-item map, batch): the same pipeline over a source that costs nothing,
         # an in-graph dataset of ready ReplaySamples. No Reverb can beat it.
@@ -196,6 +201,54 @@ def observer_ceiling(data: list[Any]) -> float:
     return len(data) / (time.perf_counter() - start)
 
 
+def observer_ab(base_src: str, data: list[Any], block: int = 2010) -> dict[str, float]:
+    """The observer on another checkout's replaydb.reverb vs this one, in one process.
+
+    Both packages are loaded side by side (the other renamed, as in ``bench_ab.py``)
+    and fed the same steps in interleaved blocks, so machine load falls on both
+    alike; the rates come from the median per-block thread CPU time.
+    """
+    import importlib
+    import statistics
+    import tempfile
+
+    from bench_ab import copy_as
+    from tf_agents.replay_buffers import reverb_utils
+
+    import replaydb.reverb as new
+
+    tmp = tempfile.mkdtemp(prefix="bench_reverb_ab_")
+    copy_as(Path(base_src), Path(tmp), "replaydb_base")
+    sys.path.insert(0, tmp)
+    base = importlib.import_module("replaydb_base.reverb")
+    sides = {}
+    for name, pkg in (("base", base), ("new", new)):
+        table = pkg.Table(
+            TABLE,
+            max_size=len(data),
+            sampler=pkg.selectors.Uniform(),
+            remover=pkg.selectors.Fifo(),
+            rate_limiter=pkg.rate_limiters.MinSize(1),
+        )
+        server = pkg.Server([table])
+        observer = reverb_utils.ReverbAddTrajectoryObserver(server.localhost_client(), TABLE, 2)
+        sides[name] = (server, observer, [])
+    for i, start in enumerate(range(0, len(data), block)):
+        chunk = data[start : start + block]
+        order = list(sides.values())
+        for _, observer, times in order[:: 1 if i % 2 else -1]:  # who goes first alternates
+            t = time.thread_time()
+            for step in chunk:
+                observer(step)
+            times.append((time.thread_time() - t) / len(chunk))
+    out = {}
+    for name, (server, observer, times) in sides.items():
+        observer.close()
+        server.stop()
+        out[f"observer_ab_{name}_steps_per_s"] = 1 / statistics.median(times)
+    return out
+
+
 def run_child(python: str, backend: str, args: argparse.Namespace) -> dict[str, float] | None:
     cmd = [
         python,
@@ -209,6 +262,8 @@ def run_child(python: str, backend: str, args: argparse.Namespace) -> dict[str, 
     ]
     if args.replace:
         cmd.append("--replace")
+    if args.compare_with and backend == "ours":
+        cmd += ["--compare-with", args.compare_with]
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
@@ -226,10 +281,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=300, help="dataset batches of 64")
     p.add_argument("--real-python", default=os.environ.get("REPLAYDB_REAL_REVERB_PYTHON"))
     p.add_argument("--replace", action="store_true", help="shadow a dm-reverb in this env")
+    p.add_argument(
+        "--compare-with",
+        metavar="SRC",
+        help="also race the observer against the replaydb.reverb of another checkout's "
+        "src/ (e.g. a baseline), in one process",
+    )
     p.add_argument("--child", choices=["ours", "real"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child, args.steps, args.batches, args.replace)))
+        out = measure(args.child, args.steps, args.batches, args.replace, args.compare_with)
+        print(json.dumps(out))
         return
     real_python = args.real_python or (
         "/work/tfenv/bin/python" if Path("/work/tfenv/bin/python").exists() else None
@@ -255,6 +317,13 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{'observer ceiling':<24}{ceiling:>18,.0f}{'':>14}{ceiling / real:>7.1f}x"
             f"   (TF-Agents' observer over a writer that does nothing; ours: {share:.0%} of it)"
+        )
+    if results["ours"] and "observer_ab_base_steps_per_s" in results["ours"]:
+        base = results["ours"]["observer_ab_base_steps_per_s"]
+        new = results["ours"]["observer_ab_new_steps_per_s"]
+        print(
+            f"{'observer, this vs base':<24}{new:>18,.0f}{base:>14,.0f}{new / base:>7.2f}x"
+            f"   (--compare-with {args.compare_with}: one process, CPU time, base column)"
         )
 
 

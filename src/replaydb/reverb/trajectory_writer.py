@@ -161,8 +161,9 @@ class ColumnHistory:
         ):
             # The hot path: the last k held steps (observers slice h[-k:] every step);
             # fast_from is 0 (no fast path) once a step missed a column.
-            steps: Any = buf.columns[self._path][val.start :]
-            return TrajectoryColumn(tuple(steps))
+            col = _new_column(TrajectoryColumn)  # __init__'s checks hold: not squeezed
+            col._column = (tuple(buf.columns[self._path][val.start :]), False)  # type: ignore[arg-type]
+            return col
         steps = self._steps(val)
         if any(s is None for s in steps):
             raise InvalidArgumentError(
@@ -253,6 +254,7 @@ class StepBuffer:
 
 
 _COLUMN_OF = operator.attrgetter("_column")
+_new_column = object.__new__
 _IS_COLUMN = functools.partial(operator.is_, TrajectoryColumn)
 _IS_NONE = functools.partial(operator.is_, None)
 
@@ -280,6 +282,28 @@ def _leaf(value: Any) -> np.ndarray[Any, Any] | None:
     if isinstance(value, np.generic):
         return value  # type: ignore[return-value]  # immutable: np.stack takes it as is
     return None if value is None else to_numpy(value)
+
+
+def _core_flatten(tf: Any) -> Callable[[Any], list[Any]]:
+    """``tf.nest.flatten`` (composites not expanded), without its Python wrappers.
+
+    TensorFlow's ``tf.nest.flatten`` is three Python calls around one C function;
+    a writer flattens twice a step, so it calls that function directly where it
+    exists (TF 2.15, which TF-Agents 0.19 needs), else ``tf.nest.flatten``.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_utils  # type: ignore[import-untyped, unused-ignore]
+
+        core: Callable[[Any, bool], list[Any]] = _pywrap_utils.Flatten
+        if core({"b": (1,), "a": [2, None]}, False) != tf.nest.flatten({"b": (1,), "a": [2, None]}):
+            raise ImportError("a different Flatten")
+    except (ImportError, AttributeError, TypeError):
+        return tf.nest.flatten  # type: ignore[no-any-return]
+
+    def flatten(structure: Any) -> list[Any]:
+        return [None] if structure is None else core(structure, False)
+
+    return flatten
 
 
 class TrajectoryWriter:
@@ -310,6 +334,7 @@ class TrajectoryWriter:
         import tensorflow as tf  # type: ignore[import-untyped, unused-ignore]
 
         self._nest = tf.nest
+        self._flatten = _core_flatten(tf)
         self._buf = StepBuffer(num_keep_alive_refs)
         self._items = ItemWriter(lookup, PUSH_EVERY)
         self._structure: Any = None
@@ -356,7 +381,7 @@ class TrajectoryWriter:
                 "partial_step=True is not supported by replaydb.reverb; append whole steps"
             )
         nest = self._nest
-        leaves = nest.flatten(data, expand_composites=False)
+        leaves = self._flatten(data)
         if self._structure is None:
             self._structure = data
             self._num_columns = len(leaves)
@@ -368,7 +393,12 @@ class TrajectoryWriter:
                 f"a step has {len(leaves)} leaves but the writer's first step had "
                 f"{self._num_columns}; append steps of one structure (None for a missing value)"
             )
-        self._buf.append(list(map(_leaf, leaves)))
+        # numpy scalars are immutable and kept as they are; arrays are copied.
+        values: list[Any] = [
+            v if isinstance(v, np.generic) else v.copy() if type(v) is np.ndarray else _leaf(v)
+            for v in leaves
+        ]
+        self._buf.append(values)
 
     def create_item(self, table: str, priority: float, trajectory: Any) -> None:
         """Create an item in ``table`` over columns of the history.
@@ -388,7 +418,7 @@ class TrajectoryWriter:
         """
         if self._closed:
             raise ClosedError("create_item on a closed TrajectoryWriter; make a new one")
-        leaves = self._nest.flatten(trajectory)
+        leaves = self._flatten(trajectory)
         if not leaves:
             raise InvalidArgumentError("trajectory has no columns; slice writer.history")
         # The hot path (every leaf a column, as TF-Agents' observers pass): one C loop.
