@@ -313,3 +313,65 @@ def test_stress_many_staged_items_under_heavy_churn() -> None:
         assert live_values(table) == [-47, -48, -49, -50]
     finally:
         server.stop()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    steps=st.lists(st.booleans(), min_size=1, max_size=30),
+    keep=st.integers(1, 4),
+    k=st.integers(1, 5),
+)
+def test_history_slices_match_a_plain_list(steps: list[bool], keep: int, k: int) -> None:
+    """``history[-k:]`` (the observers' fast path) and ``history[a:b]`` agree with a list.
+
+    Each step is ``{"x": i, "y": i or None}``: a ``False`` leaves ``y`` out, after which
+    ``y``'s slices over that step must refuse and ``x``'s still work; slices clamp as
+    Python's do, and steps older than ``num_keep_alive_refs`` are refused.
+    """
+    server = reverb.Server([fifo_table()])
+    try:
+        writer = server.localhost_client().trajectory_writer(num_keep_alive_refs=keep)
+        xs: list[int] = []
+        ys: list[int | None] = []
+        for i, has_y in enumerate(steps):
+            writer.append({"x": np.int64(i), "y": np.int64(i) if has_y else None})
+            xs.append(i)
+            ys.append(i if has_y else None)
+        n = len(xs)
+        for column, values in (("x", xs), ("y", ys)):
+            hist = writer.history[column]
+            for sl in (slice(-k, None), slice(max(0, n - k), n), slice(0, n)):
+                idx = range(*sl.indices(n))  # Python's slicing, clamped
+                want = [values[i] for i in idx]
+                if not idx or idx[0] < n - keep:  # empty, or a step no longer held
+                    with pytest.raises(InvalidArgumentError):
+                        hist[sl]
+                elif None in want:
+                    with pytest.raises(InvalidArgumentError, match="no value"):
+                        hist[sl]
+                else:
+                    got = hist[sl]
+                    assert [int(v) for v in got.numpy()] == want
+                    assert got.squeeze is False
+                    assert got.shape == (len(idx),)
+        writer.close()
+    finally:
+        server.stop()
+
+
+def test_create_item_takes_whole_histories_and_any_nest() -> None:
+    table = fifo_table()
+    server = reverb.Server([table])
+    try:
+        client = server.localhost_client()
+        with client.trajectory_writer(num_keep_alive_refs=2) as writer:
+            writer.append({"a": np.zeros(2, np.float32), "b": 1.5})
+            writer.append({"a": np.ones(2, np.float32), "b": 2.5})
+            hist = writer.history
+            writer.create_item("t", 1.0, {"whole": hist["b"], "last": hist["a"][-1]})
+        sample = next(client.sample("t", 1, emit_timesteps=False))
+        last, whole = sample.data  # tf.nest order: sorted keys
+        assert last.tolist() == [1.0, 1.0]
+        assert whole.tolist() == [1.5, 2.5]
+    finally:
+        server.stop()
