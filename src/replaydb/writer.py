@@ -283,9 +283,11 @@ class Writer:
                 raise ClosedError("this writer is closed; make a new one")
             if self._staged >= self.max_steps:  # a full stage whose write failed
                 self._flush_locked(None, None)
-            with_priority = priority is not None
-            if with_priority is not self._with_priority and (with_priority or self._with_priority):
-                self._priority_mode(with_priority)
+            if priority is not None:
+                if self._with_priority is not True:  # one kind per batch
+                    self._priority_mode(True)
+            elif self._with_priority:
+                self._priority_mode(False)
             pos = self._staged
             bufs = self._bufs
             i = -1
