@@ -205,6 +205,79 @@ def _compile() -> SimpleNamespace | None:
         return total
 
     @jit
+    def prio_take(
+        tree: Any,
+        u: Any,
+        off: Any,
+        levels: int,
+        item_key: Any,
+        times: Any,
+        src: Any,
+        out: Any,
+        keys: Any,
+        ratio: Any,
+    ) -> Any:
+        # prio_draw for a single-step table's transitions: the same search and
+        # counts, then each drawn slot's item key into keys, its ratio leaf / min
+        # leaf into ratio (the caller raises them to -beta) and its packed row
+        # src[slot] into out (Storage.gather of the slots). Returns the total; an
+        # empty tree (total 0) writes and counts nothing.
+        slots, leaves, total = tree_find(tree, u, off, levels, True)
+        n = slots.shape[0]
+        if not total > 0:
+            return total
+        inv = 1.0 / leaves.min()
+        width = src.shape[1]
+        mid = width // 2
+        # Touch every record and row first: short independent loads, so their cache
+        # misses overlap (the copies below are long chains).
+        touched = 0.0
+        for b in range(n):
+            s = slots[b]
+            touched += item_key[s] + times[s] + src[s, 0] + src[s, mid] + src[s, width - 1]
+        for b in range(n):
+            ratio[b] = leaves[b] * inv
+            times[slots[b]] += 1  # every draw counts, duplicates included
+        if touched != touched:  # NaN: never acted on; keeps the touching loads
+            total = total + 0.0
+        for b in range(n):
+            s = slots[b]
+            keys[b] = item_key[s]
+            for j in range(width):
+                out[b, j] = src[s, j]
+        return total
+
+    @jit
+    def record_rows(
+        key: Any,
+        stream: Any,
+        end: Any,
+        item_key: Any,
+        priority: Any,
+        times: Any,
+        row0: int,
+        n: int,
+        total: int,
+        max_priority: float,
+    ) -> Any:
+        # A row writer's bookkeeping of rows row0 .. row0 + n - 1 (no wrap), keys
+        # total, total + 1, ...: the step records (key, stream 0, no end) and the
+        # item records (key, the highest priority, no draws), as the numpy path
+        # writes them. Returns how many of the slots held no item before.
+        fresh = 0
+        for i in range(n):
+            r = row0 + i
+            k = total + i
+            key[r] = k
+            stream[r] = 0
+            end[r] = 0
+            fresh += item_key[r] < 0
+            item_key[r] = k
+            priority[r] = max_priority
+            times[r] = 0
+        return fresh
+
+    @jit
     def windows(starts: Any, key: Any, nxt: Any, end: Any, length: int) -> Any:
         # Follow ``next`` links from each start; past an episode's end (padded
         # windows) the last row repeats, as Storage._follow_links does.
@@ -368,7 +441,9 @@ def _compile() -> SimpleNamespace | None:
         windows=windows,
         live_updates=live_updates,
         prio_draw=prio_draw,
+        prio_take=prio_take,
         prio_updates=prio_updates,
+        record_rows=record_rows,
         **_window_kernels(jit),
     )
 
