@@ -35,6 +35,8 @@ __all__ = ["TREE_ARITY", "get", "use"]
 #: 4 measured no faster at a million leaves (more levels, shorter scans).
 TREE_ARITY = 8
 _SHIFT = TREE_ARITY.bit_length() - 1
+#: Tree levels of at least this many values are touched before they are searched.
+_TOUCH_FROM = 1 << 15
 
 
 def _compile() -> SimpleNamespace | None:
@@ -80,10 +82,13 @@ def _compile() -> SimpleNamespace | None:
         touched = 0.0
         for level in range(levels):
             base = off[level + 1]
+            stop = off[level + 2] if level + 2 <= levels else tree.shape[0]
             # Touch each draw's node first: short independent loads, so many cache
-            # misses are in flight at once (the search below has long chains).
-            for b in range(n):
-                touched += tree[base + node[b] * TREE_ARITY]
+            # misses are in flight at once (the search below has long chains). Only
+            # on levels too large to stay in a core's cache (256 KB and up).
+            if stop - base >= _TOUCH_FROM:
+                for b in range(n):
+                    touched += tree[base + node[b] * TREE_ARITY]
             for b in range(n):
                 c = base + node[b] * TREE_ARITY
                 xb = x[b]
@@ -343,6 +348,14 @@ def _compile() -> SimpleNamespace | None:
             if not (pri[j] > 0.0 and pri[j] < np.inf and pri[j] <= limit):  # NaN fails
                 return 0, 0.0, j
         cap = item_key.shape[0]
+        # Touch each key's records first: short independent loads, so their cache
+        # misses overlap (a sampled slot's priority is usually cold).
+        touched = 0.0
+        for j in range(n):
+            s = keys[j] % cap
+            touched += item_key[s] + priority[s]
+        if touched != touched:  # NaN: never acted on; keeps the touching loads
+            hi = 0.0
         m = 0
         hi = 0.0
         for j in range(n):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from replaydb import _items, _kernels
+from replaydb import _items
 from replaydb.errors import InvalidArgumentError
 from replaydb.samplers import Uniform
 
@@ -101,7 +101,7 @@ class RowWriter:
         self._item_key: np.ndarray[Any, Any] = records.key
         self._priority: np.ndarray[Any, Any] = records.priority
         self._times: np.ndarray[Any, Any] = records.times
-        kernels = _kernels.get()
+        kernels = table._kernels  # the table's choice (numba installed and enabled)
         #: The compiled bookkeeping of a block (``None`` without numba: numpy slices).
         self._record_rows: Callable[..., int] | None = (
             kernels.record_rows if kernels is not None else None
