@@ -232,19 +232,10 @@ def _compile() -> SimpleNamespace | None:
         if not total > 0:
             return total
         inv = 1.0 / leaves.min()
-        width = src.shape[1]
-        mid = width // 2
-        # Touch every record and row first: short independent loads, so their cache
-        # misses overlap (the copies below are long chains).
-        touched = 0.0
-        for b in range(n):
-            s = slots[b]
-            touched += item_key[s] + times[s] + src[s, 0] + src[s, mid] + src[s, width - 1]
         for b in range(n):
             ratio[b] = leaves[b] * inv
             times[slots[b]] += 1  # every draw counts, duplicates included
-        if touched != touched:  # NaN: never acted on; keeps the touching loads
-            total = total + 0.0
+        width = src.shape[1]
         for b in range(n):
             s = slots[b]
             keys[b] = item_key[s]
@@ -348,14 +339,6 @@ def _compile() -> SimpleNamespace | None:
             if not (pri[j] > 0.0 and pri[j] < np.inf and pri[j] <= limit):  # NaN fails
                 return 0, 0.0, j
         cap = item_key.shape[0]
-        # Touch each key's records first: short independent loads, so their cache
-        # misses overlap (a sampled slot's priority is usually cold).
-        touched = 0.0
-        for j in range(n):
-            s = keys[j] % cap
-            touched += item_key[s] + priority[s]
-        if touched != touched:  # NaN: never acted on; keeps the touching loads
-            hi = 0.0
         m = 0
         hi = 0.0
         for j in range(n):
