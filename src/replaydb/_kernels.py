@@ -259,18 +259,22 @@ def _compile() -> SimpleNamespace | None:
         # A row writer's bookkeeping of rows row0 .. row0 + n - 1 (no wrap), keys
         # total, total + 1, ...: the step records (key, stream 0, no end) and the
         # item records (key, the highest priority, no draws), as the numpy path
-        # writes them. Returns how many of the slots held no item before.
+        # writes them. Returns how many of the slots held no item before. Zeros are
+        # written only over other values: a line that stays clean is not written back.
         fresh = 0
         for i in range(n):
             r = row0 + i
             k = total + i
             key[r] = k
-            stream[r] = 0
-            end[r] = 0
+            if stream[r] != 0:
+                stream[r] = 0
+            if end[r] != 0:
+                end[r] = 0
             fresh += item_key[r] < 0
             item_key[r] = k
             priority[r] = max_priority
-            times[r] = 0
+            if times[r] != 0:
+                times[r] = 0
         return fresh
 
     @jit
