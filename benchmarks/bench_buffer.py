@@ -30,7 +30,8 @@ takes it, then the median over the rounds), for before/after figures taken in th
 same sitting.
 
 ``--breakdown`` also prints where the time of ``add`` and ``add_multi(256)`` goes,
-against a raw numpy copy of the same bytes into a packed array.
+against a raw numpy copy of the same bytes into a packed array and SB3's add, from
+two races of ``--race`` calls (docs/benchmarks.md reads it).
 """
 
 from __future__ import annotations

@@ -14,11 +14,15 @@ memory; everywhere else, and for parts that do not fit (another total size, a te
 on a GPU or one that requires grad), it writes nothing and returns ``False`` so that
 the caller takes the checked path (:meth:`Table.extend`). The effects are those of
 :meth:`Table.extend_unchecked`: keys, item records, sampler, size and limiter
-counters.
+counters. Where the table uses numba (``replaydb._kernels``), the records of a block
+(key, stream, end, item key, priority, times sampled) are written in one compiled
+pass (``record_rows``); without it, by numpy slices.
 
 :func:`sample_transitions` is :meth:`Table.sample_transitions`: the data, keys and
 ``[B, 1]`` importance weights of a draw, with every effect of :meth:`Table.sample`,
-built without the per-item probabilities, priorities and counts.
+built without the per-item probabilities, priorities and counts. A prioritized
+table with numba draws, counts, gathers the packed rows and weighs them in one
+compiled pass (:meth:`~replaydb.samplers.Prioritized.draw_rows`).
 
 This module is part of the table (it reads the table's private state, as ``_items``
 does); front ends reach it only through the two verbs.
