@@ -146,6 +146,17 @@ def test_draw_rows_draws_what_draw_items_draws() -> None:
         np.testing.assert_array_equal(times_a, times_b)
 
 
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_draw_rows_rejects_a_bad_beta_before_counting(bad: object) -> None:
+    s = Prioritized(seed=0)
+    s.bind(4, torch.device("cpu"))
+    s.on_insert(torch.tensor([0, 1]), torch.tensor([1.0, 3.0], dtype=torch.float64))
+    times = np.zeros(4, np.int64)
+    with pytest.raises(InvalidArgumentError, match="beta must"):
+        s.draw_rows(2, bad, np.arange(4), times, np.zeros((4, 2), np.float32))  # type: ignore[arg-type]
+    assert not times.any()
+
+
 def test_draw_rows_on_an_empty_tree_counts_nothing() -> None:
     s = Prioritized(seed=0)
     s.bind(4, torch.device("cpu"))

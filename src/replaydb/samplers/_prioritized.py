@@ -292,8 +292,7 @@ class Prioritized:
 
         Args:
             n: Number of draws, > 0.
-            beta: Importance-weight exponent in [0, 1] (``None``: the sampler's own;
-                the caller has checked it).
+            beta: Importance-weight exponent in [0, 1] (``None``: the sampler's own).
             item_key: ``[capacity]`` int64 keys of the table's items (a view).
             times: ``[capacity]`` int64 times sampled (a view, incremented).
             rows: ``[capacity, W]`` packed rows to gather from.
@@ -303,7 +302,8 @@ class Prioritized:
             fresh arrays.
 
         Raises:
-            InvalidArgumentError: If every leaf is zero (nothing is counted then).
+            InvalidArgumentError: If ``beta`` is out of range or every leaf is zero
+                (nothing is counted then).
 
         Example:
             >>> s = Prioritized(seed=0); s.bind(4, torch.device("cpu"))
@@ -315,7 +315,12 @@ class Prioritized:
         """
         kernels = self._kernels
         assert kernels is not None
-        b = self.beta if beta is None else beta
+        if beta is None:
+            b = self.beta
+        elif type(beta) is float and 0.0 <= beta <= 1.0:
+            b = beta
+        else:
+            b = unit_interval("beta", beta)  # raises where it is not a number in [0, 1]
         values, offsets, _, levels = self.tree.kernel_layout()
         if self._u.numel() != n:
             self._u = torch.empty(n, dtype=torch.float64)
