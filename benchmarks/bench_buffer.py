@@ -30,7 +30,8 @@ takes it, then the median over the rounds), for before/after figures taken in th
 same sitting.
 
 ``--breakdown`` also prints where the time of ``add`` and ``add_multi(256)`` goes,
-against a raw numpy copy of the same bytes into a packed array.
+against a raw numpy copy of the same bytes into a packed array and SB3's add, from
+two races of ``--race`` calls (docs/benchmarks.md reads it).
 """
 
 from __future__ import annotations
@@ -366,8 +367,13 @@ PEERS: dict[str, tuple[str, Callable[[float, dict[str, np.ndarray]], dict[str, f
 }
 
 
-def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
-    """Microseconds per call of each stage of add / add_multi, and a raw copy of the bytes."""
+def breakdown(reps: int, rows: dict[str, np.ndarray]) -> None:
+    """Microseconds per call of each stage of add / add_multi, and a raw copy of the bytes.
+
+    Two races (``reps`` calls of each, blocks of ten interleaved, median CPU time),
+    the stages of ``add`` with SB3's add, those of ``add_multi`` with SB3's add of
+    ``B`` envs, so that every figure of one race saw the same machine load.
+    """
     buf = ReplayBuffer(CAP, S, A, H)
     width = 2 * S + A + H + 2
     t = {k: torch.from_numpy(v) for k, v in rows.items()}
@@ -408,6 +414,23 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
     writer = buf.table.row_writer(scalars=2)
     assert writer is not None
     parts, tail = (s, a, s2, h), (1.0, False)
+    packed_part = (torch.cat(parts),)  # the 4 vectors as one tensor, as a caller could pass
+    packed_block = (torch.cat(cols, 1),)  # the 6 columns as one [B, W] block
+    kernels = buf.table._kernels
+    key, stream, end = (x.numpy() for x in (buf.table.storage.key, buf.table.storage.stream,
+                                             buf.table.storage.end))  # fmt: skip
+    item_key, priority, times = (x.numpy() for x in (buf.table._item_key, buf.table._priority,
+                                                      buf.table._times))  # fmt: skip
+
+    def records_kernel() -> None:
+        p = advance(B)
+        kernels.record_rows(key, stream, end, item_key, priority, times, p, B, p, 1.0)
+
+    def cat_block_into_ring() -> None:
+        p = advance(B)
+        torch.cat(cols, 1, out=ring[p : p + B])
+
+    ring = torch.from_numpy(packed)
     stages = {
         "add: raw numpy copy of one packed row (140 B)": (raw_row, 1),
         "add: torch.cat of the 4 vectors straight into a ring row": (cat_into_ring, 1),
@@ -420,6 +443,10 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
             1,
         ),
         "add: RowWriter.add (lock, cat, row, records)": (lambda: writer.add(parts, tail), 1),
+        "add: RowWriter.add of the 4 vectors as one packed part": (
+            lambda: writer.add(packed_part, tail),
+            1,
+        ),
         "add: ReplayBuffer.add (all of it)": (lambda: buf.add(s, a, 1.0, s2, False, h), 1),
         f"add_multi: raw numpy copy of {B} packed rows (36 KB)": (raw_block, 1),
         f"add_multi: raw copy of the 6 columns into 6 per-field rings ({B} rows)": (
@@ -430,8 +457,20 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
             lambda: torch.cat(cols, 1, out=block),
             1,
         ),
+        f"add_multi: torch.cat of the 6 columns straight into ring rows ({B})": (
+            cat_block_into_ring,
+            1,
+        ),
+        f"add_multi: the records of {B} rows, one compiled pass (numba)": (
+            records_kernel if kernels is not None else raw_block,
+            1,
+        ),
         f"add_multi: RowWriter.extend({B} rows: cat into the ring, records)": (
             lambda: writer.extend(cols, B),
+            1,
+        ),
+        f"add_multi: RowWriter.extend of one packed [{B}, W] block": (
+            lambda: writer.extend(packed_block, B),
             1,
         ),
         f"add_multi: ReplayBuffer.add_multi({B}) (all of it)": (
@@ -439,9 +478,17 @@ def breakdown(sec: float, rows: dict[str, np.ndarray]) -> None:
             1,
         ),
     }
-    print("\nbreakdown (microseconds per call, one thread)")
-    for name, (fn, per) in stages.items():
-        print(f"  {name:<66} {1e6 / rate(fn, sec, per):8.2f}")
+    groups: list[dict[str, Callable[[], object]]] = [{}, {}]
+    for name, (fn, _) in stages.items():
+        groups[0 if name.startswith("add:") else 1][name] = fn
+    if importlib.util.find_spec("stable_baselines3") is not None:
+        sb3 = make_sb3(rows)
+        groups[0]["SB3 ReplayBuffer.add (n_envs=1)"] = sb3["add"]
+        groups[1][f"SB3 ReplayBuffer.add (n_envs={B}), per call"] = sb3["add_multi"]
+    print("\nbreakdown (median CPU microseconds per call, one thread, two races)")
+    for group in groups:
+        for name, sec in race(group, reps).items():
+            print(f"  {name:<66} {sec * 1e6:8.2f}")
 
 
 def ours_only(reps: int) -> dict[str, float]:
@@ -545,14 +592,7 @@ def main() -> None:
     print_issue_race(issue_race(args.race, rows))
     floor = results["floor"]
     if args.breakdown:
-        breakdown(sec, rows)
-        if "SB3" in results:
-            sb3 = results["SB3"]
-            print(
-                f"  {'SB3 ReplayBuffer.add (n_envs=1)':<66} {1e6 / sb3['add']:8.2f}\n"
-                f"  {f'SB3 ReplayBuffer.add (n_envs={B}), per call':<66} "
-                f"{1e6 * B / sb3['add_multi']:8.2f}"
-            )
+        breakdown(args.race, rows)
     print(
         f"\nsample(256) vs floor: {floor['sample'] / ours['sample']:.2f}x the time of "
         f"randint + index_select, {floor['gather'] / ours['sample']:.2f}x the time of "

@@ -35,6 +35,8 @@ __all__ = ["TREE_ARITY", "get", "use"]
 #: 4 measured no faster at a million leaves (more levels, shorter scans).
 TREE_ARITY = 8
 _SHIFT = TREE_ARITY.bit_length() - 1
+#: Tree levels of at least this many values are touched before they are searched.
+_TOUCH_FROM = 1 << 15
 
 
 def _compile() -> SimpleNamespace | None:
@@ -80,10 +82,13 @@ def _compile() -> SimpleNamespace | None:
         touched = 0.0
         for level in range(levels):
             base = off[level + 1]
+            stop = off[level + 2] if level + 2 <= levels else tree.shape[0]
             # Touch each draw's node first: short independent loads, so many cache
-            # misses are in flight at once (the search below has long chains).
-            for b in range(n):
-                touched += tree[base + node[b] * TREE_ARITY]
+            # misses are in flight at once (the search below has long chains). Only
+            # on levels too large to stay in a core's cache (256 KB and up).
+            if stop - base >= _TOUCH_FROM:
+                for b in range(n):
+                    touched += tree[base + node[b] * TREE_ARITY]
             for b in range(n):
                 c = base + node[b] * TREE_ARITY
                 xb = x[b]
@@ -203,6 +208,74 @@ def _compile() -> SimpleNamespace | None:
             ints[2, b] = times[s]
             reals[2, b] = pri[s]
         return total
+
+    @jit
+    def prio_take(
+        tree: Any,
+        u: Any,
+        off: Any,
+        levels: int,
+        item_key: Any,
+        times: Any,
+        src: Any,
+        out: Any,
+        keys: Any,
+        ratio: Any,
+    ) -> Any:
+        # prio_draw for a single-step table's transitions: the same search and
+        # counts, then each drawn slot's item key into keys, its ratio leaf / min
+        # leaf into ratio (the caller raises them to -beta) and its packed row
+        # src[slot] into out (Storage.gather of the slots). Returns the total; an
+        # empty tree (total 0) writes and counts nothing.
+        slots, leaves, total = tree_find(tree, u, off, levels, True)
+        n = slots.shape[0]
+        if not total > 0:
+            return total
+        inv = 1.0 / leaves.min()
+        for b in range(n):
+            ratio[b] = leaves[b] * inv
+            times[slots[b]] += 1  # every draw counts, duplicates included
+        width = src.shape[1]
+        for b in range(n):
+            s = slots[b]
+            keys[b] = item_key[s]
+            for j in range(width):
+                out[b, j] = src[s, j]
+        return total
+
+    @jit
+    def record_rows(
+        key: Any,
+        stream: Any,
+        end: Any,
+        item_key: Any,
+        priority: Any,
+        times: Any,
+        row0: int,
+        n: int,
+        total: int,
+        max_priority: float,
+    ) -> Any:
+        # A row writer's bookkeeping of rows row0 .. row0 + n - 1 (no wrap), keys
+        # total, total + 1, ...: the step records (key, stream 0, no end) and the
+        # item records (key, the highest priority, no draws), as the numpy path
+        # writes them. Returns how many of the slots held no item before. Zeros are
+        # written only over other values: a line that stays clean is not written back.
+        fresh = 0
+        for i in range(n):
+            r = row0 + i
+            k = total + i
+            key[r] = k
+            if stream[r] != 0:
+                stream[r] = 0
+            if end[r] != 0:
+                end[r] = 0
+            fresh += item_key[r] < 0
+            item_key[r] = k
+            priority[r] = max_priority
+            if times[r] != 0:
+                times[r] = 0
+        return fresh
 
     @jit
     def windows(starts: Any, key: Any, nxt: Any, end: Any, length: int) -> Any:
@@ -368,7 +441,9 @@ def _compile() -> SimpleNamespace | None:
         windows=windows,
         live_updates=live_updates,
         prio_draw=prio_draw,
+        prio_take=prio_take,
         prio_updates=prio_updates,
+        record_rows=record_rows,
         **_window_kernels(jit),
     )
 

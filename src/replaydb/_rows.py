@@ -14,11 +14,15 @@ memory; everywhere else, and for parts that do not fit (another total size, a te
 on a GPU or one that requires grad), it writes nothing and returns ``False`` so that
 the caller takes the checked path (:meth:`Table.extend`). The effects are those of
 :meth:`Table.extend_unchecked`: keys, item records, sampler, size and limiter
-counters.
+counters. Where the table uses numba (``replaydb._kernels``), the records of a block
+(key, stream, end, item key, priority, times sampled) are written in one compiled
+pass (``record_rows``); without it, by numpy slices.
 
 :func:`sample_transitions` is :meth:`Table.sample_transitions`: the data, keys and
 ``[B, 1]`` importance weights of a draw, with every effect of :meth:`Table.sample`,
-built without the per-item probabilities, priorities and counts.
+built without the per-item probabilities, priorities and counts. A prioritized
+table with numba draws, counts, gathers the packed rows and weighs them in one
+compiled pass (:meth:`~replaydb.samplers.Prioritized.draw_rows`).
 
 This module is part of the table (it reads the table's private state, as ``_items``
 does); front ends reach it only through the two verbs.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -101,6 +105,11 @@ class RowWriter:
         self._item_key: np.ndarray[Any, Any] = records.key
         self._priority: np.ndarray[Any, Any] = records.priority
         self._times: np.ndarray[Any, Any] = records.times
+        kernels = table._kernels  # the table's choice (numba installed and enabled)
+        #: The compiled bookkeeping of a block (``None`` without numba: numpy slices).
+        self._record_rows: Callable[..., int] | None = (
+            kernels.record_rows if kernels is not None else None
+        )
 
     @staticmethod
     def applies(table: Table) -> bool:
@@ -233,17 +242,32 @@ class RowWriter:
                 return True
             # Table.extend_unchecked's write of n rows, on views taken once.
             table._threads.add(_get_ident())
-            keys = np.arange(total, total + n)
-            self._key[row0:stop] = keys
-            self._stream[row0:stop] = 0
-            self._end[row0:stop] = 0
-            storage.total = total + n
-            item_key = self._item_key[row0:stop]
             size = table._size
-            fresh = 0 if size == cap else n - int(np.count_nonzero(item_key >= 0))
-            item_key[:] = keys
-            self._priority[row0:stop] = table._max_priority
-            self._times[row0:stop] = 0
+            record = self._record_rows
+            if record is not None:  # one compiled pass
+                fresh = record(
+                    self._key,
+                    self._stream,
+                    self._end,
+                    self._item_key,
+                    self._priority,
+                    self._times,
+                    row0,
+                    n,
+                    total,
+                    table._max_priority,
+                )
+            else:
+                keys = np.arange(total, total + n)
+                self._key[row0:stop] = keys
+                self._stream[row0:stop] = 0
+                self._end[row0:stop] = 0
+                item_key = self._item_key[row0:stop]
+                fresh = 0 if size == cap else n - int(np.count_nonzero(item_key >= 0))
+                item_key[:] = keys
+                self._priority[row0:stop] = table._max_priority
+                self._times[row0:stop] = 0
+            storage.total = total + n
             if fresh or not self._uniform:
                 fast(row0, n)  # replace semantics on the slots that keep an item
             table._size = size + fresh
@@ -341,6 +365,22 @@ def sample_transitions(
         lim = table.rate_limiter
         size = table._size
         ready = size > 0 and lim.can_sample(b, size) and not lim.never_samples(b)
+        if ready and layout is not None and table.max_times_sampled is None:
+            # Draw, count, gather and weigh in one compiled pass.
+            table._threads.add(_get_ident())
+            block, keys_np, w = prio.draw_rows(
+                b,
+                beta,
+                table._np_item_key,  # type: ignore[arg-type]  # set on CPU
+                table._np_times,  # type: ignore[arg-type]
+                layout.np_group,
+            )
+            lim.on_sample(b)
+            if table._waiting:
+                table.locked().notify_all()
+            parts = torch.from_numpy(block).split_with_sizes(layout.widths, 1)
+            data = dict(zip(layout.names, parts, strict=True))
+            return data, torch.from_numpy(keys_np), torch.from_numpy(w).view(b, 1)
         if ready:
             table._threads.add(_get_ident())
             sel, keys, times, _ = prio.draw_items(

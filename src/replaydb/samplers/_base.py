@@ -193,6 +193,16 @@ class ItemCounter(Protocol):
     ) -> tuple[Selection, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Draw ``n`` slots, count them in ``times``; return keys, counts, priorities."""
 
+    def draw_rows(
+        self,
+        n: int,
+        beta: float | None,
+        item_key: np.ndarray[Any, Any],
+        times: np.ndarray[Any, Any],
+        rows: np.ndarray[Any, Any],
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """:meth:`draw_items` that gathers ``rows`` instead; return rows, keys, weights."""
+
     def update_items(
         self,
         keys: np.ndarray[Any, Any],

@@ -274,6 +274,74 @@ class Prioritized:
         sel = Selection(torch.from_numpy(ints[0]), torch.from_numpy(reals[0]), torch.from_numpy(w))
         return sel, torch.from_numpy(ints[1]), torch.from_numpy(ints[2]), torch.from_numpy(reals[2])
 
+    def draw_rows(
+        self,
+        n: int,
+        beta: float | None,
+        item_key: np.ndarray[Any, Any],
+        times: np.ndarray[Any, Any],
+        rows: np.ndarray[Any, Any],
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """:meth:`draw_items` for transitions: the drawn rows, keys and weights in one pass.
+
+        The same draws and counts as :meth:`draw_items` from the same generator
+        state, and the same weights; instead of the slots, probabilities and
+        priorities it returns the drawn slots' rows of ``rows`` (a packed
+        ``[capacity, W]`` array, e.g. a table's one dtype group), gathered in the
+        same compiled pass. Only where :attr:`counts_items` is true.
+
+        Args:
+            n: Number of draws, > 0.
+            beta: Importance-weight exponent in [0, 1] (``None``: the sampler's own).
+            item_key: ``[capacity]`` int64 keys of the table's items (a view).
+            times: ``[capacity]`` int64 times sampled (a view, incremented).
+            rows: ``[capacity, W]`` packed rows to gather from.
+
+        Returns:
+            ``([n, W]`` rows, ``[n]`` int64 item keys, ``[n]`` float32 weights``)``,
+            fresh arrays.
+
+        Raises:
+            InvalidArgumentError: If ``beta`` is out of range or every leaf is zero
+                (nothing is counted then).
+
+        Example:
+            >>> s = Prioritized(seed=0); s.bind(4, torch.device("cpu"))
+            >>> s.on_insert(torch.tensor([0, 1]), torch.tensor([1.0, 3.0], dtype=torch.float64))
+            >>> keys, times, rows = np.array([0, 1, -1, -1]), np.zeros(4, np.int64), np.eye(4)
+            >>> if s.counts_items:
+            ...     out, k, w = s.draw_rows(2, None, keys, times, rows)
+            ...     assert out.shape == (2, 4) and int(times.sum()) == 2
+        """
+        kernels = self._kernels
+        assert kernels is not None
+        if beta is None:
+            b = self.beta
+        elif type(beta) is float and 0.0 <= beta <= 1.0:
+            b = beta
+        else:
+            b = unit_interval("beta", beta)  # raises where it is not a number in [0, 1]
+        values, offsets, _, levels = self.tree.kernel_layout()
+        if self._u.numel() != n:
+            self._u = torch.empty(n, dtype=torch.float64)
+            self._u_np = self._u.numpy()
+        torch.rand(n, dtype=torch.float64, generator=self.generator, out=self._u)
+        out = np.empty((n, rows.shape[1]), rows.dtype)
+        keys = np.empty(n, np.int64)
+        ratio = np.empty(n, np.float64)
+        total = kernels.prio_take(
+            values, self._u_np, offsets, levels, item_key, times, rows, out, keys, ratio
+        )
+        if not total > 0:
+            raise InvalidArgumentError(
+                "cannot search an empty SumTree (every leaf is zero); update some leaves first"
+            )
+        if b == 0.0:
+            w = np.ones(n, dtype=np.float32)
+        else:  # float64 powers cast to float32, as draw_items computes them
+            w = np.power(ratio, -b, out=np.empty(n, np.float32))
+        return out, keys, w
+
     def update_items(
         self,
         keys: np.ndarray[Any, Any],
