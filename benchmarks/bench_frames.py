@@ -14,8 +14,13 @@ serves, for each of 32 sampled steps, its last four frames of the same episode
 random rows on every call:
 
 * ``numpy frames[idx]``: the floor for those bytes, a ready-made ``[32, 4]`` index
-  into the table's own frame array (what a buffer that already knew the stack
-  rows would pay);
+  of the stack rows of 32 random steps (the frames a sample of them returns,
+  found by following the episode links beforehand) into the table's own frame
+  array: the same bytes from the same memory, what a buffer that already knew the
+  stack rows would pay. Ratios are to this floor;
+* ``numpy frames[random idx]``: the floor of earlier runs, 128 unrelated random
+  frames (a stack's frames are a few rows apart, so they share pages: gathering
+  them costs less than gathering random ones);
 * replaydb ``sample(32)`` and its gather alone (no sampler, no item records);
 * transitions (a stacked observation and the next one): replaydb with
   ``sequence_length=2`` (``[32, 2, 4, 84, 84]``), cpprb's ``ReplayBuffer`` with
@@ -97,6 +102,17 @@ def build(frames: int, envs: int, sequence_length: int = 1, path: str | None = N
     return table
 
 
+FLOOR = "numpy frames[idx], idx [32, 4]"
+
+
+def stack_rows(table: Table, rows: torch.Tensor) -> np.ndarray[Any, Any]:
+    """``[..., STACK]`` rows of the frames a sample of ``rows`` returns, oldest first:
+    the index of the raw gather of the same bytes."""
+    lead = tuple(rows.shape)
+    flat, _ = table.storage.engine.stack_rows(rows.reshape(-1), STACK)
+    return flat.reshape(*lead, STACK).numpy()
+
+
 def source(n: int) -> np.ndarray[Any, Any]:
     """``n + STACK`` frames of one stream, for the peers' stacked observations."""
     return np.random.default_rng(2).integers(0, 255, (n + STACK, SIDE, SIDE), dtype=np.uint8)
@@ -165,12 +181,14 @@ def in_memory(frames: int, reps: int, peers: bool) -> None:
     rng = np.random.default_rng(1)
     # Fresh random rows on every call, as a sampler draws them: a small pool of
     # index sets would be served from the CPU caches after a few rounds.
-    idx_pool = rng.integers(0, frames, (4096, BATCH, STACK))
     rows_pool = torch.from_numpy(rng.integers(0, frames, (4096, BATCH)))
+    idx_pool = stack_rows(table, rows_pool)
+    rand_pool = rng.integers(0, frames, (4096, BATCH, STACK))
     it = iter(range(10**12))
     stacked = BATCH * STACK * FRAME
     contenders: dict[str, Callable[[], object]] = {
-        "numpy frames[idx], idx [32, 4]": lambda: raw[idx_pool[next(it) % 4096]],
+        FLOOR: lambda: raw[idx_pool[next(it) % 4096]],
+        "numpy frames[random idx]": lambda: raw[rand_pool[next(it) % 4096]],
         "replaydb sample(32), stack 4": lambda: table.sample(BATCH),
         # The table's gather alone (link walk + every field): no sampler, no records.
         "  of which: stacked gather": lambda: table._gather(rows_pool[next(it) % 4096]),
@@ -197,7 +215,7 @@ def in_memory(frames: int, reps: int, peers: bool) -> None:
                 nbytes[name] = 2 * stacked  # a transition: the stack and the next one
     assert table.sample(BATCH)["obs"].shape == (BATCH, STACK, SIDE, SIDE)
     t = race(contenders, reps)
-    base = t["numpy frames[idx], idx [32, 4]"]
+    base = t[FLOOR]
     base_rate = stacked / base
     kernels = "numba kernels" if _kernels.get() is not None else "no numba"
     print(f"{frames:,} frames of {SIDE}x{SIDE} uint8 in memory, batch {BATCH}, stack {STACK}")
@@ -235,16 +253,18 @@ def on_disk(frames: int, reps: int, directory: str) -> None:
         # Touch every page once, so the timing below is of cached pages.
         checksum = int(raw[:, 0, 0].sum()) + int(raw[:, -1, -1].sum())
         rng = np.random.default_rng(1)
-        idx_pool = rng.integers(0, frames, (4096, BATCH, STACK))
+        idx_pool = stack_rows(table, torch.from_numpy(rng.integers(0, frames, (4096, BATCH))))
+        rand_pool = rng.integers(0, frames, (4096, BATCH, STACK))
         it = iter(range(10**12))
         t = race(
             {
-                "numpy frames[idx], idx [32, 4]": lambda: raw[idx_pool[next(it) % 4096]],
+                FLOOR: lambda: raw[idx_pool[next(it) % 4096]],
+                "numpy frames[random idx]": lambda: raw[rand_pool[next(it) % 4096]],
                 "replaydb sample(32), stack 4": lambda: table.sample(BATCH),
             },
             reps,
         )
-        base = t["numpy frames[idx], idx [32, 4]"]
+        base = t[FLOOR]
         print(
             f"{frames:,} frames of {SIDE}x{SIDE} uint8 on disk (pages cached), checksum {checksum}"
         )

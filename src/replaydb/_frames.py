@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
 _STATE: dict[str, Any] = {}
 
 
-def _compile() -> Any:
-    """The fused gather kernel, or ``None`` without numba (or ``REPLAYDB_NUMBA=0``)."""
+def _compile() -> SimpleNamespace | None:
+    """The compiled passes (``gather``, ``sample``), or ``None`` without numba (or
+    ``REPLAYDB_NUMBA=0``)."""
     if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
         return None
     try:
@@ -118,10 +120,80 @@ def _compile() -> Any:
                         copy_bytes(dst, base + chain[b, j] * stride + off, width)
                     dst += width
 
+    compiled_gather: Any = None  # set below; sample_copy calls it
+
+    def sample_copy(
+        slots: Any,
+        records: Any,
+        length: int,
+        pad: bool,
+        nxt: Any,
+        end: Any,
+        k_max: int,
+        key: Any,
+        prev: Any,
+        plan: Any,
+        starts: Any,
+        out: Any,
+        offs: Any,
+        inv_count: float,
+    ) -> None:
+        # Table.sample in one pass: count each draw in the item records ([cap, 4]
+        # int64: key, times sampled, priority bits, unused), write the items'
+        # columns at the byte offsets offs (keys, times, priorities, probabilities
+        # inv_count, weights 1; then for windows the end codes and, padded, the
+        # mask), walk each window from its item's key by next links, and gather its
+        # rows as stack_copy does (fields at the start of out).
+        n = slots.shape[0]
+        cap = records.shape[0]
+        for b in range(n):
+            s = slots[b]
+            if s < 0 or s >= cap:
+                raise IndexError("frame stack sample: a slot is outside the item records")
+            records[s, 1] += 1  # every draw counts, duplicates included
+        keys = out[offs[0] : offs[0] + 8 * n].view(np.int64)
+        times = out[offs[1] : offs[1] + 8 * n].view(np.int64)
+        bits = out[offs[2] : offs[2] + 8 * n].view(np.int64)  # float64 priorities
+        prob = out[offs[3] : offs[3] + 8 * n].view(np.float64)
+        weights = out[offs[4] : offs[4] + 4 * n].view(np.float32)
+        for b in range(n):
+            s = slots[b]
+            keys[b] = records[s, 0]
+            times[b] = records[s, 1]
+            bits[b] = records[s, 2]
+            prob[b] = inv_count
+            weights[b] = 1.0
+        if length == 1:
+            compiled_gather(slots, k_max, key, prev, plan, starts, out)
+            return
+        # Windows (Storage.windows): past an episode's end the last row repeats.
+        rows = np.empty(n * length, np.int64)
+        ends = out[offs[5] : offs[5] + 8 * n * length].view(np.int64)
+        for b in range(n):
+            r = keys[b] % cap
+            for t in range(length):
+                rows[b * length + t] = r
+                ends[b * length + t] = end[r]
+                k2 = nxt[r]
+                if k2 >= 0:
+                    r = k2 % cap
+        if pad:  # False from the first repeated row on (Storage.window_mask)
+            for b in range(n):
+                live = True
+                for t in range(length):
+                    i = b * length + t
+                    if t > 0 and rows[i] == rows[i - 1]:
+                        live = False
+                    out[offs[6] + i] = 1 if live else 0
+        compiled_gather(rows, k_max, key, prev, plan, starts, out)
+
     try:
-        return numba.njit(nogil=True, cache=True)(stack_copy)
+        jit = numba.njit(nogil=True, cache=True)
+        compiled_gather = jit(stack_copy)
     except RuntimeError:  # no writable cache location: compile in every process
-        return numba.njit(nogil=True, cache=False)(stack_copy)
+        jit = numba.njit(nogil=True, cache=False)
+        compiled_gather = jit(stack_copy)
+    return SimpleNamespace(gather=compiled_gather, sample=jit(sample_copy))
 
 
 def _kernel() -> Any:
@@ -130,7 +202,7 @@ def _kernel() -> Any:
     return _STATE["kernel"]
 
 
-class _Plan:
+class Plan:
     """A table's fields as byte ranges of its storage's packed groups (see module doc),
     and where each field's output goes in the one buffer a gather allocates."""
 
@@ -161,10 +233,30 @@ class _Plan:
             start += -(-nbytes // 64) * 64  # every output starts on a cache line
         #: Output bytes per sampled row, all fields.
         self.row_bytes = start
+        #: Per (batch size, window length): what :func:`_layout` computes.
+        self.layouts: dict[tuple[int, int], tuple[int, Any, list[Any]]] = {}
+        self.names = [f[0] for f in self.fields]
+        #: The table's item records ``[capacity, 4]`` int64 (key, times sampled,
+        #: priority bits, unused): CPU wherever the storage takes the compiled path.
+        self.records = table._items.numpy()
         self.starts = np.array([f[3] for f in self.fields], dtype=np.int64)
         self.plan = np.array(rows, dtype=np.int64).reshape(-1, 6)
         #: The compiled pass and its arguments but the rows and the output.
-        self.call = (_kernel(), table._stack_k, engine.key, engine.prev, self.plan, self.starts)
+        kernels = _kernel()
+        k_max = table._stack_k
+        self.call = (kernels.gather, k_max, engine.key, engine.prev, self.plan, self.starts)
+        #: The compiled pass of :func:`sample_fused` and its arguments after the
+        #: slots, but the output, its offsets and the probability.
+        self.sample = kernels.sample
+        self.pad = table.pad
+        self.sample_args = (
+            self.records,
+            table.sequence_length,
+            table.pad,
+            engine.next,  # window walks: next links and end codes
+            engine.end,
+            *self.call[1:],
+        )
 
     @staticmethod
     def usable(table: Table) -> bool:
@@ -180,18 +272,82 @@ _NO_PLAN: Any = object()
 
 #: Storage -> its plan (None: the compiled pass does not apply to it), made once
 #: per storage: its device path and groups never change.
-_PLANS: weakref.WeakKeyDictionary[Storage, _Plan | None] = weakref.WeakKeyDictionary()
+_PLANS: weakref.WeakKeyDictionary[Storage, Plan | None] = weakref.WeakKeyDictionary()
 
 
-def _plan(table: Table) -> _Plan | None:
+def _plan(table: Table) -> Plan | None:
     st = table.storage
     plan = _PLANS.get(st, _NO_PLAN)
     if plan is _NO_PLAN:
-        plan = _PLANS[st] = _Plan(table) if _Plan.usable(table) and _kernel() is not None else None
+        plan = _PLANS[st] = Plan(table) if Plan.usable(table) and _kernel() is not None else None
     return plan  # type: ignore[no-any-return]
 
 
-def _fused(plan: _Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+_I64, _F64, _F32, _BOOL = (np.dtype(t) for t in (np.int64, np.float64, np.float32, np.bool_))
+
+
+def _layout(plan: Plan, n: int, length: int) -> tuple[int, Any, list[Any]]:
+    """Bytes, the kernel's byte offsets, and ``(shape, dtype, offset)`` of every
+    tensor of a sample of ``n`` windows of ``length`` rows: the fields in
+    ``plan.fields`` order, then keys, times sampled, priorities, probabilities and
+    weights, then (windows) the end codes and (padded) the mask."""
+    got = plan.layouts.get((n, length))
+    if got is None:
+        if len(plan.layouts) > 16:  # a few batch sizes are usual; never grow without end
+            plan.layouts.clear()
+        rows = n * length
+        lead = (n,) if length == 1 else (n, length)
+        views = [((*lead, *shape), dt, a * rows) for _, dt, shape, a, _ in plan.fields]
+        at = rows * plan.row_bytes  # a multiple of 64
+        offs = []
+        for dt in (_I64, _I64, _F64, _F64, _F32):
+            offs.append(at)
+            views.append(((n,), dt, at))
+            at += -(-n * dt.itemsize // 8) * 8
+        offs += [at, at + 8 * rows]
+        if length > 1:
+            views.append((lead, _I64, at))
+            if plan.pad:
+                views.append((lead, _BOOL, at + 8 * rows))
+        at += 9 * rows
+        got = plan.layouts[(n, length)] = (at, np.array(offs, np.int64), views)
+    return got
+
+
+def sample_plan(table: Table) -> Plan | None:
+    """The plan :func:`sample_fused` needs, or ``None`` where it does not apply: a
+    frame-stack table on the compiled path with numpy item records."""
+    if not table.frame_stack or table._np_item_key is None:
+        return None
+    return _plan(table)
+
+
+def sample_fused(table: Table, plan: Plan, slots: torch.Tensor, inv_count: float) -> Any:
+    """Count the draws of ``slots``, walk their windows and gather, in one pass.
+
+    The effects and values of ``_items.take_items``, ``Storage.windows`` and
+    ``window_mask`` (windows) and :func:`gather`, with probabilities ``inv_count``
+    and unit weights (a uniform draw): every tensor a view of one output buffer.
+    Call with the table's lock held. Returns ``(data, keys, times_sampled,
+    priorities, probabilities, weights, ends, mask)`` (``ends`` ``None`` for
+    single steps, ``mask`` ``None`` unless padded).
+    """
+    flat = slots.numpy()
+    n = len(flat)
+    length = table.sequence_length
+    nbytes, offs, views = _layout(plan, n, length)
+    buf = np.empty(nbytes, dtype=np.uint8)
+    plan.sample(flat, *plan.sample_args, buf, offs, inv_count)
+    nd, tensor = np.ndarray, torch.from_numpy
+    out = [tensor(nd(shape, dt, buf, off)) for shape, dt, off in views]
+    k = len(plan.names)
+    cols = out[k : k + 5]
+    ends = out[k + 5] if length > 1 else None
+    mask = out[k + 6] if length > 1 and plan.pad else None
+    return (dict(zip(plan.names, out[:k], strict=True)), *cols, ends, mask)
+
+
+def _fused(plan: Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """:func:`gather` by the compiled pass (CPU, numba): one output buffer, one call."""
     flat = rows.numpy().reshape(-1)
     n = len(flat)
