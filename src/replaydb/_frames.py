@@ -135,15 +135,16 @@ def _compile() -> SimpleNamespace | None:
         plan: Any,
         starts: Any,
         out: Any,
+        cols: Any,
         offs: Any,
         inv_count: float,
     ) -> None:
         # Table.sample in one pass: count each draw in the item records ([cap, 4]
         # int64: key, times sampled, priority bits, unused), write the items'
-        # columns at the byte offsets offs (keys, times, priorities, probabilities
-        # inv_count, weights 1; then for windows the end codes and, padded, the
-        # mask), walk each window from its item's key by next links, and gather its
-        # rows as stack_copy does (fields at the start of out).
+        # columns into cols at the byte offsets offs (keys, times, priorities,
+        # probabilities inv_count, weights 1; then for windows the end codes and,
+        # padded, the mask), walk each window from its item's key by next links,
+        # and gather its rows into out as stack_copy does.
         n = slots.shape[0]
         cap = records.shape[0]
         for b in range(n):
@@ -151,11 +152,11 @@ def _compile() -> SimpleNamespace | None:
             if s < 0 or s >= cap:
                 raise IndexError("frame stack sample: a slot is outside the item records")
             records[s, 1] += 1  # every draw counts, duplicates included
-        keys = out[offs[0] : offs[0] + 8 * n].view(np.int64)
-        times = out[offs[1] : offs[1] + 8 * n].view(np.int64)
-        bits = out[offs[2] : offs[2] + 8 * n].view(np.int64)  # float64 priorities
-        prob = out[offs[3] : offs[3] + 8 * n].view(np.float64)
-        weights = out[offs[4] : offs[4] + 4 * n].view(np.float32)
+        keys = cols[offs[0] : offs[0] + 8 * n].view(np.int64)
+        times = cols[offs[1] : offs[1] + 8 * n].view(np.int64)
+        bits = cols[offs[2] : offs[2] + 8 * n].view(np.int64)  # float64 priorities
+        prob = cols[offs[3] : offs[3] + 8 * n].view(np.float64)
+        weights = cols[offs[4] : offs[4] + 4 * n].view(np.float32)
         for b in range(n):
             s = slots[b]
             keys[b] = records[s, 0]
@@ -168,7 +169,7 @@ def _compile() -> SimpleNamespace | None:
             return
         # Windows (Storage.windows): past an episode's end the last row repeats.
         rows = np.empty(n * length, np.int64)
-        ends = out[offs[5] : offs[5] + 8 * n * length].view(np.int64)
+        ends = cols[offs[5] : offs[5] + 8 * n * length].view(np.int64)
         for b in range(n):
             r = keys[b] % cap
             for t in range(length):
@@ -184,7 +185,7 @@ def _compile() -> SimpleNamespace | None:
                     i = b * length + t
                     if t > 0 and rows[i] == rows[i - 1]:
                         live = False
-                    out[offs[6] + i] = 1 if live else 0
+                    cols[offs[6] + i] = 1 if live else 0
         compiled_gather(rows, k_max, key, prev, plan, starts, out)
 
     try:
@@ -234,7 +235,7 @@ class Plan:
         #: Output bytes per sampled row, all fields.
         self.row_bytes = start
         #: Per (batch size, window length): what :func:`_layout` computes.
-        self.layouts: dict[tuple[int, int], tuple[int, Any, list[Any]]] = {}
+        self.layouts: dict[tuple[int, int], tuple[int, int, Any, list[Any], list[Any]]] = {}
         self.names = [f[0] for f in self.fields]
         #: The table's item records ``[capacity, 4]`` int64 (key, times sampled,
         #: priority bits, unused): CPU wherever the storage takes the compiled path.
@@ -286,31 +287,32 @@ def _plan(table: Table) -> Plan | None:
 _I64, _F64, _F32, _BOOL = (np.dtype(t) for t in (np.int64, np.float64, np.float32, np.bool_))
 
 
-def _layout(plan: Plan, n: int, length: int) -> tuple[int, Any, list[Any]]:
-    """Bytes, the kernel's byte offsets, and ``(shape, dtype, offset)`` of every
-    tensor of a sample of ``n`` windows of ``length`` rows: the fields in
-    ``plan.fields`` order, then keys, times sampled, priorities, probabilities and
-    weights, then (windows) the end codes and (padded) the mask."""
+def _layout(plan: Plan, n: int, length: int) -> tuple[int, int, Any, list[Any], list[Any]]:
+    """The buffers of a sample of ``n`` windows of ``length`` rows: bytes of the
+    fields' buffer and of the item columns' buffer, the kernel's byte offsets of the
+    columns, and ``(shape, dtype, offset)`` of each field (``plan.fields`` order) and
+    each column (keys, times sampled, priorities, probabilities, weights; then for
+    windows the end codes and, padded, the mask)."""
     got = plan.layouts.get((n, length))
     if got is None:
         if len(plan.layouts) > 16:  # a few batch sizes are usual; never grow without end
             plan.layouts.clear()
         rows = n * length
-        lead = (n,) if length == 1 else (n, length)
-        views = [((*lead, *shape), dt, a * rows) for _, dt, shape, a, _ in plan.fields]
-        at = rows * plan.row_bytes  # a multiple of 64
-        offs = []
+        lead: tuple[int, ...] = (n,) if length == 1 else (n, length)
+        fields = [((*lead, *shape), dt, a * rows) for _, dt, shape, a, _ in plan.fields]
+        cols: list[tuple[tuple[int, ...], np.dtype[Any], int]] = []
+        at = 0
         for dt in (_I64, _I64, _F64, _F64, _F32):
-            offs.append(at)
-            views.append(((n,), dt, at))
+            cols.append(((n,), dt, at))
             at += -(-n * dt.itemsize // 8) * 8
-        offs += [at, at + 8 * rows]
+        offs = [c[2] for c in cols] + [at, at + 8 * rows]
         if length > 1:
-            views.append((lead, _I64, at))
+            cols.append((lead, _I64, at))
             if plan.pad:
-                views.append((lead, _BOOL, at + 8 * rows))
+                cols.append((lead, _BOOL, at + 8 * rows))
         at += 9 * rows
-        got = plan.layouts[(n, length)] = (at, np.array(offs, np.int64), views)
+        got = (rows * plan.row_bytes, at, np.array(offs, np.int64), fields, cols)
+        plan.layouts[(n, length)] = got
     return got
 
 
@@ -327,24 +329,28 @@ def sample_fused(table: Table, plan: Plan, slots: torch.Tensor, inv_count: float
 
     The effects and values of ``_items.take_items``, ``Storage.windows`` and
     ``window_mask`` (windows) and :func:`gather`, with probabilities ``inv_count``
-    and unit weights (a uniform draw): every tensor a view of one output buffer.
-    Call with the table's lock held. Returns ``(data, keys, times_sampled,
-    priorities, probabilities, weights, ends, mask)`` (``ends`` ``None`` for
-    single steps, ``mask`` ``None`` unless padded).
+    and unit weights (a uniform draw). The fields are views of one buffer, the item
+    columns of another (a column kept alone does not keep the frames alive). Call
+    with the table's lock held. Returns ``(data, keys, times_sampled, priorities,
+    probabilities, weights, ends, mask)`` (``ends`` ``None`` for single steps,
+    ``mask`` ``None`` unless padded).
     """
     flat = slots.numpy()
     n = len(flat)
     length = table.sequence_length
-    nbytes, offs, views = _layout(plan, n, length)
+    nbytes, ncols, offs, fields, columns = _layout(plan, n, length)
     buf = np.empty(nbytes, dtype=np.uint8)
-    plan.sample(flat, *plan.sample_args, buf, offs, inv_count)
+    cols = np.empty(ncols, dtype=np.uint8)
+    plan.sample(flat, *plan.sample_args, buf, cols, offs, inv_count)
     nd, tensor = np.ndarray, torch.from_numpy
-    out = [tensor(nd(shape, dt, buf, off)) for shape, dt, off in views]
-    k = len(plan.names)
-    cols = out[k : k + 5]
-    ends = out[k + 5] if length > 1 else None
-    mask = out[k + 6] if length > 1 and plan.pad else None
-    return (dict(zip(plan.names, out[:k], strict=True)), *cols, ends, mask)
+    data = {
+        name: tensor(nd(s, dt, buf, at))
+        for name, (s, dt, at) in zip(plan.names, fields, strict=True)
+    }
+    out = [tensor(nd(s, dt, cols, at)) for s, dt, at in columns]
+    ends = out[5] if length > 1 else None
+    mask = out[6] if length > 1 and plan.pad else None
+    return data, *out[:5], ends, mask
 
 
 def _fused(plan: Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
