@@ -23,7 +23,6 @@ from replaydb import Spec, Table, _kernels, _sampling
 from replaydb.errors import WouldBlockForeverError
 from replaydb.rate_limiters import SampleToInsertRatio
 from replaydb.samplers import Prioritized, Uniform
-from replaydb.storage import _memory
 
 SPEC = Spec({"img": ((3, 2), "uint8"), "ident": ((), "int64"), "reward": ((), "float32")})
 
@@ -181,15 +180,3 @@ def test_samples_own_fresh_buffers_and_columns_apart_from_frames() -> None:
     frames = a["img"].untyped_storage()
     assert a.keys.untyped_storage().data_ptr() != frames.data_ptr()
     assert a.keys.untyped_storage().nbytes() < frames.nbytes()
-
-
-def test_large_cpu_groups_are_zeroed_with_huge_page_advice(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_memory, "HUGE_PAGES_FROM", 1024)
-    got = _memory._zeros((300, 7), torch.float32, torch.device("cpu"))
-    assert got.shape == (300, 7) and got.dtype == torch.float32
-    assert not got.any()
-    table = Table(SPEC, 500, frame_stack={"img": 2})  # groups over the (patched) threshold
-    fill(table, 80, 2, 0)
-    assert table.sample(3)["img"].shape == (3, 2, 3, 2)

@@ -42,9 +42,7 @@ the free disk space instead of RAM, and only the five bookkeeping columns take R
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -161,7 +159,9 @@ class Storage:
         self.groups: dict[torch.dtype, torch.Tensor] = (
             self.files.groups
             if self.files is not None
-            else {dt: _zeros((cap, w), dt, self.device) for dt, w in widths.items()}
+            else {
+                dt: torch.zeros((cap, w), dtype=dt, device=self.device) for dt, w in widths.items()
+            }
         )
         self.fields: dict[str, torch.Tensor] = {
             name: self.groups[dt][:, a:b].view(cap, *spec[name].shape)
@@ -500,34 +500,3 @@ class Storage:
         self._last_key = state["streams.last_key"].to(self.device).clone()
         self._ep_len = state["streams.ep_len"].to(self.device).clone()
         self.total = total
-
-
-#: Host groups at least this large ask the kernel for transparent huge pages.
-HUGE_PAGES_FROM = 1 << 25
-
-
-def _zeros(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.zeros``; a large CPU group asks for transparent huge pages first.
-
-    A sampled row is read from a random place of a large group: with 4 KiB pages
-    most reads also miss the TLB. numpy asks for huge pages for its large arrays
-    (``madvise(MADV_HUGEPAGE)``, what Linux's default ``madvise`` THP mode needs);
-    torch does not. The advice is given before the pages are first touched (by the
-    zeroing), so they are allocated huge where the kernel has them. Elsewhere, and
-    where the call fails, this is ``torch.zeros``.
-    """
-    out = torch.empty(shape, dtype=dtype, device=device)
-    nbytes = out.numel() * out.element_size()
-    if device.type == "cpu" and nbytes >= HUGE_PAGES_FROM and sys.platform == "linux":
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            page = 4096
-            start = -(-out.data_ptr() // page) * page
-            libc.madvise(
-                ctypes.c_void_p(start),
-                ctypes.c_size_t((out.data_ptr() + nbytes - start) // page * page),
-                ctypes.c_int(14),  # MADV_HUGEPAGE
-            )
-        except (OSError, AttributeError):  # no libc madvise: plain pages
-            pass
-    return out.zero_()
