@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,8 @@ from replaydb.storage import Storage
 
 BATCH, STACK, SIDE = 32, 4, 84
 FRAME = SIDE * SIDE
-SPEC = Spec({"obs": ((SIDE, SIDE), "uint8"), "action": ((), "int64"), "reward": ()})
+FIELDS: dict[str, Any] = {"obs": ((SIDE, SIDE), "uint8"), "action": ((), "int64"), "reward": ()}
+SPEC = Spec(FIELDS)
 MILLION = 1_000_000
 
 
@@ -68,12 +70,18 @@ def rss() -> int:
     raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
 
 
-def build(frames: int, envs: int, sequence_length: int = 1, path: str | None = None) -> Table:
-    """A full table: ``envs`` interleaved streams, episodes of 200-2,000 steps."""
-    table = Table(
-        SPEC,
+def build(
+    frames: int, envs: int, sequence_length: int = 1, path: str | None = None, pkg: Any = None
+) -> Table:
+    """A full table: ``envs`` interleaved streams, episodes of 200-2,000 steps.
+
+    ``pkg``: build it with another copy of replaydb (``--compare-with``).
+    """
+    make, uniform = (Table, Uniform) if pkg is None else (pkg.Table, pkg.samplers.Uniform)
+    table = make(
+        SPEC if pkg is None else pkg.Spec(FIELDS),
         frames,
-        sampler=Uniform(seed=0),
+        sampler=uniform(seed=0),
         sequence_length=sequence_length,
         frame_stack={"obs": STACK},
         path=path,
@@ -281,17 +289,61 @@ def on_disk(frames: int, reps: int, directory: str) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def compare(frames: int, reps: int, base_src: str) -> None:
+    """This checkout's ``sample(32)`` against another checkout's, in one process."""
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from bench_ab import copy_as  # same folder
+
+    with tempfile.TemporaryDirectory(prefix="bench-frames-ab-") as tmp:
+        copy_as(Path(base_src), Path(tmp), "replaydb_base")
+        sys.path.insert(0, tmp)
+        base = importlib.import_module("replaydb_base")
+        importlib.import_module("replaydb_base.samplers")
+        tables = {}
+        for name, pkg in (("new", None), ("base", base)):
+            for length in (1, 2):
+                tables[name, length] = build(frames, envs=8, sequence_length=length, pkg=pkg)
+        first = tables["new", 1]
+        raw = first.storage.fields["obs"].numpy()
+        rng = np.random.default_rng(1)
+        idx_pool = stack_rows(first, torch.from_numpy(rng.integers(0, frames, (4096, BATCH))))
+        it = iter(range(10**12))
+        contenders: dict[str, Callable[[], object]] = {
+            FLOOR: lambda: raw[idx_pool[next(it) % 4096]]
+        }
+        for (name, length), table in tables.items():
+            label = f"{name} sample(32)" + (", T=2" if length == 2 else "")
+            contenders[label] = lambda table=table: table.sample(BATCH)
+        t = race(contenders, reps)
+    print(f"{frames:,} frames in memory; base = {base_src}")
+    print(f"{'contender':34s} {'us':>8s} {'vs raw':>7s} {'new/base':>9s}")
+    for label, sec in t.items():
+        other = label.replace("new ", "base ") if label.startswith("new ") else None
+        ratio = f"{sec / t[other]:9.3f}" if other else ""
+        nbytes = 2 if "T=2" in label else 1
+        print(f"{label:34s} {sec * 1e6:8.1f} {nbytes * t[FLOOR] / sec:6.2f}x {ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20,000 frames, fewer reps")
     parser.add_argument("--frames", type=int, default=None, help="table capacity (frames)")
     parser.add_argument("--disk", default=None, help="a directory: time a disk-backed table")
     parser.add_argument("--no-peers", action="store_true", help="skip T=2, cpprb and SB3")
+    parser.add_argument(
+        "--compare-with",
+        default=None,
+        metavar="SRC",
+        help="another checkout's src directory: race its sample(32) against this one's",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     frames = args.frames or (20_000 if args.quick else 100_000)
     reps = 300 if args.quick else 1000
-    if args.disk is not None:
+    if args.compare_with is not None:
+        compare(frames, reps, args.compare_with)
+    elif args.disk is not None:
         on_disk(frames, reps, args.disk)
     else:
         in_memory(frames, reps, peers=not args.no_peers)
