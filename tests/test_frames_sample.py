@@ -12,6 +12,7 @@ buffers it hands out.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,15 @@ def test_samples_own_fresh_buffers_and_columns_apart_from_frames() -> None:
     frames = a["img"].untyped_storage()
     assert a.keys.untyped_storage().data_ptr() != frames.data_ptr()
     assert a.keys.untyped_storage().nbytes() < frames.nbytes()
+
+
+@needs_numba
+def test_a_disk_backed_table_samples_through_the_pass(tmp_path: Path) -> None:
+    kw = {"sequence_length": 2, "frame_stack": {"img": (4, "zeros")}}
+    on_disk = make(True, path=tmp_path / "t", **kw)
+    plain = make(False, **kw)
+    for t in (on_disk, plain):
+        fill(t, 130, 3, 9)
+    assert _sampling._stacked(on_disk) is not None
+    for b in (1, 5, 32):
+        assert_same(on_disk.sample(b), plain.sample(b))
