@@ -120,31 +120,25 @@ def _compile() -> SimpleNamespace | None:
                         copy_bytes(dst, base + chain[b, j] * stride + off, width)
                     dst += width
 
-    compiled_gather: Any = None  # set below; sample_copy calls it
-
-    def sample_copy(
+    def take_windows(
         slots: Any,
         records: Any,
         length: int,
         pad: bool,
         nxt: Any,
         end: Any,
-        k_max: int,
-        key: Any,
-        prev: Any,
-        plan: Any,
-        starts: Any,
-        out: Any,
         cols: Any,
         offs: Any,
         inv_count: float,
-    ) -> None:
-        # Table.sample in one pass: count each draw in the item records ([cap, 4]
-        # int64: key, times sampled, priority bits, unused), write the items'
-        # columns into cols at the byte offsets offs (keys, times, priorities,
-        # probabilities inv_count, weights 1; then for windows the end codes and,
-        # padded, the mask), walk each window from its item's key by next links,
-        # and gather its rows into out as stack_copy does.
+    ) -> Any:
+        # Table.sample's bookkeeping before stack_copy gathers: count each draw in
+        # the item records ([cap, 4] int64: key, times sampled, priority bits,
+        # unused), write the items' columns into cols at the byte offsets offs
+        # (keys, times, priorities, probabilities inv_count, weights 1; then for
+        # windows the end codes and, padded, the mask), and return the rows to
+        # gather: the slots, or each window's rows walked from its item's key by
+        # next links. (Two compiled functions, not one calling the other: a
+        # function that closes over a dispatcher is never found in numba's cache.)
         n = slots.shape[0]
         cap = records.shape[0]
         for b in range(n):
@@ -165,8 +159,7 @@ def _compile() -> SimpleNamespace | None:
             prob[b] = inv_count
             weights[b] = 1.0
         if length == 1:
-            compiled_gather(slots, k_max, key, prev, plan, starts, out)
-            return
+            return slots
         # Windows (Storage.windows): past an episode's end the last row repeats.
         rows = np.empty(n * length, np.int64)
         ends = cols[offs[5] : offs[5] + 8 * n * length].view(np.int64)
@@ -186,15 +179,15 @@ def _compile() -> SimpleNamespace | None:
                     if t > 0 and rows[i] == rows[i - 1]:
                         live = False
                     cols[offs[6] + i] = 1 if live else 0
-        compiled_gather(rows, k_max, key, prev, plan, starts, out)
+        return rows
 
     try:
         jit = numba.njit(nogil=True, cache=True)
-        compiled_gather = jit(stack_copy)
+        gather = jit(stack_copy)
     except RuntimeError:  # no writable cache location: compile in every process
         jit = numba.njit(nogil=True, cache=False)
-        compiled_gather = jit(stack_copy)
-    return SimpleNamespace(gather=compiled_gather, sample=jit(sample_copy))
+        gather = jit(stack_copy)
+    return SimpleNamespace(gather=gather, take=jit(take_windows))
 
 
 def _kernel() -> Any:
@@ -246,17 +239,16 @@ class Plan:
         kernels = _kernel()
         k_max = table._stack_k
         self.call = (kernels.gather, k_max, engine.key, engine.prev, self.plan, self.starts)
-        #: The compiled pass of :func:`sample_fused` and its arguments after the
-        #: slots, but the output, its offsets and the probability.
-        self.sample = kernels.sample
+        #: :func:`sample_fused`'s bookkeeping pass and its arguments after the
+        #: slots, but the columns' buffer, their offsets and the probability.
+        self.take = kernels.take
         self.pad = table.pad
-        self.sample_args = (
+        self.take_args = (
             self.records,
             table.sequence_length,
             table.pad,
             engine.next,  # window walks: next links and end codes
             engine.end,
-            *self.call[1:],
         )
 
     @staticmethod
@@ -341,7 +333,9 @@ def sample_fused(table: Table, plan: Plan, slots: torch.Tensor, inv_count: float
     nbytes, ncols, offs, fields, columns = _layout(plan, n, length)
     buf = np.empty(nbytes, dtype=np.uint8)
     cols = np.empty(ncols, dtype=np.uint8)
-    plan.sample(flat, *plan.sample_args, buf, cols, offs, inv_count)
+    rows = plan.take(flat, *plan.take_args, cols, offs, inv_count)
+    gather, *args = plan.call
+    gather(rows, *args, buf)
     nd, tensor = np.ndarray, torch.from_numpy
     data = {
         name: tensor(nd(s, dt, buf, at))
