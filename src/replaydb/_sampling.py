@@ -7,11 +7,14 @@ draw in the item records (:mod:`replaydb._items`), gathers the rows (windows for
 sequence tables, frame stacks through :mod:`replaydb._frames`), removes items that
 reached ``max_times_sampled`` and wakes blocked writers.
 
-Two short paths skip work the general path does, with the same draws and effects:
+Three short paths skip work the general path does, with the same draws and effects:
 
 * a CPU prioritized single-step table (the sampler's compiled ``draw_items``
   draws, counts and reads the records in one pass), taken by :func:`sample` when
   the arguments are valid and the table can be sampled at once;
+* a CPU uniform frame-stack table with numba, taken by :func:`sample` (one
+  compiled pass counts the draws, walks the windows and gathers the stacks, all
+  fields in one buffer: :func:`replaydb._frames.sample_fused`);
 * a CPU uniform single-step table in :func:`sample_data` (the Velora buffer),
   which counts ``times_sampled`` only where ``max_times_sampled`` needs it:
   counting reads one random 32-byte record per drawn item, which measured +50% on
