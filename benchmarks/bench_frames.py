@@ -14,8 +14,13 @@ serves, for each of 32 sampled steps, its last four frames of the same episode
 random rows on every call:
 
 * ``numpy frames[idx]``: the floor for those bytes, a ready-made ``[32, 4]`` index
-  into the table's own frame array (what a buffer that already knew the stack
-  rows would pay);
+  of the stack rows of 32 random steps (the frames a sample of them returns,
+  found by following the episode links beforehand) into the table's own frame
+  array: the same bytes from the same memory, what a buffer that already knew the
+  stack rows would pay. Ratios are to this floor;
+* ``numpy frames[random idx]``: the floor of earlier runs, 128 unrelated random
+  frames (a stack's frames are a few rows apart, so they share pages: gathering
+  them costs less than gathering random ones);
 * replaydb ``sample(32)`` and its gather alone (no sampler, no item records);
 * transitions (a stacked observation and the next one): replaydb with
   ``sequence_length=2`` (``[32, 2, 4, 84, 84]``), cpprb's ``ReplayBuffer`` with
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +57,8 @@ from replaydb.storage import Storage
 
 BATCH, STACK, SIDE = 32, 4, 84
 FRAME = SIDE * SIDE
-SPEC = Spec({"obs": ((SIDE, SIDE), "uint8"), "action": ((), "int64"), "reward": ()})
+FIELDS: dict[str, Any] = {"obs": ((SIDE, SIDE), "uint8"), "action": ((), "int64"), "reward": ()}
+SPEC = Spec(FIELDS)
 MILLION = 1_000_000
 
 
@@ -63,12 +70,18 @@ def rss() -> int:
     raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
 
 
-def build(frames: int, envs: int, sequence_length: int = 1, path: str | None = None) -> Table:
-    """A full table: ``envs`` interleaved streams, episodes of 200-2,000 steps."""
-    table = Table(
-        SPEC,
+def build(
+    frames: int, envs: int, sequence_length: int = 1, path: str | None = None, pkg: Any = None
+) -> Table:
+    """A full table: ``envs`` interleaved streams, episodes of 200-2,000 steps.
+
+    ``pkg``: build it with another copy of replaydb (``--compare-with``).
+    """
+    make, uniform = (Table, Uniform) if pkg is None else (pkg.Table, pkg.samplers.Uniform)
+    table = make(
+        SPEC if pkg is None else pkg.Spec(FIELDS),
         frames,
-        sampler=Uniform(seed=0),
+        sampler=uniform(seed=0),
         sequence_length=sequence_length,
         frame_stack={"obs": STACK},
         path=path,
@@ -95,6 +108,17 @@ def build(frames: int, envs: int, sequence_length: int = 1, path: str | None = N
             ends=torch.from_numpy(ends),
         )
     return table
+
+
+FLOOR = "numpy frames[idx], idx [32, 4]"
+
+
+def stack_rows(table: Table, rows: torch.Tensor) -> np.ndarray[Any, Any]:
+    """``[..., STACK]`` rows of the frames a sample of ``rows`` returns, oldest first:
+    the index of the raw gather of the same bytes."""
+    lead = tuple(rows.shape)
+    flat, _ = table.storage.engine.stack_rows(rows.reshape(-1), STACK)
+    return flat.reshape(*lead, STACK).numpy()
 
 
 def source(n: int) -> np.ndarray[Any, Any]:
@@ -165,12 +189,14 @@ def in_memory(frames: int, reps: int, peers: bool) -> None:
     rng = np.random.default_rng(1)
     # Fresh random rows on every call, as a sampler draws them: a small pool of
     # index sets would be served from the CPU caches after a few rounds.
-    idx_pool = rng.integers(0, frames, (4096, BATCH, STACK))
     rows_pool = torch.from_numpy(rng.integers(0, frames, (4096, BATCH)))
+    idx_pool = stack_rows(table, rows_pool)
+    rand_pool = rng.integers(0, frames, (4096, BATCH, STACK))
     it = iter(range(10**12))
     stacked = BATCH * STACK * FRAME
     contenders: dict[str, Callable[[], object]] = {
-        "numpy frames[idx], idx [32, 4]": lambda: raw[idx_pool[next(it) % 4096]],
+        FLOOR: lambda: raw[idx_pool[next(it) % 4096]],
+        "numpy frames[random idx]": lambda: raw[rand_pool[next(it) % 4096]],
         "replaydb sample(32), stack 4": lambda: table.sample(BATCH),
         # The table's gather alone (link walk + every field): no sampler, no records.
         "  of which: stacked gather": lambda: table._gather(rows_pool[next(it) % 4096]),
@@ -197,7 +223,7 @@ def in_memory(frames: int, reps: int, peers: bool) -> None:
                 nbytes[name] = 2 * stacked  # a transition: the stack and the next one
     assert table.sample(BATCH)["obs"].shape == (BATCH, STACK, SIDE, SIDE)
     t = race(contenders, reps)
-    base = t["numpy frames[idx], idx [32, 4]"]
+    base = t[FLOOR]
     base_rate = stacked / base
     kernels = "numba kernels" if _kernels.get() is not None else "no numba"
     print(f"{frames:,} frames of {SIDE}x{SIDE} uint8 in memory, batch {BATCH}, stack {STACK}")
@@ -235,16 +261,18 @@ def on_disk(frames: int, reps: int, directory: str) -> None:
         # Touch every page once, so the timing below is of cached pages.
         checksum = int(raw[:, 0, 0].sum()) + int(raw[:, -1, -1].sum())
         rng = np.random.default_rng(1)
-        idx_pool = rng.integers(0, frames, (4096, BATCH, STACK))
+        idx_pool = stack_rows(table, torch.from_numpy(rng.integers(0, frames, (4096, BATCH))))
+        rand_pool = rng.integers(0, frames, (4096, BATCH, STACK))
         it = iter(range(10**12))
         t = race(
             {
-                "numpy frames[idx], idx [32, 4]": lambda: raw[idx_pool[next(it) % 4096]],
+                FLOOR: lambda: raw[idx_pool[next(it) % 4096]],
+                "numpy frames[random idx]": lambda: raw[rand_pool[next(it) % 4096]],
                 "replaydb sample(32), stack 4": lambda: table.sample(BATCH),
             },
             reps,
         )
-        base = t["numpy frames[idx], idx [32, 4]"]
+        base = t[FLOOR]
         print(
             f"{frames:,} frames of {SIDE}x{SIDE} uint8 on disk (pages cached), checksum {checksum}"
         )
@@ -261,17 +289,61 @@ def on_disk(frames: int, reps: int, directory: str) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def compare(frames: int, reps: int, base_src: str) -> None:
+    """This checkout's ``sample(32)`` against another checkout's, in one process."""
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from bench_ab import copy_as  # same folder
+
+    with tempfile.TemporaryDirectory(prefix="bench-frames-ab-") as tmp:
+        copy_as(Path(base_src), Path(tmp), "replaydb_base")
+        sys.path.insert(0, tmp)
+        base = importlib.import_module("replaydb_base")
+        importlib.import_module("replaydb_base.samplers")
+        tables = {}
+        for name, pkg in (("new", None), ("base", base)):
+            for length in (1, 2):
+                tables[name, length] = build(frames, envs=8, sequence_length=length, pkg=pkg)
+        first = tables["new", 1]
+        raw = first.storage.fields["obs"].numpy()
+        rng = np.random.default_rng(1)
+        idx_pool = stack_rows(first, torch.from_numpy(rng.integers(0, frames, (4096, BATCH))))
+        it = iter(range(10**12))
+        contenders: dict[str, Callable[[], object]] = {
+            FLOOR: lambda: raw[idx_pool[next(it) % 4096]]
+        }
+        for (name, length), table in tables.items():
+            label = f"{name} sample(32)" + (", T=2" if length == 2 else "")
+            contenders[label] = lambda table=table: table.sample(BATCH)
+        t = race(contenders, reps)
+    print(f"{frames:,} frames in memory; base = {base_src}")
+    print(f"{'contender':34s} {'us':>8s} {'vs raw':>7s} {'new/base':>9s}")
+    for label, sec in t.items():
+        other = label.replace("new ", "base ") if label.startswith("new ") else None
+        ratio = f"{sec / t[other]:9.3f}" if other else ""
+        nbytes = 2 if "T=2" in label else 1
+        print(f"{label:34s} {sec * 1e6:8.1f} {nbytes * t[FLOOR] / sec:6.2f}x {ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20,000 frames, fewer reps")
     parser.add_argument("--frames", type=int, default=None, help="table capacity (frames)")
     parser.add_argument("--disk", default=None, help="a directory: time a disk-backed table")
     parser.add_argument("--no-peers", action="store_true", help="skip T=2, cpprb and SB3")
+    parser.add_argument(
+        "--compare-with",
+        default=None,
+        metavar="SRC",
+        help="another checkout's src directory: race its sample(32) against this one's",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     frames = args.frames or (20_000 if args.quick else 100_000)
     reps = 300 if args.quick else 1000
-    if args.disk is not None:
+    if args.compare_with is not None:
+        compare(frames, reps, args.compare_with)
+    elif args.disk is not None:
         on_disk(frames, reps, args.disk)
     else:
         in_memory(frames, reps, peers=not args.no_peers)

@@ -11,8 +11,12 @@ tensors, one ``memcpy`` per frame, all fields in one buffer, with no per-field
 numpy call: the stacked field's copy costs what a raw ``frames[idx]`` numpy gather
 of the same bytes costs (``benchmarks/bench_frames.py``).
 The links are walked one level for all rows at a time, so the cache misses of a
-level overlap. Without numba (and off CPU) ``k - 1`` batched torch gathers walk
-the links and one ``index_select`` per field gathers.
+level overlap. ``Table.sample`` of a uniform table adds one compiled pass before
+the gather (:func:`sample_fused`): it counts the draws in the item records, writes
+the keys, counts, priorities, probabilities and weights into a second, small
+buffer, and walks each window's ``next`` links. Without numba (and off CPU)
+``k - 1`` batched torch gathers walk the links and one ``index_select`` per field
+gathers.
 
 Layout the compiled pass relies on (``Storage``): fields of one dtype share a
 packed group tensor ``[capacity, W]``; a field is the columns ``[a, b)`` of its
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,8 +42,9 @@ if TYPE_CHECKING:
 _STATE: dict[str, Any] = {}
 
 
-def _compile() -> Any:
-    """The fused gather kernel, or ``None`` without numba (or ``REPLAYDB_NUMBA=0``)."""
+def _compile() -> SimpleNamespace | None:
+    """The compiled passes (``gather``, ``sample``), or ``None`` without numba (or
+    ``REPLAYDB_NUMBA=0``)."""
     if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
         return None
     try:
@@ -118,10 +124,74 @@ def _compile() -> Any:
                         copy_bytes(dst, base + chain[b, j] * stride + off, width)
                     dst += width
 
+    def take_windows(
+        slots: Any,
+        records: Any,
+        length: int,
+        pad: bool,
+        nxt: Any,
+        end: Any,
+        cols: Any,
+        offs: Any,
+        inv_count: float,
+    ) -> Any:
+        # Table.sample's bookkeeping before stack_copy gathers: count each draw in
+        # the item records ([cap, 4] int64: key, times sampled, priority bits,
+        # unused), write the items' columns into cols at the byte offsets offs
+        # (keys, times, priorities, probabilities inv_count, weights 1; then for
+        # windows the end codes and, padded, the mask), and return the rows to
+        # gather: the slots, or each window's rows walked from its item's key by
+        # next links. (Two compiled functions, not one calling the other: a
+        # function that closes over a dispatcher is never found in numba's cache.)
+        n = slots.shape[0]
+        cap = records.shape[0]
+        for b in range(n):
+            s = slots[b]
+            if s < 0 or s >= cap:
+                raise IndexError("frame stack sample: a slot is outside the item records")
+            records[s, 1] += 1  # every draw counts, duplicates included
+        keys = cols[offs[0] : offs[0] + 8 * n].view(np.int64)
+        times = cols[offs[1] : offs[1] + 8 * n].view(np.int64)
+        bits = cols[offs[2] : offs[2] + 8 * n].view(np.int64)  # float64 priorities
+        prob = cols[offs[3] : offs[3] + 8 * n].view(np.float64)
+        weights = cols[offs[4] : offs[4] + 4 * n].view(np.float32)
+        for b in range(n):
+            s = slots[b]
+            keys[b] = records[s, 0]
+            times[b] = records[s, 1]
+            bits[b] = records[s, 2]
+            prob[b] = inv_count
+            weights[b] = 1.0
+        if length == 1:
+            return slots
+        # Windows (Storage.windows): past an episode's end the last row repeats.
+        rows = np.empty(n * length, np.int64)
+        ends = cols[offs[5] : offs[5] + 8 * n * length].view(np.int64)
+        for b in range(n):
+            r = keys[b] % cap
+            for t in range(length):
+                rows[b * length + t] = r
+                ends[b * length + t] = end[r]
+                k2 = nxt[r]
+                if k2 >= 0:
+                    r = k2 % cap
+        if pad:  # False from the first repeated row on (Storage.window_mask)
+            for b in range(n):
+                live = True
+                for t in range(length):
+                    i = b * length + t
+                    if t > 0 and rows[i] == rows[i - 1]:
+                        live = False
+                    cols[offs[6] + i] = 1 if live else 0
+        return rows
+
     try:
-        return numba.njit(nogil=True, cache=True)(stack_copy)
+        jit = numba.njit(nogil=True, cache=True)
+        gather = jit(stack_copy)
     except RuntimeError:  # no writable cache location: compile in every process
-        return numba.njit(nogil=True, cache=False)(stack_copy)
+        jit = numba.njit(nogil=True, cache=False)
+        gather = jit(stack_copy)
+    return SimpleNamespace(gather=gather, take=jit(take_windows))
 
 
 def _kernel() -> Any:
@@ -130,7 +200,7 @@ def _kernel() -> Any:
     return _STATE["kernel"]
 
 
-class _Plan:
+class Plan:
     """A table's fields as byte ranges of its storage's packed groups (see module doc),
     and where each field's output goes in the one buffer a gather allocates."""
 
@@ -161,10 +231,29 @@ class _Plan:
             start += -(-nbytes // 64) * 64  # every output starts on a cache line
         #: Output bytes per sampled row, all fields.
         self.row_bytes = start
+        #: Per (batch size, window length): what :func:`_layout` computes.
+        self.layouts: dict[tuple[int, int], tuple[int, int, Any, list[Any], list[Any]]] = {}
+        self.names = [f[0] for f in self.fields]
+        #: The table's item records ``[capacity, 4]`` int64 (key, times sampled,
+        #: priority bits, unused): CPU wherever the storage takes the compiled path.
+        self.records = table._items.numpy()
         self.starts = np.array([f[3] for f in self.fields], dtype=np.int64)
         self.plan = np.array(rows, dtype=np.int64).reshape(-1, 6)
         #: The compiled pass and its arguments but the rows and the output.
-        self.call = (_kernel(), table._stack_k, engine.key, engine.prev, self.plan, self.starts)
+        kernels = _kernel()
+        k_max = table._stack_k
+        self.call = (kernels.gather, k_max, engine.key, engine.prev, self.plan, self.starts)
+        #: :func:`sample_fused`'s bookkeeping pass and its arguments after the
+        #: slots, but the columns' buffer, their offsets and the probability.
+        self.take = kernels.take
+        self.pad = table.pad
+        self.take_args = (
+            self.records,
+            table.sequence_length,
+            table.pad,
+            engine.next,  # window walks: next links and end codes
+            engine.end,
+        )
 
     @staticmethod
     def usable(table: Table) -> bool:
@@ -180,18 +269,89 @@ _NO_PLAN: Any = object()
 
 #: Storage -> its plan (None: the compiled pass does not apply to it), made once
 #: per storage: its device path and groups never change.
-_PLANS: weakref.WeakKeyDictionary[Storage, _Plan | None] = weakref.WeakKeyDictionary()
+_PLANS: weakref.WeakKeyDictionary[Storage, Plan | None] = weakref.WeakKeyDictionary()
 
 
-def _plan(table: Table) -> _Plan | None:
+def _plan(table: Table) -> Plan | None:
     st = table.storage
     plan = _PLANS.get(st, _NO_PLAN)
     if plan is _NO_PLAN:
-        plan = _PLANS[st] = _Plan(table) if _Plan.usable(table) and _kernel() is not None else None
+        plan = _PLANS[st] = Plan(table) if Plan.usable(table) and _kernel() is not None else None
     return plan  # type: ignore[no-any-return]
 
 
-def _fused(plan: _Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+_I64, _F64, _F32, _BOOL = (np.dtype(t) for t in (np.int64, np.float64, np.float32, np.bool_))
+
+
+def _layout(plan: Plan, n: int, length: int) -> tuple[int, int, Any, list[Any], list[Any]]:
+    """The buffers of a sample of ``n`` windows of ``length`` rows: bytes of the
+    fields' buffer and of the item columns' buffer, the kernel's byte offsets of the
+    columns, and ``(shape, dtype, offset)`` of each field (``plan.fields`` order) and
+    each column (keys, times sampled, priorities, probabilities, weights; then for
+    windows the end codes and, padded, the mask)."""
+    got = plan.layouts.get((n, length))
+    if got is None:
+        if len(plan.layouts) > 16:  # a few batch sizes are usual; never grow without end
+            plan.layouts.clear()
+        rows = n * length
+        lead: tuple[int, ...] = (n,) if length == 1 else (n, length)
+        fields = [((*lead, *shape), dt, a * rows) for _, dt, shape, a, _ in plan.fields]
+        cols: list[tuple[tuple[int, ...], np.dtype[Any], int]] = []
+        at = 0
+        for dt in (_I64, _I64, _F64, _F64, _F32):
+            cols.append(((n,), dt, at))
+            at += -(-n * dt.itemsize // 8) * 8
+        offs = [c[2] for c in cols] + [at, at + 8 * rows]
+        if length > 1:
+            cols.append((lead, _I64, at))
+            if plan.pad:
+                cols.append((lead, _BOOL, at + 8 * rows))
+        at += 9 * rows
+        got = (rows * plan.row_bytes, at, np.array(offs, np.int64), fields, cols)
+        plan.layouts[(n, length)] = got
+    return got
+
+
+def sample_plan(table: Table) -> Plan | None:
+    """The plan :func:`sample_fused` needs, or ``None`` where it does not apply: a
+    frame-stack table on the compiled path with numpy item records."""
+    if not table.frame_stack or table._np_item_key is None:
+        return None
+    return _plan(table)
+
+
+def sample_fused(table: Table, plan: Plan, slots: torch.Tensor, inv_count: float) -> Any:
+    """Count the draws of ``slots``, walk their windows and gather, in one pass.
+
+    The effects and values of ``_items.take_items``, ``Storage.windows`` and
+    ``window_mask`` (windows) and :func:`gather`, with probabilities ``inv_count``
+    and unit weights (a uniform draw). The fields are views of one buffer, the item
+    columns of another (a column kept alone does not keep the frames alive). Call
+    with the table's lock held. Returns ``(data, keys, times_sampled, priorities,
+    probabilities, weights, ends, mask)`` (``ends`` ``None`` for single steps,
+    ``mask`` ``None`` unless padded).
+    """
+    flat = slots.numpy()
+    n = len(flat)
+    length = table.sequence_length
+    nbytes, ncols, offs, fields, columns = _layout(plan, n, length)
+    buf = np.empty(nbytes, dtype=np.uint8)
+    cols = np.empty(ncols, dtype=np.uint8)
+    rows = plan.take(flat, *plan.take_args, cols, offs, inv_count)
+    gather, *args = plan.call
+    gather(rows, *args, buf)
+    nd, tensor = np.ndarray, torch.from_numpy
+    data = {
+        name: tensor(nd(s, dt, buf, at))
+        for name, (s, dt, at) in zip(plan.names, fields, strict=True)
+    }
+    out = [tensor(nd(s, dt, cols, at)) for s, dt, at in columns]
+    ends = out[5] if length > 1 else None
+    mask = out[6] if length > 1 and plan.pad else None
+    return data, *out[:5], ends, mask
+
+
+def _fused(plan: Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """:func:`gather` by the compiled pass (CPU, numba): one output buffer, one call."""
     flat = rows.numpy().reshape(-1)
     n = len(flat)

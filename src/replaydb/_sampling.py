@@ -7,11 +7,14 @@ draw in the item records (:mod:`replaydb._items`), gathers the rows (windows for
 sequence tables, frame stacks through :mod:`replaydb._frames`), removes items that
 reached ``max_times_sampled`` and wakes blocked writers.
 
-Two short paths skip work the general path does, with the same draws and effects:
+Three short paths skip work the general path does, with the same draws and effects:
 
 * a CPU prioritized single-step table (the sampler's compiled ``draw_items``
   draws, counts and reads the records in one pass), taken by :func:`sample` when
   the arguments are valid and the table can be sampled at once;
+* a CPU uniform frame-stack table with numba, taken by :func:`sample` (one
+  compiled pass counts the draws, walks the windows and gathers the stacks, all
+  fields in one buffer: :func:`replaydb._frames.sample_fused`);
 * a CPU uniform single-step table in :func:`sample_data` (the Velora buffer),
   which counts ``times_sampled`` only where ``max_times_sampled`` needs it:
   counting reads one random 32-byte record per drawn item, which measured +50% on
@@ -21,6 +24,7 @@ Two short paths skip work the general path does, with the same draws and effects
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -31,7 +35,7 @@ from replaydb import _frames, _items, _waiting
 from replaydb._records import Sample
 from replaydb._validate import check_int, check_timeout, check_unit_interval
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
-from replaydb.samplers import ItemCounter
+from replaydb.samplers import ItemCounter, Uniform
 from replaydb.storage import check_memory
 
 if TYPE_CHECKING:
@@ -53,6 +57,17 @@ def sample(table: Table, batch_size: Any, beta: Any, timeout: Any) -> Sample:
     ):
         # CPU prioritized single-step table, valid arguments: the short path.
         short = _sample_prioritized(table, prio, batch_size, beta)
+        if short is not None:
+            return short
+    elif (
+        type(batch_size) is int
+        and beta is None
+        and timeout is None
+        and 0 < batch_size * table._item_nbytes <= SAMPLE_CHECK_BYTES
+        and (stacked := _stacked(table)) is not None
+    ):
+        # CPU uniform frame-stack table, valid arguments: the short path.
+        short = _sample_stacked(table, stacked, batch_size)
         if short is not None:
             return short
     d, data = draw(table, batch_size, beta, timeout, _frames.gather, table._item_nbytes)
@@ -213,6 +228,55 @@ def _sample_prioritized(
         mask=None,
         ends=None,
     )
+
+
+_NOT_MADE: Any = object()
+
+#: Table -> its frame-stack short path (None: it does not apply), made on first use.
+_STACKED: weakref.WeakKeyDictionary[Table, tuple[Uniform, _frames.Plan] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stacked(table: Table) -> tuple[Uniform, _frames.Plan] | None:
+    """The uniform sampler and compiled plan of a table that takes
+    :func:`_sample_stacked`, else ``None`` (decided once per table)."""
+    got = _STACKED.get(table, _NOT_MADE)
+    if got is _NOT_MADE:
+        plan = _frames.sample_plan(table)
+        sampler = table.sampler
+        ok = plan is not None and type(sampler) is Uniform
+        got = _STACKED[table] = (sampler, plan) if ok else None  # type: ignore[assignment]
+    return got  # type: ignore[no-any-return]
+
+
+def _sample_stacked(table: Table, stacked: tuple[Uniform, _frames.Plan], b: int) -> Sample | None:
+    """:func:`sample` of a CPU uniform frame-stack table, valid arguments.
+
+    The same draws, counts, removals and limiter accounting as the general path:
+    the sampler draws the slots, one compiled pass counts them in the item records,
+    walks the windows and gathers every field (:func:`_frames.sample_fused`);
+    ``None`` where the table cannot be sampled at once (the general path then
+    waits or raises).
+    """
+    sampler, plan = stacked
+    with table._cond:
+        lim = table.rate_limiter
+        size = table._size
+        if not (size > 0 and lim.can_sample(b, size)) or lim.never_samples(b):
+            return None
+        _waiting.note_thread(table)
+        slots = sampler.draw(b)  # the draw of Uniform.sample
+        data, keys, times, priorities, probabilities, weights, ends, mask = _frames.sample_fused(
+            table, plan, slots, 1.0 / sampler.size
+        )
+        lim.on_sample(b)
+        if table.max_times_sampled is not None:
+            spent = slots[times >= table.max_times_sampled]
+            if spent.numel():
+                _items.remove_slots(table, spent)
+        _waiting.notify(table)
+    return Sample(data, keys, probabilities, weights, priorities, times, size, mask, ends)
 
 
 def sample_data(table: Table, batch_size: Any, timeout: Any) -> dict[str, torch.Tensor]:
