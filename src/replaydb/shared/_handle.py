@@ -10,7 +10,9 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from replaydb.errors import (
     ClosedError,
@@ -18,7 +20,7 @@ from replaydb.errors import (
     RateLimiterTimeout,
     ReplayError,
 )
-from replaydb.shared import _owner, _wire
+from replaydb.shared import _batches, _owner, _wire
 from replaydb.spec import Spec
 from replaydb.storage import Storage
 from replaydb.table import Sample, Table, TableInfo
@@ -26,6 +28,8 @@ from replaydb.table import Sample, Table, TableInfo
 #: Draws of overwritten items replaced before giving up (each one is rare: the
 #: ring reached the item's rows while they were being copied).
 _MAX_REDRAWS = 16
+#: Draws for its next batches a DataLoader worker's request brings along.
+AHEAD = 3
 _INFO = ("keys", "probabilities", "weights", "priorities", "times_sampled")
 
 
@@ -98,6 +102,7 @@ class SharedTable:
         self._pid = os.getpid()
         self._conns: list[Connection] = []
         self._storage: Storage | None = None
+        self._src: tuple[Storage, dict[str, tuple[np.ndarray[Any, Any], int]]] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -122,6 +127,7 @@ class SharedTable:
             self._local = threading.local()
             self._conns = []
             self._storage = None
+            self._src = None
 
     def _conn(self) -> Connection:
         self._fresh_process()
@@ -181,25 +187,59 @@ class SharedTable:
             return self._storage
 
     # ------------------------------------------------------------ sampling
-    def _gather(self, rows: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Copy the drawn rows out of the shared storage; say which items went stale."""
+    def _sources(self, st: Storage) -> dict[str, tuple[np.ndarray[Any, Any], int]]:
+        """Per field: its rows in the shared storage as ``[capacity, bytes]`` uint8, and bytes."""
+        if self._src is None or self._src[0] is not st:
+            src = {}
+            for name, f in st.fields.items():
+                es, rb = f.element_size(), f[0].numel() * f.element_size()
+                u8 = torch.empty(0, dtype=torch.uint8).set_(f.untyped_storage())
+                rows = u8.as_strided(
+                    (self.capacity, rb), (f.stride(0) * es, 1), f.storage_offset() * es
+                )
+                src[name] = (rows.numpy(), rb)
+            self._src = (st, src)
+        return self._src[1]
+
+    def _copy(
+        self, rows: dict[str, Any], pooled: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Copy the drawn rows out of the shared storage; say which items went stale.
+
+        Every field goes into one block (a reused shared-memory slot in a
+        DataLoader worker where ``pooled``), each gathered straight into its part.
+        """
         st = self._store()
-        got = st.gather(rows["rows"])
-        if rows["valid"] is not None:
-            valid: torch.Tensor = rows["valid"]
-            d = valid.dim() - 1
-            k_max = int(valid.shape[-1])
-            for name, v in got.items():
-                stack = self.frame_stack.get(name)
-                if stack is None:
-                    got[name] = v.select(d, k_max - 1).contiguous()
-                    continue
-                k, pad = stack
-                v = v.narrow(d, k_max - k, k)
+        src = self._sources(st)
+        where: torch.Tensor = rows["rows"]
+        valid: torch.Tensor | None = rows["valid"]
+        plan = []
+        total = 0
+        for name, field in self.spec.items():
+            keep = None
+            if valid is None:
+                r = where
+            elif name in self.frame_stack:
+                k, pad = self.frame_stack[name]
+                r = where.narrow(-1, where.shape[-1] - k, k)
                 if pad == "zeros":
-                    keep = valid.narrow(d, k_max - k, k)
-                    v = v.masked_fill(~keep.view(*keep.shape, *[1] * (v.dim() - keep.dim())), 0)
-                got[name] = v.contiguous()
+                    keep = valid.narrow(-1, valid.shape[-1] - k, k)
+            else:
+                r = where.select(-1, where.shape[-1] - 1)
+            nbytes = r.numel() * src[name][1]
+            plan.append((name, field, r, keep, total, nbytes))
+            total += _batches.aligned(nbytes)
+        out = _batches.block(max(total, 1), pooled=pooled)
+        got: dict[str, torch.Tensor] = {}
+        for name, field, r, keep, off, nbytes in plan:
+            part = out[off : off + nbytes]
+            rows_np, rb = src[name]
+            idx = r.reshape(-1).numpy()
+            np.take(rows_np, idx, axis=0, out=part.numpy().reshape(len(idx), rb), mode="clip")
+            v = part.view(field.dtype).view(*r.shape, *field.shape)
+            if keep is not None:
+                v.masked_fill_(~keep.view(*keep.shape, *[1] * len(field.shape)), 0)
+            got[name] = v
         files = st.files
         assert files is not None
         # Read after the copy: a write records its intent before touching any row.
@@ -246,13 +286,26 @@ class SharedTable:
         if here is not None:
             return here.sample(batch_size, beta=beta, timeout=timeout)
 
-        def draw(n: int) -> tuple[str, dict[str, Any]]:
-            return self._sliced("sample", timeout, lambda s: self._call("rows", n, beta, s))  # type: ignore[no-any-return]
+        def draw(n: int, ahead: int) -> tuple[str, Any]:
+            return self._sliced(  # type: ignore[no-any-return]
+                "sample", timeout, lambda s: self._call("rows", n, beta, s, ahead)
+            )
 
-        kind, r = draw(batch_size)
-        if kind == "sample":
-            return Sample(**r)
-        data, stale = self._gather(r)
+        worker = get_worker_info() is not None
+        # In a DataLoader worker (steady batches of one size) one request brings
+        # the draws of the next few batches too.
+        queued: dict[tuple[int, float | None], list[Any]] = self._local.__dict__.setdefault(
+            "ahead", {}
+        )
+        waiting = queued.get((batch_size, beta))
+        if waiting:
+            r = waiting.pop(0)
+        else:
+            kind, got = draw(batch_size, AHEAD if worker else 0)
+            if kind == "sample":
+                return Sample(**got)
+            r, queued[(batch_size, beta)] = got[0], got[1:]
+        data, stale = self._copy(r, pooled=worker)
         for _ in range(_MAX_REDRAWS):
             if not bool(stale.any()):
                 return Sample(
@@ -263,8 +316,8 @@ class SharedTable:
                     **{f: r[f] for f in _INFO},
                 )
             idx = torch.nonzero(stale).squeeze(1)
-            _, again = draw(int(idx.numel()))
-            more, stale_again = self._gather(again)
+            _, (again,) = draw(int(idx.numel()), 0)
+            more, stale_again = self._copy(again, pooled=False)
             for name, v in data.items():
                 v[idx] = more[name]
             for f in (*_INFO, "mask", "ends"):
@@ -277,6 +330,34 @@ class SharedTable:
             f"while being copied, {_MAX_REDRAWS} draws in a row; the ring turns over faster "
             "than samples are gathered: use a larger capacity"
         )
+
+    @staticmethod
+    def worker_batch(batch: Any, info: Any) -> list[Any]:
+        """``[batch, info]`` for a DataLoader worker to return: it pickles by reference.
+
+        In a DataLoader worker :meth:`sample` gathers into reused shared-memory
+        slots; what this returns pickles its tensors that live there as slot
+        references (small other tensors by value, large ones by torch's own
+        shared memory), so the main process receives a batch without a copy or
+        a descriptor hand-over. The main process unpickles a plain ``list``
+        ``[batch, info]`` (what the DataLoader makes of a worker's tuple); a
+        slot is reused once every tensor viewing it there is freed.
+        :class:`~replaydb.dataset.Dataset` calls it in workers.
+
+        Args:
+            batch: The batch (any nest of tensors).
+            info: Its info (any nest of tensors).
+
+        Returns:
+            A ``list`` subclass ``[batch, info]``.
+
+        Example:
+            >>> import pickle
+            >>> b = SharedTable.worker_batch({"x": torch.zeros(2)}, None)
+            >>> pickle.loads(pickle.dumps(b))
+            [{'x': tensor([0., 0.])}, None]
+        """
+        return _batches.WorkerBatch([batch, info])
 
     # ------------------------------------------------------------ the other verbs
     def extend(

@@ -1,0 +1,353 @@
+"""DataLoader batches handed to the main process through reused shared-memory slots.
+
+A ``DataLoader`` worker hands each tensor of a batch to the main process as a
+fresh shared-memory segment: torch copies the tensor into it, then the main
+process fetches its file descriptor from the worker (a connection and a key
+handshake per segment), maps it, and frees it with the batch. For a 7 MB batch
+of frames that costs the worker a copy into fresh pages (page faults and
+zeroing) and the main process a round trip and a page release per segment.
+
+Here a worker gathers a batch straight into a *slot*: a file under ``/dev/shm``
+(RAM) that it maps once and reuses. The main process maps each slot once too,
+so a batch travels as a few hundred bytes (slot, offsets, shapes; small tensors
+by value). A slot is reused only once the main process let go of the batch:
+
+* Each slot begins with a header of 64-bit words: ``state``, ``serial`` (the
+  slot's current batch), ``exited`` (the worker is gone).
+* ``state`` goes 0 (free) -> 1 (sent, written by the worker when the batch is
+  pickled) -> 2 (claimed, written by the main process when it unpickles the
+  batch) -> 0 (written by the main process when the last tensor viewing the
+  batch is freed: the tensors hold a numpy array whose finalizer does it).
+  Each transition has one writer, so no atomics are needed.
+* A batch unpickled twice, or after its slot moved on, is an error, never
+  another batch's data. When the main process forks while it holds batches,
+  their slots go to 3 (retired, never reused): the child shares their pages.
+* The worker reuses a slot only when its own tensors of the slot are freed too
+  and ``state`` is 0; past :data:`MAX_SLOTS` slots in use it falls back to
+  plain memory (torch's own hand-over).
+
+The worker removes its slot files when it exits (the main process keeps the
+mappings of batches it holds); a worker killed with SIGKILL leaves
+``/dev/shm/replaydb-batches-<pid>-*`` behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import mmap
+import os
+import pickle
+import shutil
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass, field
+from multiprocessing import util
+from typing import Any
+
+import numpy as np
+import torch
+
+from replaydb.errors import ClosedError, ReplayError
+
+#: Bytes before a slot's data (its header words, 64-byte aligned).
+HEADER = 64
+#: Slots a worker keeps in use at most (batches built, in flight or held by the main process).
+MAX_SLOTS = 32
+#: Tensors smaller than this that live outside a slot travel by value.
+SMALL = 1 << 16
+_STATE, _SERIAL, _EXITED = 0, 1, 2
+_FREE, _SENT, _CLAIMED, _RETIRED = 0, 1, 2, 3
+_ALIGN = 64
+
+
+def aligned(n: int) -> int:
+    """``n`` rounded up to the slot alignment (64 bytes)."""
+    return -(-n // _ALIGN) * _ALIGN
+
+
+# ------------------------------------------------------------------ worker side
+@dataclass(eq=False)
+class _Slot:
+    path: str
+    size: int
+    mm: mmap.mmap
+    header: np.ndarray[Any, Any]
+    busy: bool = False
+    serial: int = 0
+
+
+@dataclass(eq=False)
+class _Lease:
+    slot: _Slot
+    serial: int
+    sent: bool = False
+
+
+@dataclass(eq=False)
+class _Pool:
+    dir: str
+    pid: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    slots: list[_Slot] = field(default_factory=list)
+    #: Storage data pointer -> the lease of the slot it views.
+    leases: dict[int, _Lease] = field(default_factory=dict)
+    made: int = 0
+
+    def take(self, nbytes: int) -> _Slot | None:
+        with self.lock:
+            for s in self.slots:
+                fits = nbytes <= s.size <= 2 * nbytes + (1 << 20)
+                if fits and not s.busy and int(s.header[_STATE]) == _FREE:
+                    return self._lease(s)
+            if len(self.slots) >= MAX_SLOTS:
+                # Drop a free slot of the wrong size, or give up (plain memory).
+                spare = [s for s in self.slots if not s.busy and s.header[_STATE] == _FREE]
+                if not spare:
+                    return None
+                self._drop(spare[0])
+            size = -(-nbytes // (1 << 16)) * (1 << 16)
+            path = os.path.join(self.dir, f"slot-{self.made}")
+            self.made += 1
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, HEADER + size)
+                mm = mmap.mmap(fd, HEADER + size)
+            finally:
+                os.close(fd)
+            header = np.frombuffer(mm, dtype=np.uint64, count=HEADER // 8)
+            slot = _Slot(path, size, mm, header)
+            self.slots.append(slot)
+            return self._lease(slot)
+
+    def _lease(self, s: _Slot) -> _Slot:
+        s.busy = True
+        s.serial += 1
+        s.header[_SERIAL] = s.serial  # state is free: the main process does not read it
+        return s
+
+    def _drop(self, s: _Slot) -> None:
+        self.slots.remove(s)
+        s.header[_EXITED] = 1
+        with contextlib.suppress(OSError):
+            os.unlink(s.path)
+
+    def close(self) -> None:
+        if os.getpid() != self.pid:
+            return
+        for s in self.slots:
+            s.header[_EXITED] = 1
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_POOL: _Pool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> _Pool:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL.pid != os.getpid():
+            root = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
+            d = tempfile.mkdtemp(prefix=f"replaydb-batches-{os.getpid()}-", dir=root)
+            _POOL = _Pool(d, os.getpid())
+            # At the worker's exit (a multiprocessing child skips atexit).
+            util.Finalize(_POOL, _POOL.close, exitpriority=0)
+        return _POOL
+
+
+def _unlease(pool: _Pool, ptr: int, slot: _Slot) -> None:
+    # Lock-free (a finalizer may run inside take()): forget the pointer first.
+    pool.leases.pop(ptr, None)
+    slot.busy = False
+
+
+def block(nbytes: int, *, pooled: bool) -> torch.Tensor:
+    """``nbytes`` of uint8 to gather a batch into: a reused slot where ``pooled``.
+
+    Args:
+        nbytes: Bytes needed.
+        pooled: Whether to take a slot (in a DataLoader worker) rather than plain memory.
+
+    Returns:
+        A 1-D uint8 tensor (its contents are whatever the slot held before).
+    """
+    if not pooled:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    pool = _pool()
+    slot = pool.take(nbytes)
+    if slot is None:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    arr = np.frombuffer(slot.mm, dtype=np.uint8, count=nbytes, offset=HEADER)
+    t = torch.from_numpy(arr)
+    ptr = t.untyped_storage().data_ptr()
+    pool.leases[ptr] = _Lease(slot, slot.serial)
+    weakref.finalize(arr, _unlease, pool, ptr, slot)
+    return t
+
+
+class _Out(pickle.Pickler):
+    """Pickles a batch's structure; tensors become references (see :func:`_encode`)."""
+
+    def __init__(self, buf: io.BytesIO) -> None:
+        super().__init__(buf, protocol=pickle.HIGHEST_PROTOCOL)
+        self.side: list[torch.Tensor] = []
+        self.sent: list[_Lease] = []
+
+    def persistent_id(self, obj: Any) -> Any:
+        if not isinstance(obj, torch.Tensor):
+            return None
+        t = obj.detach()
+        cpu = t.device.type == "cpu"
+        pool = _POOL
+        if cpu and pool is not None and pool.pid == os.getpid():
+            lease = pool.leases.get(t.untyped_storage().data_ptr())
+            if lease is not None and (not lease.sent or lease in self.sent):
+                if lease not in self.sent:
+                    self.sent.append(lease)
+                slot = lease.slot
+                off = t.storage_offset() * t.element_size()
+                dtype = _dtype_name(t.dtype)
+                return ("s", slot.path, lease.serial, slot.size, off, dtype, t.shape, t.stride())
+        if cpu and t.numel() * t.element_size() < SMALL:
+            raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            return ("v", _dtype_name(t.dtype), tuple(t.shape), raw)
+        self.side.append(obj)
+        return ("t", len(self.side) - 1)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class WorkerBatch(list[Any]):
+    """``[batch, info]`` from a DataLoader worker, pickled by slot reference.
+
+    What the main process unpickles is a plain ``list`` (what the DataLoader
+    makes of a worker's tuple), its tensors views of the slots the worker
+    gathered into; tensors outside slots travel by value (small ones) or by
+    torch's own shared-memory hand-over.
+    """
+
+    def __copy__(self) -> WorkerBatch:
+        return WorkerBatch(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        buf = io.BytesIO()
+        out = _Out(buf)
+        try:
+            out.dump(list(self))
+        except Exception:
+            return (list, (list(self),))  # not ours to encode: torch's way
+        for lease in out.sent:
+            lease.sent = True
+            lease.slot.header[_STATE] = _SENT
+        return (_rebuild, (buf.getvalue(), out.side))
+
+
+# ------------------------------------------------------------------ main side
+@dataclass(eq=False)
+class _Mapped:
+    path: str
+    mm: mmap.mmap
+    header: np.ndarray[Any, Any]
+    claims: int = 0
+
+
+_MAPPED: dict[str, _Mapped] = {}
+_MAPPED_LOCK = threading.Lock()
+
+
+def _map(path: str, size: int) -> _Mapped:
+    with _MAPPED_LOCK:
+        m = _MAPPED.get(path)
+        if m is not None:
+            return m
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            raise ClosedError(
+                f"the shared memory of a DataLoader batch ({path!r}) is gone "
+                f"({type(exc).__name__}): the worker that made it exited; batches are "
+                "received by the DataLoader that started the worker, while it runs"
+            ) from None
+        try:
+            mm = mmap.mmap(fd, HEADER + size)
+        finally:
+            os.close(fd)
+        m = _Mapped(path, mm, np.frombuffer(mm, dtype=np.uint64, count=HEADER // 8))
+        # Slots of exited workers that this process no longer uses: unmap them.
+        for p, other in list(_MAPPED.items()):
+            if other.claims == 0 and int(other.header[_EXITED]):
+                del _MAPPED[p]
+        _MAPPED[path] = m
+        return m
+
+
+def _release(m: _Mapped, serial: int, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked copy of the tensors: the parent still holds the batch
+    m.claims -= 1
+    if int(m.header[_SERIAL]) == serial and int(m.header[_STATE]) == _CLAIMED:
+        m.header[_STATE] = _FREE
+    if m.claims == 0 and int(m.header[_EXITED]):
+        with _MAPPED_LOCK:
+            if _MAPPED.get(m.path) is m:
+                del _MAPPED[m.path]
+
+
+def _retire_claims() -> None:
+    """Before a fork: slots of batches held now are shared with the child, never reused."""
+    for m in list(_MAPPED.values()):
+        if m.claims and int(m.header[_STATE]) == _CLAIMED:
+            m.header[_STATE] = _RETIRED
+
+
+os.register_at_fork(before=_retire_claims)
+
+
+def _claim(path: str, serial: int, size: int) -> torch.UntypedStorage:
+    m = _map(path, size)
+    state, now = int(m.header[_STATE]), int(m.header[_SERIAL])
+    if state != _SENT or now != serial:
+        raise ReplayError(
+            f"a DataLoader batch (slot {path!r}, batch {serial}) was unpickled a second "
+            f"time or after its slot moved on (slot state {state}, batch {now}); a "
+            "worker's batch is received once, by the DataLoader"
+        )
+    m.header[_STATE] = _CLAIMED
+    arr = np.frombuffer(m.mm, dtype=np.uint8, count=size, offset=HEADER)
+    m.claims += 1
+    weakref.finalize(arr, _release, m, serial, os.getpid())
+    return torch.from_numpy(arr).untyped_storage()
+
+
+class _In(pickle.Unpickler):
+    def __init__(self, data: bytes, side: list[torch.Tensor]) -> None:
+        super().__init__(io.BytesIO(data))
+        self.side = side
+        self.storages: dict[str, torch.UntypedStorage] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind = pid[0]
+        if kind == "t":
+            return self.side[pid[1]]
+        if kind == "v":
+            _, dtype, shape, raw = pid
+            dt = getattr(torch, dtype)
+            if not raw:
+                return torch.empty(shape, dtype=dt)
+            return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dt).view(shape)
+        _, path, serial, size, off, dtype, shape, stride = pid
+        storage = self.storages.get(path)
+        if storage is None:
+            storage = self.storages[path] = _claim(path, serial, size)
+        dt = getattr(torch, dtype)
+        t = torch.empty(0, dtype=dt)
+        return t.set_(storage, off // t.element_size(), shape, stride)
+
+
+def _rebuild(data: bytes, side: list[torch.Tensor]) -> list[Any]:
+    got: list[Any] = _In(data, side).load()
+    return got
