@@ -240,20 +240,43 @@ def test_tensors_outside_slots_travel_by_value_or_by_torch(worker: None) -> None
         assert got[1][name].dtype == t.dtype and torch.equal(got[1][name], t), name
 
 
-def test_the_worker_draws_ahead_only_what_the_rate_limiter_allows(worker: None) -> None:
-    # One sample per insert: 20 inserts pay for two draws of 8, not four.
-    limiter = RateLimiter(1.0, 1, 0.0, math.inf)
-    table = memory_table(Spec({"x": ()}), 64, rate_limiter=limiter)
+def test_a_uniform_table_draws_a_workers_next_batches_in_one_request(worker: None) -> None:
+    table = memory_table(Spec({"x": ()}), 64, sampler=Uniform(seed=0))
     table.extend({"x": torch.arange(20.0)})
     handle = table.share()
     remote = _remote(handle)
     remote.sample(8)
-    assert table.info().samples == 16  # this batch and the next, in one request
-    remote.sample(8)  # drawn already
-    with pytest.raises(RateLimiterTimeout):
-        remote.sample(8, timeout=0.2)
-    table.extend({"x": torch.arange(8.0)})
-    assert remote.sample(8).keys.shape == (8,)
+    assert table.info().samples == 8 * (1 + handle_module.AHEAD)
+    for _ in range(handle_module.AHEAD):
+        remote.sample(8)  # drawn already
+    assert table.info().samples == 8 * (1 + handle_module.AHEAD)
+    remote.sample(8)
+    assert table.info().samples == 16 * (1 + handle_module.AHEAD)
+    handle.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sampler": Prioritized(alpha=0.6, seed=0)},  # priorities may change meanwhile
+        {"rate_limiter": RateLimiter(1.0, 1, 0.0, math.inf)},  # permits another worker needs
+    ],
+    ids=["prioritized", "sample-side-limit"],
+)
+def test_no_draws_ahead_where_they_could_change_what_a_worker_sees(
+    worker: None, kwargs: dict[str, Any]
+) -> None:
+    table = memory_table(Spec({"x": ()}), 64, **kwargs)
+    table.extend({"x": torch.arange(20.0)})
+    handle = table.share()
+    remote = _remote(handle)
+    remote.sample(8)
+    assert table.info().samples == 8
+    remote.sample(8)
+    assert table.info().samples == 16
+    if "rate_limiter" in kwargs:
+        with pytest.raises(RateLimiterTimeout):
+            remote.sample(8, timeout=0.2)
     handle.close()
 
 
