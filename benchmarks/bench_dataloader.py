@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import resource
 import time
 from typing import Any
@@ -57,14 +58,26 @@ def build(frames: int) -> Any:
     return table
 
 
-def _cpu(who: int) -> float:
-    r = resource.getrusage(who)
+def _cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
+def _cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def items_per_s(handle: SharedTable, workers: int, seconds: float) -> tuple[float, float, float]:
-    """Items/s, and CPU ms per batch in this process (owner + consumer) and in the workers."""
-    main0, kids0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    """Items/s, and CPU ms per batch in this process (owner + consumer) and in the workers.
+
+    CPU is counted over the timed batches only (not the workers' start and exit).
+    """
     ds = Dataset(handle, batch_size=BATCH)
     loader = DataLoader(
         ds,
@@ -74,22 +87,22 @@ def items_per_s(handle: SharedTable, workers: int, seconds: float) -> tuple[floa
         timeout=120 if workers else 0,
     )
     it = iter(loader)
-    warm = 2 * max(workers, 1)
-    for _ in range(warm):  # workers started, storages mapped
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    warm = 4 * max(workers, 1)
+    for _ in range(warm):  # workers started, storages mapped, slots made
         next(it)
-    n, t0 = 0, time.perf_counter()
+    n = 0
+    main0, kids0, t0 = _cpu_self(), _cpu_of(pids), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         batch, _ = next(it)
         assert batch["obs"].shape == (BATCH, 1, STACK, SIDE, SIDE)  # [B, num_steps, k, ...]
         n += 1
-    rate = n * BATCH / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    main, kids = (_cpu_self() - main0) / n * 1e3, (_cpu_of(pids) - kids0) / n * 1e3
+    rate = n * BATCH / elapsed
     del it, loader
-    gc.collect()  # the workers exit and are waited for: their CPU time is counted
+    gc.collect()
     ds.close()
-    # Batches made: the counted ones, the warm-up, and the DataLoader's prefetch.
-    made = n + warm + 2 * workers
-    main = (_cpu(resource.RUSAGE_SELF) - main0) / made * 1e3
-    kids = (_cpu(resource.RUSAGE_CHILDREN) - kids0) / made * 1e3
     return rate, main, kids
 
 
