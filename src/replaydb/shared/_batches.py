@@ -187,32 +187,61 @@ def block(nbytes: int, *, pooled: bool) -> torch.Tensor:
     return t
 
 
+_Encoded = tuple["_Lease | None", Any]
+
+
+def _encode(t: torch.Tensor) -> _Encoded:
+    """A tensor's reference: ``(lease, ("s", ...))`` in a slot, ``(None, ("v", ...))``
+    small by value, ``(None, None)`` for torch's own hand-over."""
+    t = t.detach()
+    cpu = t.device.type == "cpu"
+    pool = _POOL
+    if cpu and pool is not None and pool.pid == os.getpid():
+        lease = pool.leases.get(t.untyped_storage().data_ptr())
+        if lease is not None:
+            slot = lease.slot
+            off = t.storage_offset() * t.element_size()
+            ref = ("s", slot.path, lease.serial, slot.size, off, _dtype_name(t.dtype),
+                   tuple(t.shape), t.stride())  # fmt: skip
+            return lease, ref
+    if cpu and t.numel() * t.element_size() < SMALL:
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return None, ("v", _dtype_name(t.dtype), tuple(t.shape), raw)
+    return None, None
+
+
+def _tensors(obj: Any, out: dict[int, tuple[torch.Tensor, _Encoded]]) -> None:
+    """Encode the tensors of a nest of dicts, lists and tuples into ``out`` (by id)."""
+    if isinstance(obj, torch.Tensor):
+        out[id(obj)] = (obj, _encode(obj))
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _tensors(v, out)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            _tensors(v, out)
+
+
 class _Out(pickle.Pickler):
     """Pickles a batch's structure; tensors become references (see :func:`_encode`)."""
 
-    def __init__(self, buf: io.BytesIO) -> None:
+    def __init__(self, buf: io.BytesIO, pre: dict[int, tuple[torch.Tensor, _Encoded]]) -> None:
         super().__init__(buf, protocol=pickle.HIGHEST_PROTOCOL)
+        self.pre = pre
         self.side: list[torch.Tensor] = []
         self.sent: list[_Lease] = []
 
     def persistent_id(self, obj: Any) -> Any:
         if not isinstance(obj, torch.Tensor):
             return None
-        t = obj.detach()
-        cpu = t.device.type == "cpu"
-        pool = _POOL
-        if cpu and pool is not None and pool.pid == os.getpid():
-            lease = pool.leases.get(t.untyped_storage().data_ptr())
-            if lease is not None and (not lease.sent or lease in self.sent):
-                if lease not in self.sent:
-                    self.sent.append(lease)
-                slot = lease.slot
-                off = t.storage_offset() * t.element_size()
-                dtype = _dtype_name(t.dtype)
-                return ("s", slot.path, lease.serial, slot.size, off, dtype, t.shape, t.stride())
-        if cpu and t.numel() * t.element_size() < SMALL:
-            raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            return ("v", _dtype_name(t.dtype), tuple(t.shape), raw)
+        pre = self.pre.get(id(obj))
+        lease, ref = pre[1] if pre is not None and pre[0] is obj else _encode(obj)
+        if lease is not None and lease.sent and lease not in self.sent:
+            ref = None  # handed over once already: this copy goes torch's way
+        elif lease is not None and lease not in self.sent:
+            self.sent.append(lease)
+        if ref is not None:
+            return ref
         self.side.append(obj)
         return ("t", len(self.side) - 1)
 
@@ -227,15 +256,24 @@ class WorkerBatch(list[Any]):
     What the main process unpickles is a plain ``list`` (what the DataLoader
     makes of a worker's tuple), its tensors views of the slots the worker
     gathered into; tensors outside slots travel by value (small ones) or by
-    torch's own shared-memory hand-over.
+    torch's own shared-memory hand-over. The references are worked out where
+    the batch is made (:func:`worker_batch`): pickling then runs no torch call,
+    since the DataLoader pickles in a daemon thread that a worker's exit may
+    end at any moment (inside a torch call, that aborts the process).
     """
 
+    def __init__(
+        self, items: Any, pre: dict[int, tuple[torch.Tensor, _Encoded]] | None = None
+    ) -> None:
+        super().__init__(items)
+        self.pre = {} if pre is None else pre
+
     def __copy__(self) -> WorkerBatch:
-        return WorkerBatch(self)
+        return WorkerBatch(self, self.pre)
 
     def __reduce__(self) -> tuple[Any, ...]:
         buf = io.BytesIO()
-        out = _Out(buf)
+        out = _Out(buf, self.pre)
         try:
             out.dump(list(self))
         except Exception:
@@ -244,6 +282,13 @@ class WorkerBatch(list[Any]):
             lease.sent = True
             lease.slot.header[_STATE] = _SENT
         return (_rebuild, (buf.getvalue(), out.side))
+
+
+def worker_batch(batch: Any, info: Any) -> WorkerBatch:
+    """``WorkerBatch([batch, info])`` with its tensors' references worked out now."""
+    wb = WorkerBatch([batch, info])
+    _tensors(wb, wb.pre)
+    return wb
 
 
 # ------------------------------------------------------------------ main side

@@ -28,6 +28,7 @@ from replaydb.table import Sample, Table, TableInfo
 #: Draws of overwritten items replaced before giving up (each one is rare: the
 #: ring reached the item's rows while they were being copied).
 _MAX_REDRAWS = 16
+_Layout = tuple[dict[torch.dtype, "np.ndarray[Any, Any]"], dict[str, tuple[torch.dtype, int, int]]]
 #: Draws for its next batches a DataLoader worker's request brings along.
 AHEAD = 3
 _INFO = ("keys", "probabilities", "weights", "priorities", "times_sampled")
@@ -102,7 +103,7 @@ class SharedTable:
         self._pid = os.getpid()
         self._conns: list[Connection] = []
         self._storage: Storage | None = None
-        self._src: tuple[Storage, dict[str, tuple[np.ndarray[Any, Any], int]]] | None = None
+        self._src: tuple[Storage, _Layout] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -187,18 +188,17 @@ class SharedTable:
             return self._storage
 
     # ------------------------------------------------------------ sampling
-    def _sources(self, st: Storage) -> dict[str, tuple[np.ndarray[Any, Any], int]]:
-        """Per field: its rows in the shared storage as ``[capacity, bytes]`` uint8, and bytes."""
+    def _layout(self, st: Storage) -> _Layout:
+        """Each dtype group as ``[capacity, bytes]`` uint8 (numpy); each field: dtype, bytes."""
         if self._src is None or self._src[0] is not st:
-            src = {}
+            groups = {dt: g.view(torch.uint8).numpy() for dt, g in st.groups.items()}
+            fields = {}
             for name, f in st.fields.items():
-                es, rb = f.element_size(), f[0].numel() * f.element_size()
-                u8 = torch.empty(0, dtype=torch.uint8).set_(f.untyped_storage())
-                rows = u8.as_strided(
-                    (self.capacity, rb), (f.stride(0) * es, 1), f.storage_offset() * es
-                )
-                src[name] = (rows.numpy(), rb)
-            self._src = (st, src)
+                g = st.groups[f.dtype]
+                es = f.element_size()
+                start = (f.storage_offset() - g.storage_offset()) * es
+                fields[name] = (f.dtype, start, f[0].numel() * es)
+            self._src = (st, (groups, fields))
         return self._src[1]
 
     def _copy(
@@ -206,40 +206,46 @@ class SharedTable:
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Copy the drawn rows out of the shared storage; say which items went stale.
 
-        Every field goes into one block (a reused shared-memory slot in a
-        DataLoader worker where ``pooled``), each gathered straight into its part.
+        One gather per dtype group (and per frame-stack depth) into one block (a
+        reused shared-memory slot in a DataLoader worker where ``pooled``); each
+        field is a view of its columns, as :meth:`Storage.gather` returns them.
         """
         st = self._store()
-        src = self._sources(st)
+        groups, fields = self._layout(st)
         where: torch.Tensor = rows["rows"]
         valid: torch.Tensor | None = rows["valid"]
+        # (dtype group, rows) -> the fields gathered together.
+        parts: dict[tuple[torch.dtype, int], list[str]] = {}
+        for name in self.spec:
+            depth = 0 if valid is None else self.frame_stack.get(name, (-1, ""))[0]
+            parts.setdefault((fields[name][0], depth), []).append(name)
         plan = []
         total = 0
-        for name, field in self.spec.items():
-            keep = None
-            if valid is None:
+        for (dt, depth), names in parts.items():
+            if depth == 0:
                 r = where
-            elif name in self.frame_stack:
-                k, pad = self.frame_stack[name]
-                r = where.narrow(-1, where.shape[-1] - k, k)
-                if pad == "zeros":
-                    keep = valid.narrow(-1, valid.shape[-1] - k, k)
+            elif depth > 0:
+                r = where.narrow(-1, where.shape[-1] - depth, depth)
             else:
                 r = where.select(-1, where.shape[-1] - 1)
-            nbytes = r.numel() * src[name][1]
-            plan.append((name, field, r, keep, total, nbytes))
-            total += _batches.aligned(nbytes)
+            row_bytes = groups[dt].shape[1]
+            plan.append((dt, r, names, total, row_bytes))
+            total += _batches.aligned(r.numel() * row_bytes)
         out = _batches.block(max(total, 1), pooled=pooled)
         got: dict[str, torch.Tensor] = {}
-        for name, field, r, keep, off, nbytes in plan:
-            part = out[off : off + nbytes]
-            rows_np, rb = src[name]
+        for dt, r, names, off, row_bytes in plan:
             idx = r.reshape(-1).numpy()
-            np.take(rows_np, idx, axis=0, out=part.numpy().reshape(len(idx), rb), mode="clip")
-            v = part.view(field.dtype).view(*r.shape, *field.shape)
-            if keep is not None:
-                v.masked_fill_(~keep.view(*keep.shape, *[1] * len(field.shape)), 0)
-            got[name] = v
+            part = out[off : off + len(idx) * row_bytes].view(len(idx), row_bytes)
+            np.take(groups[dt], idx, axis=0, out=part.numpy(), mode="clip")
+            for name in names:
+                _, start, width = fields[name]
+                cols = part if width == row_bytes else part[:, start : start + width]
+                v = cols.view(dt).view(*r.shape, *self.spec[name].shape)
+                stack = self.frame_stack.get(name)
+                if valid is not None and stack is not None and stack[1] == "zeros":
+                    keep = valid.narrow(-1, valid.shape[-1] - stack[0], stack[0])
+                    v.masked_fill_(~keep.view(*keep.shape, *[1] * len(self.spec[name].shape)), 0)
+                got[name] = v
         files = st.files
         assert files is not None
         # Read after the copy: a write records its intent before touching any row.
@@ -357,7 +363,7 @@ class SharedTable:
             >>> pickle.loads(pickle.dumps(b))
             [{'x': tensor([0., 0.])}, None]
         """
-        return _batches.WorkerBatch([batch, info])
+        return _batches.worker_batch(batch, info)
 
     # ------------------------------------------------------------ the other verbs
     def extend(
