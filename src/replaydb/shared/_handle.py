@@ -206,11 +206,47 @@ class SharedTable:
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Copy the drawn rows out of the shared storage; say which items went stale.
 
-        One gather per dtype group (and per frame-stack depth) into one block (a
-        reused shared-memory slot in a DataLoader worker where ``pooled``); each
-        field is a view of its columns, as :meth:`Storage.gather` returns them.
+        Where ``pooled`` (in a DataLoader worker) every field goes straight into
+        a reused shared-memory slot (:meth:`_into_slot`); elsewhere through
+        :meth:`Storage.gather`.
         """
         st = self._store()
+        got = self._into_slot(st, rows) if pooled else self._gathered(st, rows)
+        files = st.files
+        assert files is not None
+        # Read after the copy: a write records its intent before touching any row.
+        if files.generation != rows["generation"]:
+            stale = torch.ones(len(rows["keys"]), dtype=torch.bool)
+        else:
+            stale = rows["oldest"] < files.intent - self.capacity
+        return got, stale
+
+    def _gathered(self, st: Storage, rows: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The rows' fields through :meth:`Storage.gather` (fresh memory)."""
+        got = st.gather(rows["rows"])
+        if rows["valid"] is not None:
+            valid: torch.Tensor = rows["valid"]
+            d = valid.dim() - 1
+            k_max = int(valid.shape[-1])
+            for name, v in got.items():
+                stack = self.frame_stack.get(name)
+                if stack is None:
+                    got[name] = v.select(d, k_max - 1).contiguous()
+                    continue
+                k, pad = stack
+                v = v.narrow(d, k_max - k, k)
+                if pad == "zeros":
+                    keep = valid.narrow(d, k_max - k, k)
+                    v = v.masked_fill(~keep.view(*keep.shape, *[1] * (v.dim() - keep.dim())), 0)
+                got[name] = v.contiguous()
+        return got
+
+    def _into_slot(self, st: Storage, rows: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The rows' fields gathered straight into one reused shared-memory slot.
+
+        One gather per dtype group (and frame-stack depth); each field is a view
+        of its columns, as :meth:`Storage.gather` returns them.
+        """
         groups, fields = self._layout(st)
         where: torch.Tensor = rows["rows"]
         valid: torch.Tensor | None = rows["valid"]
@@ -231,7 +267,7 @@ class SharedTable:
             row_bytes = groups[dt].shape[1]
             plan.append((dt, r, names, total, row_bytes))
             total += _batches.aligned(r.numel() * row_bytes)
-        out = _batches.block(max(total, 1), pooled=pooled)
+        out = _batches.block(max(total, 1), pooled=True)
         got: dict[str, torch.Tensor] = {}
         for dt, r, names, off, row_bytes in plan:
             idx = r.reshape(-1).numpy()
@@ -246,14 +282,7 @@ class SharedTable:
                     keep = valid.narrow(-1, valid.shape[-1] - stack[0], stack[0])
                     v.masked_fill_(~keep.view(*keep.shape, *[1] * len(self.spec[name].shape)), 0)
                 got[name] = v
-        files = st.files
-        assert files is not None
-        # Read after the copy: a write records its intent before touching any row.
-        if files.generation != rows["generation"]:
-            stale = torch.ones(len(rows["keys"]), dtype=torch.bool)
-        else:
-            stale = rows["oldest"] < files.intent - self.capacity
-        return got, stale
+        return got
 
     def sample(
         self,
