@@ -10,12 +10,15 @@ A :func:`replaydb.shared.memory_table` of 84x84 uint8 frames (Atari-shaped: an
 batch_size=None, num_workers=N, persistent_workers=True)`` then yields batches of
 256 stacked observations (7.2 MB each: the gather is real work). In each worker
 the owner (this process) draws the rows and the worker copies them out of shared
-memory, so gathers run in parallel. Configurations alternate for ``--rounds``
-rounds (same load for each) and the best round of each counts. Printed: items/s
-per worker count, each count's ratio to one worker (issue 14: at least 1.6x for
-two workers on a 2-core machine, 3x for four workers on four free cores), and
-the floor: one process gathering the same bytes with numpy from a ready-made
-index (what a worker's copy costs without any replay bookkeeping).
+memory into a reused shared-memory slot that the batch travels to this process
+in, so gathers run in parallel. Configurations alternate for ``--rounds`` rounds
+(same load for each) and the best round of each counts. Printed: items/s per
+worker count with the CPU per batch of this process and of the workers (over
+the timed batches; the workers' from ``/proc``), each count's ratio to one
+worker (issue 14: at least 1.6x for two workers on a 2-core machine, 3x for four
+workers on four free cores), the bound the CPU costs put on each count, and the
+floor: one process gathering the same bytes with numpy from a ready-made index
+(what a worker's copy costs without any replay bookkeeping).
 """
 
 from __future__ import annotations

@@ -34,10 +34,13 @@ process for its own draws from the live table. A dataset pickles without its
 threads and queue, and a process that did not start them (a fork of one that
 iterated already) starts its own, so a dataset iterated in the main process
 first does not hang its workers. Over any other client a worker raises, naming
-the fix, since it would sample a frozen copy of the table. In a worker, every
-tensor of a batch but its largest field is copied into one block (views of it
-come out), so the DataLoader hands a batch to the main process as two
-shared-memory segments, not one per tensor.
+the fix, since it would sample a frozen copy of the table. In a worker, a
+:class:`~replaydb.shared.SharedTable` gathers each batch straight into a reused
+shared-memory slot, and the dataset returns it through the handle's
+``worker_batch``: the DataLoader then hands the batch to the main process as a
+few hundred bytes of references instead of a copy into fresh shared memory (see
+``docs/processes.md``). The main process receives ``[batch, info]``, a list,
+as the DataLoader makes of any worker's tuple.
 """
 
 from __future__ import annotations
