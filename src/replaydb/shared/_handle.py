@@ -190,16 +190,18 @@ class SharedTable:
     # ------------------------------------------------------------ sampling
     def _layout(self, st: Storage) -> _Layout:
         """Each dtype group as ``[capacity, bytes]`` uint8 (numpy); each field: dtype, bytes."""
-        if self._src is None or self._src[0] is not st:
-            groups = {dt: g.view(torch.uint8).numpy() for dt, g in st.groups.items()}
-            fields = {}
-            for name, f in st.fields.items():
-                g = st.groups[f.dtype]
-                es = f.element_size()
-                start = (f.storage_offset() - g.storage_offset()) * es
-                fields[name] = (f.dtype, start, f[0].numel() * es)
-            self._src = (st, (groups, fields))
-        return self._src[1]
+        if self._src is not None and self._src[0] is st:
+            return self._src[1]
+        groups = {dt: g.view(torch.uint8).numpy() for dt, g in st.groups.items()}
+        fields: dict[str, tuple[torch.dtype, int, int]] = {}
+        for name, f in st.fields.items():
+            g = st.groups[f.dtype]
+            es = f.element_size()
+            start = (f.storage_offset() - g.storage_offset()) * es
+            fields[name] = (f.dtype, int(start), int(f[0].numel()) * es)
+        layout: _Layout = (groups, fields)
+        self._src = (st, layout)
+        return layout
 
     def _copy(
         self, rows: dict[str, Any], pooled: bool
