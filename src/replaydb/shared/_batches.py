@@ -191,8 +191,8 @@ _Encoded = tuple["_Lease | None", Any]
 
 
 def _encode(t: torch.Tensor) -> _Encoded:
-    """A tensor's reference: ``(lease, ("s", ...))`` in a slot, ``(None, ("v", ...))``
-    small by value, ``(None, None)`` for torch's own hand-over."""
+    """A tensor's reference: ``(lease, ("s", ...))`` in a slot, ``(None, ("n" or "v",
+    ...))`` small by value, ``(None, None)`` for torch's own hand-over."""
     t = t.detach()
     cpu = t.device.type == "cpu"
     pool = _POOL
@@ -205,8 +205,13 @@ def _encode(t: torch.Tensor) -> _Encoded:
                    tuple(t.shape), t.stride())  # fmt: skip
             return lease, ref
     if cpu and t.numel() * t.element_size() < SMALL:
-        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        return None, ("v", _dtype_name(t.dtype), tuple(t.shape), raw)
+        t = t.contiguous()
+        try:
+            a = t.numpy()
+        except TypeError:  # a dtype numpy lacks (bfloat16): its bytes, rebuilt by torch
+            raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+            return None, ("v", _dtype_name(t.dtype), tuple(t.shape), raw)
+        return None, ("n", a.dtype.str, a.shape, a.tobytes())
     return None, None
 
 
@@ -376,6 +381,9 @@ class _In(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         kind = pid[0]
+        if kind == "n":
+            _, dtype, shape, raw = pid
+            return torch.from_numpy(np.ndarray(shape, dtype, bytearray(raw)))
         if kind == "t":
             return self.side[pid[1]]
         if kind == "v":
