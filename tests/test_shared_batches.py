@@ -225,6 +225,18 @@ def test_an_exhausted_pool_falls_back_to_plain_memory(
     assert all(_consistent(b) for b in held)
 
 
+def test_a_full_shared_memory_falls_back_to_plain_memory(
+    worker: None, xs: tuple[Table, SharedTable], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    _, remote = xs
+    assert _consistent(pickle.loads(_send(remote)))
+    assert _slots() == [] and os.listdir(_batches._POOL.dir) == []  # type: ignore[union-attr]
+
+
 def test_tensors_outside_slots_travel_by_value_or_by_torch(worker: None) -> None:
     big = torch.arange(100_000, dtype=torch.float32)  # over SMALL: torch's shared memory
     small = {

@@ -23,8 +23,9 @@ by value). A slot is reused only once the main process let go of the batch:
   another batch's data. When the main process forks while it holds batches,
   their slots go to 3 (retired, never reused): the child shares their pages.
 * The worker reuses a slot only when its own tensors of the slot are freed too
-  and ``state`` is 0; past :data:`MAX_SLOTS` slots in use it falls back to
-  plain memory (torch's own hand-over).
+  and ``state`` is 0; past :data:`MAX_SLOTS` slots in use, or where
+  ``/dev/shm`` has no room for another slot, it falls back to plain memory
+  (torch's own hand-over).
 
 The worker removes its slot files when it exits (the main process keeps the
 mappings of batches it holds); a worker killed with SIGKILL leaves
@@ -113,7 +114,14 @@ class _Pool:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.ftruncate(fd, HEADER + size)
+                if hasattr(os, "posix_fallocate"):
+                    # Take the memory now: a full /dev/shm is an error here (and a
+                    # fallback to plain memory), not a SIGBUS on the first write.
+                    os.posix_fallocate(fd, 0, HEADER + size)
                 mm = mmap.mmap(fd, HEADER + size)
+            except OSError:
+                os.unlink(path)
+                return None
             finally:
                 os.close(fd)
             header = np.frombuffer(mm, dtype=np.uint64, count=HEADER // 8)
