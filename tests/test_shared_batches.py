@@ -15,6 +15,8 @@ import math
 import multiprocessing as mp
 import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -327,3 +329,22 @@ def test_dataloader_batches_held_by_the_consumer_stay_intact() -> None:
     assert left == []
     ds.close()
     handle.close()
+
+
+def test_an_owner_that_exits_with_its_dataloader_open_leaves_no_slots() -> None:
+    # Python ends a daemonic worker with SIGTERM at the main process's exit (no
+    # clean-up in the worker): the main process removes the slot directories.
+    code = (
+        "import torch; from torch.utils.data import DataLoader\n"
+        "from replaydb import Dataset, Spec; from replaydb.shared import memory_table\n"
+        "t = memory_table(Spec({'x': ()}), 64); t.extend({'x': torch.arange(50.0)})\n"
+        "it = iter(DataLoader(Dataset(t.share(), 8), batch_size=None, num_workers=1))\n"
+        "next(it); next(it); print(it._workers[0].pid)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=JOIN_S, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[-1])
+    assert [n for n in os.listdir("/dev/shm") if n.startswith(f"replaydb-batches-{pid}-")] == []

@@ -27,13 +27,16 @@ by value). A slot is reused only once the main process let go of the batch:
   ``/dev/shm`` has no room for another slot, it falls back to plain memory
   (torch's own hand-over).
 
-The worker removes its slot files when it exits (the main process keeps the
-mappings of batches it holds); a worker killed with SIGKILL leaves
-``/dev/shm/replaydb-batches-<pid>-*`` behind.
+The main process removes a slot's file once it has mapped it, and at its exit
+the directories of the workers it heard from; the worker removes its
+directory when it exits (the main process keeps the mappings of batches it
+holds). Only where both are killed with SIGKILL is
+``/dev/shm/replaydb-batches-<pid>-*`` left behind.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import mmap
@@ -111,7 +114,10 @@ class _Pool:
             size = -(-nbytes // (1 << 16)) * (1 << 16)
             path = os.path.join(self.dir, f"slot-{self.made}")
             self.made += 1
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError:  # the directory is gone (the main process is exiting)
+                return None
             try:
                 os.ftruncate(fd, HEADER + size)
                 if hasattr(os, "posix_fallocate"):
@@ -334,6 +340,12 @@ def _map(path: str, size: int) -> _Mapped:
             mm = mmap.mmap(fd, HEADER + size)
         finally:
             os.close(fd)
+        # Mapped: the name is no longer needed (the worker keeps its own mapping).
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if not _SEEN:
+            atexit.register(_remove_seen)
+        _SEEN.add(os.path.dirname(path))
         m = _Mapped(path, mm, np.frombuffer(mm, dtype=np.uint64, count=HEADER // 8))
         # Slots of exited workers that this process no longer uses: unmap them.
         for p, other in list(_MAPPED.items()):
@@ -341,6 +353,17 @@ def _map(path: str, size: int) -> _Mapped:
                 del _MAPPED[p]
         _MAPPED[path] = m
         return m
+
+
+#: Slot directories of the workers this process received batches from.
+_SEEN: set[str] = set()
+
+
+def _remove_seen() -> None:
+    """At exit: remove what the workers left (they are ended with SIGTERM when a
+    DataLoader is still open as this process exits, and cannot clean up)."""
+    for d in _SEEN:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _release(m: _Mapped, serial: int, pid: int) -> None:
