@@ -76,7 +76,9 @@ def _cpu_of(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def items_per_s(handle: SharedTable, workers: int, seconds: float) -> tuple[float, float, float]:
+def items_per_s(
+    handle: SharedTable, workers: int, seconds: float, prefetch: int = 2
+) -> tuple[float, float, float]:
     """Items/s, and CPU ms per batch in this process (owner + consumer) and in the workers.
 
     CPU is counted over the timed batches only (not the workers' start and exit).
@@ -88,6 +90,7 @@ def items_per_s(handle: SharedTable, workers: int, seconds: float) -> tuple[floa
         num_workers=workers,
         persistent_workers=workers > 0,
         timeout=120 if workers else 0,
+        prefetch_factor=prefetch if workers else None,
     )
     it = iter(loader)
     pids = [w.pid for w in getattr(it, "_workers", [])]
@@ -129,6 +132,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     parser.add_argument(
+        "--prefetch", type=int, default=2, help="DataLoader prefetch_factor (batches per worker)"
+    )
+    parser.add_argument(
         "--sharing",
         choices=torch.multiprocessing.get_all_sharing_strategies(),
         default=torch.multiprocessing.get_sharing_strategy(),
@@ -144,7 +150,7 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             for w in counts:
-                rate, main_ms, worker_ms = items_per_s(handle, w, args.seconds)
+                rate, main_ms, worker_ms = items_per_s(handle, w, args.seconds, args.prefetch)
                 if rate > best.get(w, 0.0):
                     best[w], cpu[w] = rate, (main_ms, worker_ms)
                 print(
@@ -157,7 +163,7 @@ def main() -> None:
     mb = BATCH * STACK * SIDE * SIDE / 1e6
     print(
         f"\nbatch of {BATCH} x {STACK} x {SIDE}x{SIDE} uint8 = {mb:.1f} MB; best of "
-        f"{args.rounds}; sharing strategy {args.sharing!r}"
+        f"{args.rounds}; sharing strategy {args.sharing!r}; prefetch_factor {args.prefetch}"
     )
     base = best.get(1)
     for w in counts:
