@@ -10,18 +10,22 @@ A :func:`replaydb.shared.memory_table` of 84x84 uint8 frames (Atari-shaped: an
 batch_size=None, num_workers=N, persistent_workers=True)`` then yields batches of
 256 stacked observations (7.2 MB each: the gather is real work). In each worker
 the owner (this process) draws the rows and the worker copies them out of shared
-memory, so gathers run in parallel. Configurations alternate for ``--rounds``
-rounds (same load for each) and the best round of each counts. Printed: items/s
-per worker count, each count's ratio to one worker (issue 14: at least 1.6x for
-two workers on a 2-core machine, 3x for four workers on four free cores), and
-the floor: one process gathering the same bytes with numpy from a ready-made
-index (what a worker's copy costs without any replay bookkeeping).
+memory into a reused shared-memory slot that the batch travels to this process
+in, so gathers run in parallel. Configurations alternate for ``--rounds`` rounds
+(same load for each) and the best round of each counts. Printed: items/s per
+worker count with the CPU per batch of this process and of the workers (over
+the timed batches; the workers' from ``/proc``), each count's ratio to one
+worker (issue 14: at least 1.6x for two workers on a 2-core machine, 3x for four
+workers on four free cores), the bound the CPU costs put on each count, and the
+floor: one process gathering the same bytes with numpy from a ready-made index
+(what a worker's copy costs without any replay bookkeeping).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import resource
 import time
 from typing import Any
@@ -57,14 +61,28 @@ def build(frames: int) -> Any:
     return table
 
 
-def _cpu(who: int) -> float:
-    r = resource.getrusage(who)
+def _cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-def items_per_s(handle: SharedTable, workers: int, seconds: float) -> tuple[float, float, float]:
-    """Items/s, and CPU ms per batch in this process (owner + consumer) and in the workers."""
-    main0, kids0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+def _cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def items_per_s(
+    handle: SharedTable, workers: int, seconds: float, prefetch: int = 2
+) -> tuple[float, float, float]:
+    """Items/s, and CPU ms per batch in this process (owner + consumer) and in the workers.
+
+    CPU is counted over the timed batches only (not the workers' start and exit).
+    """
     ds = Dataset(handle, batch_size=BATCH)
     loader = DataLoader(
         ds,
@@ -72,24 +90,25 @@ def items_per_s(handle: SharedTable, workers: int, seconds: float) -> tuple[floa
         num_workers=workers,
         persistent_workers=workers > 0,
         timeout=120 if workers else 0,
+        prefetch_factor=prefetch if workers else None,
     )
     it = iter(loader)
-    warm = 2 * max(workers, 1)
-    for _ in range(warm):  # workers started, storages mapped
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    warm = 4 * max(workers, 1)
+    for _ in range(warm):  # workers started, storages mapped, slots made
         next(it)
-    n, t0 = 0, time.perf_counter()
+    n = 0
+    main0, kids0, t0 = _cpu_self(), _cpu_of(pids), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         batch, _ = next(it)
         assert batch["obs"].shape == (BATCH, 1, STACK, SIDE, SIDE)  # [B, num_steps, k, ...]
         n += 1
-    rate = n * BATCH / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    main, kids = (_cpu_self() - main0) / n * 1e3, (_cpu_of(pids) - kids0) / n * 1e3
+    rate = n * BATCH / elapsed
     del it, loader
-    gc.collect()  # the workers exit and are waited for: their CPU time is counted
+    gc.collect()
     ds.close()
-    # Batches made: the counted ones, the warm-up, and the DataLoader's prefetch.
-    made = n + warm + 2 * workers
-    main = (_cpu(resource.RUSAGE_SELF) - main0) / made * 1e3
-    kids = (_cpu(resource.RUSAGE_CHILDREN) - kids0) / made * 1e3
     return rate, main, kids
 
 
@@ -113,6 +132,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     parser.add_argument(
+        "--prefetch", type=int, default=2, help="DataLoader prefetch_factor (batches per worker)"
+    )
+    parser.add_argument(
         "--sharing",
         choices=torch.multiprocessing.get_all_sharing_strategies(),
         default=torch.multiprocessing.get_sharing_strategy(),
@@ -128,7 +150,7 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             for w in counts:
-                rate, main_ms, worker_ms = items_per_s(handle, w, args.seconds)
+                rate, main_ms, worker_ms = items_per_s(handle, w, args.seconds, args.prefetch)
                 if rate > best.get(w, 0.0):
                     best[w], cpu[w] = rate, (main_ms, worker_ms)
                 print(
@@ -141,7 +163,7 @@ def main() -> None:
     mb = BATCH * STACK * SIDE * SIDE / 1e6
     print(
         f"\nbatch of {BATCH} x {STACK} x {SIDE}x{SIDE} uint8 = {mb:.1f} MB; best of "
-        f"{args.rounds}; sharing strategy {args.sharing!r}"
+        f"{args.rounds}; sharing strategy {args.sharing!r}; prefetch_factor {args.prefetch}"
     )
     base = best.get(1)
     for w in counts:

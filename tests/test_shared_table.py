@@ -197,17 +197,16 @@ def test_items_overwritten_while_copied_are_drawn_again(shared: tuple[Table, Sha
     _fill(table, 0, 64)
     remote = _remote(handle)
     remote.sample(1)  # maps the storage
-    store = remote._store()
-    real = store.gather
+    real = remote._copy
     calls = [0]
 
-    def gather_after_a_write(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def copy_after_a_write(rows: dict[str, Any], pooled: bool) -> Any:
         calls[0] += 1
         if calls[0] == 1:  # between the owner's draw and the copy: the ring turns over
             _fill(table, 64, 64)
-        return real(rows)
+        return real(rows, pooled)
 
-    store.gather = gather_after_a_write  # type: ignore[method-assign]
+    remote._copy = copy_after_a_write  # type: ignore[method-assign]
     s = remote.sample(32)
     assert calls[0] >= 2  # the whole first draw went stale and was drawn again
     assert torch.equal(s["x"], s.keys.float())
@@ -219,19 +218,18 @@ def test_a_reset_while_copying_is_detected(shared: tuple[Table, SharedTable]) ->
     _fill(table, 0, 10)
     remote = _remote(handle)
     remote.sample(1)
-    store = remote._store()
-    real = store.gather
+    real = remote._copy
     calls = [0]
 
-    def gather_after_reset(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def copy_after_reset(rows: dict[str, Any], pooled: bool) -> Any:
         calls[0] += 1
         if calls[0] == 1:
             table.reset()
             _fill(table, 0, 10)  # same keys again, other generation
             table.extend({"x": torch.full((10,), -1.0)})  # rows 10..19 with keys 10..19
-        return real(rows)
+        return real(rows, pooled)
 
-    store.gather = gather_after_reset  # type: ignore[method-assign]
+    remote._copy = copy_after_reset  # type: ignore[method-assign]
     s = remote.sample(8)
     assert calls[0] >= 2
     assert bool(((s["x"] == s.keys.float()) | (s["x"] == -1.0)).all())
@@ -254,11 +252,10 @@ def test_whatever_the_owner_writes_during_a_copy_a_sample_is_consistent(
         _fill(table, 0, 16)
         remote = _remote(handle)
         remote.sample(1)
-        store = remote._store()
-        real = store.gather
+        real = remote._copy
         pending = list(writes)
 
-        def gather_during_writes(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        def copy_during_writes(rows: dict[str, Any], pooled: bool) -> Any:
             if pending:
                 n = pending.pop(0)
                 if n == 0:
@@ -266,9 +263,9 @@ def test_whatever_the_owner_writes_during_a_copy_a_sample_is_consistent(
                     _fill(table, 0, 8)
                 else:
                     _fill(table, table.total_steps_written, n)
-            return real(rows)
+            return real(rows, pooled)
 
-        store.gather = gather_during_writes  # type: ignore[method-assign]
+        remote._copy = copy_during_writes  # type: ignore[method-assign]
         s = remote.sample(6)
         x = s["x"] if sequence_length == 1 else s["x"][:, 0]
         assert torch.equal(x, s.keys.float())

@@ -34,10 +34,13 @@ process for its own draws from the live table. A dataset pickles without its
 threads and queue, and a process that did not start them (a fork of one that
 iterated already) starts its own, so a dataset iterated in the main process
 first does not hang its workers. Over any other client a worker raises, naming
-the fix, since it would sample a frozen copy of the table. In a worker, every
-tensor of a batch but its largest field is copied into one block (views of it
-come out), so the DataLoader hands a batch to the main process as two
-shared-memory segments, not one per tensor.
+the fix, since it would sample a frozen copy of the table. In a worker, a
+:class:`~replaydb.shared.SharedTable` gathers each batch straight into a reused
+shared-memory slot, and the dataset returns it through the handle's
+``worker_batch``: the DataLoader then hands the batch to the main process as a
+few hundred bytes of references instead of a copy into fresh shared memory (see
+``docs/processes.md``). The main process receives ``[batch, info]``, a list,
+as the DataLoader makes of any worker's tuple.
 """
 
 from __future__ import annotations
@@ -301,9 +304,12 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
     def _finish(
         self, data: dict[str, torch.Tensor], info: list[torch.Tensor]
     ) -> tuple[Any, SampleInfo]:
-        if get_worker_info() is not None:
-            data, info = _one_block(data, info)
         batch = self.structure.pack(data) if self.structure is not None else data
+        hand_over = getattr(self.client, "worker_batch", None)
+        if hand_over is not None and get_worker_info() is not None:
+            # [batch, info] that pickles by reference to the shared memory it was
+            # gathered into; the main process gets a list, as from a worker's tuple.
+            return hand_over(batch, SampleInfo(*info))  # type: ignore[no-any-return]
         return batch, SampleInfo(*info)
 
     def _check_open(self) -> None:
@@ -438,33 +444,6 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
         self._shutdown()
         for child in self._children:
             child.close()
-
-
-def _one_block(
-    data: dict[str, torch.Tensor], info: list[torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-    """Copy every CPU tensor of a batch but its largest field into one block.
-
-    A DataLoader worker hands each storage of a batch to the main process as its
-    own shared-memory segment, one connection each (measured: about 0.3 ms of the
-    main process per segment); a batch of views of one block (plus its largest
-    field, not copied) costs two.
-    """
-    if any(t.device.type != "cpu" for t in (*data.values(), *info)):
-        return data, info
-    big = max(data, key=lambda k: data[k].numel() * data[k].element_size(), default=None)
-    small = [t for k, t in data.items() if k != big] + info
-    sizes = [t.numel() * t.element_size() for t in small]
-    block = torch.empty(sum(-(-n // 16) * 16 for n in sizes), dtype=torch.uint8)
-    views, off = [], 0
-    for t, n in zip(small, sizes, strict=True):
-        view = block[off : off + n].view(t.dtype).view(t.shape)
-        view.copy_(t)
-        views.append(view)
-        off += -(-n // 16) * 16  # 16-byte aligned
-    names = [k for k in data if k != big]
-    out = {k: views[names.index(k)] if k != big else t for k, t in data.items()}
-    return out, views[len(names) :]
 
 
 #: Datasets that started sampling threads in this process (see :func:`_stop_at_exit`).

@@ -21,8 +21,13 @@ ring reached meanwhile (a seqlock per item). Writes go through the owner (one
 writer). A consuming table (a queue or stack) is sampled whole in the owner,
 since a consumed item's row may be reused at once.
 
+In a ``DataLoader`` worker the caller gathers into a reused shared-memory
+*slot* and the batch travels to the main process by reference (``_batches``);
+a worker's request also brings the draws of its next few batches where that
+changes nothing it could see (a uniform table without a sample-side rate limit).
+
 Layout: ``_owner`` (server, :func:`memory_table`), ``_handle``
-(:class:`SharedTable`), ``_wire`` (the messages).
+(:class:`SharedTable`), ``_wire`` (the messages), ``_batches`` (the slots).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from replaydb.errors import (
     ClosedError,
@@ -18,7 +20,7 @@ from replaydb.errors import (
     RateLimiterTimeout,
     ReplayError,
 )
-from replaydb.shared import _owner, _wire
+from replaydb.shared import _batches, _owner, _wire
 from replaydb.spec import Spec
 from replaydb.storage import Storage
 from replaydb.table import Sample, Table, TableInfo
@@ -26,6 +28,9 @@ from replaydb.table import Sample, Table, TableInfo
 #: Draws of overwritten items replaced before giving up (each one is rare: the
 #: ring reached the item's rows while they were being copied).
 _MAX_REDRAWS = 16
+_Layout = tuple[dict[torch.dtype, "np.ndarray[Any, Any]"], dict[str, tuple[torch.dtype, int, int]]]
+#: Draws for its next batches a DataLoader worker's request brings along.
+AHEAD = 3
 _INFO = ("keys", "probabilities", "weights", "priorities", "times_sampled")
 
 
@@ -98,6 +103,7 @@ class SharedTable:
         self._pid = os.getpid()
         self._conns: list[Connection] = []
         self._storage: Storage | None = None
+        self._src: tuple[Storage, _Layout] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -122,6 +128,7 @@ class SharedTable:
             self._local = threading.local()
             self._conns = []
             self._storage = None
+            self._src = None
 
     def _conn(self) -> Connection:
         self._fresh_process()
@@ -181,9 +188,43 @@ class SharedTable:
             return self._storage
 
     # ------------------------------------------------------------ sampling
-    def _gather(self, rows: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Copy the drawn rows out of the shared storage; say which items went stale."""
+    def _layout(self, st: Storage) -> _Layout:
+        """Each dtype group as ``[capacity, bytes]`` uint8 (numpy); each field: dtype, bytes."""
+        if self._src is not None and self._src[0] is st:
+            return self._src[1]
+        groups = {dt: g.view(torch.uint8).numpy() for dt, g in st.groups.items()}
+        fields: dict[str, tuple[torch.dtype, int, int]] = {}
+        for name, f in st.fields.items():
+            g = st.groups[f.dtype]
+            es = f.element_size()
+            start = (f.storage_offset() - g.storage_offset()) * es
+            fields[name] = (f.dtype, int(start), int(f[0].numel()) * es)
+        layout: _Layout = (groups, fields)
+        self._src = (st, layout)
+        return layout
+
+    def _copy(
+        self, rows: dict[str, Any], pooled: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Copy the drawn rows out of the shared storage; say which items went stale.
+
+        Where ``pooled`` (in a DataLoader worker) every field goes straight into
+        a reused shared-memory slot (:meth:`_into_slot`); elsewhere through
+        :meth:`Storage.gather`.
+        """
         st = self._store()
+        got = self._into_slot(st, rows) if pooled else self._gathered(st, rows)
+        files = st.files
+        assert files is not None
+        # Read after the copy: a write records its intent before touching any row.
+        if files.generation != rows["generation"]:
+            stale = torch.ones(len(rows["keys"]), dtype=torch.bool)
+        else:
+            stale = rows["oldest"] < files.intent - self.capacity
+        return got, stale
+
+    def _gathered(self, st: Storage, rows: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The rows' fields through :meth:`Storage.gather` (fresh memory)."""
         got = st.gather(rows["rows"])
         if rows["valid"] is not None:
             valid: torch.Tensor = rows["valid"]
@@ -200,14 +241,50 @@ class SharedTable:
                     keep = valid.narrow(d, k_max - k, k)
                     v = v.masked_fill(~keep.view(*keep.shape, *[1] * (v.dim() - keep.dim())), 0)
                 got[name] = v.contiguous()
-        files = st.files
-        assert files is not None
-        # Read after the copy: a write records its intent before touching any row.
-        if files.generation != rows["generation"]:
-            stale = torch.ones(len(rows["keys"]), dtype=torch.bool)
-        else:
-            stale = rows["oldest"] < files.intent - self.capacity
-        return got, stale
+        return got
+
+    def _into_slot(self, st: Storage, rows: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The rows' fields gathered straight into one reused shared-memory slot.
+
+        One gather per dtype group (and frame-stack depth); each field is a view
+        of its columns, as :meth:`Storage.gather` returns them.
+        """
+        groups, fields = self._layout(st)
+        where: torch.Tensor = rows["rows"]
+        valid: torch.Tensor | None = rows["valid"]
+        # (dtype group, rows) -> the fields gathered together.
+        parts: dict[tuple[torch.dtype, int], list[str]] = {}
+        for name in self.spec:
+            depth = 0 if valid is None else self.frame_stack.get(name, (-1, ""))[0]
+            parts.setdefault((fields[name][0], depth), []).append(name)
+        plan = []
+        total = 0
+        for (dt, depth), names in parts.items():
+            if depth == 0:
+                r = where
+            elif depth > 0:
+                r = where.narrow(-1, where.shape[-1] - depth, depth)
+            else:
+                r = where.select(-1, where.shape[-1] - 1)
+            row_bytes = groups[dt].shape[1]
+            plan.append((dt, r, names, total, row_bytes))
+            total += _batches.aligned(r.numel() * row_bytes)
+        out = _batches.block(max(total, 1), pooled=True)
+        got: dict[str, torch.Tensor] = {}
+        for dt, r, names, off, row_bytes in plan:
+            idx = r.reshape(-1).numpy()
+            part = out[off : off + len(idx) * row_bytes].view(len(idx), row_bytes)
+            np.take(groups[dt], idx, axis=0, out=part.numpy(), mode="clip")
+            for name in names:
+                _, start, width = fields[name]
+                cols = part if width == row_bytes else part[:, start : start + width]
+                v = cols.view(dt).view(*r.shape, *self.spec[name].shape)
+                stack = self.frame_stack.get(name)
+                if valid is not None and stack is not None and stack[1] == "zeros":
+                    keep = valid.narrow(-1, valid.shape[-1] - stack[0], stack[0])
+                    v.masked_fill_(~keep.view(*keep.shape, *[1] * len(self.spec[name].shape)), 0)
+                got[name] = v
+        return got
 
     def sample(
         self,
@@ -246,13 +323,26 @@ class SharedTable:
         if here is not None:
             return here.sample(batch_size, beta=beta, timeout=timeout)
 
-        def draw(n: int) -> tuple[str, dict[str, Any]]:
-            return self._sliced("sample", timeout, lambda s: self._call("rows", n, beta, s))  # type: ignore[no-any-return]
+        def draw(n: int, ahead: int) -> tuple[str, Any]:
+            return self._sliced(  # type: ignore[no-any-return]
+                "sample", timeout, lambda s: self._call("rows", n, beta, s, ahead)
+            )
 
-        kind, r = draw(batch_size)
-        if kind == "sample":
-            return Sample(**r)
-        data, stale = self._gather(r)
+        worker = get_worker_info() is not None
+        # In a DataLoader worker (steady batches of one size) one request brings
+        # the draws of the next few batches too.
+        queued: dict[tuple[int, float | None], list[Any]] = self._local.__dict__.setdefault(
+            "ahead", {}
+        )
+        waiting = queued.get((batch_size, beta))
+        if waiting:
+            r = waiting.pop(0)
+        else:
+            kind, got = draw(batch_size, AHEAD if worker else 0)
+            if kind == "sample":
+                return Sample(**got)
+            r, queued[(batch_size, beta)] = got[0], got[1:]
+        data, stale = self._copy(r, pooled=worker)
         for _ in range(_MAX_REDRAWS):
             if not bool(stale.any()):
                 return Sample(
@@ -263,8 +353,8 @@ class SharedTable:
                     **{f: r[f] for f in _INFO},
                 )
             idx = torch.nonzero(stale).squeeze(1)
-            _, again = draw(int(idx.numel()))
-            more, stale_again = self._gather(again)
+            _, (again,) = draw(int(idx.numel()), 0)
+            more, stale_again = self._copy(again, pooled=False)
             for name, v in data.items():
                 v[idx] = more[name]
             for f in (*_INFO, "mask", "ends"):
@@ -277,6 +367,34 @@ class SharedTable:
             f"while being copied, {_MAX_REDRAWS} draws in a row; the ring turns over faster "
             "than samples are gathered: use a larger capacity"
         )
+
+    @staticmethod
+    def worker_batch(batch: Any, info: Any) -> list[Any]:
+        """``[batch, info]`` for a DataLoader worker to return: it pickles by reference.
+
+        In a DataLoader worker :meth:`sample` gathers into reused shared-memory
+        slots; what this returns pickles its tensors that live there as slot
+        references (small other tensors by value, large ones by torch's own
+        shared memory), so the main process receives a batch without a copy or
+        a descriptor hand-over. The main process unpickles a plain ``list``
+        ``[batch, info]`` (what the DataLoader makes of a worker's tuple); a
+        slot is reused once every tensor viewing it there is freed.
+        :class:`~replaydb.dataset.Dataset` calls it in workers.
+
+        Args:
+            batch: The batch (any nest of tensors).
+            info: Its info (any nest of tensors).
+
+        Returns:
+            A ``list`` subclass ``[batch, info]``.
+
+        Example:
+            >>> import pickle
+            >>> b = SharedTable.worker_batch({"x": torch.zeros(2)}, None)
+            >>> pickle.loads(pickle.dumps(b))
+            [{'x': tensor([0., 0.])}, None]
+        """
+        return _batches.worker_batch(batch, info)
 
     # ------------------------------------------------------------ the other verbs
     def extend(

@@ -5,16 +5,19 @@ listens on an ``AF_UNIX`` socket in a fresh private (``0700``) directory, and
 each connection must prove it holds the share's random 32-byte key
 (``multiprocessing.connection``'s HMAC challenge) before any request is read.
 Every connection gets a daemon thread that answers requests one at a time with
-the table's public verbs: ``rows`` (:meth:`Table.sample_rows`, or a whole
-:meth:`Table.sample` for a consuming table, whose rows may be reused as soon as
-an item is consumed), ``extend``, ``insert``, ``update_priorities``, ``info``
-and ``len``. Requests that wait on the rate limiter come in slices of at most
-half a second, so :meth:`Owner.close` ends every thread promptly.
+the table's public verbs: ``rows`` (:meth:`Table.sample_rows`, and for a
+uniform table without a sample-side rate limit up to ``ahead`` more draws of
+the same size, for the caller's next batches; or a whole :meth:`Table.sample` for a
+consuming table, whose rows may be reused as soon as an item is consumed),
+``extend``, ``insert``, ``update_priorities``, ``info`` and ``len``. Requests
+that wait on the rate limiter come in slices of at most half a second, so
+:meth:`Owner.close` ends every thread promptly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import secrets
@@ -28,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from replaydb.errors import DeviceError, InvalidArgumentError, InvalidTypeError
+from replaydb.errors import (
+    DeviceError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    RateLimiterTimeout,
+)
+from replaydb.samplers import Uniform
 from replaydb.shared import _wire
 
 if TYPE_CHECKING:
@@ -144,13 +153,19 @@ class Owner:
         table = self.table
         args = _wire.from_wire(args)
         if verb == "rows":
-            b, beta, timeout = args
+            b, beta, timeout, ahead = args
             if table.consuming:
                 # An item's rows may be reused once it is consumed: gather here.
                 s = table.sample(b, beta=beta, timeout=timeout)
                 return ("sample", {f: getattr(s, f) for f in _SAMPLE_FIELDS})
-            r = table.sample_rows(b, beta=beta, timeout=timeout)
-            return ("rows", {f: getattr(r, f) for f in _ROW_FIELDS})
+            draws = [table.sample_rows(b, beta=beta, timeout=timeout)]
+            for _ in range(ahead if _draws_ahead(table) else 0):
+                # Draws for the caller's next batches (one request instead of several).
+                try:
+                    draws.append(table.sample_rows(b, beta=beta, timeout=0))
+                except RateLimiterTimeout:
+                    break
+            return ("rows", [{f: getattr(r, f) for f in _ROW_FIELDS} for r in draws])
         if verb == "extend":
             steps, kwargs = args
             table.extend(steps, **kwargs)
@@ -195,6 +210,17 @@ class Owner:
             if _OWNERS.get(id(self.table)) is self:
                 del _OWNERS[id(self.table)]
             LOCAL.pop(self.address, None)
+
+
+def _draws_ahead(table: Table) -> bool:
+    """Whether drawing a caller's next batches early changes nothing it could see.
+
+    Uniform draws do not depend on priorities the learner has yet to update, and
+    a limiter without a sample-side limit (``MinSize``) takes no permit another
+    process waits for (with a DataLoader's in-order delivery, a worker left
+    waiting for permits another one took early would stall the loader).
+    """
+    return isinstance(table.sampler, Uniform) and table.rate_limiter.min_diff == -math.inf
 
 
 _SAMPLE_FIELDS = (
