@@ -15,6 +15,9 @@ from typing import Any
 
 import numba  # type: ignore[import-untyped,import-not-found,unused-ignore]
 import numpy as np
+from llvmlite import ir  # type: ignore[import-untyped,import-not-found,unused-ignore]
+from numba import types  # type: ignore[import-untyped,import-not-found,unused-ignore]
+from numba.extending import intrinsic  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
 from replaydb._kernels import _SHIFT, _TOUCH_FROM, TREE_ARITY
 
@@ -41,66 +44,121 @@ def jit(fn: Any) -> Any:
 @jit
 def child_sum(tree: Any, c: int) -> Any:
     # A node's sum from its children at tree[c : c + TREE_ARITY]: pairs, then
-    # pairs of pairs (the order of SumTree's numpy and torch paths).
+    # pairs of pairs (the order of SumTree's numpy and torch paths). c >= 0: unsigned
+    # indices spare numba's negative-index wraparound on every load.
+    u = np.uint64(c)
+    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
     if TREE_ARITY == 8:
-        return ((tree[c] + tree[c + 1]) + (tree[c + 2] + tree[c + 3])) + (
-            (tree[c + 4] + tree[c + 5]) + (tree[c + 6] + tree[c + 7])
+        four = np.uint64(4)
+        return ((tree[u] + tree[u + one]) + (tree[u + two] + tree[u + three])) + (
+            (tree[u + four] + tree[u + four + one])
+            + (tree[u + four + two] + tree[u + four + three])
         )
-    return (tree[c] + tree[c + 1]) + (tree[c + 2] + tree[c + 3])
+    return (tree[u] + tree[u + one]) + (tree[u + two] + tree[u + three])
+
+
+@intrinsic  # type: ignore[misc]
+def prefetch(typingctx: Any, addr: Any) -> Any:
+    """Ask the CPU to bring the cache line at address ``addr`` (an int) in; no fault, no wait."""
+    sig = types.void(types.intp)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i8p = ir.PointerType(ir.IntType(8))
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+        # read, keep in every cache level, data
+        builder.call(fn, [builder.inttoptr(args[0], i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@jit
+def descend(tree: Any, x: Any, node: Any, off: Any, levels: int, rows: Any, recs: Any) -> None:
+    # The search of tree_find from the root (node 0) for the values x, which it
+    # reduces in place; node ends as the leaf slots. Level by level over the whole
+    # batch: the loads of one level are independent, so the CPU overlaps their
+    # cache misses. At a node, the 8 children are one cache line: count the running
+    # sums (added left to right) of the first 7 at or below x and take the last of
+    # those off x, with no load or branch depending on a comparison, so nodes of
+    # different draws overlap. The pick is a zero child only when rounding carried
+    # x past the node's last non-zero child (or x < 0): then take the last non-zero
+    # child below the count. SumTree._descend_numpy computes the same.
+    #
+    # Each pick also prefetches what the next pass reads: the child's line one
+    # level down (on levels of >= _TOUCH_FROM values, which miss the core's
+    # caches), and from the leaves, each slot's row of rows and record of recs
+    # (a 2-D and a 1-D array the caller reads next; empty ones for none). The search
+    # then overlaps those misses with the compares of the other draws.
+    n = x.shape[0]
+    addr = tree.ctypes.data
+    row_addr, row_step = rows.ctypes.data, rows.strides[0]
+    row_last = rows.shape[1] * rows.itemsize - 1
+    rec_addr, rec_step = recs.ctypes.data, recs.strides[0]
+    fetch_rows = rows.shape[0] > 0 and row_last >= 0
+    fetch_recs = recs.shape[0] > 0
+    for level in range(levels):
+        base = off[level + 1]
+        down = off[level + 2] if level + 1 < levels else 0
+        stop = off[level + 3] if level + 2 < levels else tree.shape[0]
+        fetch_down = level + 1 < levels and stop - down >= _TOUCH_FROM
+        leaf = level + 1 == levels
+        for b in range(n):
+            # Unsigned indices: numba then skips the negative-index wraparound
+            # (three instructions a load, a third of the search's time).
+            c = np.uint64(base + node[b] * TREE_ARITY)
+            xb = x[b]
+            run = 0.0
+            before = 0.0
+            past = 0
+            for j in range(TREE_ARITY - 1):
+                cj = tree[c + np.uint64(j)]
+                run += cj
+                below = run <= xb
+                past += below
+                before = run if below else before
+            if tree[c + np.uint64(past)] == 0:
+                past += tree[c + np.uint64(TREE_ARITY - 1)] + run <= xb
+                last_nz = 0
+                for j in range(TREE_ARITY):
+                    if tree[c + np.uint64(j)] > 0:
+                        last_nz = j
+                past = min(past, last_nz)
+                before = 0.0
+                for j in range(past):
+                    before += tree[c + np.uint64(j)]
+            x[b] = xb - before
+            child = node[b] * TREE_ARITY + past
+            node[b] = child
+            if fetch_down:
+                prefetch(addr + (down + child * TREE_ARITY) * 8)
+            elif leaf:
+                if fetch_recs:
+                    prefetch(rec_addr + child * rec_step)
+                if fetch_rows:
+                    a = row_addr + child * row_step
+                    for line in range(0, row_last, 64):
+                        prefetch(a + line)
+                    prefetch(a + row_last)
+
+
+#: No rows or records to prefetch (descend's empty arrays).
+_NO_ROWS = np.empty((0, 1), np.float64)
+_NO_RECS = np.empty(0, np.int64)
 
 
 @jit
 def tree_find(tree: Any, v: Any, off: Any, levels: int, scale: bool) -> Any:
+    # Leaf slots, their values and the total for values v (scaled by the total
+    # first where scale): see descend.
     total = tree[0]
     n = v.shape[0]
     x = np.empty(n, np.float64)
     node = np.zeros(n, np.int64)
     for b in range(n):
         x[b] = v[b] * total if scale else v[b]
-    # Level by level over the whole batch: the loads of one level are
-    # independent, so the CPU overlaps their cache misses. At a node, the 8
-    # children are one cache line: count the running sums (added left to right)
-    # of the first 7 at or below x and take the last of those off x, with no
-    # load or branch depending on a comparison, so nodes of different draws
-    # overlap. The pick is a zero child only when rounding carried x past the
-    # node's last non-zero child (or x < 0): then take the last non-zero child
-    # below the count. SumTree._descend_numpy computes the same.
-    touched = 0.0
-    for level in range(levels):
-        base = off[level + 1]
-        stop = off[level + 2] if level + 2 <= levels else tree.shape[0]
-        # Touch each draw's node first: short independent loads, so many cache
-        # misses are in flight at once (the search below has long chains). Only
-        # on levels too large to stay in a core's cache (256 KB and up).
-        if stop - base >= _TOUCH_FROM:
-            for b in range(n):
-                touched += tree[base + node[b] * TREE_ARITY]
-        for b in range(n):
-            c = base + node[b] * TREE_ARITY
-            xb = x[b]
-            run = 0.0
-            before = 0.0
-            past = 0
-            for j in range(TREE_ARITY - 1):
-                cj = tree[c + j]
-                run += cj
-                below = run <= xb
-                past += below
-                before = run if below else before
-            if tree[c + past] == 0:
-                past += tree[c + TREE_ARITY - 1] + run <= xb
-                last_nz = 0
-                for j in range(TREE_ARITY):
-                    if tree[c + j] > 0:
-                        last_nz = j
-                past = min(past, last_nz)
-                before = 0.0
-                for j in range(past):
-                    before += tree[c + j]
-            x[b] = xb - before
-            node[b] = node[b] * TREE_ARITY + past
-    if touched < 0:  # never (sums are >= 0); keeps the touching loads
-        total = touched
+    descend(tree, x, node, off, levels, _NO_ROWS, _NO_RECS)
     leaf0 = off[levels]
     leaves = np.empty(n, tree.dtype)
     for b in range(n):
@@ -202,17 +260,28 @@ def prio_take(
     # leaf into ratio (the caller raises them to -beta) and its packed row
     # src[slot] into out (Storage.gather of the slots). Returns the total; an
     # empty tree (total 0) writes and counts nothing.
-    slots, leaves, total = tree_find(tree, u, off, levels, True)
-    n = slots.shape[0]
+    # The search prefetches each drawn slot's record and row on its way.
+    total = tree[0]
+    n = u.shape[0]
+    x = np.empty(n, np.float64)
+    slots = np.zeros(n, np.int64)
+    for b in range(n):
+        x[b] = u[b] * total
+    descend(tree, x, slots, off, levels, src, item_key)
     if not total > 0:
         return total
-    inv = 1.0 / leaves.min()
+    leaf0 = np.uint64(off[levels])
+    lo = np.inf
     for b in range(n):
-        ratio[b] = leaves[b] * inv
-        times[slots[b]] += 1  # every draw counts, duplicates included
+        lo = min(lo, tree[leaf0 + np.uint64(slots[b])])
+    inv = 1.0 / lo
+    for b in range(n):  # slots are >= 0: unsigned indices skip the wraparound
+        s = np.uint64(slots[b])
+        ratio[b] = tree[leaf0 + s] * inv
+        times[s] += 1  # every draw counts, duplicates included
     width = src.shape[1]
     for b in range(n):
-        s = slots[b]
+        s = np.uint64(slots[b])
         keys[b] = item_key[s]
         for j in range(width):
             out[b, j] = src[s, j]

@@ -339,7 +339,7 @@ class Prioritized:
         if b == 0.0:
             w = np.ones(n, dtype=np.float32)
         else:  # float64 powers cast to float32, as draw_items computes them
-            w = np.power(ratio, -b, out=np.empty(n, np.float32))
+            w = np.power(ratio, -b, out=ratio).astype(np.float32)
         return out, keys, w
 
     def update_items(
@@ -360,7 +360,7 @@ class Prioritized:
 
         Args:
             keys: ``[K]`` int64 item keys.
-            priorities: ``[K]`` float64 new priorities.
+            priorities: ``[K]`` float64 (or float32) new priorities.
             item_key: ``[capacity]`` int64 keys of the table's items (a view).
             priority: ``[capacity]`` float64 priorities (a view, written).
             limit: The largest priority accepted.
