@@ -57,8 +57,7 @@ def child_sum(tree: Any, c: int) -> Any:
     return (tree[u] + tree[u + one]) + (tree[u + two] + tree[u + three])
 
 
-@intrinsic  # type: ignore[misc]
-def prefetch(typingctx: Any, addr: Any) -> Any:
+def _prefetch(typingctx: Any, addr: Any) -> Any:
     """Ask the CPU to bring the cache line at address ``addr`` (an int) in; no fault, no wait."""
     sig = types.void(types.intp)
 
@@ -72,6 +71,10 @@ def prefetch(typingctx: Any, addr: Any) -> Any:
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+#: ``prefetch(address)`` in compiled code (numba typing: one intp argument).
+prefetch: Any = intrinsic(_prefetch)
 
 
 @jit
