@@ -28,6 +28,7 @@ CORE = (
     "_devices.py",
     "sum_tree.py",
     "_tree_kernels.py",
+    "_huge_pages.py",
     "samplers/__init__.py",
     "samplers/_base.py",
     "samplers/_uniform.py",

@@ -336,8 +336,12 @@ def _update_tensors(
         or not (keys.is_contiguous() and priorities.is_contiguous())
     ):
         return -1
-    k = keys.numpy().reshape(-1)
-    p = priorities.numpy().reshape(-1)
+    k = keys.numpy()
+    p = priorities.numpy()
+    if k.ndim != 1:
+        k = k.reshape(-1)
+    if p.ndim != 1:
+        p = p.reshape(-1)  # e.g. [B, 1] like a batch's fields
     if k.shape[0] != p.shape[0] or not k.shape[0]:
         return -1
     with table._cond:
