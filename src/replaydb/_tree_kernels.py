@@ -311,13 +311,15 @@ def prio_updates(
     for j in range(n):
         if not (pri[j] > 0.0 and pri[j] < np.inf and pri[j] <= limit):  # NaN fails
             return 0, 0.0, j
-    cap = item_key.shape[0]
+    cap = np.uint64(item_key.shape[0])
     m = 0
     hi = 0.0
     for j in range(n):
         k = keys[j]
-        s = k % cap
-        if k < 0 or item_key[s] != k:
+        if k < 0:
+            continue
+        s = np.uint64(k) % cap  # unsigned: no sign fix-up, no wraparound on the loads
+        if item_key[s] != k:
             continue
         p = pri[j]
         slots[m] = s
