@@ -10,7 +10,10 @@ The functions take numpy arrays that are zero-copy views of a table's torch
 tensors (see ``Table``, ``Storage`` and ``SumTree``), so writes land in the
 tensors. Compiled code is cached on disk next to this file (or in numba's user
 cache directory where that is read-only), so only the first process pays the
-compile (about a second per kernel).
+compile (about a second per kernel). The sum-tree and prioritized kernels are
+top-level functions of :mod:`replaydb._tree_kernels` (a compiled function that
+closes over another one is never found in that cache); the others are compiled
+here and close over nothing compiled.
 
 The sum tree layout is the one of :mod:`replaydb.sum_tree`: an implicit tree of
 ``K = TREE_ARITY`` children per node, stored level by level from the root
@@ -36,7 +39,8 @@ __all__ = ["TREE_ARITY", "get", "use"]
 #: 4 measured no faster at a million leaves (more levels, shorter scans).
 TREE_ARITY = 8
 _SHIFT = TREE_ARITY.bit_length() - 1
-#: Tree levels of at least this many values are touched before they are searched.
+#: Tree levels of at least this many values (256 KB of float64) are prefetched while
+#: the level above them is searched.
 _TOUCH_FROM = 1 << 15
 
 
