@@ -24,7 +24,6 @@ last level (``levels`` below the root).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -47,10 +46,12 @@ _TOUCH_FROM = 1 << 15
 def _compile() -> SimpleNamespace | None:
     if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
         return None
-    if importlib.util.find_spec("numba") is None:
+    try:
+        # The sum-tree kernels are top-level functions there (numba's cache finds
+        # them); importing it imports numba.
+        from replaydb import _tree_kernels as tree
+    except ImportError:  # no numba
         return None
-    # The sum-tree kernels are top-level functions there (numba's cache finds them).
-    from replaydb import _tree_kernels as tree
 
     jit = tree.jit
 
