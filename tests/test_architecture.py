@@ -27,6 +27,8 @@ CORE = (
     "_links.py",
     "_devices.py",
     "sum_tree.py",
+    "_tree_kernels.py",
+    "_huge_pages.py",
     "samplers/__init__.py",
     "samplers/_base.py",
     "samplers/_uniform.py",

@@ -28,7 +28,7 @@ from replaydb._validate import (
     priority_column,
 )
 from replaydb.errors import InvalidArgumentError, WouldBlockForeverError
-from replaydb.samplers import Selection
+from replaydb.samplers import ItemCounter, Selection
 
 if TYPE_CHECKING:
     from replaydb.table import Table
@@ -307,9 +307,60 @@ def select(table: Table, n: int, beta: float | None) -> Selection:
 
 def update_priorities(table: Table, keys: Any, priorities: Any) -> int:
     """:meth:`Table.update_priorities`: check everything, then write the live ones."""
+    prio = table._prio_items
+    if prio is not None and type(keys) is torch.Tensor and type(priorities) is torch.Tensor:
+        live = _update_tensors(table, prio, keys, priorities)
+        if live >= 0:
+            return live
     check_keys(keys)
     check_numbers("priorities", priorities)
     return table._records.update_priorities(table, keys, priorities)
+
+
+def _update_tensors(
+    table: Table, prio: ItemCounter, keys: torch.Tensor, priorities: torch.Tensor
+) -> int:
+    """:func:`update_priorities` of the common call in one compiled pass, or ``-1``.
+
+    CPU int64 keys and float32/float64 priorities, contiguous, of equal sizes (any
+    shapes, as the checked path flattens them): the sampler's kernel checks every
+    priority before writing any and takes float32 as it is (widening is exact).
+    Anything else, or a rejected priority, returns ``-1`` with nothing written,
+    and the checked path runs (and raises, naming the value).
+    """
+    if (
+        keys.dtype is not torch.int64
+        or priorities.dtype not in _KERNEL_FLOATS
+        or not (keys.is_cpu and priorities.is_cpu)
+        or priorities.requires_grad
+        or not (keys.is_contiguous() and priorities.is_contiguous())
+    ):
+        return -1
+    k = keys.numpy()
+    p = priorities.numpy()
+    if k.ndim != 1:
+        k = k.reshape(-1)
+    if p.ndim != 1:
+        p = p.reshape(-1)  # e.g. [B, 1] like a batch's fields
+    if k.shape[0] != p.shape[0] or not k.shape[0]:
+        return -1
+    with table._cond:
+        live, hi, bad = prio.update_items(
+            k,
+            p,
+            table._np_item_key,  # type: ignore[arg-type]  # set where _prio_items is
+            table._np_priority,  # type: ignore[arg-type]
+            table._priority_limit,
+        )
+        if bad >= 0:
+            return -1
+        if live and hi > table._max_priority:
+            table._max_priority = hi
+    return live
+
+
+#: Priority dtypes the compiled update takes as they are.
+_KERNEL_FLOATS = (torch.float32, torch.float64)
 
 
 def update_priorities_torch(table: Table, keys: Any, priorities: Any) -> int:

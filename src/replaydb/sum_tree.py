@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replaydb import _devices, _kernels
+from replaydb import _devices, _huge_pages, _kernels
 from replaydb.errors import InvalidArgumentError
 
 __all__ = ["SumTree"]
@@ -118,7 +118,8 @@ class SumTree:
         self._sizes = np.asarray(sizes, dtype=np.int64)
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._leaf0 = offsets[-1]
-        self.tree = torch.zeros(offsets[-1] + max(sizes[-1], _K), dtype=dtype, device=self.device)
+        # Large CPU trees ask for huge pages (a search reads a random node per level).
+        self.tree = _huge_pages.zeros((offsets[-1] + max(sizes[-1], _K),), dtype, self.device)
         #: The device path, chosen once here (see the module docstring).
         self.engine: _TorchTree | _NumpyTree = _tree_engine(self)
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from replaydb import _devices, _disk, _frames, _items, _kernels, _sampling, _table_state, _waiting
+from replaydb._huge_pages import zeros as huge_zeros
 from replaydb._records import LiveSteps, Sample, TableInfo
 from replaydb._table_checks import (
     check_mapping,
@@ -236,7 +237,7 @@ class Table(TableStateVerbs, TableFrontEndVerbs):
         cap, dev = self.capacity, self.device
         # One 32-byte record per slot (key, times sampled, priority as float64
         # bits, unused), so a sampled item costs one cache miss, not three.
-        self._items = torch.zeros((cap, 4), dtype=torch.int64, device=dev)
+        self._items = huge_zeros((cap, 4), torch.int64, dev)  # large: asks for huge pages
         self._item_key = self._items[:, 0]
         self._times = self._items[:, 1]
         self._priority = self._items[:, 2].view(torch.float64)

@@ -211,7 +211,7 @@ class ItemCounter(Protocol):
         priority: np.ndarray[Any, Any],
         limit: float,
     ) -> tuple[int, float, int]:
-        """Check and write the priorities of live keys; return (live, highest, bad)."""
+        """Check and write the float64/float32 priorities of live keys; return (live, hi, bad)."""
 
 
 @dataclass(frozen=True)

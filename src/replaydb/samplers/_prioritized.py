@@ -91,6 +91,7 @@ class Prioritized:
         self._importance: Callable[[Any, float], tuple[Any, Any]] = _importance_numpy
         self._u = torch.empty(0, dtype=torch.float64)
         self._u_np: np.ndarray[Any, Any] = self._u.numpy()
+        self._layout: tuple[Any, Any, Any, int] | None = None
         # Scratch for update_items (never handed out).
         self._scratch_slots = np.empty(0, np.int64)
         self._scratch_leaf = np.empty(0, np.float64)
@@ -103,6 +104,8 @@ class Prioritized:
         # fused kernels where the tree compiled its own), torch elsewhere.
         self._host = self.tree.numpy_path
         self._kernels = _kernels.get() if self.tree.engine.name == "numba" else None
+        # The tree as the kernels take it (views of the bound tree's tensor).
+        self._layout = self.tree.kernel_layout() if self._kernels is not None else None
         self._set = self._set_host if self._host else self._set_torch
         self._draw = self._draw_host if self._host else self._draw_torch
         self._importance = self._kernels.importance if self._kernels else _importance_numpy
@@ -249,10 +252,11 @@ class Prioritized:
             ...     assert int(times.sum()) == 2
         """
         b = self.beta if beta is None else unit_interval("beta", beta)
-        kernels = self._kernels
+        kernels, layout = self._kernels, self._layout
         assert kernels is not None
-        values, offsets, _, levels = self.tree.kernel_layout()
-        if self._u.numel() != n:
+        assert layout is not None
+        values, offsets, _, levels = layout
+        if self._u_np.shape[0] != n:
             self._u = torch.empty(n, dtype=torch.float64)
             self._u_np = self._u.numpy()
         torch.rand(n, dtype=torch.float64, generator=self.generator, out=self._u)
@@ -313,16 +317,17 @@ class Prioritized:
             ...     out, k, w = s.draw_rows(2, None, keys, times, rows)
             ...     assert out.shape == (2, 4) and int(times.sum()) == 2
         """
-        kernels = self._kernels
+        kernels, layout = self._kernels, self._layout
         assert kernels is not None
+        assert layout is not None
         if beta is None:
             b = self.beta
         elif type(beta) is float and 0.0 <= beta <= 1.0:
             b = beta
         else:
             b = unit_interval("beta", beta)  # raises where it is not a number in [0, 1]
-        values, offsets, _, levels = self.tree.kernel_layout()
-        if self._u.numel() != n:
+        values, offsets, _, levels = layout
+        if self._u_np.shape[0] != n:
             self._u = torch.empty(n, dtype=torch.float64)
             self._u_np = self._u.numpy()
         torch.rand(n, dtype=torch.float64, generator=self.generator, out=self._u)
@@ -339,7 +344,7 @@ class Prioritized:
         if b == 0.0:
             w = np.ones(n, dtype=np.float32)
         else:  # float64 powers cast to float32, as draw_items computes them
-            w = np.power(ratio, -b, out=np.empty(n, np.float32))
+            w = np.power(ratio, -b, out=ratio).astype(np.float32)
         return out, keys, w
 
     def update_items(
@@ -360,7 +365,7 @@ class Prioritized:
 
         Args:
             keys: ``[K]`` int64 item keys.
-            priorities: ``[K]`` float64 new priorities.
+            priorities: ``[K]`` float64 (or float32) new priorities.
             item_key: ``[capacity]`` int64 keys of the table's items (a view).
             priority: ``[capacity]`` float64 priorities (a view, written).
             limit: The largest priority accepted.
@@ -376,30 +381,26 @@ class Prioritized:
             ...     assert s.update_items(np.array([1, 6]), np.array([2.0, 3.0]), keys, pri,
             ...                           1e9) == (1, 2.0, -1)
         """
-        kernels = self._kernels
+        kernels, layout = self._kernels, self._layout
         assert kernels is not None
+        assert layout is not None
         n = keys.shape[0]
-        if self._scratch_slots.shape[0] < n:
+        if self._scratch_slots.shape[0] != n:  # sized to the call: no slicing below
             self._scratch_slots = np.empty(n, np.int64)
             self._scratch_leaf = np.empty(n, np.float64)
+        slots, leaf = self._scratch_slots, self._scratch_leaf
         m, hi, bad = kernels.prio_updates(
-            keys,
-            priorities,
-            item_key,
-            priority,
-            limit,
-            self.eps,
-            self._scratch_slots,
-            self._scratch_leaf,
+            keys, priorities, item_key, priority, limit, self.eps, slots, leaf
         )
         if bad >= 0 or not m:
-            return 0, 0.0, int(bad)
-        slots, leaf = self._scratch_slots[:m], self._scratch_leaf[:m]
+            return 0, 0.0, bad
+        if m < n:
+            slots, leaf = slots[:m], leaf[:m]
         if self.alpha != 1.0:
             np.power(leaf, self.alpha, out=leaf)
-        values, offsets, sizes, levels = self.tree.kernel_layout()
+        values, offsets, sizes, levels = layout
         kernels.tree_update(values, slots, leaf, offsets, sizes, levels)
-        return int(m), float(hi), -1
+        return m, hi, -1
 
     def reset(self) -> None:
         self.tree.reset()
