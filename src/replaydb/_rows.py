@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from replaydb import _items
+from replaydb import _items, _kernels
 from replaydb.errors import InvalidArgumentError
 from replaydb.samplers import Uniform
 
@@ -110,6 +110,41 @@ class RowWriter:
         self._record_rows: Callable[..., int] | None = (
             kernels.record_rows if kernels is not None else None
         )
+        #: The compiled write of rows and records in one call (``None``: numpy/torch).
+        self._put: Callable[..., int] | None = None
+        self._put_row: Callable[..., int] | None = None
+        self._ctx = np.zeros(_kernels.CTX_WIDTHS + _kernels.MAX_COLUMNS, np.int64)
+        self._widths: tuple[int, ...] = ()
+        self._expect: tuple[int, ...] | None = None
+        self._expect_words: tuple[int, ...] = ()
+        self._shapes: list[torch.Size] = []
+        self._itemsize = self._np_group.itemsize
+        stride = self._item_key.strides[0]
+        if (
+            kernels is not None
+            and self._itemsize % 4 == 0
+            and self._np_group.flags.c_contiguous
+            and self._priority.strides[0] == self._times.strides[0] == stride
+            and stride % 8 == 0
+            and all(a.flags.c_contiguous for a in (self._key, self._stream, self._end))
+            and self._key.dtype == self._stream.dtype == self._end.dtype == np.int64
+            and self._item_key.dtype == self._times.dtype == np.int64
+            and self._priority.dtype == np.float64
+        ):
+            c = self._ctx
+            c[_kernels.CTX_RING] = self._np_group.ctypes.data
+            c[_kernels.CTX_CAP] = self._capacity
+            c[_kernels.CTX_WORDS] = width * self._itemsize // 4
+            c[_kernels.CTX_KEY] = self._key.ctypes.data
+            c[_kernels.CTX_STREAM] = self._stream.ctypes.data
+            c[_kernels.CTX_END] = self._end.ctypes.data
+            c[_kernels.CTX_ITEM_KEY] = self._item_key.ctypes.data
+            c[_kernels.CTX_PRIORITY] = self._priority.ctypes.data
+            c[_kernels.CTX_TIMES] = self._times.ctypes.data
+            c[_kernels.CTX_ITEM_STRIDE] = stride // 8
+            c[_kernels.CTX_STAGE] = self._stage.ctypes.data
+            self._put = kernels.put_rows
+            self._put_row = kernels.put_row
 
     @staticmethod
     def applies(table: Table) -> bool:
@@ -174,6 +209,19 @@ class RowWriter:
             # Table.extend_unchecked's one-row write, on views taken once.
             storage = table.storage
             total = storage.total
+            put = self._put_row
+            if put is not None:  # the row and its records in one compiled call
+                fresh = put(self._ctx, total, table._max_priority)
+                storage.total = total + 1
+                if fresh:
+                    fast(total % self._capacity, 1)
+                    table._size += 1
+                elif not self._uniform:
+                    fast(total % self._capacity, 1)
+                lim.inserts += 1
+                if table._waiting:
+                    table.locked().notify_all()
+                return True
             row = total % self._capacity
             self._np_group[row] = stage
             self._key[row] = total
@@ -197,13 +245,46 @@ class RowWriter:
         finally:
             self._release()
 
+    def expect(self, widths: Sequence[int]) -> None:
+        """Declare the width of each column of the blocks :meth:`extend` gets.
+
+        From then on :meth:`extend` checks every column's shape against these
+        widths itself (``[n, w]``, or ``[n]`` for a width of 1) and refuses any
+        other block, so its caller need not check shapes.
+
+        Args:
+            widths: The columns' widths, in order (at most ``MAX_COLUMNS``); they
+                add up to the row's width.
+
+        Raises:
+            InvalidArgumentError: If the widths are not positive ints adding up to
+                the row's width.
+        """
+        ws = tuple(widths)
+        if (
+            not all(type(w) is int and w >= 0 for w in ws)
+            or sum(ws) != self.width
+            or len(ws) > _kernels.MAX_COLUMNS
+        ):
+            raise InvalidArgumentError(
+                f"widths must be at most {_kernels.MAX_COLUMNS} ints >= 0 adding up to "
+                f"the row's width {self.width}, got {ws!r}"
+            )
+        self._expect = ws
+        self._expect_words = tuple(w * self._itemsize // 4 for w in ws)
+        self._shapes = [torch.Size((0, w)) for w in ws]
+
     def extend(self, columns: tuple[torch.Tensor, ...], n: int) -> bool:
         """Write ``n`` steps: the ``[n, w_i]`` ``columns`` concatenated along dim 1.
 
         The widths must add up to the row's width (the caller checks each
-        column's shape). A block that does not wrap around the ring is written
-        straight into it; one that wraps goes through the writer's staging block.
-        ``n`` must be at most the capacity.
+        column's shape, unless it declared the widths with :meth:`expect`: then
+        they are checked here, and a column of width 1 may also be ``[n]``). A
+        block that does not wrap around the ring is written straight into it
+        (where the table uses numba, with its records in one compiled call, when
+        every column is a C-contiguous CPU tensor of the table's dtype); one that
+        wraps goes through the writer's staging block. ``n`` must be at most the
+        capacity.
 
         Returns:
             ``True`` if the steps were written; ``False`` (nothing written) where
@@ -211,9 +292,12 @@ class RowWriter:
         """
         table = self.table
         storage = table.storage
-        cap = table.capacity
-        if not 0 < n <= cap:
+        cap = self._capacity
+        if type(n) is not int or not 0 < n <= cap:
             return False
+        src = self._sources(columns, n)
+        if src is None:
+            return False  # a column of another shape than declared
         self._acquire()
         try:
             lim = table.rate_limiter
@@ -222,6 +306,27 @@ class RowWriter:
             total = storage.total
             row0 = total % cap
             stop = row0 + n
+            fast = table._fast_insert
+            if type(src) is tuple and stop <= cap and fast is not None:
+                widths, ptrs = src
+                if widths != self._widths:
+                    self._ctx[_kernels.CTX_WIDTHS : _kernels.CTX_WIDTHS + len(widths)] = widths
+                    self._widths = widths
+                put = self._put
+                assert put is not None
+                fresh = put(self._ctx, n, total, table._max_priority, len(widths), *ptrs)
+                if fresh >= 0:  # else a column overlaps the rows: the torch path below
+                    table._threads.add(_get_ident())
+                    storage.total = total + n
+                    if fresh or not self._uniform:
+                        fast(row0, n)  # replace semantics on the slots that keep an item
+                    table._size += fresh
+                    lim.on_insert(n)
+                    if table._waiting:
+                        table.locked().notify_all()
+                    return True
+            if self._expect is not None:  # [n] columns of width 1 as [n, 1]
+                columns = tuple(c.view(n, 1) if c.dim() == 1 else c for c in columns)
             if stop > cap:  # the block wraps around the ring: stage it
                 block = self._block
                 if block is None or block.shape[0] != n:
@@ -236,7 +341,6 @@ class RowWriter:
                 torch.cat(columns, 1, out=self._group[row0:stop])
             except (RuntimeError, TypeError, ValueError):
                 return False
-            fast = table._fast_insert
             if fast is None:
                 _items.write_numpy(table, {}, n, 0, 0)  # the data is in place
                 return True
@@ -277,6 +381,80 @@ class RowWriter:
             return True
         finally:
             self._release()
+
+    def _sources(
+        self, columns: tuple[torch.Tensor, ...], n: int
+    ) -> tuple[tuple[int, ...], list[int]] | bool | None:
+        """How :meth:`extend` writes ``columns``: by the compiled call or by torch.
+
+        Returns the columns' widths in 4-byte words and their addresses where the
+        compiled write applies: at most ``MAX_COLUMNS`` C-contiguous CPU tensors of
+        the table's dtype that do not require grad (torch refuses those), each
+        ``[n, w]`` (or ``[n]`` for a declared width of 1), adding up to the row's
+        width, ``n > 1``. Otherwise ``True`` (torch's
+        concatenation checks and writes them), or ``None`` where the widths were
+        declared with :meth:`expect` and a column has another shape.
+
+        A tensor with the negative bit set (the imaginary part of a conjugated
+        complex tensor) is never C-contiguous with more than one element, so
+        ``n > 1`` keeps such views on torch's path, which resolves the bit.
+        """
+        expect = self._expect
+        tensor = torch.Tensor
+        ptrs = [0] * _kernels.MAX_COLUMNS
+        if expect is not None:
+            if type(columns) is not tuple or len(columns) != len(expect):
+                return None
+            shapes = self._shapes
+            if shapes[0][0] != n:
+                shapes = self._shapes = [torch.Size((n, w)) for w in expect]
+            direct = self._put is not None and n > 1
+            dt = self.dtype
+            j = 0
+            try:
+                for c in columns:
+                    if type(c) is not tensor:
+                        return None
+                    if c.shape != shapes[j] and (expect[j] != 1 or c.shape != (n,)):
+                        return None
+                    if direct:
+                        if c.dtype is dt and c.is_cpu and not c.requires_grad and c.is_contiguous():
+                            ptrs[j] = c.data_ptr()
+                        else:
+                            direct = False
+                    j += 1
+            except RuntimeError:  # a tensor without a data pointer (mkldnn)
+                direct = False
+            return (self._expect_words, ptrs) if direct else True
+        if self._put is None or n < 2 or len(columns) > _kernels.MAX_COLUMNS:
+            return True
+        dt = self.dtype
+        words = self._itemsize // 4
+        widths = []
+        total = j = 0
+        try:
+            for c in columns:
+                if (
+                    type(c) is not tensor
+                    or c.dtype is not dt
+                    or not c.is_cpu
+                    or c.requires_grad
+                    or not c.is_contiguous()
+                ):
+                    return True
+                shape = c.shape
+                if len(shape) != 2 or shape[0] != n:
+                    return True
+                w = shape[1]
+                total += w
+                widths.append(w * words)
+                ptrs[j] = c.data_ptr()
+                j += 1
+        except RuntimeError:  # a tensor without a data pointer (mkldnn)
+            return True
+        if total != self.width:
+            return True
+        return tuple(widths), ptrs
 
 
 class _Layout:

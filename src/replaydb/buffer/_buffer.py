@@ -153,6 +153,9 @@ class ReplayBuffer(_VeloraFiles):
         self._width = 2 * math.prod(self.state_shape) + self.action_dim + self.hidden_dim + 2
         #: The table's row writer (one packed float32 row per transition), or None.
         self._rows = table.row_writer(scalars=2) if self._fast else None
+        if self._rows is not None:  # add_multi's columns: states, actions, next_states,
+            s, a = self.state_shape[0], self.action_dim  # hiddens, rewards, dones
+            self._rows.expect((s, a, s, self.hidden_dim, 1, 1))
         self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
         self._hidden_zeros_t = torch.zeros(self.hidden_dim)
         self._hidden_zeros_n = torch.zeros(0, self.hidden_dim)  # read only, never written
@@ -162,6 +165,7 @@ class ReplayBuffer(_VeloraFiles):
             torch.Size([self.hidden_dim]),
         )
         self._shapes_2d = tuple(torch.Size([1, *sh]) for sh in self._shapes)
+        self._sizes = (math.prod(self.state_shape), self.action_dim, self.hidden_dim)
         self._weighted = not table.sampler.deterministic and hasattr(table.sampler, "beta")
 
     @classmethod
@@ -372,12 +376,15 @@ class ReplayBuffer(_VeloraFiles):
                 and type(reward) in _NUMBERS
                 and type(done) in _NUMBERS
             ):
-                s, a, h = self._shapes
+                # A 1-D state and the sizes: torch.cat refuses parts of another
+                # number of dimensions than the state's, so these fix every shape.
+                s, a, h = self._sizes
                 if (
-                    state.shape == s
-                    and next_state.shape == s
-                    and action.shape == a
-                    and hidden.shape == h
+                    state.dim() == 1
+                    and state.numel() == s
+                    and next_state.numel() == s
+                    and action.numel() == a
+                    and hidden.numel() == h
                     and rows.add((state, action, next_state, hidden), (reward, done))
                 ):
                     return
@@ -432,12 +439,16 @@ class ReplayBuffer(_VeloraFiles):
             (3, [0.0, 0.0, 1.0])
         """
         rows = self._rows
-        if rows is not None:
-            # The common call (CPU tensors of the right shapes): the shapes checked
-            # here, the rest by one concatenation in spec order under the table's lock.
-            block = self._block_parts(states, actions, rewards, next_states, dones, hiddens)
-            if block is not None and rows.extend(*block):
-                return
+        if rows is not None and type(states) is torch.Tensor:
+            # The common call (CPU tensors): the writer checks the shapes against the
+            # widths declared in __init__ and writes the block under the table's lock.
+            shape = states.shape
+            if len(shape) == 2 and 0 < shape[0] <= self.capacity:
+                n = shape[0]
+                if hiddens is None:
+                    hiddens = self._zero_hiddens(n)
+                if rows.extend((states, actions, next_states, hiddens, rewards, dones), n):
+                    return
         shaped = not self.velora_layout
         cols = [
             self._states("states", states)
