@@ -48,6 +48,7 @@ CORE = (
     "_constants.py",
     "_casting.py",
     "_rows.py",
+    "_row_kernels.py",
 )
 # namedtuple API, public despite the underscore
 NAMEDTUPLE = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}

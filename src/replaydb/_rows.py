@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from replaydb import _items, _kernels
+from replaydb import _items, _row_kernels
 from replaydb.errors import InvalidArgumentError
 from replaydb.samplers import Uniform
 
@@ -113,7 +113,7 @@ class RowWriter:
         #: The compiled write of rows and records in one call (``None``: numpy/torch).
         self._put: Callable[..., int] | None = None
         self._put_row: Callable[..., int] | None = None
-        self._ctx = np.zeros(_kernels.CTX_WIDTHS + _kernels.MAX_COLUMNS, np.int64)
+        self._ctx = np.zeros(_row_kernels.CTX_WIDTHS + _row_kernels.MAX_COLUMNS, np.int64)
         self._widths: tuple[int, ...] = ()
         self._expect: tuple[int, ...] | None = None
         self._expect_words: tuple[int, ...] = ()
@@ -132,17 +132,17 @@ class RowWriter:
             and self._priority.dtype == np.float64
         ):
             c = self._ctx
-            c[_kernels.CTX_RING] = self._np_group.ctypes.data
-            c[_kernels.CTX_CAP] = self._capacity
-            c[_kernels.CTX_WORDS] = width * self._itemsize // 4
-            c[_kernels.CTX_KEY] = self._key.ctypes.data
-            c[_kernels.CTX_STREAM] = self._stream.ctypes.data
-            c[_kernels.CTX_END] = self._end.ctypes.data
-            c[_kernels.CTX_ITEM_KEY] = self._item_key.ctypes.data
-            c[_kernels.CTX_PRIORITY] = self._priority.ctypes.data
-            c[_kernels.CTX_TIMES] = self._times.ctypes.data
-            c[_kernels.CTX_ITEM_STRIDE] = stride // 8
-            c[_kernels.CTX_STAGE] = self._stage.ctypes.data
+            c[_row_kernels.CTX_RING] = self._np_group.ctypes.data
+            c[_row_kernels.CTX_CAP] = self._capacity
+            c[_row_kernels.CTX_WORDS] = width * self._itemsize // 4
+            c[_row_kernels.CTX_KEY] = self._key.ctypes.data
+            c[_row_kernels.CTX_STREAM] = self._stream.ctypes.data
+            c[_row_kernels.CTX_END] = self._end.ctypes.data
+            c[_row_kernels.CTX_ITEM_KEY] = self._item_key.ctypes.data
+            c[_row_kernels.CTX_PRIORITY] = self._priority.ctypes.data
+            c[_row_kernels.CTX_TIMES] = self._times.ctypes.data
+            c[_row_kernels.CTX_ITEM_STRIDE] = stride // 8
+            c[_row_kernels.CTX_STAGE] = self._stage.ctypes.data
             self._put = kernels.put_rows
             self._put_row = kernels.put_row
 
@@ -253,22 +253,16 @@ class RowWriter:
         other block, so its caller need not check shapes.
 
         Args:
-            widths: The columns' widths, in order (at most ``MAX_COLUMNS``); they
-                add up to the row's width.
+            widths: The columns' widths, in order; they add up to the row's width.
 
         Raises:
             InvalidArgumentError: If the widths are not positive ints adding up to
                 the row's width.
         """
         ws = tuple(widths)
-        if (
-            not all(type(w) is int and w >= 0 for w in ws)
-            or sum(ws) != self.width
-            or len(ws) > _kernels.MAX_COLUMNS
-        ):
+        if not all(type(w) is int and w >= 0 for w in ws) or sum(ws) != self.width:
             raise InvalidArgumentError(
-                f"widths must be at most {_kernels.MAX_COLUMNS} ints >= 0 adding up to "
-                f"the row's width {self.width}, got {ws!r}"
+                f"widths must be ints >= 0 adding up to the row's width {self.width}, got {ws!r}"
             )
         self._expect = ws
         self._expect_words = tuple(w * self._itemsize // 4 for w in ws)
@@ -310,7 +304,9 @@ class RowWriter:
             if type(src) is tuple and stop <= cap and fast is not None:
                 widths, ptrs = src
                 if widths != self._widths:
-                    self._ctx[_kernels.CTX_WIDTHS : _kernels.CTX_WIDTHS + len(widths)] = widths
+                    self._ctx[_row_kernels.CTX_WIDTHS : _row_kernels.CTX_WIDTHS + len(widths)] = (
+                        widths
+                    )
                     self._widths = widths
                 put = self._put
                 assert put is not None
@@ -401,14 +397,14 @@ class RowWriter:
         """
         expect = self._expect
         tensor = torch.Tensor
-        ptrs = [0] * _kernels.MAX_COLUMNS
+        ptrs = [0] * _row_kernels.MAX_COLUMNS
         if expect is not None:
             if type(columns) is not tuple or len(columns) != len(expect):
                 return None
             shapes = self._shapes
             if shapes[0][0] != n:
                 shapes = self._shapes = [torch.Size((n, w)) for w in expect]
-            direct = self._put is not None and n > 1
+            direct = self._put is not None and n > 1 and len(expect) <= _row_kernels.MAX_COLUMNS
             dt = self.dtype
             j = 0
             try:
@@ -426,7 +422,7 @@ class RowWriter:
             except RuntimeError:  # a tensor without a data pointer (mkldnn)
                 direct = False
             return (self._expect_words, ptrs) if direct else True
-        if self._put is None or n < 2 or len(columns) > _kernels.MAX_COLUMNS:
+        if self._put is None or n < 2 or len(columns) > _row_kernels.MAX_COLUMNS:
             return True
         dt = self.dtype
         words = self._itemsize // 4

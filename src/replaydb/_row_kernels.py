@@ -1,0 +1,187 @@
+"""Compiled kernels of the row writer (:class:`replaydb._rows.RowWriter`).
+
+``put_rows`` writes a block of rows into a table's packed ring from up to
+``MAX_COLUMNS`` column sources and the rows' records (step key, stream, end, item
+key, priority, times sampled) in one call; ``put_row`` does the same for the
+writer's staging row. Both reach the ring, the record columns and the sources
+through raw addresses: numba charges about 0.05 us a call for each array argument
+and a few ns for an int, and these calls run once per ``add``. The addresses of the
+table's arrays sit in the writer's context array (layout: the ``CTX_*`` indices
+below); the writer keeps those arrays alive and checks every source (dtype, device,
+contiguity, shape) before it passes an address.
+
+:mod:`replaydb._kernels` compiles these with its other kernels (same switches:
+``REPLAYDB_NUMBA=0``, :func:`replaydb._kernels.use`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CTX_CAP",
+    "CTX_END",
+    "CTX_ITEM_KEY",
+    "CTX_ITEM_STRIDE",
+    "CTX_KEY",
+    "CTX_PRIORITY",
+    "CTX_RING",
+    "CTX_STAGE",
+    "CTX_STREAM",
+    "CTX_TIMES",
+    "CTX_WIDTHS",
+    "CTX_WORDS",
+    "MAX_COLUMNS",
+    "compile_kernels",
+]
+
+#: Layout of a row writer's context array (int64): the addresses of the ring and the
+#: record columns, fixed for a writer's life (it keeps the arrays alive), then sizes.
+CTX_RING, CTX_CAP, CTX_WORDS, CTX_KEY, CTX_STREAM, CTX_END = 0, 1, 2, 3, 4, 5
+CTX_ITEM_KEY, CTX_PRIORITY, CTX_TIMES, CTX_ITEM_STRIDE, CTX_STAGE = 6, 7, 8, 9, 10
+#: ``ctx[CTX_WIDTHS + j]``: the width in 4-byte words of column ``j`` of a block.
+CTX_WIDTHS = 11
+#: The most columns :func:`put_rows` copies from (one pointer argument each).
+MAX_COLUMNS = 6
+#: How far ahead of the row being written ``put_rows`` prefetches (bytes).
+_AHEAD = 2048
+
+
+def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
+    """Compile the row writer's kernels with ``jit`` (numba's ``njit`` wrapper).
+
+    The sources and the table's columns are reached through raw addresses (numba
+    charges about 0.05 us a call for each array argument, against a few ns for an
+    int): the writer keeps the arrays alive and checks every source first.
+    """
+    import importlib
+
+    nb: Any = importlib.import_module("numba")
+    types: Any = importlib.import_module("numba.core.types")
+    cgutils: Any = importlib.import_module("numba.core.cgutils")
+    intrinsic: Any = importlib.import_module("numba.extending").intrinsic
+    ir: Any = importlib.import_module("llvmlite.ir")
+
+    def _pointer(item: Any) -> Any:
+        @intrinsic  # type: ignore[untyped-decorator,unused-ignore]
+        def cast(typingctx: Any, addr: Any) -> Any:
+            sig = types.CPointer(item)(types.int64)
+
+            def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+                return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+            return sig, codegen
+
+        return cast
+
+    words = _pointer(types.uint32)
+    longs = _pointer(types.int64)
+    doubles = _pointer(types.float64)
+
+    @intrinsic  # type: ignore[untyped-decorator,unused-ignore]
+    def prefetch_write(typingctx: Any, addr: Any) -> Any:
+        # Ask for the cache line at ``addr`` for writing, ahead of the stores: rows
+        # written word by word into cold memory otherwise wait on each line in turn.
+        sig = types.void(types.int64)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+            ptr = builder.inttoptr(args[0], i8p)
+            # rw = 1 (write), locality = 3 (keep), cache = 1 (data)
+            builder.call(fn, [ptr, i32(1), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @jit
+    def put_rows(
+        ctx: Any,
+        n: int,
+        total: int,
+        max_priority: float,
+        cols: int,
+        p0: int,
+        p1: int,
+        p2: int,
+        p3: int,
+        p4: int,
+        p5: int,
+    ) -> Any:
+        # Write n rows at ring rows total % cap ... (the caller makes sure they do not
+        # wrap) from ``cols`` C-contiguous sources at addresses p0.. (``[n, width_j]``
+        # words each, or with cols == 0 one full row at p0), then their records as
+        # record_rows does. Returns the fresh-slot count, or -1 (nothing written)
+        # where a source overlaps the rows written.
+        cap = ctx[CTX_CAP]
+        w = ctx[CTX_WORDS]
+        row0 = total % cap
+        ring = words(ctx[CTX_RING])
+        dst_lo = ctx[CTX_RING] + row0 * w * 4
+        dst_hi = dst_lo + n * w * 4
+        srcs = (p0, p1, p2, p3, p4, p5)
+        if cols == 0:
+            if p0 < dst_hi and dst_lo < p0 + w * 4:
+                return -1
+            src = words(p0)
+            base = row0 * w
+            for k in range(w):
+                ring[base + k] = src[k]
+        elif cols > 0:
+            # Per word of a row: its source address in row 0 and the step to the
+            # next row, so that each row is one loop of w words.
+            at = np.empty(w, np.int64)
+            step = np.empty(w, np.int64)
+            m = 0
+            for j in range(cols):
+                wj = ctx[CTX_WIDTHS + j]
+                if srcs[j] < dst_hi and dst_lo < srcs[j] + n * wj * 4:
+                    return -1
+                for k in range(wj):
+                    at[m] = srcs[j] + 4 * k
+                    step[m] = 4 * wj
+                    m += 1
+            q = dst_lo - (dst_lo & 63)
+            for i in range(n):
+                base = (row0 + i) * w
+                ahead = dst_lo + base * 4 - row0 * w * 4 + _AHEAD
+                while q < ahead and q < dst_hi:
+                    prefetch_write(q)
+                    q += 64
+                for m in range(w):
+                    ring[base + m] = words(at[m] + i * step[m])[0]
+        key = nb.carray(longs(ctx[CTX_KEY]), (cap,))
+        stream = nb.carray(longs(ctx[CTX_STREAM]), (cap,))
+        end = nb.carray(longs(ctx[CTX_END]), (cap,))
+        s = ctx[CTX_ITEM_STRIDE]
+        item_key = nb.carray(longs(ctx[CTX_ITEM_KEY]), (cap * s,))
+        times = nb.carray(longs(ctx[CTX_TIMES]), (cap * s,))
+        priority = nb.carray(doubles(ctx[CTX_PRIORITY]), (cap * s,))
+        fresh = 0
+        for i in range(n):
+            r = row0 + i
+            k = total + i
+            key[r] = k
+            if stream[r] != 0:
+                stream[r] = 0
+            if end[r] != 0:
+                end[r] = 0
+            q = r * s
+            fresh += item_key[q] < 0
+            item_key[q] = k
+            priority[q] = max_priority
+            if times[q] != 0:
+                times[q] = 0
+        return fresh
+
+    @jit
+    def put_row(ctx: Any, total: int, max_priority: float) -> Any:
+        # put_rows of one row from the writer's staging row (at ctx[CTX_STAGE]).
+        return put_rows(ctx, 1, total, max_priority, 0, ctx[CTX_STAGE], 0, 0, 0, 0, 0)
+
+    return {"put_rows": put_rows, "put_row": put_row}
