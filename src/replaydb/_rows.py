@@ -250,7 +250,8 @@ class RowWriter:
 
         From then on :meth:`extend` checks every column's shape against these
         widths itself (``[n, w]``, or ``[n]`` for a width of 1) and refuses any
-        other block, so its caller need not check shapes.
+        other block, so its caller need not check shapes; and it writes the data
+        of columns that require grad (as ``detach`` would) instead of refusing them.
 
         Args:
             widths: The columns' widths, in order; they add up to the row's width.
@@ -414,8 +415,8 @@ class RowWriter:
                     if c.shape != shapes[j] and (expect[j] != 1 or c.shape != (n,)):
                         return None
                     if direct:
-                        if c.dtype is dt and c.is_cpu and not c.requires_grad and c.is_contiguous():
-                            ptrs[j] = c.data_ptr()
+                        if c.dtype is dt and c.is_cpu and c.is_contiguous():
+                            ptrs[j] = c.data_ptr()  # (of a tensor that requires grad too)
                         else:
                             direct = False
                     j += 1
