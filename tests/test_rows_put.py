@@ -127,7 +127,7 @@ def test_contiguous_blocks_take_the_compiled_write() -> None:
     args = block(0, 4, "plain")
     cols = (args[0], args[1], args[3], args[5], args[2], args[4])
     assert type(writer._sources(cols, 4)) is tuple  # the compiled write applies
-    assert writer._sources(cols[:1] + (cols[1].t(),) + cols[2:], 4) is None  # wrong shape
+    assert writer._sources((cols[0], cols[1].t(), *cols[2:]), 4) is None  # wrong shape
     strided = (torch.randn(S, 4).t(), *cols[1:])
     assert writer._sources(strided, 4) is True  # torch's path
     one = tuple(c[:1] for c in cols)
@@ -217,7 +217,7 @@ def test_single_adds_with_kernels_match_without() -> None:
         assert ours._rows is not None and ours._rows._put_row is not None
         assert ref._rows is not None and ref._rows._put_row is None
         for i in range(13):
-            s, a, r, s2, d, h = block(i, 1, "plain")
+            s, a, r, s2, _, h = block(i, 1, "plain")
             for buf in (ours, ref):
                 buf.add(s[0], a[0], float(r[0, 0]), s2[0], i % 3 == 0, h[0])
             if i == 7:
