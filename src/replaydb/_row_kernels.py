@@ -26,6 +26,8 @@ __all__ = [
     "CTX_END",
     "CTX_ITEM_KEY",
     "CTX_ITEM_STRIDE",
+    "CTX_SIZE",
+    "CTX_STEP",
     "CTX_KEY",
     "CTX_PRIORITY",
     "CTX_RING",
@@ -35,6 +37,7 @@ __all__ = [
     "CTX_WIDTHS",
     "CTX_WORDS",
     "MAX_COLUMNS",
+    "STEP_PARTS",
     "compile_kernels",
 ]
 
@@ -46,6 +49,13 @@ CTX_ITEM_KEY, CTX_PRIORITY, CTX_TIMES, CTX_ITEM_STRIDE, CTX_STAGE = 6, 7, 8, 9, 
 CTX_WIDTHS = 11
 #: The most columns :func:`put_rows` copies from (one pointer argument each).
 MAX_COLUMNS = 6
+#: ``ctx[CTX_STEP + j]``: the size in words of part ``j`` of a step (``put_step``),
+#: ``ctx[CTX_STEP + STEP_PARTS]`` the word where its two trailing numbers go.
+CTX_STEP = CTX_WIDTHS + MAX_COLUMNS
+#: The parts of a step that ``put_step`` copies (one pointer argument each).
+STEP_PARTS = 4
+#: The length of a writer's context array.
+CTX_SIZE = CTX_STEP + STEP_PARTS + 1
 #: How far ahead of the row being written ``put_rows`` prefetches (bytes).
 _AHEAD = 2048
 
@@ -98,6 +108,36 @@ def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
             return context.get_dummy_value()
 
         return sig, codegen
+
+    @jit
+    def records(ctx: Any, row0: int, n: int, total: int, max_priority: float) -> Any:
+        # record_rows on the writer's columns: the step records of rows row0 ..
+        # row0 + n - 1 (key, stream 0, no end), their item records (key, the highest
+        # priority, no draws); returns how many of the slots held no item before.
+        cap = ctx[CTX_CAP]
+        key = nb.carray(longs(ctx[CTX_KEY]), (cap,))
+        stream = nb.carray(longs(ctx[CTX_STREAM]), (cap,))
+        end = nb.carray(longs(ctx[CTX_END]), (cap,))
+        s = ctx[CTX_ITEM_STRIDE]
+        item_key = nb.carray(longs(ctx[CTX_ITEM_KEY]), (cap * s,))
+        times = nb.carray(longs(ctx[CTX_TIMES]), (cap * s,))
+        priority = nb.carray(doubles(ctx[CTX_PRIORITY]), (cap * s,))
+        fresh = 0
+        for i in range(n):
+            r = row0 + i
+            k = total + i
+            key[r] = k
+            if stream[r] != 0:
+                stream[r] = 0
+            if end[r] != 0:
+                end[r] = 0
+            q = r * s
+            fresh += item_key[q] < 0
+            item_key[q] = k
+            priority[q] = max_priority
+            if times[q] != 0:
+                times[q] = 0
+        return fresh
 
     @jit
     def put_rows(
@@ -155,33 +195,51 @@ def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
                     q += 64
                 for m in range(w):
                     ring[base + m] = words(at[m] + i * step[m])[0]
-        key = nb.carray(longs(ctx[CTX_KEY]), (cap,))
-        stream = nb.carray(longs(ctx[CTX_STREAM]), (cap,))
-        end = nb.carray(longs(ctx[CTX_END]), (cap,))
-        s = ctx[CTX_ITEM_STRIDE]
-        item_key = nb.carray(longs(ctx[CTX_ITEM_KEY]), (cap * s,))
-        times = nb.carray(longs(ctx[CTX_TIMES]), (cap * s,))
-        priority = nb.carray(doubles(ctx[CTX_PRIORITY]), (cap * s,))
-        fresh = 0
-        for i in range(n):
-            r = row0 + i
-            k = total + i
-            key[r] = k
-            if stream[r] != 0:
-                stream[r] = 0
-            if end[r] != 0:
-                end[r] = 0
-            q = r * s
-            fresh += item_key[q] < 0
-            item_key[q] = k
-            priority[q] = max_priority
-            if times[q] != 0:
-                times[q] = 0
-        return fresh
+        return records(ctx, row0, n, total, max_priority)
 
     @jit
     def put_row(ctx: Any, total: int, max_priority: float) -> Any:
         # put_rows of one row from the writer's staging row (at ctx[CTX_STAGE]).
         return put_rows(ctx, 1, total, max_priority, 0, ctx[CTX_STAGE], 0, 0, 0, 0, 0)
 
-    return {"put_rows": put_rows, "put_row": put_row}
+    floats = _pointer(types.float32)
+
+    @jit
+    def put_step(
+        ctx: Any,
+        total: int,
+        max_priority: float,
+        a0: int,
+        a1: int,
+        a2: int,
+        a3: int,
+        x: float,
+        y: float,
+    ) -> Any:
+        # One float32 row at total % cap from four contiguous parts at a0 .. a3
+        # (ctx[CTX_STEP + j] words each) and the numbers x, y (rounded to float32),
+        # then its records. -1 (nothing written) where a part overlaps the row.
+        cap = ctx[CTX_CAP]
+        w = ctx[CTX_WORDS]
+        row = total % cap
+        lo = ctx[CTX_RING] + row * w * 4
+        hi = lo + w * 4
+        srcs = (a0, a1, a2, a3)
+        for j in range(STEP_PARTS):
+            if srcs[j] < hi and lo < srcs[j] + ctx[CTX_STEP + j] * 4:
+                return -1
+        ring = words(ctx[CTX_RING])
+        base = row * w
+        for j in range(STEP_PARTS):
+            src = words(srcs[j])
+            wj = ctx[CTX_STEP + j]
+            for k in range(wj):
+                ring[base + k] = src[k]
+            base += wj
+        out = floats(ctx[CTX_RING])
+        t0 = row * w + ctx[CTX_STEP + STEP_PARTS]
+        out[t0] = x
+        out[t0 + 1] = y
+        return records(ctx, row, 1, total, max_priority)
+
+    return {"put_rows": put_rows, "put_row": put_row, "put_step": put_step}

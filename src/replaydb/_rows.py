@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["RowWriter", "sample_transitions"]
 
 _INF = math.inf
+_F32_MAX = float(np.finfo(np.float32).max)  # floats that round to a finite float32
+_F32_INT = 1 << 24  # ints that float32 holds exactly
 _get_ident = threading.get_ident
 
 
@@ -113,7 +115,10 @@ class RowWriter:
         #: The compiled write of rows and records in one call (``None``: numpy/torch).
         self._put: Callable[..., int] | None = None
         self._put_row: Callable[..., int] | None = None
-        self._ctx = np.zeros(_row_kernels.CTX_WIDTHS + _row_kernels.MAX_COLUMNS, np.int64)
+        self._ctx = np.zeros(_row_kernels.CTX_SIZE, np.int64)
+        self._put_step: Callable[..., int] | None = None
+        self._step_shapes: tuple[torch.Size, ...] = ()
+        self._step_neg = False
         self._widths: tuple[int, ...] = ()
         self._expect: tuple[int, ...] | None = None
         self._expect_words: tuple[int, ...] = ()
@@ -145,6 +150,7 @@ class RowWriter:
             c[_row_kernels.CTX_STAGE] = self._stage.ctypes.data
             self._put = kernels.put_rows
             self._put_row = kernels.put_row
+            self._kernel_step = kernels.put_step
 
     @staticmethod
     def applies(table: Table) -> bool:
@@ -244,6 +250,128 @@ class RowWriter:
             return True
         finally:
             self._release()
+
+    def expect_step(self, sizes: Sequence[int]) -> None:
+        """Declare the sizes of the four 1-D parts that :meth:`add_step` gets.
+
+        Args:
+            sizes: The four parts' sizes, in order; with the two numbers they fill
+                the row (``sum(sizes) + 2`` is its width; a writer with ``scalars=2``).
+
+        Raises:
+            InvalidArgumentError: If there are not four ints >= 0 adding up to the
+                row's width less 2, or the writer has another ``scalars``.
+        """
+        ss = tuple(sizes)
+        if (
+            len(ss) != _row_kernels.STEP_PARTS
+            or not all(type(v) is int and v >= 0 for v in ss)
+            or sum(ss) + 2 != self.width
+            or self.scalars != 2
+        ):
+            raise InvalidArgumentError(
+                f"sizes must be {_row_kernels.STEP_PARTS} ints >= 0 adding up to the "
+                f"row's width less 2 ({self.width - 2}) on a writer with scalars=2, got "
+                f"{ss!r} (scalars={self.scalars})"
+            )
+        self._step_shapes = tuple(torch.Size((v,)) for v in ss)
+        # A 1-element tensor can carry torch's negative bit and be contiguous; a
+        # longer 1-D one with that bit (a conjugate's imaginary part) has stride 2.
+        self._step_neg = 1 in ss
+        if self._put is not None and self.dtype is torch.float32:
+            c = self._ctx
+            c[_row_kernels.CTX_STEP : _row_kernels.CTX_STEP + len(ss)] = ss
+            c[_row_kernels.CTX_STEP + len(ss)] = self.width - 2
+            self._put_step = self._kernel_step
+
+    def add_step(
+        self, p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor, x: Any, y: Any
+    ) -> bool:
+        """``add((p0, p1, p2, p3), (x, y))`` of parts of the sizes declared with
+        :meth:`expect_step`, which are checked here (each 1-D of its size).
+
+        Where the table uses numba, C-contiguous float32 CPU parts and numbers that
+        float32 holds (floats in its range, bools, ints up to 2**24 in magnitude)
+        are copied from their addresses into the ring with the step's records in
+        one compiled call (the data of parts that require grad too, as ``detach``);
+        the rest goes through :meth:`add`.
+
+        Returns:
+            ``True`` if the step was written; ``False`` (nothing written) for a part
+            of another shape, or where :meth:`add` refuses.
+        """
+        shapes = self._step_shapes
+        tensor = torch.Tensor
+        if not (
+            type(p0) is tensor
+            and type(p1) is tensor
+            and type(p2) is tensor
+            and type(p3) is tensor
+            and p0.shape == shapes[0]
+            and p1.shape == shapes[1]
+            and p2.shape == shapes[2]
+            and p3.shape == shapes[3]
+        ):
+            return False
+        put = self._put_step
+        table = self.table
+        if put is None or table._fast_insert is None:
+            return self.add((p0, p1, p2, p3), (x, y))
+        tx = type(x)
+        ty = type(y)
+        f32 = torch.float32
+        try:
+            if not (
+                (tx is float and -_F32_MAX <= x <= _F32_MAX)
+                or tx is bool
+                or (tx is int and -_F32_INT <= x <= _F32_INT)
+            ) or not (
+                (ty is float and -_F32_MAX <= y <= _F32_MAX)
+                or ty is bool
+                or (ty is int and -_F32_INT <= y <= _F32_INT)
+            ):
+                return self.add((p0, p1, p2, p3), (x, y))
+            if not (
+                p0.dtype is f32
+                and p1.dtype is f32
+                and p2.dtype is f32
+                and p3.dtype is f32
+                and p0.is_cpu
+                and p1.is_cpu
+                and p2.is_cpu
+                and p3.is_cpu
+                and p0.is_contiguous()
+                and p1.is_contiguous()
+                and p2.is_contiguous()
+                and p3.is_contiguous()
+            ) or (self._step_neg and (p0.is_neg() or p1.is_neg() or p2.is_neg() or p3.is_neg())):
+                return self.add((p0, p1, p2, p3), (x, y))
+            a0, a1, a2, a3 = p0.data_ptr(), p1.data_ptr(), p2.data_ptr(), p3.data_ptr()
+        except RuntimeError:  # no data pointer (an mkldnn tensor)
+            return self.add((p0, p1, p2, p3), (x, y))
+        self._acquire()
+        try:
+            lim = table.rate_limiter
+            if lim.max_diff != _INF and not lim.can_insert(1, table._size):
+                return False
+            storage = table.storage
+            total = storage.total
+            fresh = put(self._ctx, total, table._max_priority, a0, a1, a2, a3, x + 0.0, y + 0.0)
+            if fresh >= 0:  # else a part overlaps the row written: add's staging row
+                table._threads.add(_get_ident())
+                storage.total = total + 1
+                if fresh:
+                    table._fast_insert(total % self._capacity, 1)
+                    table._size += 1
+                elif not self._uniform:
+                    table._fast_insert(total % self._capacity, 1)
+                lim.inserts += 1
+                if table._waiting:
+                    table.locked().notify_all()
+                return True
+        finally:
+            self._release()
+        return self.add((p0, p1, p2, p3), (x, y))
 
     def expect(self, widths: Sequence[int]) -> None:
         """Declare the width of each column of the blocks :meth:`extend` gets.

@@ -156,6 +156,7 @@ class ReplayBuffer(_VeloraFiles):
         if self._rows is not None:  # add_multi's columns: states, actions, next_states,
             s, a = self.state_shape[0], self.action_dim  # hiddens, rewards, dones
             self._rows.expect((s, a, s, self.hidden_dim, 1, 1))
+            self._rows.expect_step((s, a, s, self.hidden_dim))  # add's parts
         self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
         self._hidden_zeros_t = torch.zeros(self.hidden_dim)
         self._hidden_zeros_n = torch.zeros(0, self.hidden_dim)  # read only, never written
@@ -165,7 +166,6 @@ class ReplayBuffer(_VeloraFiles):
             torch.Size([self.hidden_dim]),
         )
         self._shapes_2d = tuple(torch.Size([1, *sh]) for sh in self._shapes)
-        self._sizes = (math.prod(self.state_shape), self.action_dim, self.hidden_dim)
         self._weighted = not table.sampler.deterministic and hasattr(table.sampler, "beta")
 
     @classmethod
@@ -365,29 +365,14 @@ class ReplayBuffer(_VeloraFiles):
         if rows is not None:
             if hidden is None:
                 hidden = self._hidden_zeros_t
-            tensor = torch.Tensor
             # The common call (1-D float tensors, numbers for reward and done): the
-            # shapes checked here, the rest by one concatenation under the table's lock.
+            # writer checks the parts' shapes (declared in __init__) and writes them.
             if (
-                type(state) is tensor
-                and type(next_state) is tensor
-                and type(action) is tensor
-                and type(hidden) is tensor
-                and type(reward) in _NUMBERS
+                type(reward) in _NUMBERS
                 and type(done) in _NUMBERS
+                and rows.add_step(state, action, next_state, hidden, reward, done)
             ):
-                # A 1-D state and the sizes: torch.cat refuses parts of another
-                # number of dimensions than the state's, so these fix every shape.
-                s, a, h = self._sizes
-                if (
-                    state.dim() == 1
-                    and state.numel() == s
-                    and next_state.numel() == s
-                    and action.numel() == a
-                    and hidden.numel() == h
-                    and rows.add((state, action, next_state, hidden), (reward, done))
-                ):
-                    return
+                return
             staged = self._parts(state, action, reward, next_state, done, hidden)
             if staged is not None and rows.add(*staged):
                 return
