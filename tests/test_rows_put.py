@@ -224,3 +224,112 @@ def test_single_adds_with_kernels_match_without() -> None:
                 for buf in (ours, ref):
                     buf.table.remove([5])
             same_state(ours.table, ref.table)
+
+
+def step_args(i: int, form: str, buf: ReplayBuffer) -> tuple[object, ...]:
+    """add's arguments for step i in a given form (the same values on every buffer)."""
+    g = torch.Generator().manual_seed(i)
+    s, a, s2, h = (torch.randn(k, generator=g) for k in (S, A, S, H))
+    r: object = float(torch.randn(1, generator=g))
+    d: object = i % 3 == 0
+    if form == "strided":
+        s = torch.randn(S, 2, generator=g)[:, 0]
+    elif form == "float64":
+        s2 = s2.double()
+    elif form == "row":  # (1, dim) parts, as agents pass them
+        s, a, s2, h = (x.unsqueeze(0) for x in (s, a, s2, h))
+    elif form == "grad":
+        h = h.requires_grad_()
+    elif form == "int_numbers":
+        r, d = i - 3, 1
+    elif form == "big_int":
+        r = (1 << 24) + 1 + i  # not exact in float32: add's numpy store rounds it
+    elif form == "numpy_number":
+        r = np.float32(r)
+    elif form == "own_rows" and len(buf) > 0:  # views of the row about to be written
+        row = buf.table.total_steps_written % buf.capacity
+        s, s2 = buf.next_states[row], buf.states[row]
+    return (s, a, r, s2, d, h)
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+@settings(max_examples=30, deadline=None)
+@given(
+    forms=st.lists(
+        st.sampled_from(
+            [
+                "plain",
+                "strided",
+                "float64",
+                "row",
+                "grad",
+                "int_numbers",
+                "big_int",
+                "numpy_number",
+                "own_rows",
+            ]
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    capacity=st.integers(1, 6),
+)
+def test_single_adds_of_every_form_match_without_kernels(
+    prioritized: bool, forms: list[str], capacity: int
+) -> None:
+    ours = buffer(prioritized, capacity, kernels=True)
+    ref = buffer(prioritized, capacity, kernels=False)
+    assert ours._rows is not None and ours._rows._put_step is not None
+    assert ref._rows is not None and ref._rows._put_step is None
+    for i, form in enumerate(forms):
+        ours.add(*step_args(i, form, ours))
+        ref.add(*step_args(i, form, ref))
+        same_state(ours.table, ref.table)
+
+
+def test_single_adds_of_one_element_parts_with_the_negative_bit() -> None:
+    """A 1-element part can be contiguous with torch's negative bit: resolved."""
+    bufs = []
+    for kernels in (True, False):
+        _kernels.use(kernels)
+        bufs.append(ReplayBuffer(4, 2, 1, 0))
+        _kernels.use(True)
+    act = torch.tensor([1 + 2j], dtype=torch.complex64).conj().imag
+    assert act.is_neg() and act.is_contiguous()
+    for buf in bufs:
+        buf.add(torch.ones(2), act, 1.0, torch.ones(2), False)
+        assert buf.actions[0].tolist() == [-2.0]
+
+
+def test_add_numbers_float32_cannot_hold_go_through_numpy() -> None:
+    for kernels in (True, False):
+        _kernels.use(kernels)
+        buf = ReplayBuffer(4, 2, 1, 0)
+        _kernels.use(True)
+        with pytest.warns(RuntimeWarning, match="overflow"):
+            buf.add(torch.ones(2), torch.ones(1), 1e40, torch.ones(2), False)
+        assert buf.rewards[0].item() == float("inf")
+
+
+def test_expect_step_checks_its_sizes() -> None:
+    table = Table(Spec({"x": (4,), "y": (3,)}), 8)
+    writer = table.row_writer(scalars=2)
+    assert writer is not None
+    for bad in [(2, 1, 2), (2, 1, 1, 2), (2, 1, 2, -1), (2, 1, 2.0, 0), (True, 1, 2, 0)]:
+        with pytest.raises(InvalidArgumentError, match=r"sizes must be 4 ints >= 0 .* \(5\)"):
+            writer.expect_step(bad)  # type: ignore[arg-type]
+    other = table.row_writer(scalars=1)
+    assert other is not None
+    with pytest.raises(InvalidArgumentError, match="scalars=1"):
+        other.expect_step((2, 1, 2, 1))
+    writer.expect_step((2, 1, 2, 0))
+    z = torch.zeros
+    before = table.state_dict()
+    assert not writer.add_step(z(2), z(1), z(3), z(0), 1.0, 0.0)  # 3rd part: 3
+    assert not writer.add_step(z(2), z(1), z(1, 2), z(0), 1.0, 0.0)  # (1, 2): not 1-D
+    assert not writer.add_step(z(2), np.zeros(1), z(2), z(0), 1.0, 0.0)  # type: ignore[arg-type]
+    assert not writer.add_step(z(2), z(1), z(2), z(0), "x", 0.0)  # not a number
+    after = table.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert writer.add_step(z(2) + 1, z(1) + 2, z(2) + 3, z(0), 4.0, True)
+    assert table.storage.groups[torch.float32][0].tolist() == [1, 1, 2, 3, 3, 4, 1]
