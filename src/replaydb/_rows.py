@@ -535,6 +535,52 @@ class RowWriter:
                 shapes = self._shapes = [torch.Size((n, w)) for w in expect]
             direct = self._put is not None and n > 1 and len(expect) <= _row_kernels.MAX_COLUMNS
             dt = self.dtype
+            if direct and len(columns) == 6:  # add_multi's six columns, unrolled
+                c0, c1, c2, c3, c4, c5 = columns
+                try:
+                    if (
+                        type(c0) is tensor
+                        and type(c1) is tensor
+                        and type(c2) is tensor
+                        and type(c3) is tensor
+                        and type(c4) is tensor
+                        and type(c5) is tensor
+                        and c0.shape == shapes[0]
+                        and c1.shape == shapes[1]
+                        and c2.shape == shapes[2]
+                        and c3.shape == shapes[3]
+                        and c4.shape == shapes[4]
+                        and c5.shape == shapes[5]
+                        and c0.dtype is dt
+                        and c1.dtype is dt
+                        and c2.dtype is dt
+                        and c3.dtype is dt
+                        and c4.dtype is dt
+                        and c5.dtype is dt
+                        and c0.is_cpu
+                        and c1.is_cpu
+                        and c2.is_cpu
+                        and c3.is_cpu
+                        and c4.is_cpu
+                        and c5.is_cpu
+                        and c0.is_contiguous()
+                        and c1.is_contiguous()
+                        and c2.is_contiguous()
+                        and c3.is_contiguous()
+                        and c4.is_contiguous()
+                        and c5.is_contiguous()
+                    ):
+                        addresses = [
+                            c0.data_ptr(),
+                            c1.data_ptr(),
+                            c2.data_ptr(),
+                            c3.data_ptr(),
+                            c4.data_ptr(),
+                            c5.data_ptr(),
+                        ]
+                        return self._expect_words, addresses
+                except RuntimeError:  # a tensor without a data pointer (mkldnn)
+                    direct = False
             j = 0
             try:
                 for c in columns:
