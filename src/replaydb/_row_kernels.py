@@ -75,6 +75,14 @@ def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
     intrinsic: Any = importlib.import_module("numba.extending").intrinsic
     ir: Any = importlib.import_module("llvmlite.ir")
 
+    def held(fn: Any) -> Any:
+        # Like jit, but the call keeps the GIL: releasing and taking it back costs
+        # more than the one-row kernels take to run.
+        try:
+            return nb.njit(cache=True)(fn)
+        except RuntimeError:  # no writable cache location
+            return nb.njit(cache=False)(fn)
+
     def _pointer(item: Any) -> Any:
         @intrinsic  # type: ignore[untyped-decorator,unused-ignore]
         def cast(typingctx: Any, addr: Any) -> Any:
@@ -197,14 +205,14 @@ def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
                     ring[base + m] = words(at[m] + i * step[m])[0]
         return records(ctx, row0, n, total, max_priority)
 
-    @jit
+    @held
     def put_row(ctx: Any, total: int, max_priority: float) -> Any:
         # put_rows of one row from the writer's staging row (at ctx[CTX_STAGE]).
         return put_rows(ctx, 1, total, max_priority, 0, ctx[CTX_STAGE], 0, 0, 0, 0, 0)
 
     floats = _pointer(types.float32)
 
-    @jit
+    @held
     def put_step(
         ctx: Any,
         total: int,
