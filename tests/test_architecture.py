@@ -49,6 +49,7 @@ CORE = (
     "_casting.py",
     "_rows.py",
     "_row_kernels.py",
+    "_row_direct.py",
 )
 # namedtuple API, public despite the underscore
 NAMEDTUPLE = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}
