@@ -173,6 +173,8 @@ def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
         dst_lo = ctx[CTX_RING] + row0 * w * 4
         dst_hi = dst_lo + n * w * 4
         srcs = (p0, p1, p2, p3, p4, p5)
+        if not 0 <= cols <= MAX_COLUMNS:
+            return -1
         if cols == 0:
             if p0 < dst_hi and dst_lo < p0 + w * 4:
                 return -1
@@ -180,11 +182,16 @@ def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
             base = row0 * w
             for k in range(w):
                 ring[base + k] = src[k]
-        elif cols > 0:
+        else:
             # Per word of a row: its source address in row 0 and the step to the
             # next row, so that each row is one loop of w words.
             at = np.empty(w, np.int64)
             step = np.empty(w, np.int64)
+            m = 0
+            for j in range(cols):
+                m += ctx[CTX_WIDTHS + j]
+            if m != w:  # the widths must fill the row: else write nothing
+                return -1
             m = 0
             for j in range(cols):
                 wj = ctx[CTX_WIDTHS + j]
@@ -233,9 +240,13 @@ def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
         lo = ctx[CTX_RING] + row * w * 4
         hi = lo + w * 4
         srcs = (a0, a1, a2, a3)
+        m = 2
         for j in range(STEP_PARTS):
+            m += ctx[CTX_STEP + j]
             if srcs[j] < hi and lo < srcs[j] + ctx[CTX_STEP + j] * 4:
                 return -1
+        if m != w:  # sizes not declared (or not this row's): write nothing
+            return -1
         ring = words(ctx[CTX_RING])
         base = row * w
         for j in range(STEP_PARTS):

@@ -283,7 +283,7 @@ class RowWriter:
         self._acquire()
         try:
             lim = table.rate_limiter
-            if not lim.can_insert(n, table._size):
+            if lim.max_diff != _INF and not lim.can_insert(n, table._size):
                 return False
             total = storage.total
             row0 = total % cap
