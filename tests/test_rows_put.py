@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replaydb import ReplayBuffer, Spec, Table, _kernels
+from replaydb import ReplayBuffer, Spec, Table, _kernels, _row_kernels
 from replaydb.errors import InvalidArgumentError
 from replaydb.samplers import Uniform
 
@@ -333,3 +333,23 @@ def test_expect_step_checks_its_sizes() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert writer.add_step(z(2) + 1, z(1) + 2, z(2) + 3, z(0), 4.0, True)
     assert table.storage.groups[torch.float32][0].tolist() == [1, 1, 2, 3, 3, 4, 1]
+
+
+def test_the_kernels_write_nothing_for_widths_that_do_not_fill_the_row() -> None:
+    table = Table(Spec({"x": (4,)}), 8, sampler=Uniform(seed=0))
+    writer = table.row_writer()
+    assert writer is not None and writer._put is not None
+    x = torch.ones(2, 4)
+    before = table.state_dict()
+    ctx = writer._ctx.copy()
+    ctx[_row_kernels.CTX_WIDTHS] = 3  # one word short of the row
+    assert writer._put(ctx, 2, 0, 1.0, 1, x.data_ptr(), 0, 0, 0, 0, 0) == -1
+    ctx[_row_kernels.CTX_WIDTHS] = 4
+    for cols in (-1, _row_kernels.MAX_COLUMNS + 1):
+        assert writer._put(ctx, 2, 0, 1.0, cols, x.data_ptr(), 0, 0, 0, 0, 0) == -1
+    assert writer._kernel_step is not None  # sizes never declared: all zero
+    assert writer._kernel_step(ctx, 0, 1.0, x.data_ptr(), 0, 0, 0, 1.0, 0.0) == -1
+    after = table.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert writer._put(ctx, 2, 0, 1.0, 1, x.data_ptr(), 0, 0, 0, 0, 0) == 2  # fresh slots
+    assert torch.equal(table.storage.groups[torch.float32][:2], x)
