@@ -58,6 +58,8 @@ STEP_PARTS = 4
 CTX_SIZE = CTX_STEP + STEP_PARTS + 1
 #: How far ahead of the row being written ``put_rows`` prefetches (bytes).
 _AHEAD = 2048
+#: How many rows ahead of the row copied ``put_rows`` prefetches the records.
+_LEAD = 32
 
 
 def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
@@ -202,12 +204,29 @@ def compile_kernels(jit: Callable[[Any], Any]) -> dict[str, Any]:
                     step[m] = 4 * wj
                     m += 1
             q = dst_lo - (dst_lo & 63)
+            si = ctx[CTX_ITEM_STRIDE] * 8
+            # The records' lines too, _LEAD rows ahead of the row copied (the first
+            # _LEAD rows' now), so that the records pass below finds them cached.
+            for i in range(0, min(n, _LEAD), 2):
+                prefetch_write(ctx[CTX_ITEM_KEY] + (row0 + i) * si)
+            for i in range(0, min(n, _LEAD), 8):
+                prefetch_write(ctx[CTX_KEY] + (row0 + i) * 8)
+                prefetch_write(ctx[CTX_STREAM] + (row0 + i) * 8)
+                prefetch_write(ctx[CTX_END] + (row0 + i) * 8)
             for i in range(n):
                 base = (row0 + i) * w
                 ahead = dst_lo + base * 4 - row0 * w * 4 + _AHEAD
                 while q < ahead and q < dst_hi:
                     prefetch_write(q)
                     q += 64
+                if i + _LEAD < n:
+                    r2 = row0 + i + _LEAD
+                    if (i & 1) == 0:
+                        prefetch_write(ctx[CTX_ITEM_KEY] + r2 * si)
+                    if (i & 7) == 0:
+                        prefetch_write(ctx[CTX_KEY] + r2 * 8)
+                        prefetch_write(ctx[CTX_STREAM] + r2 * 8)
+                        prefetch_write(ctx[CTX_END] + r2 * 8)
                 for m in range(w):
                     ring[base + m] = words(at[m] + i * step[m])[0]
         return records(ctx, row0, n, total, max_priority)

@@ -291,7 +291,7 @@ class RowWriter:
             fast = table._fast_insert
             if type(src) is tuple and stop <= cap and fast is not None:
                 widths, ptrs = src
-                if widths != self._widths:
+                if widths is not self._widths and widths != self._widths:
                     self._ctx[_row_kernels.CTX_WIDTHS : _row_kernels.CTX_WIDTHS + len(widths)] = (
                         widths
                     )
@@ -305,7 +305,7 @@ class RowWriter:
                     if fresh or not self._uniform:
                         fast(row0, n)  # replace semantics on the slots that keep an item
                     table._size += fresh
-                    lim.on_insert(n)
+                    lim.inserts += n  # on_insert's count, as add does
                     if table._waiting:
                         table.locked().notify_all()
                     return True
