@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["add_step", "expect_step", "setup", "sources"]
 
 _INF = float("inf")
+_TENSOR = torch.Tensor
+_F32 = torch.float32
 _get_ident = threading.get_ident
 _F32_MAX = float(np.finfo(np.float32).max)  # floats that round to a finite float32
 _F32_INT = 1 << 24  # ints that float32 holds exactly
@@ -126,7 +128,7 @@ def add_step(
         of another shape, or where :meth:`add` refuses.
     """
     shapes = self._step_shapes
-    tensor = torch.Tensor
+    tensor = _TENSOR
     if not (
         type(p0) is tensor
         and type(p1) is tensor
@@ -144,7 +146,7 @@ def add_step(
         return self.add((p0, p1, p2, p3), (x, y))
     tx = type(x)
     ty = type(y)
-    f32 = torch.float32
+    f32 = _F32
     try:
         if not (
             (tx is float and -_F32_MAX <= x <= _F32_MAX)
