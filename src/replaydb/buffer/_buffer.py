@@ -480,7 +480,6 @@ class ReplayBuffer(_VeloraFiles):
             )
 
     _column = _inputs._column
-    _block_parts = _inputs._block_parts
 
     def _zero_hiddens(self, n: int) -> torch.Tensor:
         """``[n, hidden_dim]`` zeros for ``add_multi`` without hiddens (kept, never written)."""
