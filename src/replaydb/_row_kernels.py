@@ -10,7 +10,8 @@ table's arrays sit in the writer's context array (layout: the ``CTX_*`` indices
 below); the writer keeps those arrays alive and checks every source (dtype, device,
 contiguity, shape) before it passes an address.
 
-:mod:`replaydb._kernels` compiles these with its other kernels (same switches:
+The kernels themselves are in :mod:`replaydb._row_kernels_nb` (imported only with
+numba); :mod:`replaydb._kernels` adds them to its namespace (same switches:
 ``REPLAYDB_NUMBA=0``, :func:`replaydb._kernels.use`).
 """
 
