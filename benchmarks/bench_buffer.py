@@ -430,6 +430,22 @@ def breakdown(reps: int, rows: dict[str, np.ndarray]) -> None:
         p = advance(B)
         torch.cat(cols, 1, out=ring[p : p + B])
 
+    from replaydb import _row_kernels
+
+    step_writer = buf.table.row_writer(scalars=2)  # declared shapes: add_step's checks
+    assert step_writer is not None
+    step_writer.expect_step((S, A, S, H))
+    put = step_writer._put  # the compiled copy of a block with its records, alone
+    direct = step_writer._sources(cols, B)
+    if put is not None and type(direct) is tuple:
+        step_writer._ctx[_row_kernels.CTX_WIDTHS : _row_kernels.CTX_WIDTHS + 6] = direct[0]
+
+    def put_block() -> None:
+        p = advance(B)
+        assert put is not None
+        assert type(direct) is tuple
+        put(step_writer._ctx, B, p, 1.0, 6, *direct[1])
+
     ring = torch.from_numpy(packed)
     stages = {
         "add: raw numpy copy of one packed row (140 B)": (raw_row, 1),
@@ -445,6 +461,10 @@ def breakdown(reps: int, rows: dict[str, np.ndarray]) -> None:
         "add: RowWriter.add (lock, cat, row, records)": (lambda: writer.add(parts, tail), 1),
         "add: RowWriter.add of the 4 vectors as one packed part": (
             lambda: writer.add(packed_part, tail),
+            1,
+        ),
+        "add: RowWriter.add_step (checks, one compiled copy with the records)": (
+            lambda: step_writer.add_step(s, a, s2, h, 1.0, False),
             1,
         ),
         "add: ReplayBuffer.add (all of it)": (lambda: buf.add(s, a, 1.0, s2, False, h), 1),
@@ -465,7 +485,11 @@ def breakdown(reps: int, rows: dict[str, np.ndarray]) -> None:
             records_kernel if kernels is not None else raw_block,
             1,
         ),
-        f"add_multi: RowWriter.extend({B} rows: cat into the ring, records)": (
+        f"add_multi: the 6 columns copied with the records, one compiled call ({B})": (
+            put_block if put is not None else raw_block,
+            1,
+        ),
+        f"add_multi: RowWriter.extend({B} rows: checks, copy, records)": (
             lambda: writer.extend(cols, B),
             1,
         ),

@@ -50,6 +50,9 @@ CORE = (
     "_constants.py",
     "_casting.py",
     "_rows.py",
+    "_row_kernels.py",
+    "_row_direct.py",
+    "_row_kernels_nb.py",
 )
 # namedtuple API, public despite the underscore
 NAMEDTUPLE = {"_fields", "_asdict", "_replace", "_make", "_field_defaults"}

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from replaydb import _row_kernels
+
 __all__ = ["TREE_ARITY", "get", "use"]
 
 #: Children per sum-tree node (4 or 8), a compile-time constant of the kernels;
@@ -236,6 +238,7 @@ def _compile() -> SimpleNamespace | None:
         prio_updates=tree.prio_updates,
         record_rows=record_rows,
         **_window_kernels(jit),
+        **_row_kernels.compile_kernels(jit),
     )
 
 

@@ -14,9 +14,12 @@ memory; everywhere else, and for parts that do not fit (another total size, a te
 on a GPU or one that requires grad), it writes nothing and returns ``False`` so that
 the caller takes the checked path (:meth:`Table.extend`). The effects are those of
 :meth:`Table.extend_unchecked`: keys, item records, sampler, size and limiter
-counters. Where the table uses numba (``replaydb._kernels``), the records of a block
-(key, stream, end, item key, priority, times sampled) are written in one compiled
-pass (``record_rows``); without it, by numpy slices.
+counters. Where the table uses numba (``replaydb._kernels``), a row or block and its
+records (key, stream, end, item key, priority, times sampled) are written in one
+compiled call (:mod:`replaydb._row_kernels`, reached through :mod:`replaydb._row_direct`):
+a step of four declared 1-D parts (:meth:`RowWriter.add_step`) and a block of
+C-contiguous columns are copied from their addresses, after their checks; without
+numba, by torch's concatenation and numpy slices.
 
 :func:`sample_transitions` is :meth:`Table.sample_transitions`: the data, keys and
 ``[B, 1]`` importance weights of a draw, with every effect of :meth:`Table.sample`,
@@ -39,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from replaydb import _items
+from replaydb import _items, _row_direct, _row_kernels
 from replaydb.errors import InvalidArgumentError
 from replaydb.samplers import Uniform
 
@@ -110,6 +113,20 @@ class RowWriter:
         self._record_rows: Callable[..., int] | None = (
             kernels.record_rows if kernels is not None else None
         )
+        #: The compiled writes of rows and records in one call (``None``: numpy/torch).
+        self._put: Callable[..., int] | None = None
+        self._put_row: Callable[..., int] | None = None
+        self._kernel_step: Callable[..., int] | None = None
+        self._put_step: Callable[..., int] | None = None
+        self._ctx = np.zeros(_row_kernels.CTX_SIZE, np.int64)
+        self._step_shapes: tuple[torch.Size, ...] = ()
+        self._step_neg = False
+        self._widths: tuple[int, ...] = ()  # the block widths now in the context
+        self._expect: tuple[int, ...] | None = None
+        self._expect_words: tuple[int, ...] = ()
+        self._shapes: list[torch.Size] = []
+        self._itemsize = self._np_group.itemsize
+        _row_direct.setup(self, kernels)
 
     @staticmethod
     def applies(table: Table) -> bool:
@@ -128,6 +145,11 @@ class RowWriter:
         )
 
     # ------------------------------------------------------------------ writes
+    # The compiled paths (addresses checked, one kernel call) are in _row_direct.py.
+    expect_step = _row_direct.expect_step
+    add_step = _row_direct.add_step
+    _sources = _row_direct.sources
+
     def add(self, parts: tuple[torch.Tensor, ...], tail: Sequence[Any] = ()) -> bool:
         """Write one step: ``parts`` concatenated, then the numbers ``tail``.
 
@@ -174,6 +196,19 @@ class RowWriter:
             # Table.extend_unchecked's one-row write, on views taken once.
             storage = table.storage
             total = storage.total
+            put = self._put_row
+            if put is not None:  # the row and its records in one compiled call
+                fresh = put(self._ctx, total, table._max_priority)
+                storage.total = total + 1
+                if fresh:
+                    fast(total % self._capacity, 1)
+                    table._size += 1
+                elif not self._uniform:
+                    fast(total % self._capacity, 1)
+                lim.inserts += 1
+                if table._waiting:
+                    table.locked().notify_all()
+                return True
             row = total % self._capacity
             self._np_group[row] = stage
             self._key[row] = total
@@ -197,13 +232,41 @@ class RowWriter:
         finally:
             self._release()
 
+    def expect(self, widths: Sequence[int]) -> None:
+        """Declare the width of each column of the blocks :meth:`extend` gets.
+
+        From then on :meth:`extend` checks every column's shape against these
+        widths itself (``[n, w]``, or ``[n]`` for a width of 1) and refuses any
+        other block, so its caller need not check shapes; and it writes the data
+        of columns that require grad (as ``detach`` would) instead of refusing them.
+
+        Args:
+            widths: The columns' widths, in order; they add up to the row's width.
+
+        Raises:
+            InvalidArgumentError: If the widths are not positive ints adding up to
+                the row's width.
+        """
+        ws = tuple(widths)
+        if not all(type(w) is int and w >= 0 for w in ws) or sum(ws) != self.width:
+            raise InvalidArgumentError(
+                f"widths must be ints >= 0 adding up to the row's width {self.width}, got {ws!r}"
+            )
+        self._expect = ws
+        self._expect_words = tuple(w * self._itemsize // 4 for w in ws)
+        self._shapes = [torch.Size((0, w)) for w in ws]
+
     def extend(self, columns: tuple[torch.Tensor, ...], n: int) -> bool:
         """Write ``n`` steps: the ``[n, w_i]`` ``columns`` concatenated along dim 1.
 
         The widths must add up to the row's width (the caller checks each
-        column's shape). A block that does not wrap around the ring is written
-        straight into it; one that wraps goes through the writer's staging block.
-        ``n`` must be at most the capacity.
+        column's shape, unless it declared the widths with :meth:`expect`: then
+        they are checked here, and a column of width 1 may also be ``[n]``). A
+        block that does not wrap around the ring is written straight into it
+        (where the table uses numba, with its records in one compiled call, when
+        every column is a C-contiguous CPU tensor of the table's dtype); one that
+        wraps goes through the writer's staging block. ``n`` must be at most the
+        capacity.
 
         Returns:
             ``True`` if the steps were written; ``False`` (nothing written) where
@@ -211,17 +274,43 @@ class RowWriter:
         """
         table = self.table
         storage = table.storage
-        cap = table.capacity
-        if not 0 < n <= cap:
+        cap = self._capacity
+        if type(n) is not int or not 0 < n <= cap:
             return False
+        src = self._sources(columns, n)
+        if src is None:
+            return False  # a column of another shape than declared
         self._acquire()
         try:
             lim = table.rate_limiter
-            if not lim.can_insert(n, table._size):
+            if lim.max_diff != _INF and not lim.can_insert(n, table._size):
                 return False
             total = storage.total
             row0 = total % cap
             stop = row0 + n
+            fast = table._fast_insert
+            if type(src) is tuple and stop <= cap and fast is not None:
+                widths, ptrs = src
+                if widths is not self._widths and widths != self._widths:
+                    self._ctx[_row_kernels.CTX_WIDTHS : _row_kernels.CTX_WIDTHS + len(widths)] = (
+                        widths
+                    )
+                    self._widths = widths
+                put = self._put
+                assert put is not None
+                fresh = put(self._ctx, n, total, table._max_priority, len(widths), *ptrs)
+                if fresh >= 0:  # else a column overlaps the rows: the torch path below
+                    table._threads.add(_get_ident())
+                    storage.total = total + n
+                    if fresh or not self._uniform:
+                        fast(row0, n)  # replace semantics on the slots that keep an item
+                    table._size += fresh
+                    lim.inserts += n  # on_insert's count, as add does
+                    if table._waiting:
+                        table.locked().notify_all()
+                    return True
+            if self._expect is not None:  # [n] columns of width 1 as [n, 1]
+                columns = tuple(c.view(n, 1) if c.dim() == 1 else c for c in columns)
             if stop > cap:  # the block wraps around the ring: stage it
                 block = self._block
                 if block is None or block.shape[0] != n:
@@ -236,7 +325,6 @@ class RowWriter:
                 torch.cat(columns, 1, out=self._group[row0:stop])
             except (RuntimeError, TypeError, ValueError):
                 return False
-            fast = table._fast_insert
             if fast is None:
                 _items.write_numpy(table, {}, n, 0, 0)  # the data is in place
                 return True

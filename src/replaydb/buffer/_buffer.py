@@ -153,6 +153,10 @@ class ReplayBuffer(_VeloraFiles):
         self._width = 2 * math.prod(self.state_shape) + self.action_dim + self.hidden_dim + 2
         #: The table's row writer (one packed float32 row per transition), or None.
         self._rows = table.row_writer(scalars=2) if self._fast else None
+        if self._rows is not None:  # add_multi's columns: states, actions, next_states,
+            s, a = self.state_shape[0], self.action_dim  # hiddens, rewards, dones
+            self._rows.expect((s, a, s, self.hidden_dim, 1, 1))
+            self._rows.expect_step((s, a, s, self.hidden_dim))  # add's parts
         self._hidden_zeros = np.zeros(self.hidden_dim, dtype=np.float32)
         self._hidden_zeros_t = torch.zeros(self.hidden_dim)
         self._hidden_zeros_n = torch.zeros(0, self.hidden_dim)  # read only, never written
@@ -361,26 +365,14 @@ class ReplayBuffer(_VeloraFiles):
         if rows is not None:
             if hidden is None:
                 hidden = self._hidden_zeros_t
-            tensor = torch.Tensor
             # The common call (1-D float tensors, numbers for reward and done): the
-            # shapes checked here, the rest by one concatenation under the table's lock.
+            # writer checks the parts' shapes (declared in __init__) and writes them.
             if (
-                type(state) is tensor
-                and type(next_state) is tensor
-                and type(action) is tensor
-                and type(hidden) is tensor
-                and type(reward) in _NUMBERS
+                type(reward) in _NUMBERS
                 and type(done) in _NUMBERS
+                and rows.add_step(state, action, next_state, hidden, reward, done)
             ):
-                s, a, h = self._shapes
-                if (
-                    state.shape == s
-                    and next_state.shape == s
-                    and action.shape == a
-                    and hidden.shape == h
-                    and rows.add((state, action, next_state, hidden), (reward, done))
-                ):
-                    return
+                return
             staged = self._parts(state, action, reward, next_state, done, hidden)
             if staged is not None and rows.add(*staged):
                 return
@@ -432,12 +424,16 @@ class ReplayBuffer(_VeloraFiles):
             (3, [0.0, 0.0, 1.0])
         """
         rows = self._rows
-        if rows is not None:
-            # The common call (CPU tensors of the right shapes): the shapes checked
-            # here, the rest by one concatenation in spec order under the table's lock.
-            block = self._block_parts(states, actions, rewards, next_states, dones, hiddens)
-            if block is not None and rows.extend(*block):
-                return
+        if rows is not None and type(states) is torch.Tensor:
+            # The common call (CPU tensors): the writer checks the shapes against the
+            # widths declared in __init__ and writes the block under the table's lock.
+            shape = states.shape
+            if len(shape) == 2 and 0 < shape[0] <= self.capacity:
+                n = shape[0]
+                if hiddens is None:
+                    hiddens = self._zero_hiddens(n)
+                if rows.extend((states, actions, next_states, hiddens, rewards, dones), n):
+                    return
         shaped = not self.velora_layout
         cols = [
             self._states("states", states)
@@ -484,7 +480,6 @@ class ReplayBuffer(_VeloraFiles):
             )
 
     _column = _inputs._column
-    _block_parts = _inputs._block_parts
 
     def _zero_hiddens(self, n: int) -> torch.Tensor:
         """``[n, hidden_dim]`` zeros for ``add_multi`` without hiddens (kept, never written)."""

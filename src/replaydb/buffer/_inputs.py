@@ -285,57 +285,6 @@ def _column(self: ReplayBuffer, name: str, value: Any, dim: int) -> torch.Tensor
     return t
 
 
-def _block_parts(
-    self: ReplayBuffer,
-    states: Any,
-    actions: Any,
-    rewards: Any,
-    next_states: Any,
-    dones: Any,
-    hiddens: Any,
-) -> tuple[tuple[torch.Tensor, ...], int] | None:
-    """The batch as the row writer's columns in spec order and N; ``None`` otherwise.
-
-    The fast path of ``add_multi``: tensors of the right shapes (rewards, dones
-    and, with ``action_dim == 1``, actions may be 1-D). Dtypes, devices and
-    gradients are left to the concatenation, which refuses what it cannot write
-    (the checked path then gives the error). ``None`` for anything else, N = 0
-    and N over the capacity.
-    """
-    tensor = torch.Tensor
-    if not (
-        type(states) is tensor
-        and type(next_states) is tensor
-        and type(actions) is tensor
-        and type(rewards) is tensor
-        and type(dones) is tensor
-    ):
-        return None
-    shape = states.shape
-    if len(shape) != 2 or shape[1] != self.state_shape[0] or next_states.shape != shape:
-        return None
-    n = shape[0]
-    if not 0 < n <= self.capacity:
-        return None
-    if actions.shape != (n, self.action_dim):
-        if self.action_dim != 1 or actions.shape != (n,):
-            return None
-        actions = actions.unsqueeze(1)
-    if rewards.shape != (n, 1):
-        if rewards.shape != (n,):
-            return None
-        rewards = rewards.unsqueeze(1)
-    if dones.shape != (n, 1):
-        if dones.shape != (n,):
-            return None
-        dones = dones.unsqueeze(1)
-    if hiddens is None:
-        hiddens = self._zero_hiddens(n)
-    elif type(hiddens) is not tensor or hiddens.shape != (n, self.hidden_dim):
-        return None
-    return (states, actions, next_states, hiddens, rewards, dones), n
-
-
 def given_state_dim(state_dim: Any, shape: tuple[int, ...]) -> int | tuple[int, ...]:
     """``state_dim`` as the user gave it: an int, or the observation shape as a tuple."""
     if is_int(state_dim):
