@@ -26,6 +26,11 @@ random rows on every call:
   ``sequence_length=2`` (``[32, 2, 4, 84, 84]``), cpprb's ``ReplayBuffer`` with
   ``stack_compress="obs"`` and ``next_of="obs"``, and SB3's ``ReplayBuffer`` with
   ``optimize_memory_usage=True`` (each skipped with a note when not installed).
+  The replaydb tables above get 8 interleaved environments (a stack's frames 8
+  rows apart); the peers get one stream in order (a transition's frames
+  adjacent), so ``replaydb T=2, peers' 1 stream`` is also fed exactly the peers'
+  input (the same frames, one stream, no episode ends, the same capacity): the
+  like-for-like comparison.
 
 Printed: the median time per call, the stacked observation bytes returned per
 second (a transition counts both stacks), their ratio to the numpy gather, and the
@@ -110,7 +115,31 @@ def build(
     return table
 
 
+def build_stream(frames: np.ndarray[Any, Any], sequence_length: int) -> Table:
+    """A full table of ``len(frames)`` steps fed one stream in order, no episode
+    ends: the input the peers get (:func:`source`), same capacity, same frames."""
+    n = len(frames)
+    table = Table(
+        SPEC,
+        n,
+        sampler=Uniform(seed=0),
+        sequence_length=sequence_length,
+        frame_stack={"obs": STACK},
+    )
+    for s in range(0, n, 1000):
+        m = min(1000, n - s)
+        table.extend(
+            {
+                "obs": torch.from_numpy(frames[s : s + m]),
+                "action": torch.zeros(m, dtype=torch.int64),
+                "reward": torch.zeros(m),
+            }
+        )
+    return table
+
+
 FLOOR = "numpy frames[idx], idx [32, 4]"
+ORDERED = "replaydb T=2, peers' 1 stream"
 
 
 def stack_rows(table: Table, rows: torch.Tensor) -> np.ndarray[Any, Any]:
@@ -209,6 +238,13 @@ def in_memory(frames: int, reps: int, peers: bool) -> None:
         pairs = build(frames, envs=8, sequence_length=2)
         memory["replaydb T=2 sample(32)"] = rss() - del_rss
         contenders["replaydb T=2 sample(32)"] = lambda: pairs.sample(BATCH)
+        # The peers' input: one stream in order (a transition's frames adjacent).
+        one = source(frames)[:frames]
+        del_rss = rss()
+        ordered = build_stream(one, sequence_length=2)
+        memory[ORDERED] = rss() - del_rss
+        del one
+        contenders[ORDERED] = lambda: ordered.sample(BATCH)
         for name, make in (
             ("cpprb stack_compress sample(32)", cpprb_sampler),
             ("SB3 optimize_memory sample(32)", sb3_sampler),
