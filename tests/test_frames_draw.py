@@ -80,7 +80,8 @@ def test_item_columns_are_made_on_first_read_and_kept() -> None:
     assert s.mask is None  # unpadded windows
     assert s.ends is not None and s.ends.shape == (5, 2)
     assert torch.equal(s.weights, torch.ones(5))
-    assert torch.equal(s.probabilities, torch.full((5,), 1 / table.info().size, dtype=torch.float64))
+    size = table.info().size
+    assert torch.equal(s.probabilities, torch.full((5,), 1 / size, dtype=torch.float64))
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.keys = torch.zeros(5, dtype=torch.int64)  # type: ignore[misc]
     single = make(True, frame_stack={"img": 2})
