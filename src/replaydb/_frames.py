@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from replaydb.storage import Storage
     from replaydb.table import Table
 
+#: :func:`layout`'s answer: bytes of the fields' and columns' buffers, the columns'
+#: byte offsets, and ``(shape, dtype, offset)`` of each field and each column.
+Layout = tuple[int, int, Any, list[Any], list[Any]]
+
 #: The compiled pass, built on first use (``None``: numba missing or turned off).
 _STATE: dict[str, Any] = {}
 
@@ -236,8 +240,8 @@ class Plan:
             start += -(-nbytes // 64) * 64  # every output starts on a cache line
         #: Output bytes per sampled row, all fields.
         self.row_bytes = start
-        #: Per (batch size, window length): what :func:`_layout` computes.
-        self.layouts: dict[tuple[int, int], tuple[int, int, Any, list[Any], list[Any]]] = {}
+        #: Per (batch size, window length): what :func:`layout` computes.
+        self.layouts: dict[tuple[int, int], Layout] = {}
         self.names = [f[0] for f in self.fields]
         #: The table's item records ``[capacity, 4]`` int64 (key, times sampled,
         #: priority bits, unused): CPU wherever the storage takes the compiled path.
@@ -288,7 +292,7 @@ def _plan(table: Table) -> Plan | None:
 _I64, _F64, _F32, _BOOL = (np.dtype(t) for t in (np.int64, np.float64, np.float32, np.bool_))
 
 
-def _layout(plan: Plan, n: int, length: int) -> tuple[int, int, Any, list[Any], list[Any]]:
+def layout(plan: Plan, n: int, length: int) -> Layout:
     """The buffers of a sample of ``n`` windows of ``length`` rows: bytes of the
     fields' buffer and of the item columns' buffer, the kernel's byte offsets of the
     columns, and ``(shape, dtype, offset)`` of each field (``plan.fields`` order) and
@@ -325,9 +329,9 @@ def sample_plan(table: Table) -> Plan | None:
     return _plan(table)
 
 
-def sample_fused(plan: Plan, slots: Any, length: int, inv_count: float) -> tuple[Any, ...]:
+def sample_fused(plan: Plan, slots: Any, layout: Layout, inv_count: float) -> tuple[Any, ...]:
     """Count the draws of ``slots`` (a numpy int64 vector), walk their windows and
-    gather, in one compiled pass.
+    gather, in one compiled pass; ``layout`` is :func:`layout`'s for them.
 
     The effects and values of ``_items.take_items``, ``Storage.windows`` and
     ``window_mask`` (windows) and :func:`gather`, with probabilities ``inv_count``
@@ -336,8 +340,7 @@ def sample_fused(plan: Plan, slots: Any, length: int, inv_count: float) -> tuple
     Call with the table's lock held. Returns ``(data, columns)``: the fields, and
     the item columns' buffer and layout for :func:`stack_sample`.
     """
-    n = len(slots)
-    nbytes, ncols, offs, fields, columns = _layout(plan, n, length)
+    nbytes, ncols, offs, fields, columns = layout
     buf = np.empty(nbytes, dtype=np.uint8)
     cols = np.empty(ncols, dtype=np.uint8)
     plan.kernel(slots, True, *plan.head, cols, offs, inv_count, *plan.tail, buf)

@@ -235,21 +235,21 @@ _NOT_MADE: Any = object()
 
 class _Stacked:
     """What :func:`_sample_stacked` keeps per table: the uniform sampler, the
-    compiled plan, and per batch size a slots tensor the draw fills in place and
-    its numpy view (used under the table's lock only)."""
+    compiled plan, and per batch size a slots tensor the draw fills in place (used
+    under the table's lock only), its numpy view and the sample's buffer layout."""
 
-    def __init__(self, sampler: Uniform, plan: _frames.Plan) -> None:
+    def __init__(self, sampler: Uniform, plan: _frames.Plan, length: int) -> None:
         self.sampler = sampler
         self.plan = plan
-        self.slots: dict[int, tuple[torch.Tensor, Any]] = {}
+        self.length = length
+        self.batches: dict[int, tuple[torch.Tensor, Any, _frames.Layout]] = {}
 
-    def slots_for(self, b: int) -> tuple[torch.Tensor, Any]:
-        got = self.slots.get(b)
-        if got is None:
-            if len(self.slots) > 16:  # a few batch sizes are usual; never grow without end
-                self.slots.clear()
-            t = torch.empty(b, dtype=torch.int64)
-            got = self.slots[b] = (t, t.numpy())
+    def batch(self, b: int) -> tuple[torch.Tensor, Any, _frames.Layout]:
+        """Make (and keep) what a sample of ``b`` items uses."""
+        if len(self.batches) > 16:  # a few batch sizes are usual; never grow without end
+            self.batches.clear()
+        t = torch.empty(b, dtype=torch.int64)
+        got = self.batches[b] = (t, t.numpy(), _frames.layout(self.plan, b, self.length))
         return got
 
 
@@ -265,7 +265,8 @@ def _stacked(table: Table) -> _Stacked | None:
         plan = _frames.sample_plan(table)
         sampler = table.sampler
         ok = plan is not None and type(sampler) is Uniform
-        got = _STACKED[table] = _Stacked(sampler, plan) if ok else None  # type: ignore[arg-type]
+        made = _Stacked(sampler, plan, table.sequence_length) if ok else None  # type: ignore[arg-type]
+        got = _STACKED[table] = made
     return got  # type: ignore[no-any-return]
 
 
@@ -282,6 +283,7 @@ def _sample_stacked(table: Table, stacked: _Stacked, b: int) -> Sample | None:
     at once (the general path then waits or raises).
     """
     sampler = stacked.sampler
+    slots_t, slots, layout = stacked.batches.get(b) or stacked.batch(b)
     with table._cond:
         lim = table.rate_limiter
         size = table._size
@@ -291,13 +293,10 @@ def _sample_stacked(table: Table, stacked: _Stacked, b: int) -> Sample | None:
         act = sampler.engine
         count = act.count
         if count == act.high:
-            slots_t, slots = stacked.slots_for(b)
             slots_t.random_(0, count, generator=sampler.generator)
         else:  # active slots are scattered: the sampler's rejection sampling
             slots = sampler.draw(b).numpy()
-        data, columns = _frames.sample_fused(
-            stacked.plan, slots, table.sequence_length, 1.0 / count
-        )
+        data, columns = _frames.sample_fused(stacked.plan, slots, layout, 1.0 / count)
         lim.on_sample(b)
         if table.max_times_sampled is not None:
             spent = slots[_frames.times_sampled(columns) >= table.max_times_sampled]
