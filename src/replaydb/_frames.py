@@ -47,10 +47,15 @@ Layout = tuple[int, int, Any, list[Any], list[Any]]
 #: The compiled pass, built on first use (``None``: numba missing or turned off).
 _STATE: dict[str, Any] = {}
 
+#: ``memcpy`` and ``memset`` on raw addresses for :func:`_stack_sample`, numba
+#: intrinsics set by :func:`_compile` (globals, not closure cells: see there).
+_copy_bytes: Any = None
+_zero_bytes: Any = None
+
 
 def _compile() -> SimpleNamespace | None:
-    """The compiled passes (``gather``, ``sample``), or ``None`` without numba (or
-    ``REPLAYDB_NUMBA=0``)."""
+    """The compiled pass (``sample``: :func:`_stack_sample`), or ``None`` without
+    numba (or ``REPLAYDB_NUMBA=0``)."""
     if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
         return None
     try:
@@ -91,116 +96,121 @@ def _compile() -> SimpleNamespace | None:
 
         return sig, codegen
 
-    def stack_sample(
-        slots: Any,
-        take: bool,
-        records: Any,
-        length: int,
-        pad: bool,
-        nxt: Any,
-        end: Any,
-        cols: Any,
-        offs: Any,
-        inv_count: float,
-        k_max: int,
-        key: Any,
-        prev: Any,
-        plan: Any,
-        starts: Any,
-        out: Any,
-    ) -> None:
-        # One pass, one call (each call from Python costs microseconds that the
-        # gather's cache eviction makes dearer). With ``take``, Table.sample's
-        # bookkeeping first: count each draw in the item records ([cap, 4] int64:
-        # key, times sampled, priority bits, unused), write the items' columns into
-        # cols at the byte offsets offs (keys, times, priorities, probabilities
-        # inv_count, weights 1; then for windows the end codes and, padded, the
-        # mask), and gather the slots' rows, or each window's rows walked from its
-        # item's key by next links. Without ``take``, ``slots`` are the rows.
-        # Then the gather: plan[f] = (group address, group row bytes, byte offset,
-        # byte width, k, zeros); field f's output is [n, k_f, width] bytes, C
-        # order, at out[starts[f] * n:]. (One function: a function that closes over
-        # another's dispatcher is never found in numba's cache.)
-        rows = slots
-        if take:
-            n = slots.shape[0]
-            rcap = records.shape[0]
-            for b in range(n):
-                s = slots[b]
-                if s < 0 or s >= rcap:
-                    raise IndexError("frame stack sample: a slot is outside the item records")
-                records[s, 1] += 1  # every draw counts, duplicates included
-            keys = cols[offs[0] : offs[0] + 8 * n].view(np.int64)
-            times = cols[offs[1] : offs[1] + 8 * n].view(np.int64)
-            bits = cols[offs[2] : offs[2] + 8 * n].view(np.int64)  # float64 priorities
-            prob = cols[offs[3] : offs[3] + 8 * n].view(np.float64)
-            weights = cols[offs[4] : offs[4] + 4 * n].view(np.float32)
-            for b in range(n):
-                s = slots[b]
-                keys[b] = records[s, 0]
-                times[b] = records[s, 1]
-                bits[b] = records[s, 2]
-                prob[b] = inv_count
-                weights[b] = 1.0
-            if length > 1:
-                # Windows (Storage.windows): past an episode's end the last row repeats.
-                rows = np.empty(n * length, np.int64)
-                ends = cols[offs[5] : offs[5] + 8 * n * length].view(np.int64)
-                for b in range(n):
-                    r = keys[b] % rcap
-                    for t in range(length):
-                        rows[b * length + t] = r
-                        ends[b * length + t] = end[r]
-                        k2 = nxt[r]
-                        if k2 >= 0:
-                            r = k2 % rcap
-                if pad:  # False from the first repeated row on (Storage.window_mask)
-                    for b in range(n):
-                        live = True
-                        for t in range(length):
-                            i = b * length + t
-                            if t > 0 and rows[i] == rows[i - 1]:
-                                live = False
-                            cols[offs[6] + i] = 1 if live else 0
-        cap = key.shape[0]
-        n = rows.shape[0]
-        out_addr = out.ctypes.data
-        # The rows of each step's last k_max frames, oldest first, and how many of
-        # them are real frames of the episode (the walk stops at a broken link; the
-        # rest repeat the oldest frame reached). One link level for every step at a
-        # time: the loads of a level are independent, so their cache misses overlap.
-        chain = np.empty((n, k_max), np.int64)
-        real = np.ones(n, np.int64)
-        for b in range(n):
-            r = rows[b]
-            if r < 0 or r >= cap:  # the copies below read raw addresses: never out of range
-                raise IndexError("frame stack gather: a row is outside the storage")
-            chain[b, k_max - 1] = r
-        for j in range(k_max - 2, -1, -1):
-            for b in range(n):
-                r = chain[b, j + 1]
-                if real[b] == k_max - 1 - j:
-                    p = prev[r]
-                    if p >= 0 and key[p % cap] == p:
-                        r = p % cap
-                        real[b] += 1
-                chain[b, j] = r
-        for f in range(plan.shape[0]):
-            base, stride, off, width, k, zeros = plan[f]
-            dst = out_addr + starts[f] * n
-            for b in range(n):
-                for j in range(k_max - k, k_max):
-                    if zeros != 0 and j < k_max - real[b]:
-                        zero_bytes(dst, width)
-                    else:
-                        copy_bytes(dst, base + chain[b, j] * stride + off, width)
-                    dst += width
-
+    global _copy_bytes, _zero_bytes
+    _copy_bytes, _zero_bytes = copy_bytes, zero_bytes
     try:
-        sample = numba.njit(nogil=True, cache=True)(stack_sample)
+        sample = numba.njit(nogil=True, cache=True)(_stack_sample)
     except RuntimeError:  # no writable cache location: compile in every process
-        sample = numba.njit(nogil=True, cache=False)(stack_sample)
+        sample = numba.njit(nogil=True, cache=False)(_stack_sample)
     return SimpleNamespace(sample=sample)
+
+
+def _stack_sample(
+    slots: Any,
+    take: bool,
+    records: Any,
+    length: int,
+    pad: bool,
+    nxt: Any,
+    end: Any,
+    cols: Any,
+    offs: Any,
+    inv_count: float,
+    k_max: int,
+    key: Any,
+    prev: Any,
+    plan: Any,
+    starts: Any,
+    out: Any,
+) -> None:
+    # One pass, one call (each call from Python costs microseconds that the
+    # gather's cache eviction makes dearer). With ``take``, Table.sample's
+    # bookkeeping first: count each draw in the item records ([cap, 4] int64:
+    # key, times sampled, priority bits, unused), write the items' columns into
+    # cols at the byte offsets offs (keys, times, priorities, probabilities
+    # inv_count, weights 1; then for windows the end codes and, padded, the
+    # mask), and gather the slots' rows, or each window's rows walked from its
+    # item's key by next links. Without ``take``, ``slots`` are the rows.
+    # Then the gather: plan[f] = (group address, group row bytes, byte offset,
+    # byte width, k, zeros); field f's output is [n, k_f, width] bytes, C
+    # order, at out[starts[f] * n:]. (One module-level function whose intrinsics
+    # are module globals: a function that closes over another dispatcher or an
+    # intrinsic is never found in numba's cache, the closure pickles differently in
+    # every process.)
+    rows = slots
+    if take:
+        n = slots.shape[0]
+        rcap = records.shape[0]
+        for b in range(n):
+            s = slots[b]
+            if s < 0 or s >= rcap:
+                raise IndexError("frame stack sample: a slot is outside the item records")
+            records[s, 1] += 1  # every draw counts, duplicates included
+        keys = cols[offs[0] : offs[0] + 8 * n].view(np.int64)
+        times = cols[offs[1] : offs[1] + 8 * n].view(np.int64)
+        bits = cols[offs[2] : offs[2] + 8 * n].view(np.int64)  # float64 priorities
+        prob = cols[offs[3] : offs[3] + 8 * n].view(np.float64)
+        weights = cols[offs[4] : offs[4] + 4 * n].view(np.float32)
+        for b in range(n):
+            s = slots[b]
+            keys[b] = records[s, 0]
+            times[b] = records[s, 1]
+            bits[b] = records[s, 2]
+            prob[b] = inv_count
+            weights[b] = 1.0
+        if length > 1:
+            # Windows (Storage.windows): past an episode's end the last row repeats.
+            rows = np.empty(n * length, np.int64)
+            ends = cols[offs[5] : offs[5] + 8 * n * length].view(np.int64)
+            for b in range(n):
+                r = keys[b] % rcap
+                for t in range(length):
+                    rows[b * length + t] = r
+                    ends[b * length + t] = end[r]
+                    k2 = nxt[r]
+                    if k2 >= 0:
+                        r = k2 % rcap
+            if pad:  # False from the first repeated row on (Storage.window_mask)
+                for b in range(n):
+                    live = True
+                    for t in range(length):
+                        i = b * length + t
+                        if t > 0 and rows[i] == rows[i - 1]:
+                            live = False
+                        cols[offs[6] + i] = 1 if live else 0
+    cap = key.shape[0]
+    n = rows.shape[0]
+    out_addr = out.ctypes.data
+    # The rows of each step's last k_max frames, oldest first, and how many of
+    # them are real frames of the episode (the walk stops at a broken link; the
+    # rest repeat the oldest frame reached). One link level for every step at a
+    # time: the loads of a level are independent, so their cache misses overlap.
+    chain = np.empty((n, k_max), np.int64)
+    real = np.ones(n, np.int64)
+    for b in range(n):
+        r = rows[b]
+        if r < 0 or r >= cap:  # the copies below read raw addresses: never out of range
+            raise IndexError("frame stack gather: a row is outside the storage")
+        chain[b, k_max - 1] = r
+    for j in range(k_max - 2, -1, -1):
+        for b in range(n):
+            r = chain[b, j + 1]
+            if real[b] == k_max - 1 - j:
+                p = prev[r]
+                if p >= 0 and key[p % cap] == p:
+                    r = p % cap
+                    real[b] += 1
+            chain[b, j] = r
+    for f in range(plan.shape[0]):
+        base, stride, off, width, k, zeros = plan[f]
+        dst = out_addr + starts[f] * n
+        for b in range(n):
+            for j in range(k_max - k, k_max):
+                if zeros != 0 and j < k_max - real[b]:
+                    _zero_bytes(dst, width)
+                else:
+                    _copy_bytes(dst, base + chain[b, j] * stride + off, width)
+                dst += width
 
 
 def _kernel() -> Any:
