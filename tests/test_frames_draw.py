@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,28 @@ def test_without_numba_the_general_path_samples() -> None:
     fill(table, 10, 1, 0)
     assert _sampling._stacked(table) is None
     assert type(table.sample(3)) is Sample
+
+
+CACHED = """
+import torch
+from replaydb import Spec, Table, _frames
+t = Table(Spec({"obs": ((4, 4), "uint8")}), 20, frame_stack={"obs": 3})
+t.extend({"obs": torch.zeros(12, 4, 4, dtype=torch.uint8)})
+t.sample(2)
+stats = _frames._kernel().sample.stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+@needs_numba
+@pytest.mark.slow
+def test_a_new_process_finds_the_compiled_pass_in_numbas_cache(tmp_path: Path) -> None:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", CACHED], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert runs[0] == ["0", "1"]  # compiled and saved
+    assert runs[1] == ["1", "0"]  # loaded: a closure cell would make every process miss
