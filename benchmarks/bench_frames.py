@@ -115,14 +115,15 @@ def build(
     return table
 
 
-def build_stream(frames: np.ndarray[Any, Any], sequence_length: int) -> Table:
+def build_stream(frames: np.ndarray[Any, Any], sequence_length: int, pkg: Any = None) -> Table:
     """A full table of ``len(frames)`` steps fed one stream in order, no episode
     ends: the input the peers get (:func:`source`), same capacity, same frames."""
     n = len(frames)
-    table = Table(
-        SPEC,
+    make, uniform = (Table, Uniform) if pkg is None else (pkg.Table, pkg.samplers.Uniform)
+    table = make(
+        SPEC if pkg is None else pkg.Spec(FIELDS),
         n,
-        sampler=Uniform(seed=0),
+        sampler=uniform(seed=0),
         sequence_length=sequence_length,
         frame_stack={"obs": STACK},
     )
@@ -326,7 +327,8 @@ def on_disk(frames: int, reps: int, directory: str) -> None:
 
 
 def compare(frames: int, reps: int, base_src: str) -> None:
-    """This checkout's ``sample(32)`` against another checkout's, in one process."""
+    """This checkout's ``sample(32)`` against another checkout's, in one process
+    (T=1 and T=2 with 8 environments, T=2 fed the peers' single stream)."""
     here = Path(__file__).resolve().parent
     sys.path.insert(0, str(here))
     from bench_ab import copy_as  # same folder
@@ -337,9 +339,12 @@ def compare(frames: int, reps: int, base_src: str) -> None:
         base = importlib.import_module("replaydb_base")
         importlib.import_module("replaydb_base.samplers")
         tables = {}
+        one = source(frames)[:frames]
         for name, pkg in (("new", None), ("base", base)):
             for length in (1, 2):
                 tables[name, length] = build(frames, envs=8, sequence_length=length, pkg=pkg)
+            tables[name, 0] = build_stream(one, 2, pkg=pkg)  # the peers' single stream
+        del one
         first = tables["new", 1]
         raw = first.storage.fields["obs"].numpy()
         rng = np.random.default_rng(1)
@@ -349,7 +354,7 @@ def compare(frames: int, reps: int, base_src: str) -> None:
             FLOOR: lambda: raw[idx_pool[next(it) % 4096]]
         }
         for (name, length), table in tables.items():
-            label = f"{name} sample(32)" + (", T=2" if length == 2 else "")
+            label = f"{name} sample(32)" + {1: "", 2: ", T=2", 0: ", T=2 1 stream"}[length]
             contenders[label] = lambda table=table: table.sample(BATCH)
         t = race(contenders, reps)
     print(f"{frames:,} frames in memory; base = {base_src}")
