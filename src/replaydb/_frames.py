@@ -11,12 +11,13 @@ tensors, one ``memcpy`` per frame, all fields in one buffer, with no per-field
 numpy call: the stacked field's copy costs what a raw ``frames[idx]`` numpy gather
 of the same bytes costs (``benchmarks/bench_frames.py``).
 The links are walked one level for all rows at a time, so the cache misses of a
-level overlap. ``Table.sample`` of a uniform table adds one compiled pass before
-the gather (:func:`sample_fused`): it counts the draws in the item records, writes
-the keys, counts, priorities, probabilities and weights into a second, small
-buffer, and walks each window's ``next`` links. Without numba (and off CPU)
-``k - 1`` batched torch gathers walk the links and one ``index_select`` per field
-gathers.
+level overlap. For ``Table.sample`` of a uniform table the same pass first does the
+sample's bookkeeping (:func:`sample_fused`, one call per sample): it counts the
+draws in the item records, writes the keys, counts, priorities, probabilities and
+weights into a second, small buffer, and walks each window's ``next`` links; the
+sample (:class:`StackSample`) makes those columns into tensors when first read.
+Without numba (and off CPU) ``k - 1`` batched torch gathers walk the links and one
+``index_select`` per field gathers.
 
 Layout the compiled pass relies on (``Storage``): fields of one dtype share a
 packed group tensor ``[capacity, W]``; a field is the columns ``[a, b)`` of its
