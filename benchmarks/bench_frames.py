@@ -26,6 +26,11 @@ random rows on every call:
   ``sequence_length=2`` (``[32, 2, 4, 84, 84]``), cpprb's ``ReplayBuffer`` with
   ``stack_compress="obs"`` and ``next_of="obs"``, and SB3's ``ReplayBuffer`` with
   ``optimize_memory_usage=True`` (each skipped with a note when not installed).
+  The replaydb tables above get 8 interleaved environments (a stack's frames 8
+  rows apart); the peers get one stream in order (a transition's frames
+  adjacent), so ``replaydb T=2, peers' 1 stream`` is also fed exactly the peers'
+  input (the same frames, one stream, no episode ends, the same capacity): the
+  like-for-like comparison.
 
 Printed: the median time per call, the stacked observation bytes returned per
 second (a transition counts both stacks), their ratio to the numpy gather, and the
@@ -110,7 +115,32 @@ def build(
     return table
 
 
+def build_stream(frames: np.ndarray[Any, Any], sequence_length: int, pkg: Any = None) -> Table:
+    """A full table of ``len(frames)`` steps fed one stream in order, no episode
+    ends: the input the peers get (:func:`source`), same capacity, same frames."""
+    n = len(frames)
+    make, uniform = (Table, Uniform) if pkg is None else (pkg.Table, pkg.samplers.Uniform)
+    table = make(
+        SPEC if pkg is None else pkg.Spec(FIELDS),
+        n,
+        sampler=uniform(seed=0),
+        sequence_length=sequence_length,
+        frame_stack={"obs": STACK},
+    )
+    for s in range(0, n, 1000):
+        m = min(1000, n - s)
+        table.extend(
+            {
+                "obs": torch.from_numpy(frames[s : s + m]),
+                "action": torch.zeros(m, dtype=torch.int64),
+                "reward": torch.zeros(m),
+            }
+        )
+    return table
+
+
 FLOOR = "numpy frames[idx], idx [32, 4]"
+ORDERED = "replaydb T=2, peers' 1 stream"
 
 
 def stack_rows(table: Table, rows: torch.Tensor) -> np.ndarray[Any, Any]:
@@ -209,6 +239,13 @@ def in_memory(frames: int, reps: int, peers: bool) -> None:
         pairs = build(frames, envs=8, sequence_length=2)
         memory["replaydb T=2 sample(32)"] = rss() - del_rss
         contenders["replaydb T=2 sample(32)"] = lambda: pairs.sample(BATCH)
+        # The peers' input: one stream in order (a transition's frames adjacent).
+        one = source(frames)[:frames]
+        del_rss = rss()
+        ordered = build_stream(one, sequence_length=2)
+        memory[ORDERED] = rss() - del_rss
+        del one
+        contenders[ORDERED] = lambda: ordered.sample(BATCH)
         for name, make in (
             ("cpprb stack_compress sample(32)", cpprb_sampler),
             ("SB3 optimize_memory sample(32)", sb3_sampler),
@@ -290,7 +327,8 @@ def on_disk(frames: int, reps: int, directory: str) -> None:
 
 
 def compare(frames: int, reps: int, base_src: str) -> None:
-    """This checkout's ``sample(32)`` against another checkout's, in one process."""
+    """This checkout's ``sample(32)`` against another checkout's, in one process
+    (T=1 and T=2 with 8 environments, T=2 fed the peers' single stream)."""
     here = Path(__file__).resolve().parent
     sys.path.insert(0, str(here))
     from bench_ab import copy_as  # same folder
@@ -301,9 +339,12 @@ def compare(frames: int, reps: int, base_src: str) -> None:
         base = importlib.import_module("replaydb_base")
         importlib.import_module("replaydb_base.samplers")
         tables = {}
+        one = source(frames)[:frames]
         for name, pkg in (("new", None), ("base", base)):
             for length in (1, 2):
                 tables[name, length] = build(frames, envs=8, sequence_length=length, pkg=pkg)
+            tables[name, 0] = build_stream(one, 2, pkg=pkg)  # the peers' single stream
+        del one
         first = tables["new", 1]
         raw = first.storage.fields["obs"].numpy()
         rng = np.random.default_rng(1)
@@ -313,7 +354,7 @@ def compare(frames: int, reps: int, base_src: str) -> None:
             FLOOR: lambda: raw[idx_pool[next(it) % 4096]]
         }
         for (name, length), table in tables.items():
-            label = f"{name} sample(32)" + (", T=2" if length == 2 else "")
+            label = f"{name} sample(32)" + {1: "", 2: ", T=2", 0: ", T=2 1 stream"}[length]
             contenders[label] = lambda table=table: table.sample(BATCH)
         t = race(contenders, reps)
     print(f"{frames:,} frames in memory; base = {base_src}")

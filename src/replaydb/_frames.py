@@ -11,12 +11,13 @@ tensors, one ``memcpy`` per frame, all fields in one buffer, with no per-field
 numpy call: the stacked field's copy costs what a raw ``frames[idx]`` numpy gather
 of the same bytes costs (``benchmarks/bench_frames.py``).
 The links are walked one level for all rows at a time, so the cache misses of a
-level overlap. ``Table.sample`` of a uniform table adds one compiled pass before
-the gather (:func:`sample_fused`): it counts the draws in the item records, writes
-the keys, counts, priorities, probabilities and weights into a second, small
-buffer, and walks each window's ``next`` links. Without numba (and off CPU)
-``k - 1`` batched torch gathers walk the links and one ``index_select`` per field
-gathers.
+level overlap. For ``Table.sample`` of a uniform table the same pass first does the
+sample's bookkeeping (:func:`sample_fused`, one call per sample): it counts the
+draws in the item records, writes the keys, counts, priorities, probabilities and
+weights into a second, small buffer, and walks each window's ``next`` links; the
+sample (:class:`StackSample`) makes those columns into tensors when first read.
+Without numba (and off CPU) ``k - 1`` batched torch gathers walk the links and one
+``index_select`` per field gathers.
 
 Layout the compiled pass relies on (``Storage``): fields of one dtype share a
 packed group tensor ``[capacity, W]``; a field is the columns ``[a, b)`` of its
@@ -34,17 +35,28 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from replaydb._records import Sample
+
 if TYPE_CHECKING:
     from replaydb.storage import Storage
     from replaydb.table import Table
 
+#: :func:`layout`'s answer: bytes of the fields' and columns' buffers, the columns'
+#: byte offsets, and ``(shape, dtype, offset)`` of each field and each column.
+Layout = tuple[int, int, Any, list[Any], list[Any]]
+
 #: The compiled pass, built on first use (``None``: numba missing or turned off).
 _STATE: dict[str, Any] = {}
 
+#: ``memcpy`` and ``memset`` on raw addresses for :func:`_stack_sample`, numba
+#: intrinsics set by :func:`_compile` (globals, not closure cells: see there).
+_copy_bytes: Any = None
+_zero_bytes: Any = None
+
 
 def _compile() -> SimpleNamespace | None:
-    """The compiled passes (``gather``, ``sample``), or ``None`` without numba (or
-    ``REPLAYDB_NUMBA=0``)."""
+    """The compiled pass (``sample``: :func:`_stack_sample`), or ``None`` without
+    numba (or ``REPLAYDB_NUMBA=0``)."""
     if os.environ.get("REPLAYDB_NUMBA", "1") == "0":
         return None
     try:
@@ -85,69 +97,54 @@ def _compile() -> SimpleNamespace | None:
 
         return sig, codegen
 
-    def stack_copy(
-        rows: Any, k_max: int, key: Any, prev: Any, plan: Any, starts: Any, out: Any
-    ) -> None:
-        # plan[f] = (group address, group row bytes, byte offset, byte width, k, zeros);
-        # field f's output is [n, k_f, width] bytes, C order, at out[starts[f] * n:].
-        cap = key.shape[0]
-        n = rows.shape[0]
-        out_addr = out.ctypes.data
-        # The rows of each step's last k_max frames, oldest first, and how many of
-        # them are real frames of the episode (the walk stops at a broken link; the
-        # rest repeat the oldest frame reached). One link level for every step at a
-        # time: the loads of a level are independent, so their cache misses overlap.
-        chain = np.empty((n, k_max), np.int64)
-        real = np.ones(n, np.int64)
-        for b in range(n):
-            r = rows[b]
-            if r < 0 or r >= cap:  # the copies below read raw addresses: never out of range
-                raise IndexError("frame stack gather: a row is outside the storage")
-            chain[b, k_max - 1] = r
-        for j in range(k_max - 2, -1, -1):
-            for b in range(n):
-                r = chain[b, j + 1]
-                if real[b] == k_max - 1 - j:
-                    p = prev[r]
-                    if p >= 0 and key[p % cap] == p:
-                        r = p % cap
-                        real[b] += 1
-                chain[b, j] = r
-        for f in range(plan.shape[0]):
-            base, stride, off, width, k, zeros = plan[f]
-            dst = out_addr + starts[f] * n
-            for b in range(n):
-                for j in range(k_max - k, k_max):
-                    if zeros != 0 and j < k_max - real[b]:
-                        zero_bytes(dst, width)
-                    else:
-                        copy_bytes(dst, base + chain[b, j] * stride + off, width)
-                    dst += width
+    global _copy_bytes, _zero_bytes
+    _copy_bytes, _zero_bytes = copy_bytes, zero_bytes
+    try:
+        sample = numba.njit(nogil=True, cache=True)(_stack_sample)
+    except RuntimeError:  # no writable cache location: compile in every process
+        sample = numba.njit(nogil=True, cache=False)(_stack_sample)
+    return SimpleNamespace(sample=sample)
 
-    def take_windows(
-        slots: Any,
-        records: Any,
-        length: int,
-        pad: bool,
-        nxt: Any,
-        end: Any,
-        cols: Any,
-        offs: Any,
-        inv_count: float,
-    ) -> Any:
-        # Table.sample's bookkeeping before stack_copy gathers: count each draw in
-        # the item records ([cap, 4] int64: key, times sampled, priority bits,
-        # unused), write the items' columns into cols at the byte offsets offs
-        # (keys, times, priorities, probabilities inv_count, weights 1; then for
-        # windows the end codes and, padded, the mask), and return the rows to
-        # gather: the slots, or each window's rows walked from its item's key by
-        # next links. (Two compiled functions, not one calling the other: a
-        # function that closes over a dispatcher is never found in numba's cache.)
+
+def _stack_sample(
+    slots: Any,
+    take: bool,
+    records: Any,
+    length: int,
+    pad: bool,
+    nxt: Any,
+    end: Any,
+    cols: Any,
+    offs: Any,
+    inv_count: float,
+    k_max: int,
+    key: Any,
+    prev: Any,
+    plan: Any,
+    starts: Any,
+    out: Any,
+) -> None:
+    # One pass, one call (each call from Python costs microseconds that the
+    # gather's cache eviction makes dearer). With ``take``, Table.sample's
+    # bookkeeping first: count each draw in the item records ([cap, 4] int64:
+    # key, times sampled, priority bits, unused), write the items' columns into
+    # cols at the byte offsets offs (keys, times, priorities, probabilities
+    # inv_count, weights 1; then for windows the end codes and, padded, the
+    # mask), and gather the slots' rows, or each window's rows walked from its
+    # item's key by next links. Without ``take``, ``slots`` are the rows.
+    # Then the gather: plan[f] = (group address, group row bytes, byte offset,
+    # byte width, k, zeros); field f's output is [n, k_f, width] bytes, C
+    # order, at out[starts[f] * n:]. (One module-level function whose intrinsics
+    # are module globals: a function that closes over another dispatcher or an
+    # intrinsic is never found in numba's cache, the closure pickles differently in
+    # every process.)
+    rows = slots
+    if take:
         n = slots.shape[0]
-        cap = records.shape[0]
+        rcap = records.shape[0]
         for b in range(n):
             s = slots[b]
-            if s < 0 or s >= cap:
+            if s < 0 or s >= rcap:
                 raise IndexError("frame stack sample: a slot is outside the item records")
             records[s, 1] += 1  # every draw counts, duplicates included
         keys = cols[offs[0] : offs[0] + 8 * n].view(np.int64)
@@ -162,36 +159,59 @@ def _compile() -> SimpleNamespace | None:
             bits[b] = records[s, 2]
             prob[b] = inv_count
             weights[b] = 1.0
-        if length == 1:
-            return slots
-        # Windows (Storage.windows): past an episode's end the last row repeats.
-        rows = np.empty(n * length, np.int64)
-        ends = cols[offs[5] : offs[5] + 8 * n * length].view(np.int64)
-        for b in range(n):
-            r = keys[b] % cap
-            for t in range(length):
-                rows[b * length + t] = r
-                ends[b * length + t] = end[r]
-                k2 = nxt[r]
-                if k2 >= 0:
-                    r = k2 % cap
-        if pad:  # False from the first repeated row on (Storage.window_mask)
+        if length > 1:
+            # Windows (Storage.windows): past an episode's end the last row repeats.
+            rows = np.empty(n * length, np.int64)
+            ends = cols[offs[5] : offs[5] + 8 * n * length].view(np.int64)
             for b in range(n):
-                live = True
+                r = keys[b] % rcap
                 for t in range(length):
-                    i = b * length + t
-                    if t > 0 and rows[i] == rows[i - 1]:
-                        live = False
-                    cols[offs[6] + i] = 1 if live else 0
-        return rows
-
-    try:
-        jit = numba.njit(nogil=True, cache=True)
-        gather = jit(stack_copy)
-    except RuntimeError:  # no writable cache location: compile in every process
-        jit = numba.njit(nogil=True, cache=False)
-        gather = jit(stack_copy)
-    return SimpleNamespace(gather=gather, take=jit(take_windows))
+                    rows[b * length + t] = r
+                    ends[b * length + t] = end[r]
+                    k2 = nxt[r]
+                    if k2 >= 0:
+                        r = k2 % rcap
+            if pad:  # False from the first repeated row on (Storage.window_mask)
+                for b in range(n):
+                    live = True
+                    for t in range(length):
+                        i = b * length + t
+                        if t > 0 and rows[i] == rows[i - 1]:
+                            live = False
+                        cols[offs[6] + i] = 1 if live else 0
+    cap = key.shape[0]
+    n = rows.shape[0]
+    out_addr = out.ctypes.data
+    # The rows of each step's last k_max frames, oldest first, and how many of
+    # them are real frames of the episode (the walk stops at a broken link; the
+    # rest repeat the oldest frame reached). One link level for every step at a
+    # time: the loads of a level are independent, so their cache misses overlap.
+    chain = np.empty((n, k_max), np.int64)
+    real = np.ones(n, np.int64)
+    for b in range(n):
+        r = rows[b]
+        if r < 0 or r >= cap:  # the copies below read raw addresses: never out of range
+            raise IndexError("frame stack gather: a row is outside the storage")
+        chain[b, k_max - 1] = r
+    for j in range(k_max - 2, -1, -1):
+        for b in range(n):
+            r = chain[b, j + 1]
+            if real[b] == k_max - 1 - j:
+                p = prev[r]
+                if p >= 0 and key[p % cap] == p:
+                    r = p % cap
+                    real[b] += 1
+            chain[b, j] = r
+    for f in range(plan.shape[0]):
+        base, stride, off, width, k, zeros = plan[f]
+        dst = out_addr + starts[f] * n
+        for b in range(n):
+            for j in range(k_max - k, k_max):
+                if zeros != 0 and j < k_max - real[b]:
+                    _zero_bytes(dst, width)
+                else:
+                    _copy_bytes(dst, base + chain[b, j] * stride + off, width)
+                dst += width
 
 
 def _kernel() -> Any:
@@ -231,29 +251,29 @@ class Plan:
             start += -(-nbytes // 64) * 64  # every output starts on a cache line
         #: Output bytes per sampled row, all fields.
         self.row_bytes = start
-        #: Per (batch size, window length): what :func:`_layout` computes.
-        self.layouts: dict[tuple[int, int], tuple[int, int, Any, list[Any], list[Any]]] = {}
+        #: Per (batch size, window length): what :func:`layout` computes.
+        self.layouts: dict[tuple[int, int], Layout] = {}
         self.names = [f[0] for f in self.fields]
         #: The table's item records ``[capacity, 4]`` int64 (key, times sampled,
         #: priority bits, unused): CPU wherever the storage takes the compiled path.
         self.records = table._items.numpy()
         self.starts = np.array([f[3] for f in self.fields], dtype=np.int64)
         self.plan = np.array(rows, dtype=np.int64).reshape(-1, 6)
-        #: The compiled pass and its arguments but the rows and the output.
-        kernels = _kernel()
-        k_max = table._stack_k
-        self.call = (kernels.gather, k_max, engine.key, engine.prev, self.plan, self.starts)
-        #: :func:`sample_fused`'s bookkeeping pass and its arguments after the
-        #: slots, but the columns' buffer, their offsets and the probability.
-        self.take = kernels.take
+        #: The compiled pass (``stack_sample``), its arguments between the slots
+        #: and the columns' buffer (for :func:`sample_fused`), and after the
+        #: columns' offsets and probability, but the output.
+        self.kernel = _kernel().sample
         self.pad = table.pad
-        self.take_args = (
+        self.head = (
             self.records,
             table.sequence_length,
             table.pad,
             engine.next,  # window walks: next links and end codes
             engine.end,
         )
+        self.tail = (table._stack_k, engine.key, engine.prev, self.plan, self.starts)
+        #: The columns' buffer and offsets of a gather alone (never written).
+        self.no_cols = (np.empty(0, np.uint8), np.zeros(7, np.int64))
 
     @staticmethod
     def usable(table: Table) -> bool:
@@ -283,7 +303,7 @@ def _plan(table: Table) -> Plan | None:
 _I64, _F64, _F32, _BOOL = (np.dtype(t) for t in (np.int64, np.float64, np.float32, np.bool_))
 
 
-def _layout(plan: Plan, n: int, length: int) -> tuple[int, int, Any, list[Any], list[Any]]:
+def layout(plan: Plan, n: int, length: int) -> Layout:
     """The buffers of a sample of ``n`` windows of ``length`` rows: bytes of the
     fields' buffer and of the item columns' buffer, the kernel's byte offsets of the
     columns, and ``(shape, dtype, offset)`` of each field (``plan.fields`` order) and
@@ -320,35 +340,92 @@ def sample_plan(table: Table) -> Plan | None:
     return _plan(table)
 
 
-def sample_fused(table: Table, plan: Plan, slots: torch.Tensor, inv_count: float) -> Any:
-    """Count the draws of ``slots``, walk their windows and gather, in one pass.
+def sample_fused(plan: Plan, slots: Any, layout: Layout, inv_count: float) -> tuple[Any, ...]:
+    """Count the draws of ``slots`` (a numpy int64 vector), walk their windows and
+    gather, in one compiled pass; ``layout`` is :func:`layout`'s for them.
 
     The effects and values of ``_items.take_items``, ``Storage.windows`` and
     ``window_mask`` (windows) and :func:`gather`, with probabilities ``inv_count``
     and unit weights (a uniform draw). The fields are views of one buffer, the item
-    columns of another (a column kept alone does not keep the frames alive). Call
-    with the table's lock held. Returns ``(data, keys, times_sampled, priorities,
-    probabilities, weights, ends, mask)`` (``ends`` ``None`` for single steps,
-    ``mask`` ``None`` unless padded).
+    columns live in another (a column kept alone does not keep the frames alive).
+    Call with the table's lock held. Returns ``(data, columns)``: the fields, and
+    the item columns' buffer and layout for :func:`stack_sample`.
     """
-    flat = slots.numpy()
-    n = len(flat)
-    length = table.sequence_length
-    nbytes, ncols, offs, fields, columns = _layout(plan, n, length)
+    nbytes, ncols, offs, fields, columns = layout
     buf = np.empty(nbytes, dtype=np.uint8)
     cols = np.empty(ncols, dtype=np.uint8)
-    rows = plan.take(flat, *plan.take_args, cols, offs, inv_count)
-    gather, *args = plan.call
-    gather(rows, *args, buf)
+    plan.kernel(slots, True, *plan.head, cols, offs, inv_count, *plan.tail, buf)
     nd, tensor = np.ndarray, torch.from_numpy
     data = {
         name: tensor(nd(s, dt, buf, at))
         for name, (s, dt, at) in zip(plan.names, fields, strict=True)
     }
-    out = [tensor(nd(s, dt, cols, at)) for s, dt, at in columns]
-    ends = out[5] if length > 1 else None
-    mask = out[6] if length > 1 and plan.pad else None
-    return data, *out[:5], ends, mask
+    return data, (cols, columns)
+
+
+def times_sampled(columns: tuple[Any, list[Any]]) -> Any:
+    """The times-sampled column of :func:`sample_fused`'s columns, as numpy."""
+    cols, layout = columns
+    shape, dt, at = layout[1]
+    return np.ndarray(shape, dt, cols, at)
+
+
+class _Column:
+    """A :class:`Sample` attribute made from the sample's column buffer when first
+    read (then kept in the instance, which this non-data descriptor defers to)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        d = obj.__dict__
+        cols, layout = d["_columns"]
+        if self.index < len(layout):
+            shape, dt, at = layout[self.index]
+            value = torch.from_numpy(np.ndarray(shape, dt, cols, at))
+        else:
+            value = None  # ends of single steps, mask of unpadded windows
+        d[self.name] = value
+        return value
+
+
+class StackSample(Sample):
+    """A :class:`Sample` of :func:`sample_fused` whose item columns (keys, counts,
+    priorities, probabilities, weights, end codes, mask) become tensors when first
+    read: a learner that reads only the data pays for none of them. It pickles
+    and copies as a plain :class:`Sample`."""
+
+    keys = _Column(0)
+    times_sampled = _Column(1)
+    priorities = _Column(2)
+    probabilities = _Column(3)
+    weights = _Column(4)
+    ends = _Column(5)
+    mask = _Column(6)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        names = ("data", "keys", "probabilities", "weights", "priorities", "times_sampled")
+        args = tuple(getattr(self, f) for f in names)
+        return (Sample, (*args, self.table_size, self.mask, self.ends))
+
+
+def stack_sample(
+    data: dict[str, torch.Tensor], columns: tuple[Any, list[Any]], table_size: int
+) -> Sample:
+    """The :class:`Sample` of :func:`sample_fused`'s outputs (item columns made on
+    first read)."""
+    got = object.__new__(StackSample)
+    d = got.__dict__
+    d["data"] = data
+    d["table_size"] = table_size
+    d["_columns"] = columns
+    return got
 
 
 def _fused(plan: Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -359,8 +436,7 @@ def _fused(plan: Plan, rows: torch.Tensor) -> dict[str, torch.Tensor]:
     # every field starts at a multiple of 64 bytes: each view is aligned).
     buf = np.empty(n * plan.row_bytes, dtype=np.uint8)
     if n:
-        kernel, k_max, key, prev, fields, starts = plan.call
-        kernel(flat, k_max, key, prev, fields, starts, buf)
+        plan.kernel(flat, False, *plan.head, *plan.no_cols, 1.0, *plan.tail, buf)
     lead = rows.shape
     return {
         name: torch.from_numpy(buf[a * n : (a + size) * n].view(dt).reshape(*lead, *shape))

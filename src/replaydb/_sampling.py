@@ -232,51 +232,78 @@ def _sample_prioritized(
 
 _NOT_MADE: Any = object()
 
+
+class _Stacked:
+    """What :func:`_sample_stacked` keeps per table: the uniform sampler, the
+    compiled plan, and per batch size a slots tensor the draw fills in place (used
+    under the table's lock only), its numpy view and the sample's buffer layout."""
+
+    def __init__(self, sampler: Uniform, plan: _frames.Plan, length: int) -> None:
+        self.sampler = sampler
+        self.plan = plan
+        self.length = length
+        self.batches: dict[int, tuple[torch.Tensor, Any, _frames.Layout]] = {}
+
+    def batch(self, b: int) -> tuple[torch.Tensor, Any, _frames.Layout]:
+        """Make (and keep) what a sample of ``b`` items uses."""
+        if len(self.batches) > 16:  # a few batch sizes are usual; never grow without end
+            self.batches.clear()
+        t = torch.empty(b, dtype=torch.int64)
+        got = self.batches[b] = (t, t.numpy(), _frames.layout(self.plan, b, self.length))
+        return got
+
+
 #: Table -> its frame-stack short path (None: it does not apply), made on first use.
-_STACKED: weakref.WeakKeyDictionary[Table, tuple[Uniform, _frames.Plan] | None] = (
-    weakref.WeakKeyDictionary()
-)
+_STACKED: weakref.WeakKeyDictionary[Table, _Stacked | None] = weakref.WeakKeyDictionary()
 
 
-def _stacked(table: Table) -> tuple[Uniform, _frames.Plan] | None:
-    """The uniform sampler and compiled plan of a table that takes
-    :func:`_sample_stacked`, else ``None`` (decided once per table)."""
+def _stacked(table: Table) -> _Stacked | None:
+    """What a table that takes :func:`_sample_stacked` needs, else ``None``
+    (decided once per table)."""
     got = _STACKED.get(table, _NOT_MADE)
     if got is _NOT_MADE:
         plan = _frames.sample_plan(table)
         sampler = table.sampler
         ok = plan is not None and type(sampler) is Uniform
-        got = _STACKED[table] = (sampler, plan) if ok else None  # type: ignore[assignment]
+        made = _Stacked(sampler, plan, table.sequence_length) if ok else None  # type: ignore[arg-type]
+        got = _STACKED[table] = made
     return got  # type: ignore[no-any-return]
 
 
-def _sample_stacked(table: Table, stacked: tuple[Uniform, _frames.Plan], b: int) -> Sample | None:
+def _sample_stacked(table: Table, stacked: _Stacked, b: int) -> Sample | None:
     """:func:`sample` of a CPU uniform frame-stack table, valid arguments.
 
     The same draws, counts, removals and limiter accounting as the general path:
-    the sampler draws the slots, one compiled pass counts them in the item records,
-    walks the windows and gathers every field (:func:`_frames.sample_fused`);
-    ``None`` where the table cannot be sampled at once (the general path then
-    waits or raises).
+    the sampler's generator draws the slots (``Uniform.draw``'s draw, written in
+    place into a tensor kept for the next call where every active slot is
+    ``< high``: ``torch.randint`` is ``random_`` on a new tensor), one compiled pass
+    counts them in the item records, walks the windows and gathers every field
+    (:func:`_frames.sample_fused`); the item columns become tensors when first
+    read (:class:`_frames.StackSample`). ``None`` where the table cannot be sampled
+    at once (the general path then waits or raises).
     """
-    sampler, plan = stacked
+    sampler = stacked.sampler
+    slots_t, slots, layout = stacked.batches.get(b) or stacked.batch(b)
     with table._cond:
         lim = table.rate_limiter
         size = table._size
         if not (size > 0 and lim.can_sample(b, size)) or lim.never_samples(b):
             return None
         _waiting.note_thread(table)
-        slots = sampler.draw(b)  # the draw of Uniform.sample
-        data, keys, times, priorities, probabilities, weights, ends, mask = _frames.sample_fused(
-            table, plan, slots, 1.0 / sampler.size
-        )
+        act = sampler.engine
+        count = act.count
+        if count == act.high:
+            slots_t.random_(0, count, generator=sampler.generator)
+        else:  # active slots are scattered: the sampler's rejection sampling
+            slots = sampler.draw(b).numpy()
+        data, columns = _frames.sample_fused(stacked.plan, slots, layout, 1.0 / count)
         lim.on_sample(b)
         if table.max_times_sampled is not None:
-            spent = slots[times >= table.max_times_sampled]
-            if spent.numel():
-                _items.remove_slots(table, spent)
+            spent = slots[_frames.times_sampled(columns) >= table.max_times_sampled]
+            if len(spent):
+                _items.remove_slots(table, torch.from_numpy(spent))
         _waiting.notify(table)
-    return Sample(data, keys, probabilities, weights, priorities, times, size, mask, ends)
+    return _frames.stack_sample(data, columns, size)
 
 
 def sample_data(table: Table, batch_size: Any, timeout: Any) -> dict[str, torch.Tensor]:
