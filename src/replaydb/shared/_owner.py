@@ -158,14 +158,20 @@ class Owner:
                 # An item's rows may be reused once it is consumed: gather here.
                 s = table.sample(b, beta=beta, timeout=timeout)
                 return ("sample", {f: getattr(s, f) for f in _SAMPLE_FIELDS})
+            ahead = ahead if _draws_ahead(table) else 0
+            if ahead and table.max_times_sampled is None:
+                # One draw for the caller's next batches too: a draw's cost is mostly
+                # per call. Cut into batches, it is what consecutive draws would give.
+                both = table.sample_rows(b * (1 + ahead), beta=beta, timeout=timeout)
+                return ("rows", _wire.pack_rows([both], parts=1 + ahead))
             draws = [table.sample_rows(b, beta=beta, timeout=timeout)]
-            for _ in range(ahead if _draws_ahead(table) else 0):
+            for _ in range(ahead):
                 # Draws for the caller's next batches (one request instead of several).
                 try:
                     draws.append(table.sample_rows(b, beta=beta, timeout=0))
                 except RateLimiterTimeout:
                     break
-            return ("rows", [{f: getattr(r, f) for f in _ROW_FIELDS} for r in draws])
+            return ("rows", _wire.pack_rows(draws))
         if verb == "extend":
             steps, kwargs = args
             table.extend(steps, **kwargs)
@@ -233,20 +239,6 @@ _SAMPLE_FIELDS = (
     "table_size",
     "mask",
     "ends",
-)
-_ROW_FIELDS = (
-    "rows",
-    "valid",
-    "keys",
-    "probabilities",
-    "weights",
-    "priorities",
-    "times_sampled",
-    "table_size",
-    "mask",
-    "ends",
-    "oldest",
-    "generation",
 )
 
 
