@@ -33,7 +33,7 @@ from replaydb import Dataset, Spec, Table
 from replaydb.errors import RateLimiterTimeout, ReplayError
 from replaydb.rate_limiters import RateLimiter
 from replaydb.samplers import Prioritized, Uniform
-from replaydb.shared import SharedTable, _batches, _wire, memory_table
+from replaydb.shared import SharedTable, _batches, _owner, _wire, memory_table
 
 JOIN_S = 60
 
@@ -277,6 +277,21 @@ def test_a_uniform_table_draws_a_workers_next_batches_in_one_request(worker: Non
     remote.sample(8)
     assert table.info().samples == 16 * (1 + handle_module.AHEAD)
     handle.close()
+
+
+def test_a_cpu_that_may_reorder_memory_gets_samples_gathered_by_the_owner(
+    worker: None, xs: tuple[Table, SharedTable], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without x86's store and load order the overwrite check could miss a write.
+    _table, remote = xs
+    monkeypatch.setattr(_owner, "IN_ORDER", False)
+
+    def copy(rows: dict[str, Any], pooled: bool) -> Any:
+        raise AssertionError("the rows were copied outside the owner")
+
+    monkeypatch.setattr(remote, "_copy", copy)
+    s = remote.sample(16)
+    assert _consistent([s.data, s.keys])
 
 
 def test_draws_ahead_in_one_draw_report_times_sampled_as_consecutive_draws(worker: None) -> None:
