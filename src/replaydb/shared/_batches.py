@@ -216,6 +216,7 @@ def _encode(t: torch.Tensor) -> _Encoded:
             slot = lease.slot
             off = t.storage_offset() * t.element_size()
             np_dtype = _NUMPY.get(t.dtype)
+            ref: tuple[Any, ...]
             if np_dtype is not None and t.is_contiguous():
                 # Rebuilt as a numpy view (a third of the cost of a torch view).
                 nbytes = t.numel() * t.element_size()
