@@ -198,6 +198,10 @@ def unpack_rows(packed: dict[str, Any]) -> list[dict[str, Any]]:
     """The inverse of :func:`pack_rows` (after :func:`from_wire`): one dict per draw,
     its tensors views of the packed ones."""
     n = int(packed["n"])
+    if n == 1:
+        one = {f: packed[f] for f in ROW_TENSORS}
+        one["table_size"], one["generation"] = packed["table_size"][0], packed["generation"][0]
+        return [one]
     if packed["turns"] > 1:
         times = times_in_turn(
             packed["keys"].numpy(), packed["times_sampled"].numpy(), packed["turns"]
