@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from multiprocessing import get_context
 
 import pytest
@@ -78,6 +79,7 @@ def test_a_workers_exit_waits_for_its_closed_queue_to_send(
     assert [t.name for t in feeders] == ["QueueFeederThread"]
     threading.Timer(0.2, slow.set).start()
     monkeypatch.setattr(dataset, "get_worker_info", lambda: object())
+    monkeypatch.setattr(dataset, "_RUNNING", weakref.WeakSet())  # this process's datasets run on
     t0 = time.monotonic()
     dataset._stop_at_exit()
     assert sent == [1] and time.monotonic() - t0 < JOIN_S
