@@ -155,7 +155,7 @@ def main() -> None:
                     best[w], cpu[w] = rate, (main_ms, worker_ms)
                 print(
                     f"round {r}: {w} worker(s): {rate:,.0f} items/s; CPU per batch: "
-                    f"{main_ms:.1f} ms owner+consumer, {worker_ms:.1f} ms workers"
+                    f"{main_ms:.2f} ms owner+consumer, {worker_ms:.2f} ms workers"
                 )
     finally:
         handle.close()

@@ -21,8 +21,11 @@ from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import replaydb.shared._handle as handle_module
@@ -30,7 +33,7 @@ from replaydb import Dataset, Spec, Table
 from replaydb.errors import RateLimiterTimeout, ReplayError
 from replaydb.rate_limiters import RateLimiter
 from replaydb.samplers import Prioritized, Uniform
-from replaydb.shared import SharedTable, _batches, memory_table
+from replaydb.shared import SharedTable, _batches, _owner, _wire, memory_table
 
 JOIN_S = 60
 
@@ -120,12 +123,19 @@ def test_a_pooled_sample_equals_the_tables_own(worker: None, kwargs: dict[str, A
         t.extend(steps, ends=ends, streams=torch.arange(40) % 2)
     handle = theirs.share()
     remote = _remote(handle)
-    for _ in range(6):
-        a, b = mine.sample(7), remote.sample(7)
-        for f in ("keys", "probabilities", "weights", "priorities", "times_sampled"):
-            assert torch.equal(getattr(a, f), getattr(b, f)), f
-        for name in a.data:
-            assert torch.equal(a[name], b[name]), name
+    # A uniform table draws a worker's next batches in one draw, cut into batches.
+    per = 1 if isinstance(kwargs["sampler"], Prioritized) else 1 + handle_module.AHEAD
+    for _ in range(2):
+        a = mine.sample(7 * per)
+        times = _wire.times_in_turn(a.keys.numpy(), a.times_sampled.numpy(), per)
+        for i in range(per):
+            b, cut = remote.sample(7), slice(7 * i, 7 * i + 7)
+            for f in ("keys", "probabilities", "weights", "priorities"):
+                assert torch.equal(getattr(a, f)[cut], getattr(b, f)), f
+            assert b.times_sampled.tolist() == times[cut].tolist()
+            assert b.table_size == a.table_size
+            for name in a.data:
+                assert torch.equal(a[name][cut], b[name]), name
     assert _slots()  # the pooled path ran
     handle.close()
 
@@ -266,6 +276,74 @@ def test_a_uniform_table_draws_a_workers_next_batches_in_one_request(worker: Non
     assert table.info().samples == 8 * (1 + handle_module.AHEAD)
     remote.sample(8)
     assert table.info().samples == 16 * (1 + handle_module.AHEAD)
+    handle.close()
+
+
+def test_a_cpu_that_may_reorder_memory_gets_samples_gathered_by_the_owner(
+    worker: None, xs: tuple[Table, SharedTable], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without x86's store and load order the overwrite check could miss a write.
+    _table, remote = xs
+    monkeypatch.setattr(_owner, "IN_ORDER", False)
+
+    def copy(rows: dict[str, Any], pooled: bool) -> Any:
+        raise AssertionError("the rows were copied outside the owner")
+
+    monkeypatch.setattr(remote, "_copy", copy)
+    s = remote.sample(16)
+    assert _consistent([s.data, s.keys])
+
+
+def test_draws_ahead_in_one_draw_report_times_sampled_as_consecutive_draws(worker: None) -> None:
+    # 3 items, so every batch repeats items of the batches before it.
+    table = memory_table(Spec({"x": ()}), 8, sampler=Uniform(seed=1))
+    table.extend({"x": torch.arange(3.0)})
+    handle = table.share()
+    remote = _remote(handle)
+    counts = [0, 0, 0]
+    for _ in range(2 * (1 + handle_module.AHEAD)):
+        s = remote.sample(5)
+        for k in s.keys.tolist():
+            counts[k] += 1
+        # Every copy of an item reports its count after this batch, as Table.sample does.
+        assert s.times_sampled.tolist() == [counts[k] for k in s.keys.tolist()]
+    handle.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    parts=st.integers(1, 5),
+    per=st.integers(1, 6),
+    data=st.data(),
+)
+def test_times_in_turn_equals_counting_batch_by_batch(parts: int, per: int, data: Any) -> None:
+    keys = data.draw(st.lists(st.integers(0, 4), min_size=parts * per, max_size=parts * per))
+    before = data.draw(st.lists(st.integers(0, 3), min_size=5, max_size=5))
+    counts, expected = list(before), []
+    for i in range(parts):
+        batch = keys[i * per : (i + 1) * per]
+        for k in batch:
+            counts[k] += 1
+        expected += [counts[k] for k in batch]
+    final = np.array([counts[k] for k in keys], dtype=np.int64)
+    got = _wire.times_in_turn(np.array(keys, dtype=np.int64), final, parts)
+    assert got.tolist() == expected
+
+
+def test_a_table_with_max_times_sampled_draws_ahead_draw_by_draw(worker: None) -> None:
+    # One draw for several batches could hand out an item past its last allowed draw.
+    table = memory_table(Spec({"x": ()}), 64, sampler=Uniform(seed=2), max_times_sampled=2)
+    table.extend({"x": torch.arange(10.0)})  # 20 draws in all; 16 taken below
+    handle = table.share()
+    remote = _remote(handle)
+    seen: dict[int, int] = {}
+    for _ in range(1 + handle_module.AHEAD):
+        keys = remote.sample(2, timeout=JOIN_S).keys.tolist()
+        # An item drawn twice in earlier batches was removed: never drawn again.
+        assert all(seen.get(k, 0) < 2 for k in keys), (seen, keys)
+        for k in keys:
+            seen[k] = seen.get(k, 0) + 1
+    assert table.info().samples == 2 * (1 + handle_module.AHEAD)
     handle.close()
 
 

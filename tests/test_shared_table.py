@@ -36,6 +36,7 @@ from replaydb.errors import (
 )
 from replaydb.samplers import Fifo, Prioritized, Uniform
 from replaydb.shared import SharedTable, memory_table
+from replaydb.shared._handle import AHEAD
 
 JOIN_S = 60
 
@@ -581,7 +582,8 @@ def test_dataloader_workers_see_data_written_after_they_start() -> None:
     assert int(first.max()) < 100
     _fill(table, 100, 3900)  # the newest 3900 of 4000 keys
     seen_new = False
-    for _ in range(20):
+    # Each worker may hold the draws of its next AHEAD batches, drawn before the write.
+    for _ in range(2 * (1 + AHEAD) + 4):
         if int(next(it)[1].key.max()) >= 100:
             seen_new = True
             break

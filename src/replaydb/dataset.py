@@ -450,6 +450,9 @@ class Dataset(IterableDataset[tuple[Any, SampleInfo]]):
 _RUNNING: weakref.WeakSet[Dataset] = weakref.WeakSet()
 #: The longest the exit hook waits for sampling threads to finish their call.
 _EXIT_JOIN_S = 2.0
+#: The longest a DataLoader worker's exit waits for its queue's last sends (the
+#: DataLoader ends a worker that takes more than 5 s to exit).
+_EXIT_FEED_S = 4.0
 
 
 def _stop_at_exit() -> None:
@@ -466,6 +469,24 @@ def _stop_at_exit() -> None:
     deadline = time.monotonic() + _EXIT_JOIN_S
     for ds in running:
         ds._join_until(deadline)
+    if get_worker_info() is not None:
+        _flush_feeders(time.monotonic() + _EXIT_FEED_S)
+
+
+def _flush_feeders(deadline: float) -> None:
+    """In a DataLoader worker: let its queue's feeder thread send what it holds.
+
+    The worker returns batches through a ``multiprocessing`` queue whose daemon
+    feeder thread pickles and sends them; when the worker ends (its queue
+    closed), that thread may still be at work on the last ones, in torch calls
+    (a tensor's hand-over or release) that give up the GIL. A spawned worker
+    then finalizes Python, which ends such a thread as it takes the GIL back
+    and aborts the process ("terminate called without an active exception").
+    Waiting for the closed queue's feeder to finish its last sends avoids it.
+    """
+    for t in threading.enumerate():
+        if t.daemon and t.name == "QueueFeederThread" and t is not threading.current_thread():
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 atexit.register(_stop_at_exit)

@@ -30,7 +30,7 @@ from replaydb.table import Sample, Table, TableInfo
 _MAX_REDRAWS = 16
 _Layout = tuple[dict[torch.dtype, "np.ndarray[Any, Any]"], dict[str, tuple[torch.dtype, int, int]]]
 #: Draws for its next batches a DataLoader worker's request brings along.
-AHEAD = 3
+AHEAD = 7
 _INFO = ("keys", "probabilities", "weights", "priorities", "times_sampled")
 
 
@@ -341,7 +341,7 @@ class SharedTable:
             kind, got = draw(batch_size, AHEAD if worker else 0)
             if kind == "sample":
                 return Sample(**got)
-            r, queued[(batch_size, beta)] = got[0], got[1:]
+            r, *queued[(batch_size, beta)] = _wire.unpack_rows(got)
         data, stale = self._copy(r, pooled=worker)
         for _ in range(_MAX_REDRAWS):
             if not bool(stale.any()):
@@ -353,7 +353,8 @@ class SharedTable:
                     **{f: r[f] for f in _INFO},
                 )
             idx = torch.nonzero(stale).squeeze(1)
-            _, (again,) = draw(int(idx.numel()), 0)
+            _, packed = draw(int(idx.numel()), 0)
+            (again,) = _wire.unpack_rows(packed)
             more, stale_again = self._copy(again, pooled=False)
             for name, v in data.items():
                 v[idx] = more[name]

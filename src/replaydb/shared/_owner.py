@@ -5,10 +5,12 @@ listens on an ``AF_UNIX`` socket in a fresh private (``0700``) directory, and
 each connection must prove it holds the share's random 32-byte key
 (``multiprocessing.connection``'s HMAC challenge) before any request is read.
 Every connection gets a daemon thread that answers requests one at a time with
-the table's public verbs: ``rows`` (:meth:`Table.sample_rows`, and for a
-uniform table without a sample-side rate limit up to ``ahead`` more draws of
-the same size, for the caller's next batches; or a whole :meth:`Table.sample` for a
-consuming table, whose rows may be reused as soon as an item is consumed),
+the table's public verbs: ``rows`` (:meth:`Table.sample_rows`; for a uniform
+table without a sample-side rate limit one draw for the caller's next ``ahead``
+batches too, cut into batches by the caller, or with ``max_times_sampled``
+up to ``ahead`` more draws of the same size; or a whole :meth:`Table.sample` for a
+consuming table, whose rows may be reused as soon as an item is consumed, and on
+a CPU that may reorder memory accesses, see :data:`IN_ORDER`),
 ``extend``, ``insert``, ``update_priorities``, ``info`` and ``len``. Requests
 that wait on the rate limiter come in slices of at most half a second, so
 :meth:`Owner.close` ends every thread promptly.
@@ -20,9 +22,12 @@ import contextlib
 import math
 import os
 import pickle
+import platform
+import re
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from multiprocessing import AuthenticationError, util
@@ -44,6 +49,14 @@ if TYPE_CHECKING:
     from replaydb.shared._handle import SharedTable
     from replaydb.spec import Spec
     from replaydb.table import Table
+
+#: Whether this CPU keeps a process's stores in order, and its loads (x86's
+#: total store order). The check that finds rows overwritten while another
+#: process copied them (a seqlock: the writer stores the journal's ``intent``,
+#: then the rows; the copier loads the rows, then ``intent``) needs both, and
+#: Python has no memory fence to ask for them. Elsewhere (ARM, POWER) the owner
+#: gathers every sample itself: slower, never a torn item.
+IN_ORDER = platform.machine().lower() in {"x86_64", "amd64", "i386", "i686", "x86"}
 
 #: ``id(table) -> Owner`` for the tables this process serves.
 _OWNERS: dict[int, Owner] = {}
@@ -92,7 +105,8 @@ class Owner:
         self.table = table
         self.pid = os.getpid()
         table.shared = True  # waits must not call a lone thread stuck: children write
-        self.dir = tempfile.mkdtemp(prefix="replaydb-share-")  # mode 0700
+        remove_left_behind()
+        self.dir = tempfile.mkdtemp(prefix=f"replaydb-share-{self.pid}-")  # mode 0700
         self.address = os.path.join(self.dir, "socket")
         self.authkey = secrets.token_bytes(32)
         self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
@@ -154,18 +168,25 @@ class Owner:
         args = _wire.from_wire(args)
         if verb == "rows":
             b, beta, timeout, ahead = args
-            if table.consuming:
-                # An item's rows may be reused once it is consumed: gather here.
+            if table.consuming or not IN_ORDER:
+                # An item's rows may be reused once it is consumed; or this CPU may
+                # reorder the copy's reads (see IN_ORDER): gather here.
                 s = table.sample(b, beta=beta, timeout=timeout)
                 return ("sample", {f: getattr(s, f) for f in _SAMPLE_FIELDS})
+            ahead = ahead if _draws_ahead(table) else 0
+            if ahead and table.max_times_sampled is None:
+                # One draw for the caller's next batches too: a draw's cost is mostly
+                # per call. Cut into batches, it is what consecutive draws would give.
+                both = table.sample_rows(b * (1 + ahead), beta=beta, timeout=timeout)
+                return ("rows", _wire.pack_rows([both], parts=1 + ahead))
             draws = [table.sample_rows(b, beta=beta, timeout=timeout)]
-            for _ in range(ahead if _draws_ahead(table) else 0):
+            for _ in range(ahead):
                 # Draws for the caller's next batches (one request instead of several).
                 try:
                     draws.append(table.sample_rows(b, beta=beta, timeout=0))
                 except RateLimiterTimeout:
                     break
-            return ("rows", [{f: getattr(r, f) for f in _ROW_FIELDS} for r in draws])
+            return ("rows", _wire.pack_rows(draws))
         if verb == "extend":
             steps, kwargs = args
             table.extend(steps, **kwargs)
@@ -234,20 +255,6 @@ _SAMPLE_FIELDS = (
     "mask",
     "ends",
 )
-_ROW_FIELDS = (
-    "rows",
-    "valid",
-    "keys",
-    "probabilities",
-    "weights",
-    "priorities",
-    "times_sampled",
-    "table_size",
-    "mask",
-    "ends",
-    "oldest",
-    "generation",
-)
 
 
 def owner_at(address: str) -> Owner | None:
@@ -271,6 +278,48 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+#: Directories a process of replaydb names after itself: a shared-memory table's
+#: steps, a DataLoader worker's slots, an owner's socket.
+_LEFT = re.compile(r"replaydb-(?:batches-|share-)?(\d+)-[^/]+")
+
+
+def remove_left_behind() -> list[str]:
+    """Remove what processes killed with SIGKILL left: directories of dead processes.
+
+    A ``memory_table``'s directory (``replaydb-<pid>-*``), a DataLoader worker's
+    slots (``replaydb-batches-<pid>-*``) and an owner's socket directory
+    (``replaydb-share-<pid>-*``) are removed by their process when it exits; one
+    killed with SIGKILL cannot. Called when a shared-memory table is made or a
+    table is shared: removes those directories, in ``/dev/shm`` (or the
+    fallback) and the temporary directory, whose process no longer exists,
+    owned by this user. (A process of another PID namespace that shares
+    ``/dev/shm`` would look dead: containers have their own ``/dev/shm``.)
+
+    Returns:
+        The directories removed.
+    """
+    removed = []
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for root in dict.fromkeys((_shm_root(), tempfile.gettempdir())):
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            m = _LEFT.fullmatch(name)
+            if m is None or _wire.alive(int(m.group(1))):
+                continue
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and (uid is None or st.st_uid == uid):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
 def memory_table(spec: Spec | Any, capacity: int, **kwargs: Any) -> Table:
     """A :class:`~replaydb.table.Table` whose steps live in shared memory, ready to share.
 
@@ -279,8 +328,9 @@ def memory_table(spec: Spec | Any, capacity: int, **kwargs: Any) -> Table:
     :meth:`Table.share` can hand it to other processes; the bookkeeping stays in
     this process. Everything else is an ordinary in-memory table: same verbs,
     same speed. The directory is removed when the table is garbage-collected or
-    this process exits normally (a process killed with SIGKILL leaves it behind:
-    its name starts with ``replaydb-<pid>-``).
+    this process exits normally; a process killed with SIGKILL leaves it behind
+    (``replaydb-<pid>-*``) until the next ``memory_table`` or ``share()`` on
+    the machine removes it (that of any process no longer alive).
 
     Args:
         spec: The fields of one step.
@@ -320,6 +370,7 @@ def memory_table(spec: Spec | Any, capacity: int, **kwargs: Any) -> Table:
         )
     if device is not None:
         resolve_device(device)
+    remove_left_behind()
     root = tempfile.mkdtemp(prefix=f"replaydb-{os.getpid()}-", dir=_shm_root())
     try:
         table = Table(spec, capacity, path=root, **kwargs)

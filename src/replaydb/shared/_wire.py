@@ -115,3 +115,105 @@ def next_slice(until: float | None) -> float:
     if until is None:
         return SLICE_S
     return max(0.0, min(SLICE_S, until - time.monotonic()))
+
+
+#: The tensors of a :class:`~replaydb.shared.RowSample` that travel (``None`` or ``[B, ...]``).
+ROW_TENSORS = (
+    "rows",
+    "valid",
+    "keys",
+    "probabilities",
+    "weights",
+    "priorities",
+    "times_sampled",
+    "mask",
+    "ends",
+    "oldest",
+)
+
+
+def pack_rows(draws: list[Any], parts: int = 1) -> dict[str, Any]:
+    """Draws of one size (``RowSample``s) as one array per field, concatenated.
+
+    One array a field instead of one a field and draw: pickling and unpickling
+    cost per array, not per byte. With ``parts > 1`` (one draw only) the draw
+    is cut into ``parts`` batches; :func:`unpack_rows` gives each the
+    ``times_sampled`` that ``parts`` consecutive draws would have reported
+    (:func:`times_in_turn`).
+    """
+    n = len(draws) * parts
+    out: dict[str, Any] = {
+        "n": n,
+        "table_size": [int(d.table_size) for d in draws for _ in range(parts)],
+        "generation": [int(d.generation) for d in draws for _ in range(parts)],
+    }
+    for f in ROW_TENSORS:
+        first = getattr(draws[0], f)
+        if first is None:
+            out[f] = None
+        elif len(draws) == 1:
+            out[f] = first.numpy()
+        else:
+            out[f] = np.concatenate([getattr(d, f).numpy() for d in draws])
+    # Worked out by the receiver: the owner's process is the busy one.
+    out["turns"] = parts
+    return out
+
+
+def times_in_turn(
+    keys: np.ndarray[Any, Any], times: np.ndarray[Any, Any], parts: int
+) -> np.ndarray[Any, Any]:
+    """``times_sampled`` of one draw cut into ``parts`` equal batches, as if drawn in turn.
+
+    A draw reports, for every copy of an item, its count after the whole draw.
+    Drawn as ``parts`` consecutive draws, a copy in batch ``i`` would report the
+    count after batch ``i``: the final count less the item's copies in later
+    batches.
+
+    Args:
+        keys: ``[n]`` int64 item keys (``n`` a multiple of ``parts``).
+        times: ``[n]`` int64 counts after the draw.
+        parts: Batches.
+
+    Returns:
+        ``[n]`` int64 counts.
+    """
+    n = keys.shape[0]
+    part = np.arange(n, dtype=np.int64) // (n // parts)
+    order = np.argsort(keys * parts + part, kind="stable")  # by item, then batch
+    ks, ps = keys[order], part[order]
+    item = np.empty(n, dtype=bool)
+    item[0] = True
+    np.not_equal(ks[1:], ks[:-1], out=item[1:])
+    run = item.copy()  # copies of one item in one batch
+    run[1:] |= ps[1:] != ps[:-1]
+    item_end = np.append(np.flatnonzero(item)[1:], n)[np.cumsum(item) - 1]
+    run_end = np.append(np.flatnonzero(run)[1:], n)[np.cumsum(run) - 1]
+    later = np.empty(n, dtype=np.int64)
+    later[order] = item_end - run_end
+    return times - later
+
+
+def unpack_rows(packed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inverse of :func:`pack_rows` (after :func:`from_wire`): one dict per draw,
+    its tensors views of the packed ones."""
+    n = int(packed["n"])
+    if n == 1:
+        one = {f: packed[f] for f in ROW_TENSORS}
+        one["table_size"], one["generation"] = packed["table_size"][0], packed["generation"][0]
+        return [one]
+    if packed["turns"] > 1:
+        times = times_in_turn(
+            packed["keys"].numpy(), packed["times_sampled"].numpy(), packed["turns"]
+        )
+        packed = {**packed, "times_sampled": torch.from_numpy(times)}
+    out: list[dict[str, Any]] = [
+        {"table_size": packed["table_size"][i], "generation": packed["generation"][i]}
+        for i in range(n)
+    ]
+    for f in ROW_TENSORS:
+        t = packed[f]
+        parts = [None] * n if t is None else t.chunk(n) if n > 1 else (t,)
+        for d, part in zip(out, parts, strict=True):
+            d[f] = part
+    return out

@@ -1,0 +1,97 @@
+"""Directories left by shared-table processes killed with SIGKILL are removed later.
+
+A process that owns a shared-memory table, or serves one, or is a DataLoader
+worker with slots, removes its directories when it exits; killed with SIGKILL
+it cannot. The next ``memory_table`` or ``share()`` on the machine removes the
+directories of processes that no longer exist.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+from replaydb import Spec
+from replaydb.shared import _owner, memory_table
+
+JOIN_S = 60
+
+_KILLED_OWNER = """
+import os, signal, sys
+import torch
+from replaydb import Spec
+from replaydb.shared import memory_table
+table = memory_table(Spec({"x": ()}), 8)
+table.extend({"x": torch.zeros(2)})
+handle = table.share()
+print(table.path)
+print(os.path.dirname(handle.address))
+sys.stdout.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_owner_dirs() -> list[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_OWNER],
+        capture_output=True,
+        text=True,
+        timeout=JOIN_S,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    paths = done.stdout.split()
+    assert len(paths) == 2 and all(os.path.isdir(p) for p in paths)
+    return paths
+
+
+def test_a_new_memory_table_removes_what_a_killed_owner_left() -> None:
+    left = _killed_owner_dirs()
+    root = _owner._shm_root()
+    # A DataLoader worker killed with its owner left its slots too.
+    dead_pid = int(os.path.basename(left[0]).split("-")[1])
+    slots = tempfile.mkdtemp(prefix=f"replaydb-batches-{dead_pid}-", dir=root)
+    # Directories of live processes, and other names, stay.
+    mine = tempfile.mkdtemp(prefix=f"replaydb-{os.getpid()}-", dir=root)
+    other = tempfile.mkdtemp(prefix="replaydb-notapid-", dir=root)
+    try:
+        table = memory_table(Spec({"x": ()}), 8)
+        assert not any(os.path.exists(p) for p in [*left, slots])
+        assert os.path.isdir(mine) and os.path.isdir(other) and os.path.isdir(str(table.path))
+    finally:
+        for d in (mine, other):
+            os.rmdir(d)
+
+
+def test_sharing_a_table_removes_what_a_killed_owner_left() -> None:
+    table = memory_table(Spec({"x": ()}), 8)
+    left = _killed_owner_dirs()
+    handle = table.share()
+    try:
+        assert not any(os.path.exists(p) for p in left)
+        assert os.path.isdir(os.path.dirname(handle.address))
+        handle.extend({"x": torch.zeros(1)})
+        assert len(table) == 1
+    finally:
+        handle.close()
+
+
+def test_remove_left_behind_names_what_it_removed() -> None:
+    pid = _dead_pid()
+    d = tempfile.mkdtemp(prefix=f"replaydb-{pid}-", dir=_owner._shm_root())
+    assert d in _owner.remove_left_behind()
+    assert not os.path.exists(d)
+    assert d not in _owner.remove_left_behind()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait(timeout=JOIN_S)
+    return p.pid
