@@ -1,0 +1,93 @@
+"""Wave 6 review of wave 5's compiled paths: each test here failed on f1dc18f, or
+guards an edge of those paths that nothing else checked (each checked to fail with
+the code it guards broken).
+
+The compiled writes of ``ReplayBuffer.add``/``add_multi`` must leave the table
+*byte for byte* as the torch/numpy path leaves it (``torch.equal`` calls ``-0.0``
+and ``0.0`` equal, so the comparisons here are of the raw bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replaydb import ReplayBuffer, Table, _kernels
+from replaydb.samplers import Uniform
+
+needs_numba = pytest.mark.skipif(_kernels.get() is None, reason="numba is not installed")
+
+S, A, H = 3, 2, 1
+
+
+@pytest.fixture(autouse=True)
+def _restore_kernels() -> Iterator[None]:
+    yield
+    _kernels.use(True)
+
+
+def buffer(capacity: int, kernels: bool, prioritized: bool = False) -> ReplayBuffer:
+    """A buffer whose table was built with (or without) the compiled kernels."""
+    _kernels.use(kernels)
+    try:
+        if prioritized:
+            return ReplayBuffer.prioritized(capacity, S, A, H, seed=0)
+        spec = ReplayBuffer.transition_spec(S, A, H)
+        table = Table(spec, capacity, sampler=Uniform(seed=0))
+        return ReplayBuffer(capacity, S, A, H, table=table)
+    finally:
+        _kernels.use(True)
+
+
+def raw_state(table: Table) -> dict[str, bytes]:
+    """The table's state_dict as raw bytes (``-0.0`` and NaN payloads included)."""
+    return {k: v.contiguous().numpy().tobytes() for k, v in table.state_dict().items()}
+
+
+def same_bytes(a: Table, b: Table) -> None:
+    ra, rb = raw_state(a), raw_state(b)
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        assert ra[k] == rb[k], k
+    assert (a.total_steps_written, len(a)) == (b.total_steps_written, len(b))
+
+
+NUMBERS = st.one_of(
+    st.floats(width=64, allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, 5e-324]),
+    st.booleans(),
+    st.integers(-(1 << 25), 1 << 25),
+)
+
+
+@needs_numba
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(NUMBERS, NUMBERS), min_size=1, max_size=8))
+def test_add_stores_the_bytes_of_rewards_and_dones_the_numpy_path_stores(
+    steps: list[tuple[Any, Any]],
+) -> None:
+    """Bug (f1dc18f): the compiled ``add`` stored ``-0.0`` as ``+0.0`` (``x + 0.0``)."""
+    ours, ref = buffer(4, kernels=True), buffer(4, kernels=False)
+    for i, (r, d) in enumerate(steps):
+        s = torch.full((S,), float(i))
+        for buf in (ours, ref):
+            buf.add(s, torch.ones(A), r, s + 1, d, torch.zeros(H))
+        same_bytes(ours.table, ref.table)
+
+
+@needs_numba
+def test_a_negative_zero_reward_keeps_its_sign() -> None:
+    for kernels in (True, False):
+        buf = buffer(4, kernels)
+        buf.add(torch.ones(S), torch.ones(A), -0.0, torch.ones(S), -0.0, torch.ones(H))
+        assert math.copysign(1.0, float(buf.rewards[0, 0])) == -1.0, kernels
+        assert math.copysign(1.0, float(buf.dones[0, 0])) == -1.0, kernels
+        assert np.signbit(buf.rewards.numpy()[0, 0])
