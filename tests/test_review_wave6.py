@@ -91,3 +91,45 @@ def test_a_negative_zero_reward_keeps_its_sign() -> None:
         assert math.copysign(1.0, float(buf.rewards[0, 0])) == -1.0, kernels
         assert math.copysign(1.0, float(buf.dones[0, 0])) == -1.0, kernels
         assert np.signbit(buf.rewards.numpy()[0, 0])
+
+
+# ------------------------------------------------------------------ frame-stack samples
+def _twins(**kw: Any) -> tuple[Table, Table]:
+    from test_frames_sample import fill, make
+
+    fused, plain = make(True, **kw), make(False, **kw)
+    for t in (fused, plain):
+        fill(t, 70, 2, 1)
+    return fused, plain
+
+
+@needs_numba
+@pytest.mark.parametrize("max_times", [None, 3])
+def test_stack_samples_read_late_hold_what_the_general_path_returned(
+    max_times: int | None, tmp_path: Any
+) -> None:
+    """A StackSample's columns made on first read, long after the draw (later samples
+    of the same size refill the kept slots; later writes overwrite the rows), and
+    a never-read one pickled, saved and copied then, equal the general path's."""
+    import copy
+    import pickle
+
+    from replaydb import _sampling
+    from replaydb._frames import StackSample
+    from test_frames_sample import assert_same, fill
+
+    fused, plain = _twins(frame_stack={"img": 3}, sequence_length=2, max_times_sampled=max_times)
+    assert _sampling._stacked(fused) is not None
+    first = [(fused.sample(5), plain.sample(5)) for _ in range(3)]
+    assert all(type(f) is StackSample for f, _ in first)
+    for t in (fused, plain):
+        fill(t, 50, 2, 9)  # overwrites the rows the first samples drew
+    for _ in range(3):
+        assert_same(fused.sample(5), plain.sample(5))
+    (f0, p0), (f1, p1), (f2, p2) = first
+    assert_same(f0, p0)  # columns first read now
+    for other in (pickle.loads(pickle.dumps(f1)), copy.deepcopy(f1), copy.copy(f1)):
+        assert_same(other, p1)
+    torch.save(f2, tmp_path / "s.pt")
+    assert_same(torch.load(tmp_path / "s.pt", weights_only=False), p2)
+    assert_same(f2, p2)
