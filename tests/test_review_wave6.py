@@ -133,3 +133,70 @@ def test_stack_samples_read_late_hold_what_the_general_path_returned(
     torch.save(f2, tmp_path / "s.pt")
     assert_same(torch.load(tmp_path / "s.pt", weights_only=False), p2)
     assert_same(f2, p2)
+
+
+# ------------------------------------------------------------------ shared tables
+@pytest.fixture
+def worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process plays a DataLoader worker (its own slot pool, removed after)."""
+    import os
+
+    import replaydb.shared._handle as handle_module
+    from replaydb.shared import _batches
+
+    monkeypatch.setattr(_batches, "_POOL", None)
+    monkeypatch.setattr(handle_module, "get_worker_info", lambda: object())
+    yield
+    pool = _batches._POOL
+    if pool is not None:
+        pool.close()
+        assert not os.path.exists(pool.dir)
+
+
+def _remote_handle(table: Table) -> Any:
+    import os
+    import pickle
+
+    handle = table.share()
+    remote = pickle.loads(pickle.dumps(handle))
+    remote.owner_pid = os.getppid()  # alive, and not us: every call goes through the socket
+    return handle, remote
+
+
+@pytest.mark.parametrize("change", ["reset", "remove", "overwrite"])
+def test_a_worker_never_serves_items_drawn_ahead_of_a_reset_or_an_overwrite(
+    worker: None, change: str
+) -> None:
+    """The 8 batches of one owner draw: after ``reset()`` (or a full lap of new
+    steps) every batch still served holds only steps written after it, each with
+    its own key; removed items' rows (not overwritten) are still served, as
+    documented for draws ahead."""
+    import replaydb.shared._handle as handle_module
+    from replaydb.shared import memory_table
+    from replaydb.spec import Spec
+
+    table = memory_table(Spec({"x": ()}), 16, sampler=Uniform(seed=4))
+
+    def write(n: int) -> set[int]:  # x is each step's key
+        start = table.total_steps_written
+        table.extend({"x": torch.arange(start, start + n, dtype=torch.float32)})
+        return set(range(start, start + n))
+
+    allowed = write(16)
+    handle, remote = _remote_handle(table)
+    try:
+        first = remote.sample(4)  # queues the next AHEAD batches of the same draw
+        assert set(first.keys.tolist()) <= allowed
+        if change == "reset":
+            table.reset()
+            allowed = write(4)
+        elif change == "overwrite":
+            allowed = write(16)
+        else:
+            table.remove(list(range(8)))
+        for _ in range(handle_module.AHEAD + 2):
+            s = remote.sample(4, timeout=30)
+            assert torch.equal(s["x"], s.keys.float()), (change, s["x"], s.keys)
+            assert set(s.keys.tolist()) <= allowed, (change, s.keys)
+    finally:
+        handle.close()
