@@ -294,3 +294,59 @@ def test_a_table_written_by_the_compiled_path_saves_the_same_file(tmp_path: Any)
         same_bytes(load_table(path), buf.table)
         paths.append(path)
     assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+# ------------------------------------------------------------------ priority updates
+PRIORITIES = st.one_of(
+    st.floats(min_value=1e-30, max_value=1e30),
+    st.sampled_from([0.0, -0.0, -1.0, math.nan, math.inf, -math.inf, 1e-45, 3.4e38, 1e300]),
+)
+
+
+@needs_numba
+@settings(max_examples=40, deadline=None)
+@given(
+    capacity=st.integers(1, 12),
+    written=st.integers(1, 30),
+    keys=st.lists(st.integers(-2, 40), min_size=1, max_size=12),
+    data=st.data(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    column=st.booleans(),
+)
+def test_update_priorities_short_path_matches_the_checked_path_bytes_and_errors(
+    capacity: int, written: int, keys: list[int], data: Any, dtype: torch.dtype, column: bool
+) -> None:
+    """The compiled short path (CPU int64 keys, float32/64 priorities) against a
+    table without kernels: the same count or the same error (type and text), and
+    the same bytes after (priorities, sum tree, max priority), for stale and
+    duplicate keys, zero, negative, NaN, infinite, float32-overflowing values."""
+    from replaydb.samplers import Prioritized
+
+    pri = data.draw(st.lists(PRIORITIES, min_size=len(keys), max_size=len(keys)))
+    tables = []
+    for kernels in (True, False):
+        _kernels.use(kernels)
+        try:
+            t = Table({"x": ((2,), "float32")}, capacity, sampler=Prioritized(alpha=0.6, seed=2))
+        finally:
+            _kernels.use(True)
+        t.extend({"x": torch.zeros(written, 2)})
+        tables.append(t)
+    k = torch.tensor(keys, dtype=torch.int64)
+    with np.errstate(over="ignore"):
+        p = torch.from_numpy(np.array(pri, dtype=np.float64).astype(dtype_np(dtype)))
+    if column:
+        k, p = k.view(-1, 1), p.view(-1, 1)
+    outcomes = []
+    for t in tables:
+        try:
+            outcomes.append(repr(t.update_priorities(k, p)))
+        except Exception as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+    assert outcomes[0] == outcomes[1]
+    assert tables[0]._max_priority == tables[1]._max_priority
+    same_bytes(tables[0], tables[1])
+
+
+def dtype_np(dtype: torch.dtype) -> Any:
+    return np.float32 if dtype is torch.float32 else np.float64
