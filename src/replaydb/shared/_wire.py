@@ -81,6 +81,20 @@ def alive(pid: int) -> bool:
     return True
 
 
+#: The file that marks a directory as one a replaydb process made for itself (a
+#: shared-memory table's, a DataLoader worker's slots, an owner's socket): only
+#: directories that hold it are removed once their process is gone
+#: (:func:`replaydb.shared._owner.remove_left_behind`), never a user's own directory
+#: that happens to be named like one.
+OWN_MARK = ".replaydb-own"
+
+
+def mark_own(path: str) -> None:
+    """Mark the directory ``path``, just made by this process, as replaydb's own."""
+    with open(os.path.join(path, OWN_MARK), "wb"):
+        pass
+
+
 def call(conn: Any, owner_pid: int, name: str, verb: str, args: tuple[Any, ...]) -> Any:
     """Send one request and wait for its answer, checking that the owner lives."""
     gone = ClosedError(
