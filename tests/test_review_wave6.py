@@ -350,3 +350,48 @@ def test_update_priorities_short_path_matches_the_checked_path_bytes_and_errors(
 
 def dtype_np(dtype: torch.dtype) -> Any:
     return np.float32 if dtype is torch.float32 else np.float64
+
+
+# ------------------------------------------------------------------ without numba
+_WITHOUT_NUMBA = """
+import sys
+sys.modules["numba"] = None  # as on a machine where numba is not installed
+import pytest, torch
+from replaydb import ReplayBuffer, Table, _kernels
+from replaydb.samplers import Prioritized
+assert _kernels.get() is None
+buf = ReplayBuffer.prioritized(16, 3, 2, 1)
+buf.add(torch.ones(3), torch.ones(2), -0.0, torch.ones(3), False)
+buf.add_multi(torch.ones(4, 3), torch.ones(4, 2), torch.ones(4), torch.ones(4, 3), torch.zeros(4))
+s = buf.table.sample(3)
+buf.table.update_priorities(s.keys, torch.rand(3) + 0.1)
+t = Table({"img": ((2, 2), "uint8")}, 16, frame_stack={"img": 3})
+t.extend({"img": torch.zeros(5, 2, 2, dtype=torch.uint8)})
+assert t.sample(4)["img"].shape == (4, 3, 2, 2)
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--collect-only", sys.argv[1]]))
+"""
+
+
+def test_without_numba_the_library_runs_and_its_docstring_tests_collect() -> None:
+    """Bug (f1dc18f): ``tests/test_docstrings.py`` imported every module, the
+    numba-only kernel modules too, so without numba (an optional dependency) the
+    whole file failed to collect."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("REPLAYDB_NUMBA", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_NUMBA, str(root / "tests" / "test_docstrings.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=root,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "tests collected" in done.stdout
