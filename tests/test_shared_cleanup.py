@@ -131,3 +131,21 @@ def test_a_workers_slot_directory_is_marked_as_ours(monkeypatch: pytest.MonkeyPa
     finally:
         pool.close()
     assert not os.path.exists(pool.dir)
+
+
+def test_a_directory_named_with_a_number_no_pid_can_be_does_not_break_sharing() -> None:
+    # replaydb-<timestamp>-*: os.kill(20241203120000, 0) raises OverflowError.
+    kept = [
+        tempfile.mkdtemp(prefix="replaydb-20241203120000-", dir=root)
+        for root in dict.fromkeys((_owner._shm_root(), tempfile.gettempdir()))
+    ]
+    _wire.mark_own(kept[0])  # even one marked as ours: no process has that pid
+    try:
+        table = memory_table(Spec({"x": ()}), 8)
+        table.share().close()
+        assert not os.path.exists(kept[0])
+        assert all(os.path.isdir(d) for d in kept[1:])
+        assert not _wire.alive(1 << 80)
+    finally:
+        for d in kept:
+            shutil.rmtree(d, ignore_errors=True)

@@ -310,7 +310,7 @@ def remove_left_behind() -> list[str]:
             continue
         for name in names:
             m = _LEFT.fullmatch(name)
-            if m is None or _wire.alive(int(m.group(1))):
+            if m is None:
                 continue
             path = os.path.join(root, name)
             try:
@@ -321,6 +321,7 @@ def remove_left_behind() -> list[str]:
                 stat.S_ISDIR(st.st_mode)
                 and (uid is None or st.st_uid == uid)
                 and _owned(os.path.join(path, _wire.OWN_MARK))
+                and not _wire.alive(int(m.group(1)))
             ):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)

@@ -74,7 +74,7 @@ def alive(pid: int) -> bool:
     """Whether process ``pid`` exists (on this machine)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no process has a pid that large
         return False
     except PermissionError:
         return True
