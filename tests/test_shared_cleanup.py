@@ -149,3 +149,19 @@ def test_a_directory_named_with_a_number_no_pid_can_be_does_not_break_sharing() 
     finally:
         for d in kept:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_mark_that_cannot_be_written_costs_only_the_later_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No inode left for the mark (a full tmpfs): the table and its share still work.
+    monkeypatch.setattr(_wire, "OWN_MARK", os.path.join("no-such-dir", ".replaydb-own"))
+    monkeypatch.setattr(_batches, "_POOL", None)
+    table = memory_table(Spec({"x": ()}), 8)
+    handle = table.share()
+    try:
+        handle.extend({"x": torch.zeros(2)})
+        assert len(table) == 2
+        _batches._pool().close()
+    finally:
+        handle.close()

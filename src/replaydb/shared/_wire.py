@@ -8,6 +8,7 @@ Both ends authenticated each other with the share's random key first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import time
@@ -90,8 +91,12 @@ OWN_MARK = ".replaydb-own"
 
 
 def mark_own(path: str) -> None:
-    """Mark the directory ``path``, just made by this process, as replaydb's own."""
-    with open(os.path.join(path, OWN_MARK), "wb"):
+    """Mark the directory ``path``, just made by this process, as replaydb's own.
+
+    Best effort: where the mark cannot be written (no inode left on a full
+    tmpfs), the directory is only left out of the later sweep.
+    """
+    with contextlib.suppress(OSError), open(os.path.join(path, OWN_MARK), "wb"):
         pass
 
 
