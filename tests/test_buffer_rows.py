@@ -414,7 +414,8 @@ def test_sample_transitions_of_other_layouts(spec: Spec) -> None:
 def test_writers_and_samplers_at_once_never_tear() -> None:
     """add, add_multi (wrapping the ring) and sample in eight threads on one buffer."""
     buf = ReplayBuffer(3000, 3, 2, 4)
-    buf.add(*transition(0))
+    for _ in range(16):  # a sample of 16 from fewer raises (NotEnoughDataError)
+        buf.add(*transition(0))
     torn: list[str] = []
 
     def write(t: int) -> None:

@@ -26,7 +26,14 @@ import torch
 
 import replaydb
 
-NEEDS = {"replaydb.ray_backend": "ray", "replaydb.ray": "ray", "replaydb.reverb": "tensorflow"}
+NEEDS = {
+    "replaydb.ray_backend": "ray",
+    "replaydb.ray": "ray",
+    "replaydb.reverb": "tensorflow",
+    # The compiled kernels' modules import numba (an optional dependency) when imported.
+    "replaydb._tree_kernels": "numba",
+    "replaydb._row_kernels_nb": "numba",
+}
 SKIP_MODULES = {
     "replaydb.__main__",
     "replaydb.ray_backend",

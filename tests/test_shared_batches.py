@@ -246,7 +246,7 @@ def test_a_full_shared_memory_falls_back_to_plain_memory(
     monkeypatch.setattr(os, "posix_fallocate", full)
     _, remote = xs
     assert _consistent(pickle.loads(_send(remote)))
-    assert _slots() == [] and os.listdir(_batches._POOL.dir) == []  # type: ignore[union-attr]
+    assert _slots() == [] and os.listdir(_batches._POOL.dir) == [_wire.OWN_MARK]  # type: ignore[union-attr]
 
 
 def test_tensors_outside_slots_travel_by_value_or_by_torch(worker: None) -> None:

@@ -183,7 +183,8 @@ def add_step(
             return False
         storage = table.storage
         total = storage.total
-        fresh = put(self._ctx, total, table._max_priority, a0, a1, a2, a3, x + 0.0, y + 0.0)
+        # x * 1.0, not x + 0.0: a float for numba (bools, ints) that keeps -0.0's sign.
+        fresh = put(self._ctx, total, table._max_priority, a0, a1, a2, a3, x * 1.0, y * 1.0)
         if fresh >= 0:  # else a part overlaps the row written: add's staging row
             table._threads.add(_get_ident())
             storage.total = total + 1

@@ -244,7 +244,7 @@ class RowWriter:
             widths: The columns' widths, in order; they add up to the row's width.
 
         Raises:
-            InvalidArgumentError: If the widths are not positive ints adding up to
+            InvalidArgumentError: If the widths are not ints >= 0 adding up to
                 the row's width.
         """
         ws = tuple(widths)

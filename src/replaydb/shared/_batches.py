@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from replaydb.errors import ClosedError, ReplayError
+from replaydb.shared import _wire
 
 #: Bytes before a slot's data (its header words, 64-byte aligned).
 HEADER = 64
@@ -165,6 +166,7 @@ def _pool() -> _Pool:
         if _POOL is None or _POOL.pid != os.getpid():
             root = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
             d = tempfile.mkdtemp(prefix=f"replaydb-batches-{os.getpid()}-", dir=root)
+            _wire.mark_own(d)
             _POOL = _Pool(d, os.getpid())
             # At the worker's exit (a multiprocessing child skips atexit).
             util.Finalize(_POOL, _POOL.close, exitpriority=0)

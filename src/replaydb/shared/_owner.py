@@ -107,6 +107,7 @@ class Owner:
         table.shared = True  # waits must not call a lone thread stuck: children write
         remove_left_behind()
         self.dir = tempfile.mkdtemp(prefix=f"replaydb-share-{self.pid}-")  # mode 0700
+        _wire.mark_own(self.dir)
         self.address = os.path.join(self.dir, "socket")
         self.authkey = secrets.token_bytes(32)
         self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
@@ -292,7 +293,9 @@ def remove_left_behind() -> list[str]:
     killed with SIGKILL cannot. Called when a shared-memory table is made or a
     table is shared: removes those directories, in ``/dev/shm`` (or the
     fallback) and the temporary directory, whose process no longer exists,
-    owned by this user. (A process of another PID namespace that shares
+    owned by this user and marked as replaydb's own when made (a
+    ``.replaydb-own`` file: a directory of the user's that is only named like
+    one stays). (A process of another PID namespace that shares
     ``/dev/shm`` would look dead: containers have their own ``/dev/shm``.)
 
     Returns:
@@ -307,17 +310,30 @@ def remove_left_behind() -> list[str]:
             continue
         for name in names:
             m = _LEFT.fullmatch(name)
-            if m is None or _wire.alive(int(m.group(1))):
+            if m is None:
                 continue
             path = os.path.join(root, name)
             try:
                 st = os.lstat(path)
             except OSError:
                 continue
-            if stat.S_ISDIR(st.st_mode) and (uid is None or st.st_uid == uid):
+            if (
+                stat.S_ISDIR(st.st_mode)
+                and (uid is None or st.st_uid == uid)
+                and _owned(os.path.join(path, _wire.OWN_MARK))
+                and not _wire.alive(int(m.group(1)))
+            ):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
+
+
+def _owned(mark: str) -> bool:
+    """Whether ``mark`` is a regular file (the directory is replaydb's own)."""
+    try:
+        return stat.S_ISREG(os.lstat(mark).st_mode)
+    except OSError:
+        return False
 
 
 def memory_table(spec: Spec | Any, capacity: int, **kwargs: Any) -> Table:
@@ -373,6 +389,7 @@ def memory_table(spec: Spec | Any, capacity: int, **kwargs: Any) -> Table:
     remove_left_behind()
     root = tempfile.mkdtemp(prefix=f"replaydb-{os.getpid()}-", dir=_shm_root())
     try:
+        _wire.mark_own(root)
         table = Table(spec, capacity, path=root, **kwargs)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)

@@ -8,6 +8,7 @@ Both ends authenticated each other with the share's random key first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import time
@@ -74,11 +75,29 @@ def alive(pid: int) -> bool:
     """Whether process ``pid`` exists (on this machine)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no process has a pid that large
         return False
     except PermissionError:
         return True
     return True
+
+
+#: The file that marks a directory as one a replaydb process made for itself (a
+#: shared-memory table's, a DataLoader worker's slots, an owner's socket): only
+#: directories that hold it are removed once their process is gone
+#: (:func:`replaydb.shared._owner.remove_left_behind`), never a user's own directory
+#: that happens to be named like one.
+OWN_MARK = ".replaydb-own"
+
+
+def mark_own(path: str) -> None:
+    """Mark the directory ``path``, just made by this process, as replaydb's own.
+
+    Best effort: where the mark cannot be written (no inode left on a full
+    tmpfs), the directory is only left out of the later sweep.
+    """
+    with contextlib.suppress(OSError), open(os.path.join(path, OWN_MARK), "wb"):
+        pass
 
 
 def call(conn: Any, owner_pid: int, name: str, verb: str, args: tuple[Any, ...]) -> Any:
