@@ -64,10 +64,12 @@ def _run(cache: Path) -> float:
 
 @pytest.mark.slow
 def test_a_second_process_loads_the_prioritized_kernels_from_the_cache(tmp_path: Path) -> None:
-    _run(tmp_path)
+    first = _run(tmp_path)  # compiles and writes the cache
     files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert any("prio_take" in f for f in files)
     for _ in range(2):
         seconds = _run(tmp_path)
         assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == files
-        assert seconds < 0.5  # a compile takes about a second
+        # Relative to the compiling run, so that load on the machine scales both:
+        # a compile takes about a second, a load from the cache milliseconds.
+        assert seconds < first / 2
