@@ -238,6 +238,52 @@ def test_shape_mismatch_names_field_and_shapes() -> None:
     assert same(before, snapshot(buffer))
 
 
+@pytest.mark.parametrize("shaped", [False, True])
+@pytest.mark.parametrize(
+    ("arg", "value", "match"),
+    [
+        (2, "1", r"reward: expected numbers, got text \('1'\).*float\(reward\)"),
+        (4, b"1", r"done: expected numbers, got text"),
+        (1, "0", r"action: expected numbers, got text"),
+        (2, np.array(["1"]), r"reward: expected numbers, got text \(a ndarray of dtype <U1\)"),
+        (2, 1 + 2j, r"reward: complex values are not supported.*reward\.real"),
+        (2, np.complex64(1), r"reward: complex values are not supported"),
+        (2, np.array([1 + 2j]), r"reward: complex values .*a ndarray of dtype complex128"),
+        (2, torch.tensor(1 + 2j), r"reward: complex tensors are not supported"),
+        (0, torch.ones(2, dtype=torch.complex64), r"state: complex tensors .*state\.real"),
+        (3, np.ones(2, dtype=np.complex64), r"next_state: complex values are not supported"),
+    ],
+)
+def test_text_and_complex_inputs_are_refused_not_converted(
+    arg: int, value: object, match: str, shaped: bool
+) -> None:
+    # numpy and torch would turn "1" into 1.0 and drop an imaginary part (with
+    # a warning at most); a transition written so is silently not the user's.
+    buffer = ReplayBuffer(4, (2,) if shaped else 2, 1, 0)
+    buffer.add(torch.ones(2), 1.0, 1.0, torch.ones(2), False)
+    before = snapshot(buffer)
+    args: list[object] = [torch.zeros(2), 0.0, 0.5, torch.zeros(2), False]
+    args[arg] = value
+    with pytest.raises(ValueError, match=match):
+        buffer.add(*args)
+    batch: list[object] = [
+        torch.zeros(3, 2),
+        torch.zeros(3),
+        torch.zeros(3),
+        torch.zeros(3, 2),
+        torch.zeros(3),
+    ]
+    if not isinstance(value, str | bytes | complex) and getattr(value, "ndim", 0) == 1:
+        # the same kind of column for add_multi: 3 rows of it
+        column = (
+            np.stack([value] * 3) if isinstance(value, np.ndarray) else torch.stack([value] * 3)
+        )
+        batch[arg] = column if arg in (0, 3) else column[:, 0]
+        with pytest.raises(ValueError, match=match.split(":")[0] + "s?:"):
+            buffer.add_multi(*batch)
+    assert same(before, snapshot(buffer))
+
+
 def test_rejected_add_multi_leaves_buffer_unchanged() -> None:
     buffer = ReplayBuffer(6, 2, 1, 1)
     buffer.add_multi(

@@ -243,13 +243,16 @@ def _row(self: object, name: str, value: Any, dim: int, *, broadcast: bool) -> A
             return value.numpy()  # numpy drops the leading 1 when assigning
         n, shape = value.numel(), tuple(shape)
         out: Any = value.numpy()
-    elif isinstance(value, bool | int | float | np.number | np.bool_):
+    elif isinstance(value, bool | int | float | np.number | np.bool_) and not isinstance(
+        value, np.complexfloating
+    ):
         if dim != 1 and not broadcast:
             raise InvalidArgumentError(
                 f"{name}: expected shape ({dim},) or (1, {dim}), got a single number {value!r}"
             )
         return float(value)
     else:
+        _check_kind(name, value)
         try:
             out = np.asarray(value, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -297,6 +300,7 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         _check_tensor(name, value)
         return value.detach() if value.requires_grad else value
+    _check_kind(name, value)
     try:
         return torch.as_tensor(np.asarray(value))
     except (TypeError, ValueError) as exc:
@@ -313,7 +317,29 @@ def _row_tensor(
     return torch.from_numpy(np.broadcast_to(v, (dim,)).reshape(1, dim).copy())
 
 
+def _check_kind(name: str, value: Any) -> None:
+    """Refuse text and complex values, which numpy would convert to floats silently."""
+    dtype = getattr(value, "dtype", None)
+    kind = getattr(dtype, "kind", None)
+    shown = f"a {type(value).__name__} of dtype {dtype}" if kind else repr(value)
+    if isinstance(value, str | bytes) or kind in ("U", "S"):
+        raise InvalidArgumentError(
+            f"{name}: expected numbers, got text ({shown}); convert it first "
+            f"(float({name}) or np.asarray({name}, dtype=np.float32))"
+        )
+    if isinstance(value, complex) or kind == "c":
+        raise InvalidArgumentError(
+            f"{name}: complex values are not supported, got {shown}; pass the real "
+            f"part ({name}.real) if that is what you mean"
+        )
+
+
 def _check_tensor(name: str, value: torch.Tensor) -> None:
+    if value.is_complex():
+        raise InvalidArgumentError(
+            f"{name}: complex tensors are not supported (dtype {value.dtype}); pass "
+            f"{name}.real if the real part is what you mean"
+        )
     if value.layout is not torch.strided:
         raise InvalidArgumentError(
             f"{name}: sparse tensors are not supported (layout {value.layout}); "
